@@ -1,0 +1,17 @@
+"""Chat messages in the Hugging Face multimodal format: the image first in the user turn."""
+
+from __future__ import annotations
+
+
+def user_turn(text: str) -> dict:
+    """One user turn holding the image, then ``text`` (the Sherlock training layout, spec §1)."""
+    return {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}
+
+
+def assistant_turn(text: str) -> dict:
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
+def conversation(prompt: str, response: str) -> list[dict]:
+    """A user prompt (with the image) and the assistant's response."""
+    return [user_turn(prompt), assistant_turn(response)]

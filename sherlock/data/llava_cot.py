@@ -1,0 +1,169 @@
+"""Loader for the LLaVA-CoT-100k release layout, with validation and a quarantine file.
+
+The release is a ``train.jsonl`` whose lines are ``{"id", "image", "conversations": [{"from":
+"human", "value": question}, {"from": "gpt", "value": response}, ...]}`` with ``image`` relative
+to an image root. A line with several human/gpt turns yields one record per turn (ids
+``<id>#<turn>``). Every line that cannot become a valid record is written, with its reason, to a
+quarantine jsonl; nothing is dropped silently. Loading fails when the bad fraction exceeds a limit.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from sherlock.data.schema import Record
+from sherlock.reasoning import ANSWER_TYPES, ReasoningFormatError, parse_stages
+
+DEFAULT_MAX_BAD_FRACTION = 0.01
+IMAGE_TOKEN = "<image>"
+
+
+class DataQualityError(ValueError):
+    """Too many lines of a data file were quarantined."""
+
+
+@dataclass(frozen=True)
+class LoadedData:
+    """Valid records, where their images live, and what was quarantined."""
+
+    records: list[Record]
+    image_root: Path
+    num_lines: int
+    num_quarantined: int
+    quarantine_path: Path
+
+
+class _BadLine(ValueError):
+    pass
+
+
+def _check_image(image_root: Path, relative: str, cache: dict[str, str | None]) -> None:
+    if relative not in cache:
+        path = image_root / relative
+        try:
+            with Image.open(path) as image:
+                image.verify()
+            cache[relative] = None
+        except FileNotFoundError:
+            cache[relative] = f"image not found: {path}"
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            cache[relative] = f"image unreadable: {path} ({error})"
+    if cache[relative]:
+        raise _BadLine(cache[relative])
+
+
+def _records_from_line(row: object, check_image) -> list[Record]:
+    if not isinstance(row, dict):
+        raise _BadLine("line is not a JSON object")
+    for key in ("id", "image", "conversations"):
+        if key not in row:
+            raise _BadLine(f"missing field {key!r}")
+    turns = row["conversations"]
+    if not isinstance(turns, list) or not turns or len(turns) % 2:
+        raise _BadLine("conversations must be a non-empty list of human/gpt pairs")
+    if row.get("answer_type") not in (None, *ANSWER_TYPES):
+        raise _BadLine(f"answer_type must be one of {ANSWER_TYPES}")
+    check_image(str(row["image"]))
+    records = []
+    for turn in range(len(turns) // 2):
+        human, gpt = turns[2 * turn], turns[2 * turn + 1]
+        if not (isinstance(human, dict) and isinstance(gpt, dict)):
+            raise _BadLine(f"turn {turn}: conversation entries must be objects")
+        if (human.get("from"), gpt.get("from")) != ("human", "gpt"):
+            raise _BadLine(f"turn {turn}: expected a human then a gpt message")
+        try:
+            parse_stages(gpt.get("value") or "")
+        except ReasoningFormatError as error:
+            raise _BadLine(f"turn {turn}: {error}") from None
+        question = str(human.get("value") or "").replace(IMAGE_TOKEN, "").strip()
+        if not question:
+            raise _BadLine(f"turn {turn}: empty question")
+        records.append(
+            Record(
+                id=str(row["id"]) if len(turns) == 2 else f"{row['id']}#{turn}",
+                image=str(row["image"]),
+                question=question,
+                response=gpt["value"],
+                answer=row.get("answer"),
+                answer_type=row.get("answer_type"),
+                tier=row.get("tier"),
+            )
+        )
+    return records
+
+
+def load_llava_cot(
+    jsonl_path: str | Path,
+    image_root: str | Path | None = None,
+    quarantine_path: str | Path | None = None,
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+    check_images: bool = True,
+) -> LoadedData:
+    """Load and validate a LLaVA-CoT-style jsonl.
+
+    Args:
+        jsonl_path: the ``train.jsonl`` (or a subset written by :func:`write_llava_cot`).
+        image_root: directory the ``image`` paths are relative to; defaults to the jsonl's folder.
+        quarantine_path: where rejected lines go, one JSON object each with ``line``, ``reason`` and
+            ``raw``; defaults to ``<jsonl>.quarantine.jsonl`` beside the input.
+        max_bad_fraction: raise :class:`DataQualityError` when more than this fraction of the
+            non-empty lines is quarantined.
+        check_images: open and verify every referenced image (each distinct file once).
+    """
+    jsonl_path = Path(jsonl_path)
+    image_root = Path(image_root) if image_root is not None else jsonl_path.parent
+    quarantine_path = Path(quarantine_path or jsonl_path.with_suffix(".quarantine.jsonl"))
+    if not jsonl_path.is_file():
+        raise FileNotFoundError(f"data file not found: {jsonl_path}")
+    if not 0 <= max_bad_fraction <= 1:
+        raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+
+    image_status: dict[str, str | None] = {}
+    check = (lambda rel: _check_image(image_root, rel, image_status)) if check_images else (lambda rel: None)
+    records: list[Record] = []
+    seen_ids: set[str] = set()
+    num_lines = num_bad = 0
+    quarantine_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(jsonl_path, encoding="utf-8") as source, open(quarantine_path, "w", encoding="utf-8") as quarantine:
+        for line_number, raw in enumerate(tqdm(source, desc=f"loading {jsonl_path.name}", unit=" lines"), 1):
+            if not raw.strip():
+                continue
+            num_lines += 1
+            try:
+                try:
+                    row = json.loads(raw)
+                except json.JSONDecodeError as error:
+                    raise _BadLine(f"malformed JSON: {error}") from None
+                new = _records_from_line(row, check)
+                duplicate = next((r.id for r in new if r.id in seen_ids), None)
+                if duplicate is not None:
+                    raise _BadLine(f"duplicate id {duplicate!r}")
+            except _BadLine as bad:
+                num_bad += 1
+                quarantine.write(json.dumps({"line": line_number, "reason": str(bad), "raw": raw.rstrip("\n")}) + "\n")
+                continue
+            seen_ids.update(r.id for r in new)
+            records.extend(new)
+
+    if num_lines == 0:
+        raise DataQualityError(f"{jsonl_path} holds no records")
+    if num_bad / num_lines > max_bad_fraction:
+        raise DataQualityError(
+            f"{num_bad} of {num_lines} lines of {jsonl_path} are invalid "
+            f"({num_bad / num_lines:.1%} > limit {max_bad_fraction:.1%}); reasons per line in {quarantine_path}"
+        )
+    return LoadedData(records, image_root, num_lines, num_bad, quarantine_path)
+
+
+def write_llava_cot(records: list[Record], jsonl_path: str | Path) -> None:
+    """Write records as a LLaVA-CoT-100k style jsonl."""
+    jsonl_path = Path(jsonl_path)
+    jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(jsonl_path, "w", encoding="utf-8") as out:
+        for record in records:
+            out.write(json.dumps(record.to_llava_cot(), ensure_ascii=False) + "\n")

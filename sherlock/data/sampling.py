@@ -1,0 +1,105 @@
+"""Disjoint, seeded random subsets (D_A, D_B; spec §1 Stage I) with a traceable manifest.
+
+Each subset is written as a self-contained directory in the LLaVA-CoT layout (``data.jsonl`` and
+its images); ``manifest.json`` lists, per subset, every record id with the sha256 of the record's
+content and of its image, so a subset can be rebuilt and checked later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+from sherlock.data.llava_cot import LoadedData, load_llava_cot, write_llava_cot
+from sherlock.data.schema import Record, file_digest
+
+DEFAULT_SUBSET_SIZES = {"D_A": 10_000, "D_B": 10_000}
+MANIFEST = "manifest.json"
+SUBSET_DATA = "data.jsonl"
+
+
+class ManifestMismatchError(ValueError):
+    """A subset directory no longer matches its manifest."""
+
+
+def sample_disjoint(records: list[Record], sizes: dict[str, int], seed: int) -> dict[str, list[Record]]:
+    """Draw disjoint random subsets of the given sizes.
+
+    Records are ordered by id before drawing, so the subsets depend on the seed and the set of
+    records, not on the order of the source file.
+    """
+    if any(size < 0 for size in sizes.values()):
+        raise ValueError(f"subset sizes must be non-negative: {sizes}")
+    total = sum(sizes.values())
+    if total > len(records):
+        raise ValueError(f"subsets need {total} records ({sizes}) but the source holds {len(records)}")
+    ordered = sorted(records, key=lambda r: r.id)
+    drawn = random.Random(seed).sample(range(len(ordered)), total)
+    subsets, start = {}, 0
+    for name, size in sizes.items():
+        subsets[name] = [ordered[i] for i in drawn[start : start + size]]
+        start += size
+    return subsets
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        return
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def write_subsets(
+    subsets: dict[str, list[Record]], image_root: Path, output_dir: str | Path, seed: int, source: str
+) -> dict:
+    """Write each subset as ``output_dir/<name>/data.jsonl`` + images and return the manifest."""
+    output_dir = Path(output_dir)
+    manifest: dict = {"seed": seed, "source": source, "subsets": {}}
+    for name, records in subsets.items():
+        subset_dir = output_dir / name
+        entries = []
+        for record in records:
+            _link_or_copy(Path(image_root) / record.image, subset_dir / record.image)
+            entries.append(
+                {"id": record.id, "record_sha256": record.digest(), "image_sha256": file_digest(subset_dir / record.image)}
+            )
+        write_llava_cot(records, subset_dir / SUBSET_DATA)
+        manifest["subsets"][name] = entries
+    (output_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def sample_to_dir(
+    data: LoadedData, output_dir: str | Path, sizes: dict[str, int] | None = None, seed: int = 0
+) -> dict:
+    """Sample disjoint subsets from loaded data and write them with their manifest."""
+    sizes = dict(DEFAULT_SUBSET_SIZES if sizes is None else sizes)
+    subsets = sample_disjoint(data.records, sizes, seed)
+    source = str(data.image_root)
+    return write_subsets(subsets, data.image_root, output_dir, seed, source)
+
+
+def verify_subset(subset_root: str | Path, name: str) -> LoadedData:
+    """Load subset ``name`` and check every record and image against the manifest."""
+    subset_root = Path(subset_root)
+    manifest = json.loads((subset_root / MANIFEST).read_text())
+    if name not in manifest["subsets"]:
+        raise KeyError(f"no subset {name!r} in {subset_root / MANIFEST}; has {sorted(manifest['subsets'])}")
+    data = load_llava_cot(subset_root / name / SUBSET_DATA, max_bad_fraction=0.0)
+    by_id = {r.id: r for r in data.records}
+    expected = manifest["subsets"][name]
+    if sorted(by_id) != sorted(e["id"] for e in expected):
+        raise ManifestMismatchError(f"record ids of {name} differ from the manifest")
+    for entry in expected:
+        record = by_id[entry["id"]]
+        if record.digest() != entry["record_sha256"]:
+            raise ManifestMismatchError(f"record {entry['id']} changed since sampling")
+        if file_digest(data.image_root / record.image) != entry["image_sha256"]:
+            raise ManifestMismatchError(f"image of record {entry['id']} changed since sampling")
+    return data

@@ -1,0 +1,63 @@
+"""The record every stage passes around: one LLaVA-CoT-style example."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Record:
+    """One example: an image reference, a question and a 4-stage response.
+
+    ``image`` is a path relative to the data set's image root (the LLaVA-CoT-100k layout).
+    ``answer`` is the gold answer where one is known (synthetic and benchmark data);
+    ``answer_type`` says how to compare it ("choice", "number", "text").
+    """
+
+    id: str
+    image: str
+    question: str
+    response: str
+    answer: str | None = None
+    answer_type: str | None = None
+    tier: str | None = None
+
+    def to_llava_cot(self) -> dict:
+        """The record as one line of the LLaVA-CoT-100k ``train.jsonl`` (gold fields appended)."""
+        row = {
+            "id": self.id,
+            "image": self.image,
+            "conversations": [
+                {"from": "human", "value": self.question},
+                {"from": "gpt", "value": self.response},
+            ],
+        }
+        extras = {"answer": self.answer, "answer_type": self.answer_type, "tier": self.tier}
+        row.update({k: v for k, v in extras.items() if v is not None})
+        return row
+
+    def digest(self) -> str:
+        """sha256 of the record's canonical JSON: identifies its content, not its position."""
+        canonical = json.dumps(dataclasses.asdict(self), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def open_image(image_root: Path, record: Record) -> Image.Image:
+    """The record's image as RGB."""
+    with Image.open(Path(image_root) / record.image) as image:
+        return image.convert("RGB")

@@ -1,0 +1,78 @@
+"""Batched generation with the KV cache, optionally continuing an assistant turn from a prefix.
+
+The authors' scripts call ``generate`` once per sample; here a batch of prompts (left-padded) goes
+through one ``generate`` call. Generation stops after ``</CONCLUSION>`` (spec §1, Stage II).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from sherlock.chat import user_turn
+from sherlock.reasoning import CONCLUSION_END, cut_after_conclusion
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings. ``temperature = 0`` is greedy decoding."""
+
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    batch_size: int = 32
+    seed: int = 0
+
+
+def generate(
+    model,
+    processor,
+    prompts: list[str],
+    images: list[Image.Image],
+    prefixes: list[str] | None = None,
+    config: GenerationConfig | None = None,
+    desc: str = "generating",
+) -> list[str]:
+    """Generate one response per (prompt, image); with ``prefixes``, continue each assistant turn.
+
+    Returns the generated continuations only (the prefix is not repeated), cut after the first
+    ``</CONCLUSION>``.
+    """
+    config = config or GenerationConfig()
+    prefixes = prefixes if prefixes is not None else [""] * len(prompts)
+    if not len(prompts) == len(images) == len(prefixes):
+        raise ValueError(f"got {len(prompts)} prompts, {len(images)} images and {len(prefixes)} prefixes")
+    tokenizer = processor.tokenizer
+    tokenizer.padding_side = "left"
+    sampling = config.temperature > 0
+    options = {
+        "max_new_tokens": config.max_new_tokens,
+        "do_sample": sampling,
+        "stop_strings": [CONCLUSION_END],
+        "tokenizer": tokenizer,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if sampling:
+        options.update(temperature=config.temperature, top_p=config.top_p)
+    torch.manual_seed(config.seed)
+    outputs: list[str] = []
+    was_training = model.training
+    model.eval()
+    for start in tqdm(range(0, len(prompts), config.batch_size), desc=desc, unit=" batches"):
+        stop = start + config.batch_size
+        texts = [
+            processor.apply_chat_template([user_turn(prompt)], add_generation_prompt=True) + prefix
+            for prompt, prefix in zip(prompts[start:stop], prefixes[start:stop])
+        ]
+        batch = processor(
+            images=[[image] for image in images[start:stop]], text=texts, padding=True, return_tensors="pt"
+        ).to(model.device)
+        with torch.inference_mode():
+            tokens = model.generate(**batch, **options)
+        new_tokens = tokens[:, batch["input_ids"].shape[1] :]
+        outputs.extend(cut_after_conclusion(t) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    model.train(was_training)
+    return outputs

@@ -1,0 +1,167 @@
+"""A tiny Llama-3.2-Vision (Mllama) with a tokenizer trained on the project's corpus.
+
+The production model is Llama-3.2-11B-Vision-Instruct; this builds the same architecture with tiny
+dimensions and random weights, a byte-level BPE tokenizer with the Llama-3 special tokens and the
+four stage tags as atomic tokens, a Llama-3-style chat template whose assistant turn is wrapped in
+``{% generation %}`` (for TRL's ``assistant_only_loss``), and an ``MllamaProcessor``. It is saved
+with ``save_pretrained`` so every stage loads it like any other checkpoint. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    MllamaConfig,
+    MllamaForConditionalGeneration,
+    MllamaImageProcessorPil,
+    MllamaProcessor,
+    PreTrainedTokenizerFast,
+)
+
+from sherlock.reasoning import STAGES
+
+BOS, EOS, EOT = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"
+START_HEADER, END_HEADER = "<|start_header_id|>", "<|end_header_id|>"
+IMAGE, PAD = "<|image|>", "<|finetune_right_pad_id|>"
+SPECIAL_TOKENS = [BOS, EOS, START_HEADER, END_HEADER, EOT, IMAGE, PAD]
+STAGE_TAGS = [tag for stage in STAGES for tag in (f"<{stage}>", f"</{stage}>")]
+
+# Llama-3 layout; the assistant turn including <|eot_id|> is the generation (trainable) span.
+CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}"
+    "{%- if message['role'] == 'assistant' %}{% generation %}"
+    "{%- if message['content'] is string %}{{- message['content'] }}"
+    "{%- else %}{%- for part in message['content'] %}{%- if part['type'] == 'text' %}{{- part['text'] }}"
+    "{%- endif %}{%- endfor %}{%- endif %}"
+    "{{- '<|eot_id|>' }}{% endgeneration %}"
+    "{%- else %}"
+    "{%- if message['content'] is string %}{{- message['content'] }}"
+    "{%- else %}{%- for part in message['content'] %}"
+    "{%- if part['type'] == 'image' %}{{- '<|image|>' }}"
+    "{%- elif part['type'] == 'text' %}{{- part['text'] }}{%- endif %}"
+    "{%- endfor %}{%- endif %}"
+    "{{- '<|eot_id|>' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinyPreset:
+    """Dimensions of a tiny Mllama. Cross-attention layers count inside ``text_layers``."""
+
+    text_hidden: int
+    text_layers: int
+    cross_attention_layers: tuple[int, ...]
+    text_heads: int
+    text_kv_heads: int
+    text_intermediate: int
+    vision_hidden: int
+    vision_layers: int
+    vision_global_layers: int
+    vision_heads: int
+    vision_intermediate: int
+    intermediate_layers_indices: tuple[int, ...]
+    patch_size: int = 8
+
+
+PRESETS = {
+    "tiny": TinyPreset(64, 4, (1, 3), 4, 2, 192, 64, 2, 1, 4, 128, (1,)),
+    "small": TinyPreset(128, 6, (2, 5), 4, 2, 384, 128, 3, 1, 4, 256, (1, 2)),
+}
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    """Byte-level BPE on ``corpus`` with Llama-3 special tokens and atomic stage tags."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=BOS,
+        eos_token=EOT,
+        pad_token=PAD,
+        padding_side="left",
+        model_max_length=4096,
+        chat_template=CHAT_TEMPLATE,
+    )
+    fast.add_tokens(STAGE_TAGS)  # atomic but not special: decoding keeps them
+    return fast
+
+
+def build_processor(tokenizer: PreTrainedTokenizerFast, image_size: int) -> MllamaProcessor:
+    image_processor = MllamaImageProcessorPil(size={"height": image_size, "width": image_size}, max_image_tiles=1)
+    return MllamaProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+
+
+def build_config(preset: TinyPreset, tokenizer: PreTrainedTokenizerFast, image_size: int) -> MllamaConfig:
+    ids = tokenizer.convert_tokens_to_ids
+    vision = {
+        "hidden_size": preset.vision_hidden,
+        "num_hidden_layers": preset.vision_layers,
+        "num_global_layers": preset.vision_global_layers,
+        "attention_heads": preset.vision_heads,
+        "intermediate_size": preset.vision_intermediate,
+        "vision_output_dim": preset.vision_hidden * (len(preset.intermediate_layers_indices) + 1),
+        "image_size": image_size,
+        "patch_size": preset.patch_size,
+        "max_num_tiles": 1,
+        "supported_aspect_ratios": [[1, 1]],
+        "intermediate_layers_indices": list(preset.intermediate_layers_indices),
+    }
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": preset.text_hidden,
+        "num_hidden_layers": preset.text_layers,
+        "cross_attention_layers": list(preset.cross_attention_layers),
+        "num_attention_heads": preset.text_heads,
+        "num_key_value_heads": preset.text_kv_heads,
+        "intermediate_size": preset.text_intermediate,
+        "max_position_embeddings": 4096,
+        "bos_token_id": ids(BOS),
+        "eos_token_id": [ids(EOT), ids(EOS)],
+        "pad_token_id": ids(PAD),
+    }
+    return MllamaConfig(vision_config=vision, text_config=text, image_token_index=ids(IMAGE))
+
+
+def build_tiny_vlm(
+    output_dir: str | Path,
+    corpus: Iterable[str],
+    preset: str = "tiny",
+    image_size: int = 64,
+    vocab_size: int = 1024,
+    seed: int = 0,
+) -> Path:
+    """Build a randomly initialised tiny Mllama + processor and ``save_pretrained`` them to ``output_dir``."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    if image_size % PRESETS[preset].patch_size:
+        raise ValueError(f"image_size must be a multiple of the patch size {PRESETS[preset].patch_size}")
+    tokenizer = train_tokenizer(corpus, vocab_size)
+    processor = build_processor(tokenizer, image_size)
+    config = build_config(PRESETS[preset], tokenizer, image_size)
+    torch.manual_seed(seed)
+    model = MllamaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.bos_token_id = config.text_config.bos_token_id
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    return output_dir
