@@ -70,8 +70,10 @@ class TinyPreset:
     vision_heads: int
     vision_intermediate: int
     intermediate_layers_indices: tuple[int, ...]
-    patch_size: int = 8
+    patch_size: int = 24  # 3 x 3 patches on the default 72-px image: one per grid cell
 
+
+CROSS_ATTENTION_GATE = 1.0
 
 PRESETS = {
     "tiny": TinyPreset(64, 4, (1, 3), 4, 2, 192, 64, 2, 1, 4, 128, (1,)),
@@ -123,6 +125,7 @@ def build_config(preset: TinyPreset, tokenizer: PreTrainedTokenizerFast, image_s
         "max_num_tiles": 1,
         "supported_aspect_ratios": [[1, 1]],
         "intermediate_layers_indices": list(preset.intermediate_layers_indices),
+        "initializer_range": preset.vision_hidden**-0.5,
     }
     text = {
         "vocab_size": len(tokenizer),
@@ -136,8 +139,22 @@ def build_config(preset: TinyPreset, tokenizer: PreTrainedTokenizerFast, image_s
         "bos_token_id": ids(BOS),
         "eos_token_id": [ids(EOT), ids(EOS)],
         "pad_token_id": ids(PAD),
+        "initializer_range": preset.text_hidden**-0.5,
     }
     return MllamaConfig(vision_config=vision, text_config=text, image_token_index=ids(IMAGE))
+
+
+def open_cross_attention_gates(model: MllamaForConditionalGeneration, value: float = CROSS_ATTENTION_GATE) -> None:
+    """Set the tanh gates of the text model's cross-attention layers to ``value``.
+
+    Mllama initialises them to 0, which suits adding vision to a pretrained language model but
+    traps a model trained from scratch: with tanh(0) = 0 the cross-attention weights get no
+    gradient and the gate gets almost none, so the model learns to ignore the image.
+    """
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
+                parameter.fill_(value)
 
 
 def build_tiny_vlm(
@@ -158,6 +175,7 @@ def build_tiny_vlm(
     config = build_config(PRESETS[preset], tokenizer, image_size)
     torch.manual_seed(seed)
     model = MllamaForConditionalGeneration(config)
+    open_cross_attention_gates(model)
     model.generation_config.pad_token_id = config.text_config.pad_token_id
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.generation_config.bos_token_id = config.text_config.bos_token_id

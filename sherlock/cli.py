@@ -1,0 +1,96 @@
+"""``sherlock`` command line: data, tiny model and the embedded end-to-end job."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, DataQualityError, load_llava_cot
+from sherlock.data.sampling import DEFAULT_SUBSET_SIZES, sample_to_dir
+from sherlock.data.synthetic import TIERS, generate_synthetic
+from sherlock.demo import DemoConfig, run_demo
+from sherlock.models.tiny import PRESETS, build_tiny_vlm
+from sherlock.prompts import SHERLOCK_CORRECTION_TEMPLATE
+
+
+def _sizes(text: str) -> dict[str, int]:
+    try:
+        return {name: int(size) for name, size in (part.split("=") for part in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=SIZE[,NAME=SIZE…], got {text!r}") from None
+
+
+def _synth(args) -> None:
+    path = generate_synthetic(args.output, args.num_items, args.seed, tuple(args.tiers.split(",")), args.image_size)
+    print(path)
+
+
+def _sample(args) -> None:
+    data = load_llava_cot(args.data, args.image_root, max_bad_fraction=args.max_bad_fraction)
+    if data.num_quarantined:
+        print(f"{data.num_quarantined} of {data.num_lines} lines quarantined: {data.quarantine_path}", file=sys.stderr)
+    manifest = sample_to_dir(data, args.output, args.sizes, args.seed)
+    print(json.dumps({name: len(entries) for name, entries in manifest["subsets"].items()}))
+
+
+def _build_tiny(args) -> None:
+    data = load_llava_cot(args.corpus, check_images=False)
+    corpus = [f"{r.question}\n{r.response}" for r in data.records] + [SHERLOCK_CORRECTION_TEMPLATE]
+    print(build_tiny_vlm(args.output, corpus, args.preset, args.image_size, args.vocab_size, args.seed))
+
+
+def _demo(args) -> None:
+    fields = {f.name for f in dataclasses.fields(DemoConfig)}
+    run_demo(DemoConfig(**{k: v for k, v in vars(args).items() if k in fields}))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sherlock", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    synth = commands.add_parser("synth", help="write the synthetic visual-reasoning data set")
+    synth.add_argument("--output", type=Path, required=True)
+    synth.add_argument("--num-items", type=int, default=10_000)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--tiers", default=",".join(TIERS), help="comma-separated subset of " + ",".join(TIERS))
+    synth.add_argument("--image-size", type=int, default=64)
+    synth.set_defaults(func=_synth)
+
+    sample = commands.add_parser("sample", help="draw disjoint seeded subsets (D_A, D_B) with a manifest")
+    sample.add_argument("--data", type=Path, required=True, help="LLaVA-CoT style train.jsonl")
+    sample.add_argument("--image-root", type=Path, default=None, help="default: the jsonl's folder")
+    sample.add_argument("--output", type=Path, required=True)
+    sample.add_argument("--sizes", type=_sizes, default=DEFAULT_SUBSET_SIZES, help="e.g. D_A=10000,D_B=10000")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--max-bad-fraction", type=float, default=DEFAULT_MAX_BAD_FRACTION)
+    sample.set_defaults(func=_sample)
+
+    tiny = commands.add_parser("build-tiny", help="build a tiny Llama-3.2-Vision checkpoint")
+    tiny.add_argument("--output", type=Path, required=True)
+    tiny.add_argument("--corpus", type=Path, required=True, help="jsonl whose texts train the tokenizer")
+    tiny.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    tiny.add_argument("--image-size", type=int, default=64)
+    tiny.add_argument("--vocab-size", type=int, default=1024)
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=_build_tiny)
+
+    demo = commands.add_parser("demo", help="embedded end-to-end job: data, tiny model, SFT, accuracy before/after")
+    for field in dataclasses.fields(DemoConfig):
+        demo.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (DataQualityError, FileNotFoundError, ValueError) as error:
+        sys.exit(f"sherlock {args.command}: error: {error}")
+
+
+if __name__ == "__main__":
+    main()
