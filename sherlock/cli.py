@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, DataQualityError, load_llava_cot
 from sherlock.data.sampling import DEFAULT_SUBSET_SIZES, sample_to_dir
-from sherlock.data.synthetic import TIERS, generate_synthetic
+from sherlock.data.synthetic import IMAGE_SIZE, TIERS, generate_synthetic
 from sherlock.demo import DemoConfig, run_demo
 from sherlock.models.tiny import PRESETS, build_tiny_vlm
 from sherlock.prompts import SHERLOCK_CORRECTION_TEMPLATE
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--num-items", type=int, default=10_000)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--tiers", default=",".join(TIERS), help="comma-separated subset of " + ",".join(TIERS))
-    synth.add_argument("--image-size", type=int, default=64)
+    synth.add_argument("--image-size", type=int, default=IMAGE_SIZE)
     synth.set_defaults(func=_synth)
 
     sample = commands.add_parser("sample", help="draw disjoint seeded subsets (D_A, D_B) with a manifest")
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--output", type=Path, required=True)
     tiny.add_argument("--corpus", type=Path, required=True, help="jsonl whose texts train the tokenizer")
     tiny.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    tiny.add_argument("--image-size", type=int, default=64)
+    tiny.add_argument("--image-size", type=int, default=IMAGE_SIZE)
     tiny.add_argument("--vocab-size", type=int, default=1024)
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_build_tiny)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from sherlock.data.llava_cot import load_llava_cot
-from sherlock.data.synthetic import generate_synthetic
+from sherlock.data.synthetic import IMAGE_SIZE, generate_synthetic
 from sherlock.evaluation import EvalResult, evaluate_direct
 from sherlock.generation import GenerationConfig
 from sherlock.models.loading import load_vlm
@@ -29,7 +29,7 @@ class DemoConfig:
     train_items: int = 8000
     eval_items: int = 1000
     preset: str = "tiny"
-    image_size: int = 64
+    image_size: int = IMAGE_SIZE
     epochs: float = 2.0
     learning_rate: float = 3e-3
     batch_size: int = 16

@@ -19,3 +19,21 @@ def tiny_tokenizer(synthetic_corpus):
     from sherlock.models.tiny import train_tokenizer
 
     return train_tokenizer(synthetic_corpus, vocab_size=400)
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory):
+    """A small synthetic data set on disk (all tiers), loaded."""
+    from sherlock.data.llava_cot import load_llava_cot
+    from sherlock.data.synthetic import generate_synthetic
+
+    return load_llava_cot(generate_synthetic(tmp_path_factory.mktemp("synthetic-data"), 96, seed=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, synthetic_corpus):
+    """A saved tiny Mllama checkpoint (random weights)."""
+    from sherlock.models.tiny import build_tiny_vlm
+    from sherlock.prompts import SHERLOCK_CORRECTION_TEMPLATE
+
+    return build_tiny_vlm(tmp_path_factory.mktemp("tiny"), synthetic_corpus + [SHERLOCK_CORRECTION_TEMPLATE], vocab_size=600)

@@ -41,6 +41,7 @@ TIER_SHAPES = {"easy": (2, 5), "medium": (3, 7), "hard": (5, 8)}
 CHOICE_FRACTION = 0.3
 OPTION_LETTERS = "ABCD"
 DATA_FILE = "data.jsonl"
+IMAGE_SIZE = 72  # a 3 x 3 grid of 24-px cells
 
 
 def cell_name(row: int, col: int) -> str:
@@ -274,7 +275,7 @@ def _distractor_options(rng: random.Random, q: _Question) -> list[str]:
     return rng.sample(pool, len(OPTION_LETTERS) - 1)
 
 
-def make_item(seed: int, index: int, tier: str, image_size: int = 64) -> tuple[Record, Image.Image]:
+def make_item(seed: int, index: int, tier: str, image_size: int = IMAGE_SIZE) -> tuple[Record, Image.Image]:
     """Item ``index`` of seed ``seed`` at a difficulty tier: its record and its image."""
     rng = random.Random(f"sherlock-synthetic:{seed}:{index}")
     while True:
@@ -313,7 +314,7 @@ def generate_synthetic(
     num_items: int,
     seed: int = 0,
     tiers: tuple[str, ...] = TIERS,
-    image_size: int = 64,
+    image_size: int = IMAGE_SIZE,
 ) -> Path:
     """Write ``num_items`` items (tiers in rotation) as ``output_dir/data.jsonl`` + ``images/``.
 

@@ -23,6 +23,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from sherlock.data.synthetic import IMAGE_SIZE
 from sherlock.reasoning import STAGES
 
 BOS, EOS, EOT = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"
@@ -161,7 +162,7 @@ def build_tiny_vlm(
     output_dir: str | Path,
     corpus: Iterable[str],
     preset: str = "tiny",
-    image_size: int = 64,
+    image_size: int = IMAGE_SIZE,
     vocab_size: int = 1024,
     seed: int = 0,
 ) -> Path:

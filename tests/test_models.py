@@ -1,0 +1,94 @@
+import pytest
+import torch
+
+from sherlock.chat import conversation, user_turn
+from sherlock.data.schema import open_image
+from sherlock.generation import GenerationConfig, generate
+from sherlock.models.loading import CheckpointNotFoundError, load_vlm
+from sherlock.models.tiny import STAGE_TAGS, build_tiny_vlm
+
+
+def test_stage_tags_are_atomic_and_survive_decoding(tiny_tokenizer):
+    for tag in STAGE_TAGS:
+        assert len(tiny_tokenizer(tag, add_special_tokens=False)["input_ids"]) == 1
+    text = "<SUMMARY>count</SUMMARY>"
+    ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tiny_tokenizer.decode(ids, skip_special_tokens=True) == text
+
+
+def test_chat_template_marks_only_the_assistant_turn(tiny_tokenizer):
+    messages = [{"role": "user", "content": "How many?"}, {"role": "assistant", "content": "<CONCLUSION>2</CONCLUSION>"}]
+    out = tiny_tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ids, mask = out["input_ids"], out["assistant_masks"]
+    trained = tiny_tokenizer.decode([i for i, m in zip(ids, mask) if m])
+    assert trained == "<CONCLUSION>2</CONCLUSION><|eot_id|>"
+
+
+def test_tiny_model_saves_reloads_and_generates(tiny_model_dir, synthetic_data):
+    model, processor = load_vlm(tiny_model_dir)
+    assert type(model).__name__ == "MllamaForConditionalGeneration"
+    gates = [p.item() for n, p in model.named_parameters() if n.endswith("cross_attn_attn_gate")]
+    assert gates and all(g != 0 for g in gates)  # open, so the image reaches the text model
+
+    again, _ = load_vlm(tiny_model_dir)
+    for (name, p), (_, q) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(p, q), name
+
+    records = synthetic_data.records[:5]
+    images = [open_image(synthetic_data.image_root, r) for r in records]
+    config = GenerationConfig(max_new_tokens=12, batch_size=2)
+    outputs = generate(model, processor, [r.question for r in records], images, config=config)
+    assert len(outputs) == 5 and all(isinstance(o, str) for o in outputs)
+    # batched greedy decoding equals one-by-one decoding
+    alone = [generate(model, processor, [r.question], [im], config=config)[0] for r, im in zip(records, images)]
+    assert outputs == alone
+
+    # a prefix continues the assistant turn: the first new token is the model's argmax after it
+    prefix = "<SUMMARY>I will"
+    continued = generate(model, processor, [records[0].question], images[:1], prefixes=[prefix], config=config)[0]
+    text = processor.apply_chat_template([user_turn(records[0].question)], add_generation_prompt=True) + prefix
+    batch = processor(images=[images[:1]], text=[text], return_tensors="pt")
+    with torch.no_grad():
+        first = model(**batch).logits[0, -1].argmax().item()
+    assert continued.startswith(processor.tokenizer.decode([first], skip_special_tokens=True))
+
+
+def test_generation_rejects_mismatched_inputs(tiny_model_dir):
+    model, processor = load_vlm(tiny_model_dir)
+    with pytest.raises(ValueError, match="2 prompts, 1 images"):
+        generate(model, processor, ["a", "b"], [None])
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointNotFoundError, match="config.json missing"):
+        load_vlm(tmp_path)
+
+
+def test_unknown_preset(tmp_path):
+    with pytest.raises(ValueError, match="unknown preset"):
+        build_tiny_vlm(tmp_path, ["text"], preset="huge")
+
+
+def test_sft_trains_the_assistant_turn(tiny_model_dir, synthetic_data, tmp_path):
+    from sherlock.training.sft import examples_from_records, sft_args, sft_dataset, train_sft
+
+    examples = examples_from_records(synthetic_data.records[:64], synthetic_data.image_root)
+    model, processor = load_vlm(tiny_model_dir)
+    records = synthetic_data.records[:16]
+    images = [[open_image(synthetic_data.image_root, r)] for r in records]
+    texts = [processor.apply_chat_template(conversation(r.question, r.response)) for r in records]
+    batch = processor(images=images, text=texts, padding=True, return_tensors="pt")
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+
+    def loss(m):
+        with torch.no_grad():
+            return m(**batch, labels=labels).loss.item()
+
+    before = loss(model)
+    args = sft_args(tmp_path, learning_rate=3e-3, num_train_epochs=3, per_device_train_batch_size=16, logging_steps=1)
+    out = train_sft(tiny_model_dir, examples, tmp_path / "sft", args)
+    trained, _ = load_vlm(out)
+    assert loss(trained) < before - 0.5
+    assert len(sft_dataset(examples)) == 64
+    with pytest.raises(ValueError, match="empty"):
+        sft_dataset([])
