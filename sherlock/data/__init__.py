@@ -1,0 +1,1 @@
+"""Records, the LLaVA-CoT loader, disjoint sampling and the synthetic task."""

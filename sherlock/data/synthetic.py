@@ -107,7 +107,7 @@ def draw_scene(shapes: list[Shape], image_size: int, rng: random.Random) -> Imag
 
 
 def caption(shapes: list[Shape]) -> str:
-    listed = "; ".join(f"a {s.name} at {s.cell}" for s in shapes)
+    listed = "; ".join(f"{s.cell}: a {s.name}" for s in shapes)  # cell first: then read the cell
     return f"The image shows {len(shapes)} shapes: {listed}."
 
 

@@ -1,0 +1,1 @@
+"""Loading Hugging Face VLMs and building the tiny Mllama."""

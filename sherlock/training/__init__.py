@@ -1,0 +1,1 @@
+"""Trainers built on TRL."""
