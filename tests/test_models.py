@@ -92,3 +92,12 @@ def test_sft_trains_the_assistant_turn(tiny_model_dir, synthetic_data, tmp_path)
     assert len(sft_dataset(examples)) == 64
     with pytest.raises(ValueError, match="empty"):
         sft_dataset([])
+
+
+def test_presets_build_the_named_sizes(tmp_path, synthetic_corpus):
+    sizes = {}
+    for preset in ("tiny", "small"):
+        model, _ = load_vlm(build_tiny_vlm(tmp_path / preset, synthetic_corpus, preset=preset, vocab_size=500))
+        sizes[preset] = sum(p.numel() for p in model.parameters())
+        assert model.config.vision_config.image_size == 72 and model.config.vision_config.max_num_tiles == 1
+    assert 2 * sizes["tiny"] < sizes["small"]
