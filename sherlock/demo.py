@@ -12,7 +12,7 @@ import torch
 from sherlock.data.llava_cot import load_llava_cot
 from sherlock.data.synthetic import IMAGE_SIZE, generate_synthetic
 from sherlock.evaluation import EvalResult, evaluate_direct
-from sherlock.generation import GenerationConfig
+from sherlock.generation import DecodingConfig
 from sherlock.models.loading import load_vlm
 from sherlock.models.tiny import build_tiny_vlm
 from sherlock.prompts import SHERLOCK_CORRECTION_TEMPLATE
@@ -63,7 +63,7 @@ def run_demo(config: DemoConfig) -> dict:
     corpus = [f"{r.question}\n{r.response}" for r in train.records[:TOKENIZER_CORPUS_ITEMS]]
     base = timed("build", build_tiny_vlm, workdir / "models/base", corpus + [SHERLOCK_CORRECTION_TEMPLATE],
                  preset=config.preset, image_size=config.image_size, seed=config.seed)
-    generation = GenerationConfig(max_new_tokens=config.max_new_tokens, batch_size=config.eval_batch_size)
+    generation = DecodingConfig(max_new_tokens=config.max_new_tokens, batch_size=config.eval_batch_size)
 
     model, processor = load_vlm(base, dtype=torch.float32)
     before = timed("eval_before", evaluate_direct, model, processor, held_out.records, held_out.image_root, generation)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sherlock.data.schema import Record, open_image
-from sherlock.generation import GenerationConfig, generate
+from sherlock.generation import DecodingConfig, generate
 from sherlock.reasoning import is_correct
 
 
@@ -59,7 +59,7 @@ def score(records: list[Record], responses: list[str]) -> EvalResult:
 
 
 def evaluate_direct(
-    model, processor, records: list[Record], image_root: Path, config: GenerationConfig | None = None
+    model, processor, records: list[Record], image_root: Path, config: DecodingConfig | None = None
 ) -> EvalResult:
     """Answer every question once (greedy by default) and score the CONCLUSIONs."""
     images = [open_image(image_root, r) for r in records]

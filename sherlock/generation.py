@@ -17,7 +17,7 @@ from sherlock.reasoning import CONCLUSION_END, cut_after_conclusion
 
 
 @dataclass
-class GenerationConfig:
+class DecodingConfig:
     """Decoding settings. ``temperature = 0`` is greedy decoding."""
 
     max_new_tokens: int = 512
@@ -33,7 +33,7 @@ def generate(
     prompts: list[str],
     images: list[Image.Image],
     prefixes: list[str] | None = None,
-    config: GenerationConfig | None = None,
+    config: DecodingConfig | None = None,
     desc: str = "generating",
 ) -> list[str]:
     """Generate one response per (prompt, image); with ``prefixes``, continue each assistant turn.
@@ -41,7 +41,7 @@ def generate(
     Returns the generated continuations only (the prefix is not repeated), cut after the first
     ``</CONCLUSION>``.
     """
-    config = config or GenerationConfig()
+    config = config or DecodingConfig()
     prefixes = prefixes if prefixes is not None else [""] * len(prompts)
     if not len(prompts) == len(images) == len(prefixes):
         raise ValueError(f"got {len(prompts)} prompts, {len(images)} images and {len(prefixes)} prefixes")

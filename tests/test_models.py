@@ -3,7 +3,7 @@ import torch
 
 from sherlock.chat import conversation, user_turn
 from sherlock.data.schema import open_image
-from sherlock.generation import GenerationConfig, generate
+from sherlock.generation import DecodingConfig, generate
 from sherlock.models.loading import CheckpointNotFoundError, load_vlm
 from sherlock.models.tiny import STAGE_TAGS, build_tiny_vlm
 
@@ -36,7 +36,7 @@ def test_tiny_model_saves_reloads_and_generates(tiny_model_dir, synthetic_data):
 
     records = synthetic_data.records[:5]
     images = [open_image(synthetic_data.image_root, r) for r in records]
-    config = GenerationConfig(max_new_tokens=12, batch_size=2)
+    config = DecodingConfig(max_new_tokens=12, batch_size=2)
     outputs = generate(model, processor, [r.question for r in records], images, config=config)
     assert len(outputs) == 5 and all(isinstance(o, str) for o in outputs)
     # batched greedy decoding equals one-by-one decoding
