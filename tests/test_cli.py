@@ -15,6 +15,7 @@ def test_synth_then_sample(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"D_A": 10, "D_B": 12}
     manifest = json.loads((tmp_path / "subsets/manifest.json").read_text())
     assert manifest["seed"] == 1 and len(manifest["subsets"]["D_B"]) == 12
+    assert manifest["source"] == str(tmp_path / "synth/data.jsonl")
 
 
 def test_bad_input_exits_with_a_message(tmp_path):

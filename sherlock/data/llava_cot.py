@@ -29,8 +29,9 @@ class DataQualityError(ValueError):
 
 @dataclass(frozen=True)
 class LoadedData:
-    """Valid records, where their images live, and what was quarantined."""
+    """Valid records, the file they came from, where their images live, and what was quarantined."""
 
+    path: Path
     records: list[Record]
     image_root: Path
     num_lines: int
@@ -157,7 +158,7 @@ def load_llava_cot(
             f"{num_bad} of {num_lines} lines of {jsonl_path} are invalid "
             f"({num_bad / num_lines:.1%} > limit {max_bad_fraction:.1%}); reasons per line in {quarantine_path}"
         )
-    return LoadedData(records, image_root, num_lines, num_bad, quarantine_path)
+    return LoadedData(jsonl_path, records, image_root, num_lines, num_bad, quarantine_path)
 
 
 def write_llava_cot(records: list[Record], jsonl_path: str | Path) -> None:

@@ -81,8 +81,7 @@ def sample_to_dir(
     """Sample disjoint subsets from loaded data and write them with their manifest."""
     sizes = dict(DEFAULT_SUBSET_SIZES if sizes is None else sizes)
     subsets = sample_disjoint(data.records, sizes, seed)
-    source = str(data.image_root)
-    return write_subsets(subsets, data.image_root, output_dir, seed, source)
+    return write_subsets(subsets, data.image_root, output_dir, seed, source=str(data.path))
 
 
 def verify_subset(subset_root: str | Path, name: str) -> LoadedData:
