@@ -12,8 +12,7 @@ from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, DataQualityError, 
 from sherlock.data.sampling import DEFAULT_SUBSET_SIZES, sample_to_dir
 from sherlock.data.synthetic import IMAGE_SIZE, TIERS, generate_synthetic
 from sherlock.demo import DemoConfig, run_demo
-from sherlock.models.tiny import PRESETS, build_tiny_vlm
-from sherlock.prompts import SHERLOCK_CORRECTION_TEMPLATE
+from sherlock.models.tiny import PRESETS, build_tiny_vlm, tokenizer_corpus
 
 
 def _sizes(text: str) -> dict[str, int]:
@@ -38,8 +37,7 @@ def _sample(args) -> None:
 
 def _build_tiny(args) -> None:
     data = load_llava_cot(args.corpus, check_images=False)
-    corpus = [f"{r.question}\n{r.response}" for r in data.records] + [SHERLOCK_CORRECTION_TEMPLATE]
-    print(build_tiny_vlm(args.output, corpus, args.preset, args.image_size, args.vocab_size, args.seed))
+    print(build_tiny_vlm(args.output, tokenizer_corpus(data.records), args.preset, args.image_size, args.vocab_size, args.seed))
 
 
 def _demo(args) -> None:

@@ -14,8 +14,7 @@ from sherlock.data.synthetic import IMAGE_SIZE, generate_synthetic
 from sherlock.evaluation import EvalResult, evaluate_direct
 from sherlock.generation import DecodingConfig
 from sherlock.models.loading import load_vlm
-from sherlock.models.tiny import build_tiny_vlm
-from sherlock.prompts import SHERLOCK_CORRECTION_TEMPLATE
+from sherlock.models.tiny import build_tiny_vlm, tokenizer_corpus
 from sherlock.training.sft import examples_from_records, sft_args, train_sft
 
 TOKENIZER_CORPUS_ITEMS = 3000
@@ -60,8 +59,8 @@ def run_demo(config: DemoConfig) -> dict:
                                    image_size=config.image_size)
     train, held_out = load_llava_cot(train_file), load_llava_cot(eval_file)
 
-    corpus = [f"{r.question}\n{r.response}" for r in train.records[:TOKENIZER_CORPUS_ITEMS]]
-    base = timed("build", build_tiny_vlm, workdir / "models/base", corpus + [SHERLOCK_CORRECTION_TEMPLATE],
+    corpus = tokenizer_corpus(train.records[:TOKENIZER_CORPUS_ITEMS])
+    base = timed("build", build_tiny_vlm, workdir / "models/base", corpus,
                  preset=config.preset, image_size=config.image_size, seed=config.seed)
     generation = DecodingConfig(max_new_tokens=config.max_new_tokens, batch_size=config.eval_batch_size)
 

@@ -6,12 +6,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 from sherlock.data.synthetic import make_item  # noqa: E402
+from sherlock.models.tiny import tokenizer_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def synthetic_corpus():
     items = [make_item(0, i, tier)[0] for i, tier in enumerate(["easy", "medium", "hard"] * 40)]
-    return [f"{r.question}\n{r.response}" for r in items]
+    return tokenizer_corpus(items)
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +35,4 @@ def synthetic_data(tmp_path_factory):
 def tiny_model_dir(tmp_path_factory, synthetic_corpus):
     """A saved tiny Mllama checkpoint (random weights)."""
     from sherlock.models.tiny import build_tiny_vlm
-    from sherlock.prompts import SHERLOCK_CORRECTION_TEMPLATE
-
-    return build_tiny_vlm(tmp_path_factory.mktemp("tiny"), synthetic_corpus + [SHERLOCK_CORRECTION_TEMPLATE], vocab_size=600)
+    return build_tiny_vlm(tmp_path_factory.mktemp("tiny"), synthetic_corpus, vocab_size=600)

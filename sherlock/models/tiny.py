@@ -23,7 +23,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from sherlock.data.schema import Record
 from sherlock.data.synthetic import IMAGE_SIZE
+from sherlock.prompts import SHERLOCK_CORRECTION_TEMPLATE
 from sherlock.reasoning import STAGES
 
 BOS, EOS, EOT = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"
@@ -80,6 +82,11 @@ PRESETS = {
     "tiny": TinyPreset(64, 4, (1, 3), 4, 2, 192, 64, 2, 1, 4, 128, (1,)),
     "small": TinyPreset(128, 6, (2, 5), 4, 2, 384, 128, 3, 1, 4, 256, (1, 2)),
 }
+
+
+def tokenizer_corpus(records: Iterable[Record]) -> list[str]:
+    """Texts a tiny tokenizer learns from: each record's question and response, and R(Q, E)."""
+    return [f"{r.question}\n{r.response}" for r in records] + [SHERLOCK_CORRECTION_TEMPLATE]
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
