@@ -1,4 +1,8 @@
-"""``sherlock`` command line: data, tiny model and the embedded end-to-end job."""
+"""``sherlock`` command line: data, tiny model, the training stages, evaluation and the embedded job.
+
+Every stage command takes ``--config FILE.yaml`` and one ``--field-name VALUE`` flag per config
+field; flags override the file, the file overrides the defaults.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,27 @@ from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, DataQualityError, 
 from sherlock.data.sampling import DEFAULT_SUBSET_SIZES, sample_to_dir
 from sherlock.data.synthetic import IMAGE_SIZE, TIERS, generate_synthetic
 from sherlock.demo import DemoConfig, run_demo
+from sherlock.models.loading import CheckpointNotFoundError
 from sherlock.models.tiny import PRESETS, build_tiny_vlm, tokenizer_corpus
+from sherlock.stages.config import ConfigError, add_config_arguments, config_from_args
+from sherlock.stages.evaluate import EvaluationConfig, run_evaluation
+from sherlock.stages.online import OnlineConfig, run_online
+from sherlock.stages.preference_training import PreferenceTrainingConfig, run_train_preferences
+from sherlock.stages.preferences import PreferenceDataConfig, run_build_preferences
+from sherlock.stages.rejected import SampleRejectedConfig, run_sample_rejected
+from sherlock.stages.sft import SFTStageConfig, run_sft
+
+# command: (config class, stage function, help)
+STAGES = {
+    "sft": (SFTStageConfig, run_sft, "Stage I: vanilla SFT (R0), or Sherlock-SFT with --rejected"),
+    "sample-rejected": (SampleRejectedConfig, run_sample_rejected, "Stage I: sample Y^l from R0 for D_B"),
+    "build-preferences": (PreferenceDataConfig, run_build_preferences,
+                          "Stage II data: truncation + visual perturbation pairs"),
+    "train-preferences": (PreferenceTrainingConfig, run_train_preferences,
+                          "Stage II/III: L_SC + α·L_DPO with dynamic β"),
+    "online": (OnlineConfig, run_online, "Stage III: K label-free self-improvement iterations"),
+    "evaluate": (EvaluationConfig, run_evaluation, "direct and self-correction accuracy per benchmark"),
+}
 
 
 def _sizes(text: str) -> dict[str, int]:
@@ -45,6 +69,14 @@ def _demo(args) -> None:
     run_demo(DemoConfig(**{k: v for k, v in vars(args).items() if k in fields}))
 
 
+def _stage(config_class, function):
+    def run(args) -> None:
+        result = function(config_from_args(config_class, args))
+        print(json.dumps(result, indent=2) if isinstance(result, dict) else result)
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sherlock", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_build_tiny)
 
+    for name, (config_class, function, help_text) in STAGES.items():
+        stage = commands.add_parser(name, help=help_text, description=help_text)
+        add_config_arguments(stage, config_class)
+        stage.set_defaults(func=_stage(config_class, function))
+
     demo = commands.add_parser("demo", help="embedded end-to-end job: data, tiny model, SFT, accuracy before/after")
     for field in dataclasses.fields(DemoConfig):
         demo.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
@@ -86,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (DataQualityError, FileNotFoundError, ValueError) as error:
+    except (DataQualityError, ConfigError, CheckpointNotFoundError, FileNotFoundError, ValueError) as error:
         sys.exit(f"sherlock {args.command}: error: {error}")
 
 

@@ -15,7 +15,8 @@ from sherlock.evaluation import EvalResult, evaluate_direct
 from sherlock.generation import DecodingConfig
 from sherlock.models.loading import load_vlm
 from sherlock.models.tiny import build_tiny_vlm, tokenizer_corpus
-from sherlock.training.sft import examples_from_records, sft_args, train_sft
+from sherlock.training.setup import TrainSettings
+from sherlock.training.sft import examples_from_records, train_sft
 
 TOKENIZER_CORPUS_ITEMS = 3000
 
@@ -67,10 +68,10 @@ def run_demo(config: DemoConfig) -> dict:
     model, processor = load_vlm(base, dtype=torch.float32)
     before = timed("eval_before", evaluate_direct, model, processor, held_out.records, held_out.image_root, generation)
 
-    args = sft_args(workdir / "models/sft", learning_rate=config.learning_rate, num_train_epochs=config.epochs,
-                    per_device_train_batch_size=config.batch_size, seed=config.seed, logging_steps=50)
+    settings = TrainSettings(learning_rate=config.learning_rate, epochs=config.epochs, batch_size=config.batch_size,
+                             seed=config.seed, logging_steps=50)
     sft = timed("sft", train_sft, base, examples_from_records(train.records, train.image_root),
-                workdir / "models/sft", args)
+                workdir / "models/sft", settings)
 
     model, processor = load_vlm(sft, dtype=torch.float32)
     after = timed("eval_after", evaluate_direct, model, processor, held_out.records, held_out.image_root, generation)

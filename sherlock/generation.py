@@ -13,6 +13,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from sherlock.chat import user_turn
+from sherlock.prompts import correction_prompt
 from sherlock.reasoning import CONCLUSION_END, cut_after_conclusion
 
 
@@ -76,3 +77,13 @@ def generate(
         outputs.extend(cut_after_conclusion(t) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     model.train(was_training)
     return outputs
+
+
+def self_correct(model, processor, questions: list[str], images, first: list[str], rounds: int, decoding,
+                 desc: str = "self-correction") -> list[list[str]]:
+    """Responses of ``rounds`` correction rounds, each prompted with R(Q, previous response)."""
+    history = [first]
+    for round_number in range(1, rounds + 1):
+        prompts = [correction_prompt(q, previous) for q, previous in zip(questions, history[-1])]
+        history.append(generate(model, processor, prompts, images, config=decoding, desc=f"{desc} {round_number}"))
+    return history[1:]

@@ -142,3 +142,19 @@ def is_correct(prediction: str, gold: str, answer_type: str | None = None) -> bo
     expected = extract_answer(gold, answer_type)
     return predicted is not None and predicted == expected
 
+
+
+def answers_agree(responses: list[str]) -> bool:
+    """Rule-based equivalence of the responses' answers (Stage III self-consistency filter).
+
+    Every response needs a CONCLUSION. All conclusions must name the same option letter, else the
+    same number, else the same normalised text.
+    """
+    conclusions = [conclusion_text(r) for r in responses]
+    if not conclusions or any(c is None or not c.strip() for c in conclusions):
+        return False
+    for answer_type in ANSWER_TYPES:
+        answers = [extract_answer(c, answer_type) for c in conclusions]
+        if all(a is not None for a in answers):
+            return len(set(answers)) == 1
+    return False

@@ -70,7 +70,8 @@ def test_unknown_preset(tmp_path):
 
 
 def test_sft_trains_the_assistant_turn(tiny_model_dir, synthetic_data, tmp_path):
-    from sherlock.training.sft import examples_from_records, sft_args, sft_dataset, train_sft
+    from sherlock.training.setup import TrainSettings
+    from sherlock.training.sft import examples_from_records, sft_dataset, train_sft
 
     examples = examples_from_records(synthetic_data.records[:64], synthetic_data.image_root)
     model, processor = load_vlm(tiny_model_dir)
@@ -85,8 +86,8 @@ def test_sft_trains_the_assistant_turn(tiny_model_dir, synthetic_data, tmp_path)
             return m(**batch, labels=labels).loss.item()
 
     before = loss(model)
-    args = sft_args(tmp_path, learning_rate=3e-3, num_train_epochs=3, per_device_train_batch_size=16, logging_steps=1)
-    out = train_sft(tiny_model_dir, examples, tmp_path / "sft", args)
+    settings = TrainSettings(learning_rate=3e-3, epochs=3, batch_size=16, logging_steps=1)
+    out = train_sft(tiny_model_dir, examples, tmp_path / "sft", settings)
     trained, _ = load_vlm(out)
     assert loss(trained) < before - 0.5
     assert len(sft_dataset(examples)) == 64

@@ -45,7 +45,7 @@ def sample_disjoint(records: list[Record], sizes: dict[str, int], seed: int) -> 
     return subsets
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
+def link_or_copy(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         return
@@ -65,7 +65,7 @@ def write_subsets(
         subset_dir = output_dir / name
         entries = []
         for record in records:
-            _link_or_copy(Path(image_root) / record.image, subset_dir / record.image)
+            link_or_copy(Path(image_root) / record.image, subset_dir / record.image)
             entries.append(
                 {"id": record.id, "record_sha256": record.digest(), "image_sha256": file_digest(subset_dir / record.image)}
             )

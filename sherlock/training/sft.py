@@ -1,4 +1,4 @@
-"""Supervised fine-tuning of a VLM on chat examples with TRL's ``SFTTrainer``.
+"""Supervised fine-tuning of a VLM on chat examples with TRL's ``SFTTrainer`` (Stage I).
 
 Only the assistant turn is trained (``assistant_only_loss``; the chat template marks it with
 ``{% generation %}``). Images are referenced by path and decoded lazily by ``datasets``.
@@ -16,6 +16,8 @@ from trl import SFTConfig, SFTTrainer
 from sherlock.chat import conversation
 from sherlock.data.schema import Record
 from sherlock.models.loading import load_vlm
+from sherlock.prompts import correction_prompt
+from sherlock.training.setup import TrainSettings, finalise_model, prepare_model, resume_checkpoint, training_arguments
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,18 @@ class SFTExample:
 def examples_from_records(records: list[Record], image_root: Path) -> list[SFTExample]:
     """Direct sequences x → Y (question → the record's 4-stage response)."""
     return [SFTExample(r.question, r.response, str(Path(image_root) / r.image)) for r in records]
+
+
+def correction_examples(records: list[Record], rejected: dict[str, str], image_root: Path) -> list[SFTExample]:
+    """Correction sequences R(Q, Y^l) + image → Y^w (Eq. 3, second term), one per record.
+
+    ``rejected`` maps record id to the response Y^l sampled from R0; every record needs one.
+    """
+    missing = [r.id for r in records if r.id not in rejected]
+    if missing:
+        raise ValueError(f"{len(missing)} records have no rejected response (first: {missing[0]})")
+    return [SFTExample(correction_prompt(r.question, rejected[r.id]), r.response, str(Path(image_root) / r.image))
+            for r in records]
 
 
 def sft_dataset(examples: list[SFTExample]) -> Dataset:
@@ -51,38 +65,20 @@ def sft_dataset(examples: list[SFTExample]) -> Dataset:
     return Dataset.from_dict(rows, features=features)
 
 
-def sft_args(output_dir: str | Path, **overrides) -> SFTConfig:
-    """``SFTConfig`` with this project's defaults: assistant-only loss, no hub, CPU-safe precision."""
-    on_gpu = torch.cuda.is_available()
-    defaults = dict(
-        output_dir=str(output_dir),
-        assistant_only_loss=True,
-        max_length=None,
-        per_device_train_batch_size=16,
-        learning_rate=1e-5,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.03,  # a float below 1 is a ratio of the total steps
-        weight_decay=0.0,
-        num_train_epochs=1,
-        logging_steps=10,
-        save_strategy="no",
-        report_to=[],
-        bf16=on_gpu,
-        use_cpu=not on_gpu,
-        gradient_checkpointing=False,
-        dataloader_num_workers=0,
-        seed=0,
-    )
-    defaults.update(overrides)
-    return SFTConfig(**defaults)
+def train_sft(model_dir: str | Path, examples: list[SFTExample], output_dir: str | Path,
+              settings: TrainSettings) -> Path:
+    """Fine-tune the checkpoint at ``model_dir`` on ``examples``; save model + processor to ``output_dir``.
 
-
-def train_sft(model_dir: str | Path, examples: list[SFTExample], output_dir: str | Path, args: SFTConfig) -> Path:
-    """Fine-tune the checkpoint at ``model_dir`` on ``examples``; save model + processor to ``output_dir``."""
+    Loss: −E log π(Y|prompt) over the assistant tokens. Checkpoints (``settings.save_steps``) go to
+    ``output_dir`` and a rerun resumes from the last one.
+    """
     model, processor = load_vlm(model_dir, dtype=torch.float32)
+    model = prepare_model(model, settings)
+    args = training_arguments(settings, output_dir, SFTConfig, assistant_only_loss=True, max_length=None)
     trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(examples), processing_class=processor)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_checkpoint(settings, output_dir))
+    trainer.save_state()
     output_dir = Path(output_dir)
-    trainer.save_model(str(output_dir))
+    finalise_model(trainer.model).save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     return output_dir

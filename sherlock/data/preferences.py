@@ -1,0 +1,136 @@
+"""Sherlock preference pairs (Stage II/III data) and how the rejected trajectory is drawn.
+
+A pair stores the chosen and rejected responses split at truncation step i (``prefix_w``,
+``suffix_w``, ``prefix_l``, ``suffix_l``), the step i, the noise level ε and the perturbation that
+produced Y^l_{≥i}, and a reference to the **clean** image (training always uses it). Storing the
+four parts avoids the released code's prefix duplication (spec §1, data-format caveat).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from sherlock.data.sampling import link_or_copy
+from sherlock.data.schema import file_digest
+from sherlock.losses import beta_weight
+from sherlock.perturb import gaussian_noise, random_noise_image
+from sherlock.reasoning import NUM_TRUNCATION_STEPS
+
+PAIRS_FILE = "pairs.jsonl"
+PERTURBATIONS = ("gaussian", "uniform")
+# The released code's scheme: k = randint(0, 2) keeps 0, 1 or 2 stages (i = k + 1); ε ~ U(0.15, 0.25)
+# with Gaussian noise for k < 2, the image replaced by uniform noise (ε := 1) for k = 2.
+RELEASED_STEPS = (1, 2, 3)
+RELEASED_NOISE_RANGE = (0.15, 0.25)
+SCHEMES = ("paper", "released")
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """How one rejected suffix is drawn: truncation step i, noise level ε, noise kind and seed."""
+
+    truncation_step: int
+    noise_level: float
+    kind: str
+    seed: int
+
+    def apply(self, image: Image.Image, legacy_uint8: bool = False) -> Image.Image:
+        if self.kind == "uniform":
+            return random_noise_image(image, self.seed)
+        return gaussian_noise(image, self.noise_level, self.seed, legacy_uint8)
+
+
+def draw_perturbation(rng: random.Random, scheme: str = "paper", steps: tuple[int, ...] | None = None) -> Perturbation:
+    """Draw (i, ε) for one item.
+
+    ``paper``: i ~ U(steps) (default U{1..4}), ε ~ U(0, 1), clipped Gaussian noise (App. B.2).
+    ``released``: i ~ U(steps ∩ {1, 2, 3}); ε ~ U(0.15, 0.25) with Gaussian noise for i < 3, the
+    image replaced by uniform noise and ε = 1 for i = 3.
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+    allowed = RELEASED_STEPS if scheme == "released" else tuple(range(1, NUM_TRUNCATION_STEPS + 1))
+    steps = tuple(steps or allowed)
+    if not steps or not set(steps) <= set(allowed):
+        raise ValueError(f"truncation steps {steps} not available in the {scheme} scheme (allowed {allowed})")
+    step = rng.choice(steps)
+    seed = rng.randrange(2**31)
+    if scheme == "paper":
+        return Perturbation(step, rng.random(), "gaussian", seed)
+    if step == 3:
+        return Perturbation(step, 1.0, "uniform", seed)
+    return Perturbation(step, rng.uniform(*RELEASED_NOISE_RANGE), "gaussian", seed)
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """Y^w = prefix_w + suffix_w, Y^l = prefix_l + suffix_l, split at truncation step i."""
+
+    id: str
+    image: str
+    question: str
+    prefix_w: str
+    suffix_w: str
+    prefix_l: str
+    suffix_l: str
+    truncation_step: int
+    noise_level: float
+    perturbation: str = "gaussian"
+
+    @property
+    def chosen(self) -> str:
+        return self.prefix_w + self.suffix_w
+
+    @property
+    def rejected(self) -> str:
+        return self.prefix_l + self.suffix_l
+
+    @property
+    def beta_weight(self) -> float:
+        """w(i, n, ε) of Eq. 8; β = base · w."""
+        return float(beta_weight(self.truncation_step, self.noise_level))
+
+
+def write_pairs(pairs: list[PreferencePair], image_root: Path, output_dir: str | Path) -> Path:
+    """Write ``output_dir/pairs.jsonl`` (with each pair's β weight) and link the clean images beside it."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / PAIRS_FILE
+    with open(path, "w", encoding="utf-8") as out:
+        for pair in pairs:
+            link_or_copy(Path(image_root) / pair.image, output_dir / pair.image)
+            row = dataclasses.asdict(pair) | {"beta_weight": pair.beta_weight}
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_pairs(directory: str | Path) -> list[PreferencePair]:
+    """Read the pairs of a preference directory; fails on an empty or malformed file."""
+    path = Path(directory) / PAIRS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no preference pairs at {path}")
+    names = {f.name for f in dataclasses.fields(PreferencePair)}
+    pairs = []
+    with open(path, encoding="utf-8") as source:
+        for number, line in enumerate(source, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            missing = names - set(row) - {"perturbation"}
+            if missing:
+                raise ValueError(f"{path}:{number}: missing field(s) {sorted(missing)}")
+            pairs.append(PreferencePair(**{k: v for k, v in row.items() if k in names}))
+    if not pairs:
+        raise ValueError(f"{path} holds no preference pairs")
+    return pairs
+
+
+def pairs_digest(directory: str | Path) -> str:
+    """sha256 of the pairs file: identifies the data a reference cache belongs to."""
+    return file_digest(Path(directory) / PAIRS_FILE)

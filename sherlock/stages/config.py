@@ -1,0 +1,131 @@
+"""Typed stage configs: dataclass defaults < a YAML file < command-line flags.
+
+Every stage takes one config dataclass. :func:`load_config` builds it from a YAML mapping and
+``key=value`` overrides, rejecting unknown keys and wrong types; :func:`add_config_arguments` and
+:func:`config_from_args` give each field a ``--field-name`` flag on the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A stage config is malformed or inconsistent."""
+
+
+def _field_types(cls) -> dict[str, type]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _base_type(annotation) -> tuple[type, bool]:
+    """``(type, optional)`` of an annotation such as ``int``, ``str | None`` or ``float``."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0], True
+    return annotation, False
+
+
+def _coerce(name: str, value, annotation):
+    kind, optional = _base_type(annotation)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name} must not be empty")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind in (int, float) and isinstance(value, str):
+        try:
+            return kind(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r}") from None
+    if kind is str and isinstance(value, (str, Path, int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def load_config(cls, path: str | Path | None = None, overrides: dict | None = None):
+    """Build ``cls`` from its defaults, the YAML mapping at ``path`` and ``overrides`` (in that order)."""
+    values: dict = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of config fields")
+        values.update(loaded)
+    values.update(overrides or {})
+    fields = _field_types(cls)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(fields)}")
+    coerced = {name: _coerce(name, value, fields[name]) for name, value in values.items()}
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.name not in coerced and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{cls.__name__} needs {', '.join(missing)}")
+    return cls(**coerced)
+
+
+def dump_config(config, path: str | Path) -> None:
+    """Write a config as YAML (loadable by :func:`load_config`)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """``--config FILE`` plus one ``--field-name`` flag per field (unset flags keep YAML/defaults)."""
+    parser.add_argument("--config", type=Path, default=None, help="YAML file with config fields")
+    for field in dataclasses.fields(cls):
+        kind, _ = _base_type(_field_types(cls)[field.name])
+        help_text = field.metadata.get("help", "")
+        default = field.default if field.default is not dataclasses.MISSING else "required"
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}",
+            dest=field.name,
+            default=argparse.SUPPRESS,
+            metavar=kind.__name__.upper(),
+            help=f"{help_text} (default: {default})".strip(),
+        )
+
+
+def config_from_args(cls, args: argparse.Namespace):
+    """The config named by ``--config`` with the flags given on the command line applied."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    overrides = {k: v for k, v in vars(args).items() if k in names}
+    return load_config(cls, args.config, overrides)
+
+
+def help_field(default=dataclasses.MISSING, help: str = "", **kwargs):
+    """A dataclass field with a help string shown by the CLI."""
+    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclass(kw_only=True)
+class SamplingSettings:
+    """Decoding settings of a stage that samples responses (spec §1: T = 0.7)."""
+
+    temperature: float = help_field(0.7, "sampling temperature (0: greedy)")
+    top_p: float = help_field(1.0, "nucleus sampling threshold")
+    max_new_tokens: int = help_field(512, "longest generated response")
+    generation_batch_size: int = help_field(32, "prompts per generate call")
+
+    def decoding(self, seed: int):
+        from sherlock.generation import DecodingConfig
+
+        return DecodingConfig(self.max_new_tokens, self.temperature, self.top_p, self.generation_batch_size, seed)

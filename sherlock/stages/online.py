@@ -1,0 +1,151 @@
+"""Stage III: online iterative self-improvement without labels (paper §4.3, Alg. 1).
+
+One iteration k: sample unlabeled (question, image) items, let π_{k−1} answer (Y¹) and correct
+itself three times (Y², Y³, Y⁴ with R(Q, Y^j)), keep an item when the answers of Y², Y³ and Y⁴ agree,
+and build the pair Y^w = Y⁴, Y^l = Y¹_{<i} + a continuation on a perturbed image. π_k is trained
+from π_{k−1} with π_{k−1} as the reference. Only ids, images and questions of the pool are read:
+responses and gold answers are dropped on loading.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import random
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sherlock.data.preferences import PreferencePair, draw_perturbation
+from sherlock.data.schema import open_image
+from sherlock.generation import generate, self_correct
+from sherlock.models.loading import load_vlm
+from sherlock.reasoning import ReasoningFormatError, answers_agree, truncate
+from sherlock.stages.config import ConfigError, SamplingSettings, help_field
+from sherlock.stages.io import load_data, record_stage_config
+from sherlock.stages.preference_training import PreferenceTrainingConfig, run_train_preferences
+from sherlock.stages.preferences import PerturbationSettings, rejected_suffixes, save_pairs
+
+NUM_CORRECTIONS = 3  # Y², Y³, Y⁴
+PAIRS_DIR, MODEL_DIR = "pairs", "model"
+Judge = Callable[[str, list[str]], bool]
+
+
+@dataclass(frozen=True)
+class UnlabeledItem:
+    """What Stage III may see of a pool item: no response, no answer."""
+
+    id: str
+    image: str
+    question: str
+
+
+@dataclass(kw_only=True)
+class OnlineConfig(PreferenceTrainingConfig, PerturbationSettings, SamplingSettings):
+    data: str = help_field(help="unlabeled pool: data set directory or jsonl (responses/answers are ignored)")
+    output: str = help_field(help="iteration directory: pairs/ and model/")
+    iteration: int = help_field(1, "k of the first iteration run: selects fresh pool items and seeds")
+    iterations: int = help_field(1, "K: iterations to run, each from the previous one's model")
+    num_pairs: int = help_field(5000, "pairs to collect (paper: 5k per iteration)")
+    judge: str = help_field("rule", "answer-equivalence check: rule, or module:function(question, conclusions)")
+    learning_rate: float = help_field(5e-7, "peak learning rate (paper: 5e-7 online)")
+
+    def check(self) -> None:
+        super().check()
+        self.check_perturbation()
+        if self.iterations <= 0 or self.iteration <= 0:
+            raise ConfigError("iteration and iterations must be positive")
+        if self.num_pairs <= 0:
+            raise ConfigError("num_pairs must be positive")
+        if self.reference is not None:
+            raise ConfigError("the online reference is always π_{k-1} (the starting model); leave reference unset")
+
+
+def load_judge(spec: str) -> Judge:
+    """``rule`` (option / number / normalised-text equivalence) or an importable ``module:function``."""
+    if spec == "rule":
+        return lambda question, responses: answers_agree(responses)
+    module, _, name = spec.partition(":")
+    if not name:
+        raise ConfigError(f"judge must be 'rule' or 'module:function', got {spec!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def unlabeled_pool(path: str | Path) -> tuple[list[UnlabeledItem], Path]:
+    data = load_data(path)
+    return [UnlabeledItem(r.id, r.image, r.question) for r in data.records], data.image_root
+
+
+def collect_pairs(model, processor, items: list[UnlabeledItem], image_root: Path, config: OnlineConfig,
+                  judge: Judge) -> tuple[list[PreferencePair], dict]:
+    """Sample, self-correct, filter by agreement and build pairs until ``num_pairs`` or the pool runs out."""
+    rng = random.Random(f"{config.seed}:{config.iteration}")
+    order = rng.sample(range(len(items)), len(items))
+    decoding = config.decoding(config.seed * 1000 + config.iteration)
+    pairs: list[PreferencePair] = []
+    stats = {"sampled": 0, "agreed": 0, "unparseable": 0, "dropped_identical": 0}
+    while len(pairs) < config.num_pairs and stats["sampled"] < len(items):
+        chunk = [items[i] for i in order[stats["sampled"] : stats["sampled"] + 2 * (config.num_pairs - len(pairs))]]
+        stats["sampled"] += len(chunk)
+        questions = [item.question for item in chunk]
+        images = [open_image(image_root, item) for item in chunk]
+        first = generate(model, processor, questions, images, config=decoding, desc="Y1")
+        corrections = self_correct(model, processor, questions, images, first, NUM_CORRECTIONS, decoding)
+        candidates = []
+        for j, item in enumerate(chunk):
+            later = [round_responses[j] for round_responses in corrections]
+            if not judge(item.question, later):
+                continue
+            stats["agreed"] += 1
+            draw = draw_perturbation(rng, config.scheme, config.steps())
+            try:
+                prefix_l, _ = truncate(first[j], draw.truncation_step)
+                prefix_w, suffix_w = truncate(later[-1], draw.truncation_step)
+            except ReasoningFormatError:
+                stats["unparseable"] += 1
+                continue
+            candidates.append((item, images[j], draw, prefix_l, prefix_w, suffix_w))
+        suffixes = rejected_suffixes(
+            model, processor, [c[0].question for c in candidates], [c[1] for c in candidates],
+            [c[3] for c in candidates], [c[2] for c in candidates], decoding, config.legacy_uint8_noise,
+        ) if candidates else []
+        for (item, _, draw, prefix_l, prefix_w, suffix_w), suffix_l in zip(candidates, suffixes):
+            if prefix_l + suffix_l == prefix_w + suffix_w:
+                stats["dropped_identical"] += 1
+                continue
+            pairs.append(PreferencePair(item.id, item.image, item.question, prefix_w, suffix_w, prefix_l, suffix_l,
+                                        draw.truncation_step, draw.noise_level, draw.kind))
+    return pairs[: config.num_pairs], stats
+
+
+def run_online_iteration(config: OnlineConfig) -> Path:
+    """One iteration: collect pairs with π_{k−1} = ``config.model`` and train π_k; returns π_k's directory."""
+    config.check()
+    items, image_root = unlabeled_pool(config.data)
+    model, processor = load_vlm(config.model, dtype=torch.float32)
+    pairs, stats = collect_pairs(model, processor, items, image_root, config, load_judge(config.judge))
+    output = Path(config.output)
+    record_stage_config(config, output)
+    if len(pairs) < config.num_pairs:
+        stats["shortfall"] = config.num_pairs - len(pairs)
+        print(f"warning: the pool gave {len(pairs)} of {config.num_pairs} pairs ({stats})", file=sys.stderr)
+    save_pairs(pairs, image_root, output / PAIRS_DIR, stats)
+    del model
+    training_fields = {f.name for f in dataclasses.fields(PreferenceTrainingConfig)}
+    training = PreferenceTrainingConfig(**{k: v for k, v in dataclasses.asdict(config).items() if k in training_fields}
+                                        | {"data": str(output / PAIRS_DIR), "output": str(output / MODEL_DIR)})
+    return run_train_preferences(training)
+
+
+
+def run_online(config: OnlineConfig) -> Path:
+    """K iterations: ``output/iter_k`` trains π_k from π_{k−1}; returns the last model's directory."""
+    model = config.model
+    for k in range(config.iteration, config.iteration + config.iterations):
+        step = dataclasses.replace(config, model=str(model), iteration=k, iterations=1,
+                                   output=str(Path(config.output) / f"iter_{k}"))
+        model = run_online_iteration(step)
+    return Path(model)

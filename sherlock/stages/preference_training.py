@@ -1,0 +1,102 @@
+"""Stage II/III training: the Sherlock objective L_SC + α·L_DPO with dynamic β (Eq. 6–8).
+
+The policy starts from ``model``; the reference is a frozen copy of ``reference`` (default: the same
+checkpoint). Its log-probs are computed once and cached under ``reference_cache`` keyed by the
+reference weights and the pairs file, so ablations on the same data reuse them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sherlock.data.preferences import read_pairs
+from sherlock.losses import DEFAULT_ALPHA_DPO, PAPER_BETA_BASE
+from sherlock.models.loading import CheckpointNotFoundError, load_vlm
+from sherlock.stages.config import ConfigError, help_field
+from sherlock.stages.io import record_stage_config
+from sherlock.training.preference import (
+    PreferenceCollator,
+    PreferenceDataset,
+    SherlockLossConfig,
+    SherlockTrainer,
+    cached_reference_logps,
+    compute_reference_logps,
+    reference_cache_path,
+)
+from sherlock.training.setup import (
+    TrainSettings,
+    finalise_model,
+    prepare_model,
+    resume_checkpoint,
+    training_arguments,
+)
+
+REFERENCE_CACHE_DIR = "reference_cache"
+
+
+@dataclass(kw_only=True)
+class PreferenceTrainingConfig(TrainSettings):
+    model: str = help_field(help="starting checkpoint (Sherlock-SFT offline, π_{k-1} online)")
+    data: str = help_field(help="preference directory written by build-preferences or online")
+    output: str = help_field(help="directory for checkpoints and the trained model")
+    reference: str | None = help_field(None, "reference checkpoint (default: the starting checkpoint)")
+    reference_cache: str | None = help_field(None, "directory of cached reference log-probs (default: output/)")
+    sc_beta: float = help_field(PAPER_BETA_BASE, "β base of L_SC (paper 0.25, released code 0.025)")
+    dpo_beta: float = help_field(0.1, "β base of L_DPO")
+    alpha: float = help_field(DEFAULT_ALPHA_DPO, "weight α of L_DPO")
+    dynamic_beta: bool = help_field(True, "β(i, n, ε) per sample (false: static β ablation)")
+    use_sc: bool = help_field(True, "include L_SC (false: w/o L_SC ablation)")
+    use_dpo: bool = help_field(True, "include L_DPO (false: w/o L_DPO ablation)")
+    learning_rate: float = help_field(5e-6, "peak learning rate (paper: 5e-6 offline, 5e-7 online)")
+    batch_size: int = help_field(4, "pairs per device per step (10 sequences each)")
+    warmup_ratio: float = help_field(0.0, "fraction of steps with linear warm-up")
+
+    def check(self) -> None:
+        self.check_training()
+        if not (self.use_sc or self.use_dpo):
+            raise ConfigError("use_sc and use_dpo are both false: the loss would be empty")
+        for name in ("sc_beta", "dpo_beta"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        for checkpoint in (self.model, self.reference or self.model):
+            if not (Path(checkpoint) / "config.json").is_file():
+                raise CheckpointNotFoundError(f"no model checkpoint at {checkpoint}")
+
+    def loss(self) -> SherlockLossConfig:
+        return SherlockLossConfig(self.sc_beta, self.dpo_beta, self.alpha, self.dynamic_beta, self.use_sc, self.use_dpo)
+
+
+def run_train_preferences(config: PreferenceTrainingConfig) -> Path:
+    """Train on the pairs in ``config.data``; saves the model and processor to ``config.output``."""
+    config.check()
+    pairs = read_pairs(config.data)
+    model, processor = load_vlm(config.model, dtype=torch.float32)
+    dataset = PreferenceDataset(pairs, config.data, processor)
+    collator = PreferenceCollator(processor.tokenizer.pad_token_id)
+    args = training_arguments(config, config.output, remove_unused_columns=False)
+
+    reference_dir = config.reference or config.model
+    cache = reference_cache_path(config.reference_cache or Path(config.output) / REFERENCE_CACHE_DIR,
+                                 reference_dir, config.data)
+
+    def compute():
+        reference, _ = load_vlm(reference_dir, dtype=torch.float32, device=str(args.device))
+        return compute_reference_logps(reference, dataset, collator, config.batch_size)
+
+    with args.main_process_first(desc="reference log-probs"):
+        reference_logps = cached_reference_logps(cache, compute)
+
+    trainer = SherlockTrainer(
+        model=prepare_model(model, config), args=args, train_dataset=dataset, data_collator=collator,
+        processing_class=processor, reference_logps=reference_logps, loss_config=config.loss(),
+    )
+    record_stage_config(config, config.output)
+    trainer.train(resume_from_checkpoint=resume_checkpoint(config, config.output))
+    trainer.save_state()
+    output = Path(config.output)
+    finalise_model(trainer.model).save_pretrained(output)
+    processor.save_pretrained(output)
+    return output

@@ -1,0 +1,111 @@
+"""Stage II data: offline preference pairs by reasoning truncation and visual perturbation (Alg. 1).
+
+For each D_A item: draw i and ε, perturb the image, and let the Sherlock-SFT model continue the
+gold prefix Y^w_{<i} on the perturbed image (T = 0.7). Y^l = Y^w_{<i} + that continuation; the
+pair keeps a reference to the clean image.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from sherlock.data.preferences import SCHEMES, Perturbation, PreferencePair, draw_perturbation, write_pairs
+from sherlock.data.schema import open_image
+from sherlock.generation import DecodingConfig, generate
+from sherlock.models.loading import load_vlm
+from sherlock.reasoning import truncate
+from sherlock.stages.config import ConfigError, SamplingSettings, help_field
+from sherlock.stages.io import load_data, record_stage_config
+
+STATS_FILE = "stats.json"
+
+
+@dataclass(kw_only=True)
+class PerturbationSettings:
+    """How (i, ε) are drawn for the rejected trajectory (App. B.2, or the released code's scheme)."""
+
+    scheme: str = help_field("paper", "paper (i ~ U{1..4}, ε ~ U(0,1)) or released (the authors' code)")
+    truncation_steps: str | None = help_field(None, "comma-separated steps to draw from, e.g. 1 (ablation)")
+    legacy_uint8_noise: bool = help_field(False, "wrap Gaussian noise modulo 256 like the released code")
+
+    def steps(self) -> tuple[int, ...] | None:
+        if self.truncation_steps is None:
+            return None
+        try:
+            return tuple(int(s) for s in str(self.truncation_steps).split(","))
+        except ValueError:
+            raise ConfigError(f"truncation_steps must be comma-separated integers, got {self.truncation_steps!r}")
+
+    def check_perturbation(self) -> None:
+        if self.scheme not in SCHEMES:
+            raise ConfigError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        try:
+            draw_perturbation(random.Random(0), self.scheme, self.steps())
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+
+
+@dataclass(kw_only=True)
+class PreferenceDataConfig(PerturbationSettings, SamplingSettings):
+    model: str = help_field(help="Sherlock-SFT checkpoint that writes the rejected suffixes")
+    data: str = help_field(help="data set directory or jsonl (D_A)")
+    output: str = help_field(help="directory for pairs.jsonl, stats.json and the clean images")
+    seed: int = help_field(0, "seed of the (i, ε) draws, the noise and the sampling")
+
+
+def rejected_suffixes(
+    model, processor, questions: list[str], images: list[Image.Image], prefixes: list[str],
+    perturbations: list[Perturbation], decoding: DecodingConfig, legacy_uint8: bool = False,
+) -> list[str]:
+    """Y^l_{≥i} ~ π(· | question, perturbed image, prefix) for every item (Alg. 1, lines 6–9)."""
+    perturbed = [p.apply(image, legacy_uint8) for p, image in zip(perturbations, images, strict=True)]
+    return generate(model, processor, questions, perturbed, prefixes, decoding, desc="rejected suffixes")
+
+
+def save_pairs(pairs: list[PreferencePair], image_root: Path, output: str | Path, stats: dict) -> Path:
+    """Write the pairs and their statistics (counts per step, β weights, what was dropped)."""
+    if not pairs:
+        raise ValueError(f"no preference pairs were built ({stats}); nothing to train on")
+    weights = [p.beta_weight for p in pairs]
+    stats = stats | {
+        "num_pairs": len(pairs),
+        "per_step": dict(sorted(Counter(p.truncation_step for p in pairs).items())),
+        "per_perturbation": dict(Counter(p.perturbation for p in pairs)),
+        "beta_weight": {"mean": sum(weights) / len(weights), "min": min(weights), "max": max(weights)},
+    }
+    path = write_pairs(pairs, image_root, output)
+    (Path(output) / STATS_FILE).write_text(json.dumps(stats, indent=2))
+    return path
+
+
+def run_build_preferences(config: PreferenceDataConfig) -> Path:
+    """Build the offline pairs of D_A; returns the path of ``pairs.jsonl``.
+
+    A pair whose rejected suffix reproduces the chosen one exactly carries no preference and is
+    dropped; the count is written to ``stats.json``.
+    """
+    config.check_perturbation()
+    data = load_data(config.data)
+    rng = random.Random(config.seed)
+    draws = [draw_perturbation(rng, config.scheme, config.steps()) for _ in data.records]
+    splits = [truncate(r.response, d.truncation_step) for r, d in zip(data.records, draws)]
+    model, processor = load_vlm(config.model, dtype=torch.float32)
+    suffixes = rejected_suffixes(
+        model, processor, [r.question for r in data.records], [open_image(data.image_root, r) for r in data.records],
+        [prefix for prefix, _ in splits], draws, config.decoding(config.seed), config.legacy_uint8_noise,
+    )
+    pairs = [
+        PreferencePair(r.id, r.image, r.question, prefix, suffix_w, prefix, suffix_l,
+                       d.truncation_step, d.noise_level, d.kind)
+        for r, d, (prefix, suffix_w), suffix_l in zip(data.records, draws, splits, suffixes)
+        if suffix_l != suffix_w
+    ]
+    record_stage_config(config, config.output)
+    return save_pairs(pairs, data.image_root, config.output, {"dropped_identical": len(data.records) - len(pairs)})

@@ -1,0 +1,42 @@
+"""Stage I (b): sample a response Y^l from R0 for every item of D_B (T = 0.7, spec §1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sherlock.data.schema import open_image
+from sherlock.generation import generate
+from sherlock.models.loading import load_vlm
+from sherlock.reasoning import is_correct
+from sherlock.stages.config import SamplingSettings, help_field
+from sherlock.stages.io import load_data, record_stage_config, write_jsonl
+
+REJECTED_FILE = "rejected.jsonl"
+
+
+@dataclass(kw_only=True)
+class SampleRejectedConfig(SamplingSettings):
+    model: str = help_field(help="R0 checkpoint")
+    data: str = help_field(help="data set directory or jsonl (D_B)")
+    output: str = help_field(help="directory for rejected.jsonl")
+    seed: int = help_field(0, "sampling seed")
+
+
+def run_sample_rejected(config: SampleRejectedConfig) -> Path:
+    """Write ``rejected.jsonl`` with one ``{"id", "rejected", "correct"}`` row per record.
+
+    ``correct`` (whether Y^l's conclusion matches the gold answer, when the record has one) is
+    informational; Sherlock-SFT uses every sample.
+    """
+    data = load_data(config.data)
+    model, processor = load_vlm(config.model, dtype=torch.float32)
+    images = [open_image(data.image_root, r) for r in data.records]
+    samples = generate(model, processor, [r.question for r in data.records], images, config=config.decoding(config.seed),
+                       desc="sampling Y^l")
+    rows = ({"id": r.id, "rejected": y, "correct": is_correct(y, r.answer, r.answer_type) if r.answer else None}
+            for r, y in zip(data.records, samples))
+    record_stage_config(config, config.output)
+    return write_jsonl(rows, Path(config.output) / REJECTED_FILE)

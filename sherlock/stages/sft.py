@@ -1,0 +1,42 @@
+"""Stage I: vanilla SFT (R0 on D_A) and Sherlock-SFT (from the base model on D_B, Eq. 3).
+
+With ``rejected`` unset the stage trains x → Y^w only (R0). With ``rejected`` (the file written by
+:mod:`sherlock.stages.rejected`), each record adds a correction sequence R(Q, Y^l) + image → Y^w,
+so the loss is −E[log π(Y^w|x) + log π(Y^w|x, Y^l, t)].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sherlock.models.loading import CheckpointNotFoundError
+from sherlock.stages.config import help_field
+from sherlock.stages.io import load_data, read_jsonl, record_stage_config
+from sherlock.training.setup import TrainSettings
+from sherlock.training.sft import correction_examples, examples_from_records, train_sft
+
+
+@dataclass(kw_only=True)
+class SFTStageConfig(TrainSettings):
+    model: str = help_field(help="starting checkpoint (the base model)")
+    data: str = help_field(help="data set directory or jsonl (D_A for R0, D_B for Sherlock-SFT)")
+    output: str = help_field(help="directory for checkpoints and the trained model")
+    rejected: str | None = help_field(None, "jsonl of R0 samples Y^l (id, rejected): turns on Sherlock-SFT")
+
+    def check(self) -> None:
+        self.check_training()
+        if not (Path(self.model) / "config.json").is_file():
+            raise CheckpointNotFoundError(f"no model checkpoint at {self.model}")
+
+
+def run_sft(config: SFTStageConfig) -> Path:
+    """Train and save the model; returns the output directory."""
+    config.check()
+    data = load_data(config.data)
+    examples = examples_from_records(data.records, data.image_root)
+    if config.rejected is not None:
+        rejected = {row["id"]: row["rejected"] for row in read_jsonl(config.rejected)}
+        examples += correction_examples(data.records, rejected, data.image_root)
+    record_stage_config(config, config.output)
+    return train_sft(config.model, examples, config.output, config)

@@ -1,0 +1,139 @@
+"""What every training stage shares: optimiser settings, LoRA/freezing, checkpoints and resume.
+
+:class:`TrainSettings` is inherited by the SFT and preference stage configs; it maps onto
+``transformers.TrainingArguments`` (or TRL's subclasses) with :func:`training_arguments`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from sherlock.stages.config import ConfigError, help_field
+
+# Sub-modules of the common VLM layouts (Mllama, LLaVA, Qwen2-VL, Idefics3).
+VISION_MODULES = ("vision_model", "vision_tower", "visual")
+PROJECTOR_MODULES = ("multi_modal_projector", "mm_projector", "connector")
+LANGUAGE_MODULES = ("language_model", "lm_head")
+# LoRA on the language model's attention and MLP projections (cross-attention layers included).
+DEFAULT_LORA_TARGET = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+FINETUNING_MODES = ("full", "lora")
+
+
+@dataclass(kw_only=True)
+class TrainSettings:
+    """Optimiser, schedule, parameter-efficiency and checkpointing settings of a training stage."""
+
+    learning_rate: float = help_field(1e-5, "peak learning rate")
+    epochs: float = help_field(1.0, "number of passes over the data")
+    max_steps: int = help_field(-1, "stop after this many optimiser steps (-1: use epochs)")
+    batch_size: int = help_field(16, "examples per device per step")
+    grad_accum: int = help_field(1, "gradient accumulation steps")
+    warmup_ratio: float = help_field(0.03, "fraction of steps with linear warm-up")
+    weight_decay: float = help_field(0.0, "AdamW weight decay")
+    lr_scheduler: str = help_field("cosine", "transformers scheduler name")
+    seed: int = help_field(0, "seed of initialisation-free randomness (data order, dropout)")
+    logging_steps: int = help_field(10, "log metrics every this many steps")
+    save_steps: int = help_field(0, "checkpoint every this many steps (0: only the final model)")
+    resume: bool = help_field(True, "resume from the last checkpoint in the output directory")
+    finetuning: str = help_field("full", "full or lora")
+    lora_r: int = help_field(8, "LoRA rank")
+    lora_alpha: int = help_field(16, "LoRA alpha")
+    lora_dropout: float = help_field(0.05, "LoRA dropout")
+    lora_target: str = help_field(DEFAULT_LORA_TARGET, "regex of the modules LoRA adapts")
+    freeze_vision: bool = help_field(False, "freeze the vision tower")
+    freeze_projector: bool = help_field(False, "freeze the multimodal projector")
+    freeze_language: bool = help_field(False, "freeze the language model")
+    deepspeed: str | None = help_field(None, "DeepSpeed JSON config (e.g. configs/deepspeed/zero3.json)")
+    gradient_checkpointing: bool = help_field(False, "recompute activations in the backward pass")
+
+    def check_training(self) -> None:
+        """Raise :class:`ConfigError` on inconsistent settings."""
+        if self.finetuning not in FINETUNING_MODES:
+            raise ConfigError(f"finetuning must be one of {FINETUNING_MODES}, got {self.finetuning!r}")
+        if self.freeze_vision and self.freeze_projector and self.freeze_language:
+            raise ConfigError("freezing the vision tower, projector and language model leaves nothing to train")
+        if self.finetuning == "lora" and self.freeze_language:
+            raise ConfigError("LoRA adapts the language model: freeze_language contradicts finetuning=lora")
+        for name in ("learning_rate", "batch_size", "grad_accum"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise ConfigError("set epochs > 0 or max_steps > 0")
+        if self.deepspeed and not Path(self.deepspeed).is_file():
+            raise ConfigError(f"DeepSpeed config not found: {self.deepspeed}")
+
+
+def _modules(model, names: tuple[str, ...]):
+    return [module for name, module in model.named_modules() if name.split(".")[-1] in names]
+
+
+def freeze_modules(model, settings: TrainSettings) -> None:
+    """Turn off gradients of the parts ``settings`` freezes; fails if a frozen part is not found."""
+    for flag, names in ((settings.freeze_vision, VISION_MODULES), (settings.freeze_projector, PROJECTOR_MODULES),
+                        (settings.freeze_language, LANGUAGE_MODULES)):
+        if not flag:
+            continue
+        found = _modules(model, names)
+        if not found:
+            raise ConfigError(f"no module named any of {names} in {type(model).__name__}")
+        for module in found:
+            module.requires_grad_(False)
+
+
+def prepare_model(model, settings: TrainSettings):
+    """Apply freezing and, for ``finetuning="lora"``, wrap the model with PEFT LoRA adapters."""
+    freeze_modules(model, settings)
+    if settings.finetuning == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+                          target_modules=settings.lora_target)
+        model = get_peft_model(model, lora)
+    return model
+
+
+def finalise_model(model):
+    """Merge LoRA adapters into the weights so the next stage loads a plain checkpoint."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
+def training_arguments(settings: TrainSettings, output_dir: str | Path, cls=TrainingArguments, **extra):
+    """``cls`` (``TrainingArguments`` or a TRL config) filled from ``settings``; CPU-safe precision."""
+    on_gpu = torch.cuda.is_available()
+    return cls(
+        output_dir=str(output_dir),
+        learning_rate=settings.learning_rate,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        warmup_steps=settings.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        weight_decay=settings.weight_decay,
+        lr_scheduler_type=settings.lr_scheduler,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        logging_steps=settings.logging_steps,
+        save_strategy="steps" if settings.save_steps else "no",
+        save_steps=settings.save_steps or 500,
+        save_total_limit=2 if settings.save_steps else None,
+        deepspeed=settings.deepspeed,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        bf16=on_gpu,
+        use_cpu=not on_gpu,
+        report_to=[],
+        dataloader_num_workers=0,
+        **extra,
+    )
+
+
+def resume_checkpoint(settings: TrainSettings, output_dir: str | Path) -> str | None:
+    """The last ``checkpoint-N`` in ``output_dir`` when resuming is on and one exists."""
+    output_dir = Path(output_dir)
+    if not settings.resume or not output_dir.is_dir():
+        return None
+    return get_last_checkpoint(str(output_dir))
