@@ -16,6 +16,7 @@ from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, DataQualityError, 
 from sherlock.data.sampling import DEFAULT_SUBSET_SIZES, sample_to_dir
 from sherlock.data.synthetic import IMAGE_SIZE, TIERS, generate_synthetic
 from sherlock.demo import DemoConfig, run_demo
+from sherlock.experiment import ExperimentConfig, run_experiment
 from sherlock.models.loading import CheckpointNotFoundError
 from sherlock.models.tiny import PRESETS, build_tiny_vlm, tokenizer_corpus
 from sherlock.stages.config import ConfigError, add_config_arguments, config_from_args
@@ -64,9 +65,14 @@ def _build_tiny(args) -> None:
     print(build_tiny_vlm(args.output, tokenizer_corpus(data.records), args.preset, args.image_size, args.vocab_size, args.seed))
 
 
-def _demo(args) -> None:
-    fields = {f.name for f in dataclasses.fields(DemoConfig)}
-    run_demo(DemoConfig(**{k: v for k, v in vars(args).items() if k in fields}))
+def _dataclass_command(config_class, function):
+    def run(args) -> None:
+        fields = {f.name for f in dataclasses.fields(config_class)}
+        result = function(config_class(**{k: v for k, v in vars(args).items() if k in fields}))
+        if isinstance(result, str):
+            print(result)
+
+    return run
 
 
 def _stage(config_class, function):
@@ -112,10 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_arguments(stage, config_class)
         stage.set_defaults(func=_stage(config_class, function))
 
-    demo = commands.add_parser("demo", help="embedded end-to-end job: data, tiny model, SFT, accuracy before/after")
-    for field in dataclasses.fields(DemoConfig):
-        demo.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
-    demo.set_defaults(func=_demo)
+    for name, config_class, function, help_text in (
+        ("demo", DemoConfig, run_demo, "embedded end-to-end job: data, tiny model, SFT, accuracy before/after"),
+        ("experiment", ExperimentConfig, run_experiment,
+         "all stages and ablations on the synthetic task for several seeds (docs/results.md)"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        for field in dataclasses.fields(config_class):
+            command.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
+        command.set_defaults(func=_dataclass_command(config_class, function))
     return parser
 
 
