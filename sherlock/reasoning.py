@@ -56,13 +56,14 @@ def truncate(response: str, step: int) -> tuple[str, str]:
     """Split a response into (Y_{<i}, Y_{>=i}) at truncation step ``step`` = i in {1, 2, 3, 4}.
 
     i = 4 cuts REASONING at a word boundary after the first half of its words (paper App. B.2).
+    Steps 2–4 need a well-formed response (:class:`ReasoningFormatError` otherwise).
     """
     if step not in range(1, NUM_TRUNCATION_STEPS + 1):
         raise ValueError(f"truncation step must be 1..{NUM_TRUNCATION_STEPS}, got {step}")
+    if step == 1:  # no prefix: the response need not be well-formed
+        return "", response
     steps = parse_stages(response)
-    if step == 1:
-        cut = 0
-    elif step in (2, 3):
+    if step in (2, 3):
         cut = steps.block_starts[step - 1]
     else:
         words = list(re.finditer(r"\S+", steps.reasoning))

@@ -36,3 +36,24 @@ def tiny_model_dir(tmp_path_factory, synthetic_corpus):
     """A saved tiny Mllama checkpoint (random weights)."""
     from sherlock.models.tiny import build_tiny_vlm
     return build_tiny_vlm(tmp_path_factory.mktemp("tiny"), synthetic_corpus, vocab_size=600)
+
+
+@pytest.fixture(scope="session")
+def subset_dir(tmp_path_factory, synthetic_data):
+    """The first 16 synthetic records as a subset directory (data.jsonl + images)."""
+    from sherlock.data.sampling import write_subsets
+
+    root = tmp_path_factory.mktemp("subsets")
+    write_subsets({"D_A": synthetic_data.records[:16]}, synthetic_data.image_root, root, seed=0, source="test")
+    return root / "D_A"
+
+
+@pytest.fixture(scope="session")
+def preference_dir(tmp_path_factory, tiny_model_dir, subset_dir):
+    """Offline preference pairs on the 16-record subset; the rejected suffixes come from the tiny model."""
+    from sherlock.stages.preferences import PreferenceDataConfig, run_build_preferences
+
+    output = tmp_path_factory.mktemp("pairs")
+    run_build_preferences(PreferenceDataConfig(model=str(tiny_model_dir), data=str(subset_dir),
+                                               output=str(output), max_new_tokens=24, seed=0))
+    return output

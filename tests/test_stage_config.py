@@ -1,0 +1,73 @@
+import pytest
+
+from sherlock.cli import build_parser
+from sherlock.stages.config import ConfigError, config_from_args, dump_config, load_config
+from sherlock.stages.preference_training import PreferenceTrainingConfig
+from sherlock.stages.preferences import PreferenceDataConfig
+from sherlock.stages.sft import SFTStageConfig
+
+REQUIRED = {"model": "m", "data": "d", "output": "o"}
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "stage.yaml"
+    path.write_text("model: m\ndata: d\noutput: o\nlearning_rate: 1.0e-4\nepochs: 2\nuse_sc: false\n")
+    config = load_config(PreferenceTrainingConfig, path, {"epochs": "3", "alpha": 1})
+    assert (config.learning_rate, config.epochs, config.use_sc, config.alpha) == (1e-4, 3.0, False, 1.0)
+    assert config.sc_beta == 0.25 and config.dynamic_beta
+
+
+def test_dump_and_reload_round_trip(tmp_path):
+    config = load_config(SFTStageConfig, overrides=REQUIRED | {"rejected": "r.jsonl", "finetuning": "lora"})
+    dump_config(config, tmp_path / "c.yaml")
+    assert load_config(SFTStageConfig, tmp_path / "c.yaml") == config
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"learning_rat": 1}, "unknown"),
+        ({"epochs": "many"}, "must be a float"),
+        ({"use_sc": "maybe"}, "true or false"),
+        ({"model": None}, "must not be empty"),
+    ],
+)
+def test_bad_values_are_named(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(PreferenceTrainingConfig, overrides=REQUIRED | overrides)
+
+
+def test_missing_required_field():
+    with pytest.raises(ConfigError, match="needs output"):
+        load_config(SFTStageConfig, overrides={"model": "m", "data": "d"})
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"use_sc": False, "use_dpo": False}, "loss would be empty"),
+        ({"finetuning": "qlora"}, "finetuning must be"),
+        ({"freeze_vision": True, "freeze_projector": True, "freeze_language": True}, "nothing to train"),
+        ({"finetuning": "lora", "freeze_language": True}, "contradicts"),
+        ({"sc_beta": 0}, "sc_beta must be positive"),
+    ],
+)
+def test_inconsistent_training_configs(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(PreferenceTrainingConfig, overrides=REQUIRED | overrides).check()
+
+
+def test_perturbation_settings_are_checked():
+    with pytest.raises(ConfigError, match="not available in the released scheme"):
+        load_config(PreferenceDataConfig, overrides=REQUIRED | {"scheme": "released", "truncation_steps": "4"}
+                    ).check_perturbation()
+    with pytest.raises(ConfigError, match="comma-separated"):
+        load_config(PreferenceDataConfig, overrides=REQUIRED | {"truncation_steps": "one"}).check_perturbation()
+
+
+def test_cli_flags_override_the_yaml(tmp_path):
+    path = tmp_path / "stage.yaml"
+    path.write_text("model: m\ndata: d\noutput: o\nalpha: 0.5\nbatch_size: 2\n")
+    args = build_parser().parse_args(["train-preferences", "--config", str(path), "--alpha", "0.1"])
+    config = config_from_args(PreferenceTrainingConfig, args)
+    assert (config.alpha, config.batch_size) == (0.1, 2)

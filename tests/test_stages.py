@@ -1,0 +1,191 @@
+"""Stage I–III functions on the tiny model: SFT variants, Y^l sampling, preference building, online."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from sherlock.data.llava_cot import DataQualityError
+from sherlock.data.preferences import RELEASED_NOISE_RANGE, draw_perturbation, read_pairs
+from sherlock.data.schema import open_image
+from sherlock.generation import DecodingConfig, generate
+from sherlock.losses import beta_weight
+from sherlock.models.loading import CheckpointNotFoundError, load_vlm
+from sherlock.prompts import correction_prompt
+from sherlock.reasoning import answers_agree, truncate
+from sherlock.stages.io import load_data, read_jsonl
+from sherlock.stages.online import OnlineConfig, load_judge, run_online_iteration, unlabeled_pool
+from sherlock.stages.rejected import SampleRejectedConfig, run_sample_rejected
+from sherlock.stages.sft import SFTStageConfig, run_sft
+from sherlock.training.sft import correction_examples
+
+
+def _weights(model, part):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if f".{part}." in f".{n}"}
+
+
+def _changed(before, after_model, part):
+    after = _weights(after_model, part)
+    return any(not torch.equal(before[n], after[n]) for n in before)
+
+
+def test_sherlock_sft_examples_pair_the_correction_prompt_with_the_gold_response(synthetic_data):
+    records = synthetic_data.records[:3]
+    rejected = {r.id: f"<SUMMARY>wrong {i}</SUMMARY>" for i, r in enumerate(records)}
+    examples = correction_examples(records, rejected, synthetic_data.image_root)
+    assert [e.prompt for e in examples] == [correction_prompt(r.question, rejected[r.id]) for r in records]
+    assert [e.response for e in examples] == [r.response for r in records]
+    with pytest.raises(ValueError, match="no rejected response"):
+        correction_examples(records, {}, synthetic_data.image_root)
+
+
+def test_sherlock_sft_stage_trains_from_the_base_model(tiny_model_dir, subset_dir, tmp_path):
+    data = load_data(subset_dir)
+    rejected = tmp_path / "rejected.jsonl"
+    rejected.write_text("".join(json.dumps({"id": r.id, "rejected": r.response[::-1]}) + "\n" for r in data.records))
+    out = run_sft(SFTStageConfig(model=str(tiny_model_dir), data=str(subset_dir), rejected=str(rejected),
+                                 output=str(tmp_path / "out"), max_steps=2, batch_size=16, learning_rate=1e-3))
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and (out / "stage_config.yaml").is_file()
+    load_vlm(out)
+
+
+def test_lora_merges_into_the_language_model_only(tiny_model_dir, subset_dir, tmp_path):
+    base, _ = load_vlm(tiny_model_dir)
+    vision, language = _weights(base, "vision_model"), _weights(base, "language_model")
+    out = run_sft(SFTStageConfig(model=str(tiny_model_dir), data=str(subset_dir), output=str(tmp_path / "lora"),
+                                 finetuning="lora", lora_r=4, max_steps=3, learning_rate=1e-2, warmup_ratio=0.0))
+    assert not list(out.glob("adapter_*")), "adapters are merged into a plain checkpoint"
+    trained, _ = load_vlm(out)
+    assert not _changed(vision, trained, "vision_model")
+    assert _changed(language, trained, "language_model")
+
+
+def test_freeze_vision_keeps_the_vision_tower(tiny_model_dir, subset_dir, tmp_path):
+    base, _ = load_vlm(tiny_model_dir)
+    vision, projector = _weights(base, "vision_model"), _weights(base, "multi_modal_projector")
+    out = run_sft(SFTStageConfig(model=str(tiny_model_dir), data=str(subset_dir), output=str(tmp_path / "frozen"),
+                                 freeze_vision=True, max_steps=2, learning_rate=1e-2, warmup_ratio=0.0))
+    trained, _ = load_vlm(out)
+    assert not _changed(vision, trained, "vision_model")
+    assert _changed(projector, trained, "multi_modal_projector")
+
+
+def test_sft_stage_rejects_bad_input(tiny_model_dir, tmp_path):
+    with pytest.raises(CheckpointNotFoundError):
+        run_sft(SFTStageConfig(model=str(tmp_path / "none"), data=str(tmp_path), output=str(tmp_path / "o")))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "data.jsonl").write_text("\n")
+    with pytest.raises(DataQualityError, match="no records"):
+        run_sft(SFTStageConfig(model=str(tiny_model_dir), data=str(empty), output=str(tmp_path / "o")))
+
+
+def test_batched_generation_matches_one_at_a_time(tiny_model_dir, synthetic_data):
+    model, processor = load_vlm(tiny_model_dir)
+    records = synthetic_data.records[:4]
+    images = [open_image(synthetic_data.image_root, r) for r in records]
+    prefixes = [truncate(r.response, 3)[0] for r in records[:2]] + ["", ""]
+    questions = [r.question for r in records]
+    batched = generate(model, processor, questions, images, prefixes, DecodingConfig(max_new_tokens=16, batch_size=4))
+    single = [generate(model, processor, [q], [i], [p], DecodingConfig(max_new_tokens=16, batch_size=1))[0]
+              for q, i, p in zip(questions, images, prefixes)]
+    assert batched == single
+
+
+def test_rejected_samples_are_seeded(tiny_model_dir, subset_dir, tmp_path):
+    def sample(seed, name):
+        config = SampleRejectedConfig(model=str(tiny_model_dir), data=str(subset_dir), output=str(tmp_path / name),
+                                      max_new_tokens=16, seed=seed)
+        return read_jsonl(run_sample_rejected(config))
+
+    first, again, other = sample(0, "a"), sample(0, "b"), sample(1, "c")
+    assert [row["id"] for row in first] == [r.id for r in load_data(subset_dir).records]
+    assert first == again and first != other
+
+
+def test_offline_pairs_share_the_gold_prefix(preference_dir, subset_dir):
+    pairs = read_pairs(preference_dir)
+    gold = {r.id: r for r in load_data(subset_dir).records}
+    stats = json.loads((preference_dir / "stats.json").read_text())
+    assert stats["num_pairs"] == len(pairs) and stats["num_pairs"] + stats["dropped_identical"] == len(gold)
+    for pair in pairs:
+        record = gold[pair.id]
+        assert pair.chosen == record.response
+        assert pair.prefix_l == pair.prefix_w == truncate(record.response, pair.truncation_step)[0]
+        assert pair.suffix_l != pair.suffix_w
+        assert (preference_dir / pair.image).read_bytes() == (subset_dir / record.image).read_bytes()
+    rows = read_jsonl(preference_dir / "pairs.jsonl")
+    assert [row["beta_weight"] for row in rows] == pytest.approx(
+        [float(beta_weight(p.truncation_step, p.noise_level)) for p in pairs])
+
+
+def test_perturbation_schemes():
+    rng = random.Random(0)
+    paper = [draw_perturbation(rng) for _ in range(400)]
+    assert {p.truncation_step for p in paper} == {1, 2, 3, 4}
+    assert min(p.noise_level for p in paper) < 0.05 and max(p.noise_level for p in paper) > 0.95
+    released = [draw_perturbation(rng, "released") for _ in range(400)]
+    assert {p.truncation_step for p in released} == {1, 2, 3}
+    for p in released:
+        if p.truncation_step == 3:
+            assert (p.kind, p.noise_level) == ("uniform", 1.0)
+        else:
+            assert p.kind == "gaussian" and RELEASED_NOISE_RANGE[0] <= p.noise_level <= RELEASED_NOISE_RANGE[1]
+    assert {draw_perturbation(rng, steps=(1,)).truncation_step for _ in range(20)} == {1}
+
+
+@pytest.mark.parametrize(
+    "conclusions, agree",
+    [(["B", "B.", "(B) three"], True), (["B", "B", "C"], False), (["3", "3.0", "three: 3"], True),
+     (["a red circle", "Red circle.", "the red circle"], True), (["red", "blue", "red"], False)],
+)
+def test_rule_based_agreement(conclusions, agree):
+    assert answers_agree([f"<CONCLUSION>{c}</CONCLUSION>" for c in conclusions]) is agree
+
+
+def test_agreement_needs_a_conclusion_in_every_response():
+    assert not answers_agree(["<CONCLUSION>B</CONCLUSION>", "no conclusion", "<CONCLUSION>B</CONCLUSION>"])
+
+
+def test_judge_hook_is_importable(tmp_path, monkeypatch):
+    (tmp_path / "my_judge.py").write_text("def same(question, responses):\n    return len(responses) == 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert load_judge("my_judge:same")("q", ["a", "b", "c"]) is True
+    with pytest.raises(ValueError, match="module:function"):
+        load_judge("my_judge")
+
+
+def test_online_stage_never_reads_gold_answers(tiny_model_dir, subset_dir, tmp_path, monkeypatch):
+    """Scrambling every gold answer and response of the pool leaves the iteration's pairs unchanged."""
+    (tmp_path / "agree.py").write_text("def always(question, responses):\n    return True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    scrambled = tmp_path / "scrambled"
+    scrambled.mkdir()
+    rows = read_jsonl(subset_dir / "data.jsonl")
+    responses = [row["conversations"][1]["value"] for row in rows]
+    for row, response in zip(rows, responses[1:] + responses[:1]):
+        row["conversations"][1]["value"] = response
+        row["answer"] = "Z"
+    (scrambled / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    for row in rows:
+        (scrambled / row["image"]).parent.mkdir(parents=True, exist_ok=True)
+        (scrambled / row["image"]).write_bytes((subset_dir / row["image"]).read_bytes())
+
+    items, _ = unlabeled_pool(scrambled)
+    assert not any(hasattr(item, "answer") or hasattr(item, "response") for item in items)
+
+    def iteration(pool, name):
+        config = OnlineConfig(model=str(tiny_model_dir), data=str(pool), output=str(tmp_path / name),
+                              num_pairs=3, judge="agree:always", truncation_steps="1",
+                              max_new_tokens=16, max_steps=1, batch_size=2)
+        model_dir = run_online_iteration(config)
+        assert (model_dir / "config.json").is_file()
+        return (tmp_path / name / "pairs" / "pairs.jsonl").read_text()
+
+    original = iteration(subset_dir, "original")
+    assert original.strip(), "the iteration built pairs"
+    assert iteration(scrambled, "scrambled") == original
+    first = read_pairs(tmp_path / "original" / "pairs")[0]
+    assert first.prefix_w + first.suffix_w != first.prefix_l + first.suffix_l
