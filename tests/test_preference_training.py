@@ -1,0 +1,127 @@
+"""The Sherlock preference trainer: 10-sequence layout, cached reference, loss value, learning, metrics."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from sherlock.data.preferences import read_pairs
+from sherlock.models.loading import load_vlm
+from sherlock.stages.config import ConfigError
+from sherlock.stages.preference_training import PreferenceTrainingConfig, run_train_preferences
+from sherlock.training import preference
+from sherlock.training.preference import (
+    NUM_SEQUENCES,
+    PreferenceCollator,
+    PreferenceDataset,
+    pair_sequences,
+    reference_cache_path,
+    sequence_logps,
+)
+
+TRL_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+               "logps/rejected", "loss/sc", "loss/dpo", "beta/sc_mean", "beta/sc_min", "beta/sc_max")
+
+
+def _train(tiny_model_dir, preference_dir, output, **overrides):
+    settings = {"logging_steps": 1, "batch_size": 4, "max_steps": 1, "reference_cache": str(output.parent / "cache")}
+    config = PreferenceTrainingConfig(model=str(tiny_model_dir), data=str(preference_dir), output=str(output),
+                                      **settings | overrides)
+    out = run_train_preferences(config)
+    return json.loads((out / "trainer_state.json").read_text())["log_history"]
+
+
+def test_ten_sequences_per_pair_with_suffix_only_labels(preference_dir):
+    pair = read_pairs(preference_dir)[0]
+    triples = pair_sequences(pair)
+    assert len(triples) == NUM_SEQUENCES
+    assert triples[0][1:] == ("", pair.chosen) and triples[1][1:] == ("", pair.rejected)
+    assert [t[1:] for t in triples[2:6]] == [(pair.prefix_w, pair.suffix_w), (pair.prefix_l, pair.suffix_l),
+                                           (pair.prefix_l, pair.suffix_w), (pair.prefix_w, pair.suffix_l)]
+    assert triples[2][0] == triples[5][0] != triples[6][0]
+    assert pair.rejected in triples[2][0] and pair.chosen in triples[6][0]
+
+
+def test_slot_logps_match_independent_forward_passes(tiny_model_dir, preference_dir):
+    """Deduplicated, padded batch log-probs equal one unpadded forward per sequence (HF's own loss)."""
+    model, processor = load_vlm(tiny_model_dir)
+    model.eval()
+    pairs = read_pairs(preference_dir)[:2]
+    dataset = PreferenceDataset(pairs, preference_dir, processor)
+    assert len(dataset[0]["sequences"]) < NUM_SEQUENCES, "offline pairs share prefixes: duplicates run once"
+    batch = PreferenceCollator(processor.tokenizer.pad_token_id)([dataset[0], dataset[1]])
+    with torch.no_grad():
+        batched = sequence_logps(model, batch)
+    for row, item in enumerate((dataset[0], dataset[1])):
+        for slot, index in enumerate(item["slots"]):
+            sequence = item["sequences"][index]
+            ids = sequence["input_ids"][None]
+            labels = ids.clone()
+            labels[:, : sequence["label_start"]] = -100
+            inputs = {k: v[None] for k, v in item["image_inputs"].items()}
+            with torch.no_grad():
+                out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels,
+                            cross_attention_mask=sequence["cross_attention_mask"][None], **inputs)
+            expected = -out.loss.item() * (labels[:, 1:] != -100).sum().item()
+            assert batched[row, slot].item() == pytest.approx(expected, rel=1e-4, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    "switches, expected",
+    [({}, 2 + 0.25 * math.log(2)), ({"use_sc": False}, 0.25 * math.log(2)), ({"use_dpo": False}, 2.0),
+     ({"alpha": 1.0, "dynamic_beta": False}, 2 + math.log(2))],
+)
+def test_first_step_loss_is_the_value_at_policy_equal_reference(tiny_model_dir, preference_dir, tmp_path, switches,
+                                                                 expected):
+    """With π_θ = π_ref every r is 0: v = u = 0 gives L_SC = 2 and L_DPO = log 2 (Eq. 6–7)."""
+    logs = _train(tiny_model_dir, preference_dir, tmp_path / "run", **switches)
+    assert logs[0]["loss"] == pytest.approx(expected, abs=1e-3)
+    assert set(TRL_METRICS) <= set(logs[0])
+
+
+def test_static_beta_is_the_base_for_every_sample(tiny_model_dir, preference_dir, tmp_path):
+    dynamic = _train(tiny_model_dir, preference_dir, tmp_path / "dynamic")[0]
+    static = _train(tiny_model_dir, preference_dir, tmp_path / "static", dynamic_beta=False)[0]
+    assert static["beta/sc_min"] == static["beta/sc_max"] == pytest.approx(0.25)
+    assert dynamic["beta/sc_min"] < dynamic["beta/sc_max"]
+
+
+def test_reference_logps_are_computed_once_per_model_and_data(tiny_model_dir, preference_dir, tmp_path, monkeypatch):
+    _train(tiny_model_dir, preference_dir, tmp_path / "first")
+    cached = list((tmp_path / "cache").glob("reference-logps-*.pt"))
+    assert len(cached) == 1
+
+    def fail(*args, **kwargs):
+        raise AssertionError("reference log-probs recomputed")
+
+    monkeypatch.setattr("sherlock.stages.preference_training.compute_reference_logps", fail)
+    _train(tiny_model_dir, preference_dir, tmp_path / "second", use_sc=False)
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    (changed / "pairs.jsonl").write_text((preference_dir / "pairs.jsonl").read_text().replace("noise", "noise ", 1))
+    assert reference_cache_path(tmp_path, tiny_model_dir, changed) != reference_cache_path(
+        tmp_path, tiny_model_dir, preference_dir)
+
+
+def test_training_increases_the_preference_margin(tiny_model_dir, preference_dir, tmp_path):
+    logs = _train(tiny_model_dir, preference_dir, tmp_path / "learn", max_steps=6, learning_rate=2e-5,
+                  warmup_ratio=0.0, lr_scheduler="constant")
+    steps = [entry for entry in logs if "loss" in entry]
+    assert steps[0]["rewards/margins"] == pytest.approx(0, abs=1e-3)
+    assert all(entry["rewards/margins"] > 0 for entry in steps[1:])
+    assert sum(entry["loss"] for entry in steps[1:]) / 5 < steps[0]["loss"]
+
+
+def test_bad_preference_data(tiny_model_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no preference pairs"):
+        run_train_preferences(PreferenceTrainingConfig(model=str(tiny_model_dir), data=str(tmp_path),
+                                                       output=str(tmp_path / "o")))
+    (tmp_path / "pairs.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match="holds no preference pairs"):
+        run_train_preferences(PreferenceTrainingConfig(model=str(tiny_model_dir), data=str(tmp_path),
+                                                       output=str(tmp_path / "o")))
+    with pytest.raises(ConfigError, match="loss would be empty"):
+        run_train_preferences(PreferenceTrainingConfig(model=str(tiny_model_dir), data=str(tmp_path),
+                                                       output=str(tmp_path / "o"), use_sc=False, use_dpo=False))
+    assert preference.IGNORE_INDEX == -100
