@@ -1,0 +1,147 @@
+"""Benchmark adapters on fixture rows in each VLMEvalKit TSV format, scoring, and the evaluation stage."""
+
+import base64
+import csv
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from sherlock.benchmarks import MCQ_INSTRUCTION, load_benchmark, mme_score, paper_average, score_responses
+from sherlock.stages.config import ConfigError
+from sherlock.stages.evaluate import EvaluationConfig, run_evaluation
+
+
+def _image(colour) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (72, 72), colour).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _tsv(path, rows):
+    with open(path, "w", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]), delimiter="\t")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+RED, BLUE = _image("red"), _image("blue")
+MCQ = [{"index": 0, "question": "What colour is the image?", "hint": "A flat image.", "A": "red", "B": "blue",
+        "C": "green", "D": "nan", "answer": "A", "category": "colour", "image": RED},
+       {"index": 1, "question": "What colour is the image?", "hint": "nan", "A": "red", "B": "blue", "C": "nan",
+        "D": "nan", "answer": "B", "category": "colour", "image": BLUE}]
+FIXTURES = {
+    "mmbench": MCQ,
+    "mmstar": [{k: v for k, v in row.items() if k != "hint"} | {"l2_category": "x"} for row in MCQ],
+    "ai2d": [{k: v for k, v in row.items() if k not in ("hint", "category")} for row in MCQ],
+    "hallusionbench": [{"index": 0, "question": "Is the image red?", "answer": "Yes", "category": "VS",
+                        "l2-category": "chart", "set_id": 0, "figure_id": 0, "question_id": 0, "image": RED},
+                       {"index": 1, "question": "Is the image red?", "answer": "No", "category": "VS",
+                        "l2-category": "chart", "set_id": 0, "figure_id": 1, "question_id": 0, "image": BLUE}],
+    "mmmu": [MCQ[0] | {"question_type": "multiple-choice"},
+             {"index": 5, "question": "How many images?", "hint": "nan", "A": "nan", "B": "nan", "C": "nan",
+              "D": "nan", "answer": "1", "category": "Math", "question_type": "open", "image": f"['{RED}']"}],
+    "mathvista": [{"index": 0, "question": "Which colour?", "answer": "blue", "question_type": "multi_choice",
+                   "answer_type": "text", "choices": "['red', 'blue']", "precision": "nan", "category": "x",
+                   "image": BLUE},
+                  {"index": 1, "question": "What is 1/3?", "answer": "0.33", "question_type": "free_form",
+                   "answer_type": "float", "choices": "nan", "precision": "2", "category": "x", "image": RED}],
+    "mme": [{"index": i, "question": q + " Please answer yes or no.", "answer": a, "category": c,
+             "image_path": f"{c}/{img}.png", "image": RED}
+            for i, (c, img, q, a) in enumerate([
+                ("existence", 0, "Is there red?", "Yes"), ("existence", 0, "Is there blue?", "No"),
+                ("existence", 1, "Is there red?", "Yes"), ("existence", 1, "Is there green?", "No"),
+                ("code_reasoning", 2, "Does it print 1?", "Yes"), ("code_reasoning", 2, "Does it print 2?", "No")])],
+    "mmvet": [{"index": 0, "question": "Describe the image.", "answer": "A red square.", "category": "rec",
+               "image": RED}],
+}
+
+
+@pytest.fixture(scope="module")
+def tsv_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vlmevalkit")
+    for name, rows in FIXTURES.items():
+        _tsv(root / f"{name}.tsv", rows)
+    return root
+
+
+def _conclude(answer):
+    return f"<SUMMARY>s</SUMMARY><CAPTION>c</CAPTION><REASONING>r</REASONING><CONCLUSION>{answer}</CONCLUSION>"
+
+
+def test_multiple_choice_prompt_and_gold_letter(tsv_dir):
+    first, second = load_benchmark("mmbench", tsv_dir / "mmbench.tsv")
+    assert first.prompt == ("Hint: A flat image.\nQuestion: What colour is the image?\nOptions:\nA. red\nB. blue\n"
+                            f"C. green\n{MCQ_INSTRUCTION}")
+    assert "Hint" not in second.prompt and "C." not in second.prompt
+    assert (first.answer, first.answer_type, first.image.getpixel((0, 0))) == ("A", "choice", (255, 0, 0))
+    for name in ("mmstar", "ai2d"):
+        assert [i.answer for i in load_benchmark(name, tsv_dir / f"{name}.tsv")] == ["A", "B"]
+
+
+@pytest.mark.parametrize(
+    "name, responses, expected",
+    [
+        ("mmbench", ["A", "A"], 50.0),
+        ("mmstar", ["A", "B"], 100.0),
+        ("ai2d", ["The answer is B", "B"], 50.0),
+        ("hallusionbench", ["Yes, it is red.", "Yes"], 50.0),
+        ("mmmu", ["A", "1"], 100.0),
+        ("mathvista", ["B", "0.333"], 100.0),
+        ("mathvista", ["blue", "0.34"], 0.0),
+    ],
+)
+def test_rule_based_scores(tsv_dir, name, responses, expected):
+    items = load_benchmark(name, tsv_dir / f"{name}.tsv")
+    result = score_responses(name, items, [_conclude(r) for r in responses])
+    assert result["score"] == pytest.approx(expected)
+    assert result["n"] == len(items)
+
+
+def test_mme_counts_acc_and_acc_plus_per_subtask(tsv_dir):
+    items = load_benchmark("mme", tsv_dir / "mme.tsv")
+    # existence: image 0 both right, image 1 one wrong -> acc 75 + acc+ 50; code: both right -> 100 + 100
+    result = score_responses("mme", items, [_conclude(a) for a in ("Yes", "No", "Yes", "Yes", "Yes", "No")])
+    assert result["per_category"] == {"existence": pytest.approx(125.0), "code_reasoning": pytest.approx(200.0)}
+    assert (result["perception"], result["cognition"], result["score"]) == pytest.approx((125.0, 200.0, 325.0))
+    assert mme_score(items, [False] * 6)["score"] == 0
+
+
+def test_mmvet_needs_a_judge(tsv_dir):
+    items = load_benchmark("mmvet", tsv_dir / "mmvet.tsv")
+    assert score_responses("mmvet", items, ["A red square."]) == {"score": None, "judge_required": True, "n": 1}
+
+
+def test_paper_average_divides_mme_by_28():
+    scores = {"mmbench": 70, "mmstar": 50, "ai2d": 80, "hallusionbench": 40, "mmmu": 45, "mathvista": 50,
+              "mme": 2100, "mmvet": 60}
+    assert paper_average(scores) == pytest.approx((70 + 50 + 80 + 40 + 45 + 50 + 75 + 60) / 8)
+    assert paper_average(scores | {"mmvet": None}) is None
+
+
+def test_bad_benchmark_files(tmp_path):
+    with pytest.raises(ValueError, match="missing column"):
+        load_benchmark("mmbench", _tsv(tmp_path / "bad.tsv", [{"index": 0, "question": "q"}]))
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        load_benchmark("seedbench", tmp_path / "bad.tsv")
+    with pytest.raises(FileNotFoundError):
+        load_benchmark("mme", tmp_path / "none.tsv")
+
+
+def test_evaluation_stage_scores_every_round(tiny_model_dir, subset_dir, tsv_dir, tmp_path):
+    config = EvaluationConfig(model=str(tiny_model_dir), output=str(tmp_path / "eval"), correction_rounds=2,
+                              benchmarks=f"llava_cot={subset_dir},mmbench={tsv_dir / 'mmbench.tsv'}",
+                              limit=6, max_new_tokens=12)
+    metrics = run_evaluation(config)
+    synthetic = metrics["benchmarks"]["llava_cot"]["rounds"]
+    assert len(synthetic) == 3 and all(r["n"] == 6 for r in synthetic)
+    assert {"easy", "medium", "hard"} >= set(synthetic[0]["per_category"])
+    predictions = [json.loads(line) for line in (tmp_path / "eval/predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 8 and all(len(p["responses"]) == 3 for p in predictions)
+    table = (tmp_path / "eval/results.md").read_text()
+    assert "| llava_cot | 6 |" in table and "+SC round 2" in table
+    assert (tmp_path / "eval/accuracy_by_round.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ConfigError, match="unknown benchmark"):
+        EvaluationConfig(model="m", output="o", benchmarks="vqav2=x").check()
