@@ -41,6 +41,7 @@ from sherlock.data.preferences import PreferencePair, pairs_digest
 from sherlock.data.schema import file_digest, open_image
 from sherlock.losses import dpo_loss, dynamic_beta, self_correction_loss, sherlock_loss
 from sherlock.prompts import correction_prompt
+from sherlock.training.setup import ConvertedCheckpointResume
 
 NUM_SEQUENCES = 10
 DPO_CHOSEN, DPO_REJECTED = 0, 1
@@ -219,7 +220,7 @@ class SherlockLossConfig:
     use_dpo: bool = True
 
 
-class SherlockTrainer(Trainer):
+class SherlockTrainer(ConvertedCheckpointResume, Trainer):
     """``Trainer`` whose loss is L_Sherlock over the 10-sequence layout with cached reference log-probs."""
 
     def __init__(self, *args, reference_logps: torch.Tensor, loss_config: SherlockLossConfig, **kwargs):

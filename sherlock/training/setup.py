@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,9 +132,32 @@ def training_arguments(settings: TrainSettings, output_dir: str | Path, cls=Trai
     )
 
 
+class ConvertedCheckpointResume:
+    """Trainer mixin: resume loads the checkpoint's weights through ``from_pretrained``.
+
+    ``Trainer._load_from_checkpoint`` (transformers 5.23) reads ``model.safetensors`` and calls
+    ``load_state_dict(strict=False)``. Models whose saved key names are converted on load (Mllama:
+    ``language_model.model.*`` on disk, ``model.language_model.*`` in memory) then match no key and
+    training silently restarts from the initial weights. ``from_pretrained`` applies the conversion;
+    the strict load fails loudly if anything is still missing. PEFT and FSDP checkpoints keep the
+    ``Trainer`` path.
+    """
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        model = model if model is not None else self.model
+        if hasattr(model, "peft_config") or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        dtype = next(model.parameters()).dtype
+        saved = type(model).from_pretrained(resume_from_checkpoint, dtype=dtype, local_files_only=True)
+        model.load_state_dict(saved.state_dict(), strict=True)
+
+
 def resume_checkpoint(settings: TrainSettings, output_dir: str | Path) -> str | None:
     """The last ``checkpoint-N`` in ``output_dir`` when resuming is on and one exists."""
     output_dir = Path(output_dir)
     if not settings.resume or not output_dir.is_dir():
         return None
-    return get_last_checkpoint(str(output_dir))
+    checkpoint = get_last_checkpoint(str(output_dir))
+    if checkpoint:
+        print(f"resuming from {checkpoint}", file=sys.stderr)
+    return checkpoint

@@ -17,7 +17,14 @@ from sherlock.chat import conversation
 from sherlock.data.schema import Record
 from sherlock.models.loading import load_vlm
 from sherlock.prompts import correction_prompt
-from sherlock.training.setup import TrainSettings, finalise_model, prepare_model, resume_checkpoint, training_arguments
+from sherlock.training.setup import (
+    ConvertedCheckpointResume,
+    TrainSettings,
+    finalise_model,
+    prepare_model,
+    resume_checkpoint,
+    training_arguments,
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,10 @@ def correction_examples(records: list[Record], rejected: dict[str, str], image_r
         raise ValueError(f"{len(missing)} records have no rejected response (first: {missing[0]})")
     return [SFTExample(correction_prompt(r.question, rejected[r.id]), r.response, str(Path(image_root) / r.image))
             for r in records]
+
+
+class VLMSFTTrainer(ConvertedCheckpointResume, SFTTrainer):
+    """TRL's ``SFTTrainer`` that resumes VLM checkpoints with converted weight names correctly."""
 
 
 def sft_dataset(examples: list[SFTExample]) -> Dataset:
@@ -75,7 +86,7 @@ def train_sft(model_dir: str | Path, examples: list[SFTExample], output_dir: str
     model, processor = load_vlm(model_dir, dtype=torch.float32)
     model = prepare_model(model, settings)
     args = training_arguments(settings, output_dir, SFTConfig, assistant_only_loss=True, max_length=None)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(examples), processing_class=processor)
+    trainer = VLMSFTTrainer(model=model, args=args, train_dataset=sft_dataset(examples), processing_class=processor)
     trainer.train(resume_from_checkpoint=resume_checkpoint(settings, output_dir))
     trainer.save_state()
     output_dir = Path(output_dir)

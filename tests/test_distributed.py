@@ -1,0 +1,80 @@
+"""Training stages under torchrun (2 CPU processes, gloo), resume after a kill, shipped DeepSpeed configs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sherlock.training.setup import TrainSettings, training_arguments
+
+REPO = Path(__file__).resolve().parents[1]
+CONSTANT_LR = ["--lr-scheduler", "constant", "--warmup-ratio", "0", "--logging-steps", "1", "--learning-rate", "2e-5"]
+
+
+def _command(tiny_model_dir, preference_dir, output, *extra):
+    return ["train-preferences", "--model", str(tiny_model_dir), "--data", str(preference_dir), "--output",
+            str(output), "--reference-cache", str(Path(output).parent / "cache"), *CONSTANT_LR, *extra]
+
+
+def _run(args, launcher=(sys.executable, "-m", "sherlock.cli")):
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([*launcher, *args], env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _losses(output):
+    history = json.loads((Path(output) / "trainer_state.json").read_text())["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
+
+
+def test_two_gloo_processes_match_one_process(tiny_model_dir, preference_dir, tmp_path):
+    """2 processes x 2 pairs see the same global batch as 1 process x 4 pairs: the same losses."""
+    _run(_command(tiny_model_dir, preference_dir, tmp_path / "single", "--batch-size", "4", "--max-steps", "3"))
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "sherlock.cli")
+    _run(_command(tiny_model_dir, preference_dir, tmp_path / "ddp", "--batch-size", "2", "--max-steps", "3"),
+         launcher=torchrun)
+    single, ddp = _losses(tmp_path / "single"), _losses(tmp_path / "ddp")
+    assert len(single) == len(ddp) == 3
+    assert ddp == pytest.approx(single, rel=1e-3)
+    assert single[1] != pytest.approx(single[0], rel=1e-3), "the losses move: the comparison is not trivial"
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tiny_model_dir, preference_dir, tmp_path):
+    args = ["--batch-size", "2", "--max-steps", "6", "--save-steps", "2"]
+    _run(_command(tiny_model_dir, preference_dir, tmp_path / "straight", *args))
+
+    interrupted = tmp_path / "interrupted"
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "sherlock.cli",
+                                *_command(tiny_model_dir, preference_dir, interrupted, *args)],
+                               env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = interrupted / "checkpoint-4" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not marker.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (interrupted / "trainer_state.json").exists() and not (interrupted / "checkpoint-6").exists()
+
+    resumed = _run(_command(tiny_model_dir, preference_dir, interrupted, *args))
+    assert "resuming from" in resumed.stderr and "checkpoint-4" in resumed.stderr
+    assert _losses(interrupted) == pytest.approx(_losses(tmp_path / "straight"), rel=1e-5)
+
+
+@pytest.mark.parametrize("name, stage", [("zero2.json", 2), ("zero3.json", 3), ("zero3_offload.json", 3)])
+def test_deepspeed_configs_fill_from_the_training_settings(name, stage, tmp_path):
+    path = REPO / "configs" / "deepspeed" / name
+    args = training_arguments(TrainSettings(deepspeed=str(path), batch_size=3, grad_accum=2), tmp_path)
+    config = args.hf_deepspeed_config
+    config.trainer_config_process(args)
+    assert config.config["zero_optimization"]["stage"] == stage
+    assert config.config["train_micro_batch_size_per_gpu"] == 3
+    assert config.config["gradient_accumulation_steps"] == 2
