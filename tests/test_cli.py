@@ -42,3 +42,41 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert set(metrics["seconds"]) == {"data", "build", "eval_before", "sft", "eval_after"}
     printed = capsys.readouterr().out
     assert "before SFT" in printed and "after SFT" in printed
+
+
+STAGE_COMMANDS = ("sft", "sample-rejected", "build-preferences", "train-preferences", "online", "evaluate")
+
+
+@pytest.mark.parametrize("command", STAGE_COMMANDS)
+def test_every_stage_has_a_command_with_config_flags(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--config" in out and "--model" in out and "--output" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sft", "--data", "d", "--output", "o"], "needs model"),
+        (["sft", "--model", "/no/such/model", "--data", "d", "--output", "o"], "no model checkpoint"),
+        (["train-preferences", "--model", "m", "--data", "d", "--output", "o", "--use-sc", "false",
+          "--use-dpo", "false"], "loss would be empty"),
+        (["evaluate", "--model", "m", "--output", "o", "--benchmarks", "mmbench"], "NAME=PATH"),
+        (["online", "--model", "m", "--data", "d", "--output", "o", "--num-pairs", "0"], "num_pairs"),
+        (["build-preferences", "--model", "m", "--data", "d", "--output", "o", "--scheme", "code"], "scheme"),
+    ],
+)
+def test_stage_commands_reject_bad_input(argv, message, tmp_path):
+    with pytest.raises(SystemExit, match=message):
+        main(argv)
+
+
+def test_stage_command_reads_a_yaml_config(tiny_model_dir, subset_dir, tmp_path, capsys):
+    config = tmp_path / "sample.yaml"
+    config.write_text(f"model: {tiny_model_dir}\ndata: {subset_dir}\noutput: {tmp_path / 'out'}\nmax_new_tokens: 4\n")
+    main(["sample-rejected", "--config", str(config), "--seed", "3"])
+    assert capsys.readouterr().out.strip().endswith("rejected.jsonl")
+    assert "seed: 3" in (tmp_path / "out/stage_config.yaml").read_text()
+    assert len((tmp_path / "out/rejected.jsonl").read_text().splitlines()) == 16

@@ -54,7 +54,6 @@ class OnlineConfig(PreferenceTrainingConfig, PerturbationSettings, SamplingSetti
     learning_rate: float = help_field(5e-7, "peak learning rate (paper: 5e-7 online)")
 
     def check(self) -> None:
-        super().check()
         self.check_perturbation()
         if self.iterations <= 0 or self.iteration <= 0:
             raise ConfigError("iteration and iterations must be positive")
@@ -62,6 +61,7 @@ class OnlineConfig(PreferenceTrainingConfig, PerturbationSettings, SamplingSetti
             raise ConfigError("num_pairs must be positive")
         if self.reference is not None:
             raise ConfigError("the online reference is always π_{k-1} (the starting model); leave reference unset")
+        super().check()
 
 
 def load_judge(spec: str) -> Judge:
