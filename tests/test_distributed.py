@@ -78,3 +78,24 @@ def test_deepspeed_configs_fill_from_the_training_settings(name, stage, tmp_path
     assert config.config["zero_optimization"]["stage"] == stage
     assert config.config["train_micro_batch_size_per_gpu"] == 3
     assert config.config["gradient_accumulation_steps"] == 2
+
+
+def test_sft_trainer_resume_loads_the_checkpoint_weights(tiny_model_dir, synthetic_data, tmp_path):
+    """The stock Trainer path matches no Mllama key (converted names); ours restores every weight."""
+    import torch
+    from trl import SFTConfig
+
+    from sherlock.models.loading import load_vlm
+    from sherlock.training.sft import VLMSFTTrainer, examples_from_records, sft_dataset
+
+    model, processor = load_vlm(tiny_model_dir)
+    args = training_arguments(TrainSettings(), tmp_path, SFTConfig, assistant_only_loss=True)
+    trainer = VLMSFTTrainer(model=model, args=args, processing_class=processor,
+                            train_dataset=sft_dataset(examples_from_records(synthetic_data.records[:2],
+                                                                            synthetic_data.image_root)))
+    saved = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    trainer._load_from_checkpoint(str(tiny_model_dir))
+    assert all(torch.equal(saved[name], p) for name, p in model.named_parameters())
