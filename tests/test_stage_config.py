@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from sherlock.cli import build_parser
@@ -71,3 +73,30 @@ def test_cli_flags_override_the_yaml(tmp_path):
     args = build_parser().parse_args(["train-preferences", "--config", str(path), "--alpha", "0.1"])
     config = config_from_args(PreferenceTrainingConfig, args)
     assert (config.alpha, config.batch_size) == (0.1, 2)
+
+
+PRESETS = {
+    "r0": SFTStageConfig, "sherlock_sft": SFTStageConfig, "offline": PreferenceTrainingConfig,
+    "preferences": PreferenceDataConfig,
+}
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("preset", sorted(REPO.glob("configs/*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_presets_load_and_pass_their_checks(preset, monkeypatch):
+    monkeypatch.chdir(REPO)  # the presets name DeepSpeed configs relative to the repository root
+    from sherlock.stages.evaluate import EvaluationConfig
+    from sherlock.stages.online import OnlineConfig
+    from sherlock.stages.rejected import SampleRejectedConfig
+
+    classes = PRESETS | {"online": OnlineConfig, "evaluate": EvaluationConfig, "sample_rejected": SampleRejectedConfig}
+    cls = classes[preset.stem]
+    required = {"model": "m", "output": "o", "benchmarks": "b=x"} if cls is EvaluationConfig else REQUIRED
+    config = load_config(cls, preset, required)
+    for check in ("check_training", "check_perturbation"):
+        if hasattr(config, check):
+            getattr(config, check)()
+    if preset.parent.name == "released" and preset.stem == "preferences":
+        assert (config.scheme, config.legacy_uint8_noise) == ("released", True)
