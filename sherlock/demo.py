@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
+from sherlock.benchmarks import BenchmarkItem, load_benchmark, score_responses
 from sherlock.data.llava_cot import load_llava_cot
 from sherlock.data.synthetic import IMAGE_SIZE, generate_synthetic
-from sherlock.evaluation import EvalResult, evaluate_direct
-from sherlock.generation import DecodingConfig
+from sherlock.generation import DecodingConfig, generate
 from sherlock.models.loading import load_vlm
 from sherlock.models.tiny import build_tiny_vlm, tokenizer_corpus
 from sherlock.training.setup import TrainSettings
@@ -38,9 +38,17 @@ class DemoConfig:
     max_new_tokens: int = 256
 
 
-def _report(label: str, result: EvalResult) -> str:
-    tiers = ", ".join(f"{tier} {100 * acc.value:.1f}%" for tier, acc in result.per_tier.items())
-    return f"{label:<14} {result.overall}   [{tiers}]"
+def _report(label: str, result: dict) -> str:
+    tiers = ", ".join(f"{tier} {score:.1f}%" for tier, score in result["per_category"].items())
+    return f"{label:<14} {result['score']:.1f}% ± {result['stderr']:.1f} (n={result['n']})   [{tiers}]"
+
+
+def _evaluate(model_dir: Path, items: list[BenchmarkItem], generation: DecodingConfig) -> dict:
+    """Greedy direct answers, scored against the gold answers (accuracy in %, per tier)."""
+    model, processor = load_vlm(model_dir, dtype=torch.float32)
+    responses = generate(model, processor, [i.prompt for i in items], [i.image for i in items], config=generation,
+                         desc="evaluating")
+    return score_responses("llava_cot", items, responses)
 
 
 def run_demo(config: DemoConfig) -> dict:
@@ -58,26 +66,24 @@ def run_demo(config: DemoConfig) -> dict:
                        image_size=config.image_size)
     eval_file = generate_synthetic(workdir / "data/eval", config.eval_items, seed=config.seed + 1_000_003,
                                    image_size=config.image_size)
-    train, held_out = load_llava_cot(train_file), load_llava_cot(eval_file)
+    train, held_out = load_llava_cot(train_file), load_benchmark("llava_cot", eval_file)
 
     corpus = tokenizer_corpus(train.records[:TOKENIZER_CORPUS_ITEMS])
     base = timed("build", build_tiny_vlm, workdir / "models/base", corpus,
                  preset=config.preset, image_size=config.image_size, seed=config.seed)
     generation = DecodingConfig(max_new_tokens=config.max_new_tokens, batch_size=config.eval_batch_size)
 
-    model, processor = load_vlm(base, dtype=torch.float32)
-    before = timed("eval_before", evaluate_direct, model, processor, held_out.records, held_out.image_root, generation)
+    before = timed("eval_before", _evaluate, base, held_out, generation)
 
     settings = TrainSettings(learning_rate=config.learning_rate, epochs=config.epochs, batch_size=config.batch_size,
                              seed=config.seed, logging_steps=50)
     sft = timed("sft", train_sft, base, examples_from_records(train.records, train.image_root),
                 workdir / "models/sft", settings)
 
-    model, processor = load_vlm(sft, dtype=torch.float32)
-    after = timed("eval_after", evaluate_direct, model, processor, held_out.records, held_out.image_root, generation)
+    after = timed("eval_after", _evaluate, sft, held_out, generation)
 
     print(_report("before SFT", before))
     print(_report("after SFT", after))
-    metrics = {"config": asdict(config), "before": before.as_dict(), "after": after.as_dict(), "seconds": timings}
+    metrics = {"config": asdict(config), "before": before, "after": after, "seconds": timings}
     (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
