@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import Trainer
+from trl.trainer.utils import selective_log_softmax
 
 from sherlock.chat import user_turn
 from sherlock.data.preferences import PreferencePair, pairs_digest
@@ -157,11 +158,11 @@ PAIR_KEYS = ("slots", "index", "truncation_step", "noise_level", "labels")
 def sequence_logps(model, batch: dict) -> torch.Tensor:
     """Summed log π(labelled tokens) of every sequence, gathered into the (pairs, 10) slot layout."""
     model_inputs = {k: v for k, v in batch.items() if k not in PAIR_KEYS}
-    logits = model(**model_inputs).logits[:, :-1].float()
+    logits = model(**model_inputs).logits[:, :-1]
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE_INDEX
-    token_logps = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    per_sequence = (token_logps * mask).sum(-1)
+    token_logps = selective_log_softmax(logits, labels.clamp(min=0))  # no (tokens × vocab) log-softmax copy
+    per_sequence = (token_logps.float() * mask).sum(-1)
     return per_sequence[batch["slots"]]
 
 
