@@ -25,6 +25,7 @@ from PIL import Image
 
 from sherlock.data.schema import open_image
 from sherlock.reasoning import conclusion_text, extract_answer, is_correct, normalise_number
+from sherlock.stages.io import load_data
 
 OPTION_LETTERS = "ABCDEFGHI"
 MCQ_INSTRUCTION = "Please select the correct answer from the options above."
@@ -144,8 +145,6 @@ PAPER_BENCHMARKS = tuple(BENCHMARKS)
 def load_benchmark(name: str, path: str | Path, limit: int | None = None) -> list[BenchmarkItem]:
     """Items of benchmark ``name`` (a key of :data:`BENCHMARKS`, or ``llava_cot`` for jsonl data)."""
     if name == "llava_cot":
-        from sherlock.stages.io import load_data
-
         data = load_data(path)
         records = data.records[:limit]
         missing = [r.id for r in records if r.answer is None]

@@ -53,6 +53,11 @@ class ExperimentConfig:
     generation_batch_size: int = 128
 
 
+def _slug(name: str) -> str:
+    """Directory name of a checkpoint label ("offline, w/o L_SC" -> "offline_wo_L_SC")."""
+    return name.replace(",", "").replace("/", "").replace(" ", "_")
+
+
 def run_seed(config: ExperimentConfig, seed: int) -> dict:
     """All stages and evaluations for one seed; returns {checkpoint: evaluation metrics}."""
     root = Path(config.workdir) / f"seed_{seed}"
@@ -90,7 +95,7 @@ def run_seed(config: ExperimentConfig, seed: int) -> dict:
                 "offline, w/o L_SC": {"use_sc": False}}
     models = {"R0": r0, "Sherlock-SFT": sherlock_sft}
     for name, switches in variants.items():
-        output = root / name.replace(", ", "_").replace(" ", "_").replace("/", "")
+        output = root / _slug(name)
         models[name] = timed(name, run_train_preferences,
                              PreferenceTrainingConfig(**preference | switches, output=str(output)))
     online = OnlineConfig(**preference | sampling | {
@@ -102,7 +107,7 @@ def run_seed(config: ExperimentConfig, seed: int) -> dict:
     for name, model in models.items():
         metrics = timed(f"evaluate {name}", run_evaluation, EvaluationConfig(
             model=str(model), benchmarks=f"llava_cot={eval_dir}", correction_rounds=config.correction_rounds,
-            output=str(root / "eval" / name.replace(" ", "_").replace(",", "").replace("/", "")),
+            output=str(root / "eval" / _slug(name)),
             max_new_tokens=config.max_new_tokens, generation_batch_size=config.generation_batch_size, seed=seed))
         results[name] = [r["score"] for r in metrics["benchmarks"]["llava_cot"]["rounds"]]
     summary = {"seed": seed, "scores": results, "seconds": timings,

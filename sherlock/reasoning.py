@@ -144,7 +144,6 @@ def is_correct(prediction: str, gold: str, answer_type: str | None = None) -> bo
     return predicted is not None and predicted == expected
 
 
-
 def answers_agree(responses: list[str]) -> bool:
     """Rule-based equivalence of the responses' answers (Stage III self-consistency filter).
 

@@ -8,13 +8,13 @@ import torch
 
 from sherlock.data.llava_cot import DataQualityError
 from sherlock.data.preferences import RELEASED_NOISE_RANGE, draw_perturbation, read_pairs
-from sherlock.data.schema import open_image
+from sherlock.data.schema import open_image, read_jsonl
 from sherlock.generation import DecodingConfig, generate
 from sherlock.losses import beta_weight
 from sherlock.models.loading import CheckpointNotFoundError, load_vlm
 from sherlock.prompts import correction_prompt
 from sherlock.reasoning import answers_agree, truncate
-from sherlock.stages.io import load_data, read_jsonl
+from sherlock.stages.io import load_data
 from sherlock.stages.online import OnlineConfig, load_judge, run_online_iteration, unlabeled_pool
 from sherlock.stages.rejected import SampleRejectedConfig, run_sample_rejected
 from sherlock.stages.sft import SFTStageConfig, run_sft

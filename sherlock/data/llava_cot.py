@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from sherlock.data.schema import Record
+from sherlock.data.schema import Record, write_jsonl
 from sherlock.reasoning import ANSWER_TYPES, ReasoningFormatError, parse_stages
 
 DEFAULT_MAX_BAD_FRACTION = 0.01
@@ -163,8 +163,4 @@ def load_llava_cot(
 
 def write_llava_cot(records: list[Record], jsonl_path: str | Path) -> None:
     """Write records as a LLaVA-CoT-100k style jsonl."""
-    jsonl_path = Path(jsonl_path)
-    jsonl_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(jsonl_path, "w", encoding="utf-8") as out:
-        for record in records:
-            out.write(json.dumps(record.to_llava_cot(), ensure_ascii=False) + "\n")
+    write_jsonl((record.to_llava_cot() for record in records), jsonl_path)

@@ -17,13 +17,12 @@ from pathlib import Path
 from PIL import Image
 
 from sherlock.data.sampling import link_or_copy
-from sherlock.data.schema import file_digest
+from sherlock.data.schema import file_digest, write_jsonl
 from sherlock.losses import beta_weight
 from sherlock.perturb import gaussian_noise, random_noise_image
 from sherlock.reasoning import NUM_TRUNCATION_STEPS
 
 PAIRS_FILE = "pairs.jsonl"
-PERTURBATIONS = ("gaussian", "uniform")
 # The released code's scheme: k = randint(0, 2) keeps 0, 1 or 2 stages (i = k + 1); ε ~ U(0.15, 0.25)
 # with Gaussian noise for k < 2, the image replaced by uniform noise (ε := 1) for k = 2.
 RELEASED_STEPS = (1, 2, 3)
@@ -100,14 +99,10 @@ class PreferencePair:
 def write_pairs(pairs: list[PreferencePair], image_root: Path, output_dir: str | Path) -> Path:
     """Write ``output_dir/pairs.jsonl`` (with each pair's β weight) and link the clean images beside it."""
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / PAIRS_FILE
-    with open(path, "w", encoding="utf-8") as out:
-        for pair in pairs:
-            link_or_copy(Path(image_root) / pair.image, output_dir / pair.image)
-            row = dataclasses.asdict(pair) | {"beta_weight": pair.beta_weight}
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
+    for pair in pairs:
+        link_or_copy(Path(image_root) / pair.image, output_dir / pair.image)
+    return write_jsonl((dataclasses.asdict(pair) | {"beta_weight": pair.beta_weight} for pair in pairs),
+                       output_dir / PAIRS_FILE)
 
 
 def read_pairs(directory: str | Path) -> list[PreferencePair]:

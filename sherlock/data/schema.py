@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,25 @@ class Record:
         """sha256 of the record's canonical JSON: identifies its content, not its position."""
         canonical = json.dumps(dataclasses.asdict(self), sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
+    """Write one JSON object per line (creating the folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as out:
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The JSON objects of a jsonl file (blank lines skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    with open(path, encoding="utf-8") as source:
+        return [json.loads(line) for line in source if line.strip()]
 
 
 def file_digest(path: Path) -> str:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from sherlock.generation import DecodingConfig
+
 
 class ConfigError(ValueError):
     """A stage config is malformed or inconsistent."""
@@ -125,7 +127,5 @@ class SamplingSettings:
     max_new_tokens: int = help_field(512, "longest generated response")
     generation_batch_size: int = help_field(32, "prompts per generate call")
 
-    def decoding(self, seed: int):
-        from sherlock.generation import DecodingConfig
-
+    def decoding(self, seed: int) -> DecodingConfig:
         return DecodingConfig(self.max_new_tokens, self.temperature, self.top_p, self.generation_batch_size, seed)

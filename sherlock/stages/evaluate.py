@@ -8,6 +8,7 @@ Outputs: ``metrics.json``, ``results.md`` (a table per round), ``accuracy_by_rou
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,8 @@ from sherlock.benchmarks import BENCHMARKS, load_benchmark, paper_average, score
 from sherlock.generation import DecodingConfig, generate, self_correct  # noqa: E402
 from sherlock.models.loading import load_vlm  # noqa: E402
 from sherlock.stages.config import ConfigError, SamplingSettings, help_field  # noqa: E402
-from sherlock.stages.io import record_stage_config, write_jsonl  # noqa: E402
+from sherlock.data.schema import write_jsonl  # noqa: E402
+from sherlock.stages.io import record_stage_config  # noqa: E402
 
 METRICS_FILE, TABLE_FILE, PLOT_FILE, PREDICTIONS_FILE = (
     "metrics.json", "results.md", "accuracy_by_round.png", "predictions.jsonl")
@@ -59,7 +61,7 @@ def evaluate_items(model, processor, items, rounds: int, direct: DecodingConfig,
     """Responses of round 0 (direct) and of each greedy correction round, per item."""
     questions, images = [i.prompt for i in items], [i.image for i in items]
     first = generate(model, processor, questions, images, config=direct, desc=f"{name} direct")
-    greedy = DecodingConfig(direct.max_new_tokens, 0.0, 1.0, direct.batch_size, direct.seed)
+    greedy = dataclasses.replace(direct, temperature=0.0, top_p=1.0)
     return [first] + self_correct(model, processor, questions, images, first, rounds, greedy, desc=f"{name} round")
 
 

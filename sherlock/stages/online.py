@@ -140,7 +140,6 @@ def run_online_iteration(config: OnlineConfig) -> Path:
     return run_train_preferences(training)
 
 
-
 def run_online(config: OnlineConfig) -> Path:
     """K iterations: ``output/iter_k`` trains π_k from π_{k−1}; returns the last model's directory."""
     model = config.model

@@ -14,7 +14,7 @@ import torch
 
 from sherlock.data.preferences import read_pairs
 from sherlock.losses import DEFAULT_ALPHA_DPO, PAPER_BETA_BASE
-from sherlock.models.loading import CheckpointNotFoundError, load_vlm
+from sherlock.models.loading import load_vlm, require_checkpoint
 from sherlock.stages.config import ConfigError, help_field
 from sherlock.stages.io import record_stage_config
 from sherlock.training.preference import (
@@ -62,8 +62,7 @@ class PreferenceTrainingConfig(TrainSettings):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         for checkpoint in (self.model, self.reference or self.model):
-            if not (Path(checkpoint) / "config.json").is_file():
-                raise CheckpointNotFoundError(f"no model checkpoint at {checkpoint}")
+            require_checkpoint(checkpoint)
 
     def loss(self) -> SherlockLossConfig:
         return SherlockLossConfig(self.sc_beta, self.dpo_beta, self.alpha, self.dynamic_beta, self.use_sc, self.use_dpo)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from sherlock.data.preferences import SCHEMES, Perturbation, PreferencePair, draw_perturbation, write_pairs
+from sherlock.data.preferences import Perturbation, PreferencePair, draw_perturbation, write_pairs
 from sherlock.data.schema import open_image
 from sherlock.generation import DecodingConfig, generate
 from sherlock.models.loading import load_vlm
@@ -44,8 +44,7 @@ class PerturbationSettings:
             raise ConfigError(f"truncation_steps must be comma-separated integers, got {self.truncation_steps!r}")
 
     def check_perturbation(self) -> None:
-        if self.scheme not in SCHEMES:
-            raise ConfigError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        """Draw once: an unknown scheme or steps outside it raise :class:`ConfigError`."""
         try:
             draw_perturbation(random.Random(0), self.scheme, self.steps())
         except ValueError as error:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 
-from sherlock.data.schema import open_image
+from sherlock.data.schema import open_image, write_jsonl
 from sherlock.generation import generate
 from sherlock.models.loading import load_vlm
 from sherlock.reasoning import is_correct
 from sherlock.stages.config import SamplingSettings, help_field
-from sherlock.stages.io import load_data, record_stage_config, write_jsonl
+from sherlock.stages.io import load_data, record_stage_config
 
 REJECTED_FILE = "rejected.jsonl"
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sherlock.models.loading import CheckpointNotFoundError
+from sherlock.models.loading import require_checkpoint
 from sherlock.stages.config import help_field
-from sherlock.stages.io import load_data, read_jsonl, record_stage_config
+from sherlock.data.schema import read_jsonl
+from sherlock.stages.io import load_data, record_stage_config
 from sherlock.training.setup import TrainSettings
 from sherlock.training.sft import correction_examples, examples_from_records, train_sft
 
@@ -26,8 +27,7 @@ class SFTStageConfig(TrainSettings):
 
     def check(self) -> None:
         self.check_training()
-        if not (Path(self.model) / "config.json").is_file():
-            raise CheckpointNotFoundError(f"no model checkpoint at {self.model}")
+        require_checkpoint(self.model)
 
 
 def run_sft(config: SFTStageConfig) -> Path:
