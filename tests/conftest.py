@@ -57,3 +57,32 @@ def preference_dir(tmp_path_factory, tiny_model_dir, subset_dir):
     run_build_preferences(PreferenceDataConfig(model=str(tiny_model_dir), data=str(subset_dir),
                                                output=str(output), max_new_tokens=24, seed=0))
     return output
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server (a real HTTP endpoint, authentication on) with its credentials."""
+    from servers import start_s3_server
+
+    server = start_s3_server()
+    yield server
+    server.process.terminate()
+    server.process.wait(10)
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """The S3 server's endpoint and keys in the environment, as a pod gets them from a Secret."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server
+
+
+@pytest.fixture
+def bucket(s3_env, request):
+    """A fresh bucket per test."""
+    from sherlock.storage import Storage
+
+    name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-") + f"-{os.getpid()}"
+    Storage().client.make_bucket(name)
+    return name

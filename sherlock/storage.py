@@ -1,0 +1,285 @@
+"""One URI layer for local paths and ``s3://bucket/key`` (MinIO or any S3 API), through the minio SDK.
+
+A *directory* on S3 is a key prefix holding its files and a ``SHA256SUMS`` manifest in the format of
+``sha256sum`` (uploaded last, so a prefix without it is an incomplete upload). Downloads check
+every file against the manifest. Large files go up in multipart parts; every object transfer is
+retried with exponential backoff on transient errors (connection resets, timeouts, 5xx, SlowDown).
+
+Endpoint and credentials come from the environment (the AWS SDK names, so the same Secret serves
+MLflow, KServe and this package) or from :class:`S3Settings`:
+
+- ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` / ``MLFLOW_S3_ENDPOINT_URL``: e.g. ``http://minio:9000``
+  (``https://s3.amazonaws.com`` when unset);
+- ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION``;
+- ``AWS_CA_BUNDLE`` (a CA file for TLS) and ``S3_VERIFY_SSL=0`` (turn certificate checks off).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import certifi
+import urllib3
+from tqdm import tqdm
+
+MANIFEST_FILE = "SHA256SUMS"
+PART_SIZE = 16 * 1024 * 1024  # multipart part size: files above it go up in parts
+RETRYABLE_S3_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed"}
+AUTH_S3_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken", "InvalidToken"}
+
+
+class StorageError(RuntimeError):
+    """An S3 operation failed for a reason retrying does not fix (credentials, missing bucket or key)."""
+
+
+class IntegrityError(StorageError):
+    """A downloaded file does not match the directory's SHA256SUMS manifest."""
+
+
+def is_s3(uri: str | Path) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/key`` → ``("bucket", "some/key")`` (no trailing slash)."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"not an s3://bucket/key URI: {uri!r}")
+    return parsed.netloc, parsed.path.strip("/")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def directory_files(root: Path) -> list[Path]:
+    """Every regular file under ``root`` (relative paths, sorted), the manifest excluded."""
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and p != root / MANIFEST_FILE)
+
+
+def write_manifest(root: str | Path) -> dict[str, str]:
+    """Hash every file under ``root`` into ``root/SHA256SUMS``; returns ``{relative path: sha256}``."""
+    root = Path(root)
+    sums = {path.as_posix(): sha256_file(root / path) for path in directory_files(root)}
+    (root / MANIFEST_FILE).write_text("".join(f"{digest}  {name}\n" for name, digest in sums.items()))
+    return sums
+
+
+def parse_manifest(text: str) -> dict[str, str]:
+    sums = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64:
+            raise IntegrityError(f"{MANIFEST_FILE} line {number} is not '<sha256>  <path>': {line!r}")
+        sums[name] = digest
+    return sums
+
+
+@dataclass
+class S3Settings:
+    """Where and how to reach the object store."""
+
+    endpoint: str = "https://s3.amazonaws.com"
+    access_key: str | None = None
+    secret_key: str | None = None
+    session_token: str | None = None
+    region: str | None = None
+    ca_bundle: str | None = None
+    verify_tls: bool = True
+
+    @classmethod
+    def from_env(cls) -> "S3Settings":
+        env = os.environ
+        endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or env.get("MLFLOW_S3_ENDPOINT_URL")
+        return cls(
+            endpoint=endpoint or cls.endpoint,
+            access_key=env.get("AWS_ACCESS_KEY_ID"),
+            secret_key=env.get("AWS_SECRET_ACCESS_KEY"),
+            session_token=env.get("AWS_SESSION_TOKEN"),
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
+            ca_bundle=env.get("AWS_CA_BUNDLE"),
+            verify_tls=env.get("S3_VERIFY_SSL", "1").lower() not in ("0", "false", "no"),
+        )
+
+
+class Storage:
+    """Uploads and downloads files and directories between local disk and S3.
+
+    The minio client is built without urllib3's own retries so that a failure surfaces here and the
+    whole object transfer is retried (``retries`` times, backoff ``backoff · 2^attempt`` seconds).
+    """
+
+    def __init__(self, settings: S3Settings | None = None, retries: int = 4, backoff: float = 0.5,
+                 part_size: int = PART_SIZE):
+        from minio import Minio
+
+        self.settings = settings or S3Settings.from_env()
+        self.retries, self.backoff, self.part_size = retries, backoff, part_size
+        self._buckets: set[str] = set()
+        endpoint = urlparse(self.settings.endpoint)
+        if endpoint.scheme not in ("http", "https") or not endpoint.netloc:
+            raise ValueError(f"S3 endpoint must be http(s)://host[:port], got {self.settings.endpoint!r}")
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=10, read=300), maxsize=10,
+            cert_reqs="CERT_REQUIRED" if self.settings.verify_tls else "CERT_NONE",
+            ca_certs=self.settings.ca_bundle or certifi.where(), retries=urllib3.Retry(total=0, redirect=0))
+        self.client = Minio(endpoint.netloc, access_key=self.settings.access_key, secret_key=self.settings.secret_key,
+                            session_token=self.settings.session_token, secure=endpoint.scheme == "https",
+                            region=self.settings.region, http_client=http, cert_check=self.settings.verify_tls)
+
+    def _call(self, what: str, function, *args, **kwargs):
+        """Run one S3 operation, retrying transient failures; named errors for the permanent ones."""
+        from minio.error import S3Error, ServerError
+
+        for attempt in range(self.retries + 1):
+            try:
+                return function(*args, **kwargs)
+            except S3Error as error:
+                if error.code in AUTH_S3_CODES:
+                    raise StorageError(f"{what}: S3 refused the credentials ({error.code}: {error.message}); "
+                                       "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY") from error
+                if error.code == "NoSuchBucket":
+                    raise StorageError(f"{what}: bucket {error.bucket_name!r} does not exist") from error
+                if error.code not in RETRYABLE_S3_CODES or attempt == self.retries:
+                    raise StorageError(f"{what}: {error.code}: {error.message}") from error
+                reason = error.code
+            except (urllib3.exceptions.HTTPError, ServerError, ConnectionError, TimeoutError) as error:
+                if attempt == self.retries:
+                    raise StorageError(f"{what}: failed after {attempt + 1} attempts: {error}") from error
+                reason = type(error).__name__
+            delay = self.backoff * 2 ** attempt
+            print(f"{what}: {reason}; retry {attempt + 1}/{self.retries} in {delay:.1f}s", flush=True)
+            time.sleep(delay)
+
+    # objects -------------------------------------------------------------------------------------
+    def _locate(self, uri: str) -> tuple[str, str]:
+        """``(bucket, key)`` of ``uri``, after checking once per bucket that the bucket exists."""
+        bucket, key = split_s3_uri(uri)
+        if bucket not in self._buckets:
+            if not self._call(f"check bucket {bucket}", self.client.bucket_exists, bucket):
+                raise StorageError(f"bucket {bucket!r} does not exist at {self.settings.endpoint} (needed for {uri})")
+            self._buckets.add(bucket)
+        return bucket, key
+
+    def exists(self, uri: str) -> bool:
+        from minio.error import S3Error
+
+        bucket, key = self._locate(uri)
+        try:
+            self._call(f"stat {uri}", self.client.stat_object, bucket, key)
+        except StorageError as error:
+            if isinstance(error.__cause__, S3Error) and error.__cause__.code in ("NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def upload_file(self, path: str | Path, uri: str) -> None:
+        bucket, key = self._locate(uri)
+        self._call(f"upload {path} -> {uri}", self.client.fput_object, bucket, key, str(path),
+                   part_size=self.part_size)
+
+    def download_file(self, uri: str, path: str | Path, expected_sha256: str | None = None) -> Path:
+        """Download one object; with ``expected_sha256`` the file must hash to it."""
+        bucket, key = self._locate(uri)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._call(f"download {uri}", self.client.fget_object, bucket, key, str(path))
+        if expected_sha256 is not None and (actual := sha256_file(path)) != expected_sha256:
+            path.unlink()
+            raise IntegrityError(f"{uri}: sha256 {actual} does not match the manifest's {expected_sha256}")
+        return path
+
+    def read_text(self, uri: str) -> str:
+        bucket, key = self._locate(uri)
+        response = self._call(f"read {uri}", self.client.get_object, bucket, key)
+        try:
+            return response.read().decode()
+        finally:
+            response.close()
+            response.release_conn()
+
+    # directories ---------------------------------------------------------------------------------
+    def upload_dir(self, local: str | Path, uri: str) -> dict[str, str]:
+        """Upload every file under ``local`` to the prefix ``uri``, manifest last; returns the sums."""
+        local = Path(local)
+        sums = write_manifest(local)
+        total = sum((local / name).stat().st_size for name in sums)
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload {uri}", leave=False) as bar:
+            for name in sums:
+                self.upload_file(local / name, f"{uri.rstrip('/')}/{name}")
+                bar.update((local / name).stat().st_size)
+        self.upload_file(local / MANIFEST_FILE, f"{uri.rstrip('/')}/{MANIFEST_FILE}")
+        return sums
+
+    def manifest(self, uri: str) -> dict[str, str] | None:
+        """The SHA256SUMS of the directory ``uri``, or ``None`` when it has none."""
+        manifest_uri = f"{uri.rstrip('/')}/{MANIFEST_FILE}"
+        return parse_manifest(self.read_text(manifest_uri)) if self.exists(manifest_uri) else None
+
+    def download_dir(self, uri: str, local: str | Path) -> Path:
+        """Download the directory ``uri`` into ``local``, checking every file against its manifest."""
+        sums = self.manifest(uri)
+        if sums is None:
+            raise StorageError(f"{uri} has no {MANIFEST_FILE}: not a directory written by upload_dir, "
+                               "or its upload did not finish")
+        local = Path(local)
+        for name, digest in tqdm(sums.items(), desc=f"download {uri}", unit="file", leave=False):
+            self.download_file(f"{uri.rstrip('/')}/{name}", local / name, expected_sha256=digest)
+        (local / MANIFEST_FILE).write_text("".join(f"{digest}  {name}\n" for name, digest in sums.items()))
+        return local
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SHERLOCK_CACHE", Path.home() / ".cache" / "sherlock"))
+
+
+def fetch(uri: str | Path, storage: Storage | None = None) -> Path:
+    """A local path holding ``uri``: local paths as they are, S3 directories and files downloaded.
+
+    Downloads land in ``$SHERLOCK_CACHE/s3/<bucket>/<key>`` and are reused while the remote manifest
+    is unchanged. A single file is checked against its parent directory's manifest when it has one.
+    """
+    if not is_s3(uri):
+        return Path(uri)
+    uri = str(uri).rstrip("/")
+    storage = storage or Storage()
+    bucket, key = split_s3_uri(uri)
+    target = cache_root() / "s3" / bucket / key
+    sums = storage.manifest(uri)
+    if sums is not None:
+        cached = target / MANIFEST_FILE
+        if cached.is_file() and parse_manifest(cached.read_text()) == sums:
+            return target
+        shutil.rmtree(target, ignore_errors=True)
+        return storage.download_dir(uri, target)
+    if not storage.exists(uri):
+        raise FileNotFoundError(f"nothing at {uri} (neither an object nor a directory with {MANIFEST_FILE})")
+    parent, _, name = uri.rpartition("/")
+    parent_sums = storage.manifest(parent) if parent.count("/") > 2 else None
+    return storage.download_file(uri, target, expected_sha256=(parent_sums or {}).get(name))
+
+
+def publish(local: str | Path, uri: str | Path, storage: Storage | None = None) -> str:
+    """Make the directory ``local`` available at ``uri``: uploaded to S3, or copied to a local path.
+
+    Either way the directory gets a SHA256SUMS manifest. Returns ``uri`` as a string.
+    """
+    local = Path(local)
+    if is_s3(uri):
+        (storage or Storage()).upload_dir(local, str(uri))
+    elif Path(uri).resolve() != local.resolve():
+        shutil.copytree(local, uri, dirs_exist_ok=True)
+        write_manifest(uri)
+    else:
+        write_manifest(local)
+    return str(uri)

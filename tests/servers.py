@@ -1,0 +1,130 @@
+"""Real servers for the tests: moto's S3 endpoint (with IAM auth on), an `mlflow server`, a faulty TCP proxy."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Wait until ``url`` answers HTTP (any status) or fail with the server's output."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}: {process.stdout.read() if process.stdout else ''}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+@dataclass
+class S3Server:
+    url: str
+    access_key: str
+    secret_key: str
+    process: subprocess.Popen
+
+    def env(self) -> dict[str, str]:
+        return {"AWS_ENDPOINT_URL": self.url, "MLFLOW_S3_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": self.access_key,
+                "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_REGION": "us-east-1"}
+
+
+def start_s3_server() -> S3Server:
+    """moto's S3 server in a subprocess with request authentication on.
+
+    The first three requests are unauthenticated (INITIAL_NO_AUTH_ACTION_COUNT): they create an IAM
+    user allowed everything and its access key; every later request must be signed with that key.
+    """
+    import boto3
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                               env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/moto-api/", process)
+    iam = boto3.client("iam", endpoint_url=url, aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap",
+                       region_name="us-east-1")
+    iam.create_user(UserName="sherlock")
+    iam.put_user_policy(UserName="sherlock", PolicyName="all", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="sherlock")["AccessKey"]
+    return S3Server(url, key["AccessKeyId"], key["SecretAccessKey"], process)
+
+
+def start_mlflow_server(workdir: Path, s3: S3Server, bucket: str) -> tuple[str, subprocess.Popen]:
+    """``mlflow server`` (sqlite backend, one worker) proxying artifacts to ``s3://bucket/mlflow``."""
+    port = free_port()
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
+         "--artifacts-destination", f"s3://{bucket}/mlflow"],
+        env=dict(os.environ, **s3.env()), cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/health", process, timeout=120)
+    return url, process
+
+
+class FaultyProxy:
+    """A TCP proxy to ``upstream`` that cuts the connection once, after ``cut_after`` request bytes."""
+
+    def __init__(self, upstream_port: int, cut_after: int):
+        self.upstream_port, self.cut_after = upstream_port, cut_after
+        self.forwarded, self.cuts = 0, 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, request: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if request:
+                    with self._lock:
+                        self.forwarded += len(data)
+                        cut = self.cuts == 0 and self.forwarded > self.cut_after
+                        self.cuts += cut
+                    if cut:
+                        break
+                target.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, target):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def close(self) -> None:
+        self._listener.close()

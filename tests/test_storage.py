@@ -1,0 +1,118 @@
+"""The URI layer against a real HTTP S3 endpoint (moto's server, authentication on)."""
+
+import os
+import subprocess
+
+import pytest
+
+from servers import FaultyProxy
+from sherlock.storage import (MANIFEST_FILE, IntegrityError, S3Settings, Storage, StorageError, fetch, publish,
+                              split_s3_uri)
+
+BIG = 20 * 1024 * 1024  # over the 16 MiB part size: goes up as a two-part multipart upload
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "tree"
+    (root / "nested" / "deeper").mkdir(parents=True)
+    (root / "big.bin").write_bytes(os.urandom(BIG))
+    (root / "config.json").write_text('{"a": 1}')
+    (root / "nested" / "deeper" / "image.png").write_bytes(os.urandom(3000))
+    return root
+
+
+def same_tree(left, right):
+    files = sorted(p.relative_to(left) for p in left.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(right) for p in right.rglob("*") if p.is_file())
+    for name in files:
+        assert (left / name).read_bytes() == (right / name).read_bytes(), name
+
+
+def test_directory_round_trip_with_multipart(tree, bucket, tmp_path):
+    storage = Storage()
+    uri = f"s3://{bucket}/runs/1/model"
+    sums = storage.upload_dir(tree, uri)
+    assert set(sums) == {"big.bin", "config.json", "nested/deeper/image.png"}
+    etag = storage.client.stat_object(bucket, "runs/1/model/big.bin").etag
+    assert etag.endswith("-2"), f"expected a 2-part multipart ETag, got {etag}"
+    back = storage.download_dir(uri, tmp_path / "back")
+    same_tree(tree, back)
+    # the manifest is sha256sum's format: coreutils can check the downloaded copy
+    subprocess.run(["sha256sum", "--check", "--quiet", MANIFEST_FILE], cwd=back, check=True)
+
+
+def test_transient_failure_mid_transfer_is_retried(tree, bucket, s3_env, tmp_path, capsys):
+    port = int(s3_env.url.rsplit(":", 1)[1])
+    proxy = FaultyProxy(port, cut_after=BIG // 2)
+    try:
+        settings = S3Settings.from_env()
+        settings.endpoint = f"http://127.0.0.1:{proxy.port}"
+        storage = Storage(settings, backoff=0.05)
+        storage.upload_dir(tree, f"s3://{bucket}/flaky")
+        assert proxy.cuts == 1
+        assert "retry 1/" in capsys.readouterr().out
+        same_tree(tree, Storage().download_dir(f"s3://{bucket}/flaky", tmp_path / "back"))
+    finally:
+        proxy.close()
+
+
+def test_without_retries_the_same_cut_fails(tree, bucket, s3_env):
+    port = int(s3_env.url.rsplit(":", 1)[1])
+    proxy = FaultyProxy(port, cut_after=BIG // 2)
+    try:
+        settings = S3Settings.from_env()
+        settings.endpoint = f"http://127.0.0.1:{proxy.port}"
+        with pytest.raises(StorageError, match="failed after 1 attempts"):
+            Storage(settings, retries=0).upload_dir(tree, f"s3://{bucket}/flaky")
+    finally:
+        proxy.close()
+
+
+def test_bad_credentials_and_missing_bucket_are_named(tree, bucket, s3_env):
+    settings = S3Settings.from_env()
+    settings.secret_key = "not-the-secret"
+    with pytest.raises(StorageError, match="refused the credentials.*AWS_SECRET_ACCESS_KEY"):
+        Storage(settings).upload_dir(tree, f"s3://{bucket}/x")
+    with pytest.raises(StorageError, match="bucket 'no-such-bucket' does not exist"):
+        Storage().upload_dir(tree, "s3://no-such-bucket/x")
+    with pytest.raises(StorageError, match="no SHA256SUMS"):
+        Storage().download_dir(f"s3://{bucket}/never-written", tree.parent / "y")
+
+
+def test_corrupted_download_fails_the_integrity_check(tree, bucket, tmp_path):
+    storage = Storage()
+    storage.upload_dir(tree, f"s3://{bucket}/model")
+    tampered = tmp_path / "tampered"
+    tampered.write_text('{"a": 2}')
+    storage.client.fput_object(bucket, "model/config.json", str(tampered))
+    with pytest.raises(IntegrityError, match="config.json"):
+        storage.download_dir(f"s3://{bucket}/model", tmp_path / "back")
+    assert not (tmp_path / "back" / "config.json").exists()
+
+
+def test_fetch_caches_directories_and_checks_single_files(tree, bucket, tmp_path, monkeypatch):
+    monkeypatch.setenv("SHERLOCK_CACHE", str(tmp_path / "cache"))
+    uri = publish(tree, f"s3://{bucket}/data/subset")
+    local = fetch(uri)
+    same_tree(tree, local)
+    stamp = (local / "big.bin").stat().st_mtime_ns
+    assert fetch(uri) == local and (local / "big.bin").stat().st_mtime_ns == stamp  # unchanged: not downloaded again
+    (tree / "config.json").write_text('{"a": 3}')
+    publish(tree, uri)
+    assert (fetch(uri) / "config.json").read_text() == '{"a": 3}'  # changed remotely: downloaded again
+    assert fetch(f"{uri}/config.json").read_text() == '{"a": 3}'
+    bucket_name, _ = split_s3_uri(uri)
+    Storage().client.fput_object(bucket_name, "data/subset/config.json", str(tree / "big.bin"))
+    with pytest.raises(IntegrityError):
+        fetch(f"{uri}/config.json")
+    with pytest.raises(FileNotFoundError, match="nothing at"):
+        fetch(f"s3://{bucket}/data/missing")
+    assert fetch(tree) == tree  # local paths pass through
+
+
+def test_publish_to_a_local_path_writes_a_manifest(tree, tmp_path):
+    target = tmp_path / "volume" / "model"
+    publish(tree, target)
+    subprocess.run(["sha256sum", "--check", "--quiet", MANIFEST_FILE], cwd=target, check=True)
+    assert (target / "big.bin").read_bytes() == (tree / "big.bin").read_bytes()
