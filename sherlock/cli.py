@@ -12,39 +12,15 @@ import json
 import sys
 from pathlib import Path
 
-from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, DataQualityError, load_llava_cot
-from sherlock.data.sampling import DEFAULT_SUBSET_SIZES, sample_to_dir
+from sherlock.data.llava_cot import DataQualityError, load_llava_cot
 from sherlock.data.synthetic import IMAGE_SIZE, TIERS, generate_synthetic
 from sherlock.demo import DemoConfig, run_demo
 from sherlock.experiment import ExperimentConfig, run_experiment
 from sherlock.models.loading import CheckpointNotFoundError
 from sherlock.models.tiny import PRESETS, build_tiny_vlm, tokenizer_corpus
 from sherlock.stages.config import ConfigError, add_config_arguments, config_from_args
-from sherlock.stages.evaluate import EvaluationConfig, run_evaluation
-from sherlock.stages.online import OnlineConfig, run_online
-from sherlock.stages.preference_training import PreferenceTrainingConfig, run_train_preferences
-from sherlock.stages.preferences import PreferenceDataConfig, run_build_preferences
-from sherlock.stages.rejected import SampleRejectedConfig, run_sample_rejected
-from sherlock.stages.sft import SFTStageConfig, run_sft
-
-# command: (config class, stage function, help)
-STAGES = {
-    "sft": (SFTStageConfig, run_sft, "Stage I: vanilla SFT (R0), or Sherlock-SFT with --rejected"),
-    "sample-rejected": (SampleRejectedConfig, run_sample_rejected, "Stage I: sample Y^l from R0 for D_B"),
-    "build-preferences": (PreferenceDataConfig, run_build_preferences,
-                          "Stage II data: truncation + visual perturbation pairs"),
-    "train-preferences": (PreferenceTrainingConfig, run_train_preferences,
-                          "Stage II/III: L_SC + α·L_DPO with dynamic β"),
-    "online": (OnlineConfig, run_online, "Stage III: K label-free self-improvement iterations"),
-    "evaluate": (EvaluationConfig, run_evaluation, "direct and self-correction accuracy per benchmark"),
-}
-
-
-def _sizes(text: str) -> dict[str, int]:
-    try:
-        return {name: int(size) for name, size in (part.split("=") for part in text.split(","))}
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected NAME=SIZE[,NAME=SIZE…], got {text!r}") from None
+from sherlock.stages.runner import STAGES, run_stage
+from sherlock.storage import StorageError, fetch, publish
 
 
 def _synth(args) -> None:
@@ -52,12 +28,12 @@ def _synth(args) -> None:
     print(path)
 
 
-def _sample(args) -> None:
-    data = load_llava_cot(args.data, args.image_root, max_bad_fraction=args.max_bad_fraction)
-    if data.num_quarantined:
-        print(f"{data.num_quarantined} of {data.num_lines} lines quarantined: {data.quarantine_path}", file=sys.stderr)
-    manifest = sample_to_dir(data, args.output, args.sizes, args.seed)
-    print(json.dumps({name: len(entries) for name, entries in manifest["subsets"].items()}))
+def _upload(args) -> None:
+    print(publish(args.local, args.uri))
+
+
+def _download(args) -> None:
+    print(fetch(args.uri))
 
 
 def _build_tiny(args) -> None:
@@ -75,9 +51,9 @@ def _dataclass_command(config_class, function):
     return run
 
 
-def _stage(config_class, function):
+def _stage(command, config_class):
     def run(args) -> None:
-        result = function(config_from_args(config_class, args))
+        result = run_stage(command, config_from_args(config_class, args), args.pipeline_run_id)
         print(json.dumps(result, indent=2) if isinstance(result, dict) else result)
 
     return run
@@ -95,14 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--image-size", type=int, default=IMAGE_SIZE)
     synth.set_defaults(func=_synth)
 
-    sample = commands.add_parser("sample", help="draw disjoint seeded subsets (D_A, D_B) with a manifest")
-    sample.add_argument("--data", type=Path, required=True, help="LLaVA-CoT style train.jsonl")
-    sample.add_argument("--image-root", type=Path, default=None, help="default: the jsonl's folder")
-    sample.add_argument("--output", type=Path, required=True)
-    sample.add_argument("--sizes", type=_sizes, default=DEFAULT_SUBSET_SIZES, help="e.g. D_A=10000,D_B=10000")
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--max-bad-fraction", type=float, default=DEFAULT_MAX_BAD_FRACTION)
-    sample.set_defaults(func=_sample)
+    upload = commands.add_parser("upload", help="copy a directory to a local path or s3:// URI with its SHA256SUMS")
+    upload.add_argument("local", type=Path)
+    upload.add_argument("uri")
+    upload.set_defaults(func=_upload)
+
+    download = commands.add_parser("download", help="fetch an s3:// directory or file (checked) into the cache")
+    download.add_argument("uri")
+    download.set_defaults(func=_download)
 
     tiny = commands.add_parser("build-tiny", help="build a tiny Llama-3.2-Vision checkpoint")
     tiny.add_argument("--output", type=Path, required=True)
@@ -113,10 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_build_tiny)
 
-    for name, (config_class, function, help_text) in STAGES.items():
+    for name, (config_class, _, help_text) in STAGES.items():
         stage = commands.add_parser(name, help=help_text, description=help_text)
         add_config_arguments(stage, config_class)
-        stage.set_defaults(func=_stage(config_class, function))
+        stage.add_argument("--pipeline-run-id", default=None,
+                           help="nest the MLflow run under this pipeline run's parent run (MLFLOW_TRACKING_URI)")
+        stage.set_defaults(func=_stage(name, config_class))
 
     for name, config_class, function, help_text in (
         ("demo", DemoConfig, run_demo, "embedded end-to-end job: data, tiny model, SFT, accuracy before/after"),
@@ -134,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (DataQualityError, ConfigError, CheckpointNotFoundError, FileNotFoundError, ValueError) as error:
+    except (DataQualityError, ConfigError, CheckpointNotFoundError, FileNotFoundError, StorageError,
+            ValueError) as error:
         sys.exit(f"sherlock {args.command}: error: {error}")
 
 

@@ -16,9 +16,11 @@ MLflow, KServe and this package) or from :class:`S3Settings`:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,11 +69,25 @@ def directory_files(root: Path) -> list[Path]:
     return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and p != root / MANIFEST_FILE)
 
 
+def manifest_text(sums: dict[str, str]) -> str:
+    return "".join(f"{digest}  {name}\n" for name, digest in sums.items())
+
+
+def file_sums(root: str | Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``root`` (its manifest excluded)."""
+    return {path.as_posix(): sha256_file(Path(root) / path) for path in directory_files(Path(root))}
+
+
+def directory_digest(root: str | Path) -> str:
+    """sha256 of the SHA256SUMS listing of ``root``: one digest for every file's name and content."""
+    return hashlib.sha256(manifest_text(file_sums(root)).encode()).hexdigest()
+
+
 def write_manifest(root: str | Path) -> dict[str, str]:
     """Hash every file under ``root`` into ``root/SHA256SUMS``; returns ``{relative path: sha256}``."""
     root = Path(root)
-    sums = {path.as_posix(): sha256_file(root / path) for path in directory_files(root)}
-    (root / MANIFEST_FILE).write_text("".join(f"{digest}  {name}\n" for name, digest in sums.items()))
+    sums = file_sums(root)
+    (root / MANIFEST_FILE).write_text(manifest_text(sums))
     return sums
 
 
@@ -226,16 +242,19 @@ class Storage:
         manifest_uri = f"{uri.rstrip('/')}/{MANIFEST_FILE}"
         return parse_manifest(self.read_text(manifest_uri)) if self.exists(manifest_uri) else None
 
-    def download_dir(self, uri: str, local: str | Path) -> Path:
-        """Download the directory ``uri`` into ``local``, checking every file against its manifest."""
-        sums = self.manifest(uri)
+    def download_dir(self, uri: str, local: str | Path, sums: dict[str, str] | None = None) -> Path:
+        """Download the directory ``uri`` into ``local``, checking every file against its manifest.
+
+        ``sums`` (default: the directory's own SHA256SUMS) lists the files to fetch and their digests.
+        """
+        sums = sums if sums is not None else self.manifest(uri)
         if sums is None:
             raise StorageError(f"{uri} has no {MANIFEST_FILE}: not a directory written by upload_dir, "
                                "or its upload did not finish")
         local = Path(local)
         for name, digest in tqdm(sums.items(), desc=f"download {uri}", unit="file", leave=False):
             self.download_file(f"{uri.rstrip('/')}/{name}", local / name, expected_sha256=digest)
-        (local / MANIFEST_FILE).write_text("".join(f"{digest}  {name}\n" for name, digest in sums.items()))
+        (local / MANIFEST_FILE).write_text(manifest_text(sums))
         return local
 
 
@@ -243,30 +262,61 @@ def cache_root() -> Path:
     return Path(os.environ.get("SHERLOCK_CACHE", Path.home() / ".cache" / "sherlock"))
 
 
-def fetch(uri: str | Path, storage: Storage | None = None) -> Path:
+def fetch(uri: str | Path, storage: Storage | None = None, with_directory: bool = False) -> Path:
     """A local path holding ``uri``: local paths as they are, S3 directories and files downloaded.
 
     Downloads land in ``$SHERLOCK_CACHE/s3/<bucket>/<key>`` and are reused while the remote manifest
-    is unchanged. A single file is checked against its parent directory's manifest when it has one.
+    is unchanged. ``uri`` may be a directory written by :func:`publish`, or a file or sub-directory
+    inside one: its files are checked against the nearest SHA256SUMS above them. With
+    ``with_directory``, a file is fetched with the whole directory around it (a jsonl with the
+    images it refers to) and its path inside the local copy is returned.
     """
     if not is_s3(uri):
         return Path(uri)
     uri = str(uri).rstrip("/")
-    storage = storage or Storage()
     bucket, key = split_s3_uri(uri)
     target = cache_root() / "s3" / bucket / key
-    sums = storage.manifest(uri)
-    if sums is not None:
-        cached = target / MANIFEST_FILE
-        if cached.is_file() and parse_manifest(cached.read_text()) == sums:
-            return target
-        shutil.rmtree(target, ignore_errors=True)
-        return storage.download_dir(uri, target)
-    if not storage.exists(uri):
-        raise FileNotFoundError(f"nothing at {uri} (neither an object nor a directory with {MANIFEST_FILE})")
-    parent, _, name = uri.rpartition("/")
-    parent_sums = storage.manifest(parent) if parent.count("/") > 2 else None
-    return storage.download_file(uri, target, expected_sha256=(parent_sums or {}).get(name))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{target}.lock", "w") as lock:  # processes of one node (torchrun ranks) download once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        storage = storage or Storage()
+        covering = _covering_manifest(uri, storage)
+        if with_directory and covering is not None and covering[1] in covering[2]:
+            base, inside, _ = covering
+            return fetch(base, storage) / inside
+        return _fetch_s3(uri, target, storage, covering)
+
+
+def _covering_manifest(uri: str, storage: Storage) -> tuple[str, str, dict[str, str]] | None:
+    """``(directory, path inside it, its SHA256SUMS)`` for the nearest directory at or above ``uri``."""
+    base, inside = uri, ""
+    while base.count("/") > 2:
+        sums = storage.manifest(base)
+        if sums is not None:
+            return base, inside, sums
+        base, _, name = base.rpartition("/")
+        inside = f"{name}/{inside}" if inside else name
+    return None
+
+
+def _fetch_s3(uri: str, target: Path, storage: Storage, covering) -> Path:
+    if covering is None:
+        if not storage.exists(uri):
+            raise FileNotFoundError(f"nothing at {uri} (neither an object nor inside a directory with {MANIFEST_FILE})")
+        print(f"warning: no {MANIFEST_FILE} covers {uri}; downloaded unverified", file=sys.stderr)
+        return storage.download_file(uri, target)
+    base, inside, sums = covering
+    if inside in sums:
+        return storage.download_file(uri, target, expected_sha256=sums[inside])
+    if inside:
+        sums = {name[len(inside) + 1:]: digest for name, digest in sums.items() if name.startswith(f"{inside}/")}
+        if not sums:
+            raise FileNotFoundError(f"{uri} is not listed in {base}/{MANIFEST_FILE}")
+    cached = target / MANIFEST_FILE
+    if cached.is_file() and parse_manifest(cached.read_text()) == sums:
+        return target
+    shutil.rmtree(target, ignore_errors=True)
+    return storage.download_dir(uri, target, sums)
 
 
 def publish(local: str | Path, uri: str | Path, storage: Storage | None = None) -> str:

@@ -12,7 +12,8 @@ def test_synth_then_sample(tmp_path, capsys):
     main(["synth", "--output", str(tmp_path / "synth"), "--num-items", "30", "--seed", "2", "--tiers", "hard"])
     main(["sample", "--data", str(tmp_path / "synth/data.jsonl"), "--output", str(tmp_path / "subsets"),
           "--sizes", "D_A=10,D_B=12", "--seed", "1"])
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"D_A": 10, "D_B": 12}
+    synth_path, printed = capsys.readouterr().out.split("\n", 1)
+    assert json.loads(printed) == {"D_A": 10, "D_B": 12}
     manifest = json.loads((tmp_path / "subsets/manifest.json").read_text())
     assert manifest["seed"] == 1 and len(manifest["subsets"]["D_B"]) == 12
     assert manifest["source"] == str(tmp_path / "synth/data.jsonl")

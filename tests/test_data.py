@@ -16,12 +16,12 @@ def test_loader_reads_the_release_layout(tmp_path):
     data = load_llava_cot(FIXTURE / "train.jsonl", quarantine_path=tmp_path / "q.jsonl")
     ids = [r.id for r in data.records]
     assert data.num_lines == 6 and data.num_quarantined == 0
+    assert not (tmp_path / "q.jsonl").exists()  # nothing to report: nothing written
     assert "ai2d-1017#0" in ids and "ai2d-1017#1" in ids and len(ids) == 7  # one two-turn line
     first = data.records[0]
     assert first.question == "What is the man riding?"  # <image> placeholder removed
     assert parse_stages(first.response).conclusion.strip() == "Motorcycle"
-    assert (data.image_root / first.image).is_file()
-    assert (tmp_path / "q.jsonl").read_text() == ""
+    assert not (tmp_path / "q.jsonl").exists()  # nothing to report: nothing written
 
 
 @pytest.fixture()

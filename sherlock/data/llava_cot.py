@@ -128,9 +128,8 @@ def load_llava_cot(
     check = (lambda rel: _check_image(image_root, rel, image_status)) if check_images else (lambda rel: None)
     records: list[Record] = []
     seen_ids: set[str] = set()
-    num_lines = num_bad = 0
-    quarantine_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(jsonl_path, encoding="utf-8") as source, open(quarantine_path, "w", encoding="utf-8") as quarantine:
+    num_lines, quarantined = 0, []
+    with open(jsonl_path, encoding="utf-8") as source:
         for line_number, raw in enumerate(tqdm(source, desc=f"loading {jsonl_path.name}", unit=" lines"), 1):
             if not raw.strip():
                 continue
@@ -145,12 +144,14 @@ def load_llava_cot(
                 if duplicate is not None:
                     raise _BadLine(f"duplicate id {duplicate!r}")
             except _BadLine as bad:
-                num_bad += 1
-                quarantine.write(json.dumps({"line": line_number, "reason": str(bad), "raw": raw.rstrip("\n")}) + "\n")
+                quarantined.append({"line": line_number, "reason": str(bad), "raw": raw.rstrip("\n")})
                 continue
             seen_ids.update(r.id for r in new)
             records.extend(new)
 
+    num_bad = len(quarantined)
+    if quarantined:  # written only when there is something to report: inputs stay untouched otherwise
+        write_jsonl(quarantined, quarantine_path)
     if num_lines == 0:
         raise DataQualityError(f"{jsonl_path} holds no records")
     if num_bad / num_lines > max_bad_fraction:

@@ -113,9 +113,35 @@ def config_from_args(cls, args: argparse.Namespace):
     return load_config(cls, args.config, overrides)
 
 
-def help_field(default=dataclasses.MISSING, help: str = "", **kwargs):
-    """A dataclass field with a help string shown by the CLI."""
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+URI_KINDS = ("model", "data", "named_data", "output")
+
+
+def help_field(default=dataclasses.MISSING, help: str = "", uri: str | None = None, **kwargs):
+    """A dataclass field with a help string shown by the CLI.
+
+    ``uri`` marks a location the stage runner resolves (local path or ``s3://``): ``model`` and
+    ``data`` inputs (``data`` is logged as an MLflow dataset), ``named_data`` (``NAME=URI,…``) and
+    the ``output`` directory.
+    """
+    if uri is not None and uri not in URI_KINDS:
+        raise ValueError(f"uri must be one of {URI_KINDS}, got {uri!r}")
+    return dataclasses.field(default=default, metadata={"help": help, "uri": uri}, **kwargs)
+
+
+def parse_named(text: str, field: str) -> dict[str, str]:
+    """``NAME=URI[,NAME=URI…]`` → ``{name: uri}``; a malformed entry is a :class:`ConfigError`."""
+    parsed = {}
+    for part in text.split(","):
+        name, sep, uri = part.partition("=")
+        if not sep or not name.strip() or not uri.strip():
+            raise ConfigError(f"{field} must be NAME=PATH[,NAME=PATH…], got {part!r}")
+        parsed[name.strip()] = uri.strip()
+    return parsed
+
+
+def uri_fields(config, kind: str) -> list[str]:
+    """Names of the fields of ``config`` marked with ``uri=kind``."""
+    return [f.name for f in dataclasses.fields(config) if f.metadata.get("uri") == kind]
 
 
 @dataclass(kw_only=True)

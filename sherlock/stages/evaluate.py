@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from sherlock.benchmarks import BENCHMARKS, load_benchmark, paper_average, score_responses  # noqa: E402
 from sherlock.generation import DecodingConfig, generate, self_correct  # noqa: E402
 from sherlock.models.loading import load_vlm  # noqa: E402
-from sherlock.stages.config import ConfigError, SamplingSettings, help_field  # noqa: E402
+from sherlock.stages.config import ConfigError, SamplingSettings, help_field, parse_named  # noqa: E402
 from sherlock.data.schema import write_jsonl  # noqa: E402
 from sherlock.stages.io import record_stage_config  # noqa: E402
 
@@ -32,22 +32,17 @@ METRICS_FILE, TABLE_FILE, PLOT_FILE, PREDICTIONS_FILE = (
 
 @dataclass(kw_only=True)
 class EvaluationConfig(SamplingSettings):
-    model: str = help_field(help="checkpoint to evaluate")
-    benchmarks: str = help_field(help="comma-separated NAME=PATH, NAME in llava_cot," + ",".join(BENCHMARKS))
-    output: str = help_field(help="directory for metrics.json, results.md and the plot")
+    model: str = help_field(help="checkpoint to evaluate", uri="model")
+    benchmarks: str = help_field(help="comma-separated NAME=PATH, NAME in llava_cot," + ",".join(BENCHMARKS),
+                                  uri="named_data")
+    output: str = help_field(help="directory for metrics.json, results.md and the plot", uri="output")
     correction_rounds: int = help_field(3, "greedy self-correction rounds after the direct answer")
     temperature: float = help_field(0.0, "direct-answer temperature (0: greedy; paper 0.6)")
     limit: int | None = help_field(None, "evaluate only the first N items of each benchmark")
     seed: int = help_field(0, "sampling seed of the direct answers")
 
     def parsed_benchmarks(self) -> dict[str, str]:
-        parsed = {}
-        for part in self.benchmarks.split(","):
-            name, sep, path = part.partition("=")
-            if not sep or not path:
-                raise ConfigError(f"benchmarks must be NAME=PATH[,NAME=PATH…], got {part!r}")
-            parsed[name.strip()] = path.strip()
-        return parsed
+        return parse_named(self.benchmarks, "benchmarks")
 
     def check(self) -> None:
         if self.correction_rounds < 0:

@@ -45,8 +45,9 @@ class UnlabeledItem:
 
 @dataclass(kw_only=True)
 class OnlineConfig(PreferenceTrainingConfig, PerturbationSettings, SamplingSettings):
-    data: str = help_field(help="unlabeled pool: data set directory or jsonl (responses/answers are ignored)")
-    output: str = help_field(help="iteration directory: pairs/ and model/")
+    data: str = help_field(help="unlabeled pool: data set directory or jsonl (responses/answers are ignored)",
+                           uri="data")
+    output: str = help_field(help="iteration directory: pairs/ and model/", uri="output")
     iteration: int = help_field(1, "k of the first iteration run: selects fresh pool items and seeds")
     iterations: int = help_field(1, "K: iterations to run, each from the previous one's model")
     num_pairs: int = help_field(5000, "pairs to collect (paper: 5k per iteration)")

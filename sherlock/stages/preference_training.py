@@ -28,9 +28,8 @@ from sherlock.training.preference import (
 )
 from sherlock.training.setup import (
     TrainSettings,
-    finalise_model,
     prepare_model,
-    resume_checkpoint,
+    train_and_save,
     training_arguments,
 )
 
@@ -39,10 +38,10 @@ REFERENCE_CACHE_DIR = "reference_cache"
 
 @dataclass(kw_only=True)
 class PreferenceTrainingConfig(TrainSettings):
-    model: str = help_field(help="starting checkpoint (Sherlock-SFT offline, π_{k-1} online)")
-    data: str = help_field(help="preference directory written by build-preferences or online")
-    output: str = help_field(help="directory for checkpoints and the trained model")
-    reference: str | None = help_field(None, "reference checkpoint (default: the starting checkpoint)")
+    model: str = help_field(help="starting checkpoint (Sherlock-SFT offline, π_{k-1} online)", uri="model")
+    data: str = help_field(help="preference directory written by build-preferences or online", uri="data")
+    output: str = help_field(help="directory for checkpoints and the trained model", uri="output")
+    reference: str | None = help_field(None, "reference checkpoint (default: the starting checkpoint)", uri="model")
     reference_cache: str | None = help_field(None, "directory of cached reference log-probs (default: output/)")
     sc_beta: float = help_field(PAPER_BETA_BASE, "β base of L_SC (paper 0.25, released code 0.025)")
     dpo_beta: float = help_field(0.1, "β base of L_DPO")
@@ -93,9 +92,4 @@ def run_train_preferences(config: PreferenceTrainingConfig) -> Path:
         processing_class=processor, reference_logps=reference_logps, loss_config=config.loss(),
     )
     record_stage_config(config, config.output)
-    trainer.train(resume_from_checkpoint=resume_checkpoint(config, config.output))
-    trainer.save_state()
-    output = Path(config.output)
-    finalise_model(trainer.model).save_pretrained(output)
-    processor.save_pretrained(output)
-    return output
+    return train_and_save(trainer, config, config.output, processor)

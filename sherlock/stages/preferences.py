@@ -53,9 +53,9 @@ class PerturbationSettings:
 
 @dataclass(kw_only=True)
 class PreferenceDataConfig(PerturbationSettings, SamplingSettings):
-    model: str = help_field(help="Sherlock-SFT checkpoint that writes the rejected suffixes")
-    data: str = help_field(help="data set directory or jsonl (D_A)")
-    output: str = help_field(help="directory for pairs.jsonl, stats.json and the clean images")
+    model: str = help_field(help="Sherlock-SFT checkpoint that writes the rejected suffixes", uri="model")
+    data: str = help_field(help="data set directory or jsonl (D_A)", uri="data")
+    output: str = help_field(help="directory for pairs.jsonl, stats.json and the clean images", uri="output")
     seed: int = help_field(0, "seed of the (i, ε) draws, the noise and the sampling")
 
 

@@ -19,9 +19,9 @@ REJECTED_FILE = "rejected.jsonl"
 
 @dataclass(kw_only=True)
 class SampleRejectedConfig(SamplingSettings):
-    model: str = help_field(help="R0 checkpoint")
-    data: str = help_field(help="data set directory or jsonl (D_B)")
-    output: str = help_field(help="directory for rejected.jsonl")
+    model: str = help_field(help="R0 checkpoint", uri="model")
+    data: str = help_field(help="data set directory or jsonl (D_B)", uri="data")
+    output: str = help_field(help="directory for rejected.jsonl", uri="output")
     seed: int = help_field(0, "sampling seed")
 
 

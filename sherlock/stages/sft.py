@@ -20,10 +20,11 @@ from sherlock.training.sft import correction_examples, examples_from_records, tr
 
 @dataclass(kw_only=True)
 class SFTStageConfig(TrainSettings):
-    model: str = help_field(help="starting checkpoint (the base model)")
-    data: str = help_field(help="data set directory or jsonl (D_A for R0, D_B for Sherlock-SFT)")
-    output: str = help_field(help="directory for checkpoints and the trained model")
-    rejected: str | None = help_field(None, "jsonl of R0 samples Y^l (id, rejected): turns on Sherlock-SFT")
+    model: str = help_field(help="starting checkpoint (the base model)", uri="model")
+    data: str = help_field(help="data set directory or jsonl (D_A for R0, D_B for Sherlock-SFT)", uri="data")
+    output: str = help_field(help="directory for checkpoints and the trained model", uri="output")
+    rejected: str | None = help_field(None, "jsonl of R0 samples Y^l (id, rejected): turns on Sherlock-SFT",
+                                      uri="data")
 
     def check(self) -> None:
         self.check_training()

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,3 +162,21 @@ def resume_checkpoint(settings: TrainSettings, output_dir: str | Path) -> str | 
     if checkpoint:
         print(f"resuming from {checkpoint}", file=sys.stderr)
     return checkpoint
+
+
+def train_and_save(trainer, settings: TrainSettings, output_dir: str | Path, processor) -> Path:
+    """Train (resuming when asked), then save the final state, merged model and processor.
+
+    With ``MLFLOW_TRACKING_URI`` set, every log line also goes to the active MLflow stage run.
+    """
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        from sherlock.tracking import trainer_callbacks
+
+        for callback in trainer_callbacks():
+            trainer.add_callback(callback)
+    trainer.train(resume_from_checkpoint=resume_checkpoint(settings, output_dir))
+    trainer.save_state()
+    output_dir = Path(output_dir)
+    finalise_model(trainer.model).save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    return output_dir

@@ -20,9 +20,8 @@ from sherlock.prompts import correction_prompt
 from sherlock.training.setup import (
     ConvertedCheckpointResume,
     TrainSettings,
-    finalise_model,
     prepare_model,
-    resume_checkpoint,
+    train_and_save,
     training_arguments,
 )
 
@@ -87,9 +86,4 @@ def train_sft(model_dir: str | Path, examples: list[SFTExample], output_dir: str
     model = prepare_model(model, settings)
     args = training_arguments(settings, output_dir, SFTConfig, assistant_only_loss=True, max_length=None)
     trainer = VLMSFTTrainer(model=model, args=args, train_dataset=sft_dataset(examples), processing_class=processor)
-    trainer.train(resume_from_checkpoint=resume_checkpoint(settings, output_dir))
-    trainer.save_state()
-    output_dir = Path(output_dir)
-    finalise_model(trainer.model).save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
-    return output_dir
+    return train_and_save(trainer, settings, output_dir, processor)

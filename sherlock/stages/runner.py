@@ -1,0 +1,112 @@
+"""Run a stage with its inputs and output behind URIs, tracked in MLflow.
+
+:func:`run_stage` is what the CLI and the Kubeflow components call:
+
+1. every field marked ``uri="model" | "data" | "named_data"`` is fetched to local disk when it is an
+   ``s3://`` URI (checked against its SHA256SUMS manifest; see :mod:`sherlock.storage`);
+2. an ``s3://`` output is produced in a local staging directory;
+3. inside an MLflow stage run (when tracking is on): params, ``data`` inputs as datasets with their
+   digests, per-step metrics, and afterwards the stage's plots, reports and metrics;
+4. the output directory gets its manifest and is uploaded (or stays where it is, for local paths).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from sherlock.stages.config import parse_named, uri_fields
+from sherlock.stages.evaluate import (METRICS_FILE, PLOT_FILE, TABLE_FILE, EvaluationConfig, run_evaluation)
+from sherlock.stages.io import STAGE_CONFIG
+from sherlock.stages.online import OnlineConfig, run_online
+from sherlock.stages.preference_training import PreferenceTrainingConfig, run_train_preferences
+from sherlock.stages.preferences import PreferenceDataConfig, run_build_preferences
+from sherlock.stages.rejected import SampleRejectedConfig, run_sample_rejected
+from sherlock.stages.sample import SampleConfig, run_sample
+from sherlock.stages.sft import SFTStageConfig, run_sft
+from sherlock.storage import cache_root, directory_digest, fetch, is_s3, publish, sha256_file
+
+# command: (config class, stage function, help)
+STAGES = {
+    "sample": (SampleConfig, run_sample, "Stage I data: disjoint seeded subsets D_A, D_B with a manifest"),
+    "sft": (SFTStageConfig, run_sft, "Stage I: vanilla SFT (R0), or Sherlock-SFT with --rejected"),
+    "sample-rejected": (SampleRejectedConfig, run_sample_rejected, "Stage I: sample Y^l from R0 for D_B"),
+    "build-preferences": (PreferenceDataConfig, run_build_preferences,
+                          "Stage II data: truncation + visual perturbation pairs"),
+    "train-preferences": (PreferenceTrainingConfig, run_train_preferences,
+                          "Stage II/III: L_SC + α·L_DPO with dynamic β"),
+    "online": (OnlineConfig, run_online, "Stage III: K label-free self-improvement iterations"),
+    "evaluate": (EvaluationConfig, run_evaluation, "direct and self-correction accuracy per benchmark"),
+}
+
+
+def data_digest(path: Path) -> str:
+    """sha256 of a data file, or of a directory's SHA256SUMS listing (every file's content and name)."""
+    return directory_digest(path) if path.is_dir() else sha256_file(path)
+
+
+def localize(config) -> tuple[object, list[tuple[str, str, Path]]]:
+    """``config`` with its remote inputs fetched and a local output; plus ``(name, uri, local)`` per data input."""
+    changes, data = {}, []
+    for name in uri_fields(config, "model"):
+        if getattr(config, name) is not None:
+            changes[name] = str(fetch(getattr(config, name)))
+    for name in uri_fields(config, "data"):
+        if (uri := getattr(config, name)) is not None:
+            changes[name] = str(fetch(uri, with_directory=True))
+            data.append((name, uri, Path(changes[name])))
+    for name in uri_fields(config, "named_data"):
+        named = parse_named(getattr(config, name), name)
+        pairs = [(key, uri, fetch(uri, with_directory=True)) for key, uri in named.items()]
+        changes[name] = ",".join(f"{key}={local}" for key, _, local in pairs)
+        data += pairs
+    for name in uri_fields(config, "output"):
+        if is_s3(uri := getattr(config, name)):
+            changes[name] = str(cache_root() / "outputs" / hashlib.sha256(uri.encode()).hexdigest()[:16])
+    return dataclasses.replace(config, **changes), data
+
+
+def log_outputs(output: Path) -> None:
+    """Log what a stage wrote: config, loss curves, β histogram, pair statistics, eval metrics."""
+    import mlflow
+
+    from sherlock import tracking
+
+    for name in (STAGE_CONFIG, "manifest.json", TABLE_FILE, PLOT_FILE):
+        for path in output.glob(f"**/{name}"):
+            mlflow.log_artifact(str(path), artifact_path=str(path.parent.relative_to(output)).strip("."))
+    for state in output.glob("**/trainer_state.json"):
+        if "checkpoint-" not in str(state):
+            plot = state.with_name("loss_curves.png")
+            if tracking.plot_loss_curves(json.loads(state.read_text())["log_history"], plot):
+                mlflow.log_artifact(str(plot), artifact_path=str(state.parent.relative_to(output)).strip("."))
+    for pairs in output.glob("**/pairs.jsonl"):
+        weights = [json.loads(line)["beta_weight"] for line in pairs.read_text().splitlines()]
+        tracking.plot_beta_histogram(weights, pairs.with_name("beta_weights.png"))
+        mlflow.log_artifact(str(pairs.with_name("beta_weights.png")), str(pairs.parent.relative_to(output)).strip("."))
+        stats = json.loads(pairs.with_name("stats.json").read_text())
+        mlflow.log_metrics({f"pairs/{k}": float(v) for k, v in stats.items() if isinstance(v, (int, float))})
+    if (output / METRICS_FILE).is_file():
+        mlflow.log_metrics(tracking.evaluation_metrics(json.loads((output / METRICS_FILE).read_text())))
+
+
+def run_stage(command: str, config, pipeline_run_id: str | None = None):
+    """Run stage ``command`` with ``config`` (see the module docstring); returns the stage's result."""
+    from sherlock import tracking
+
+    function = STAGES[command][1]
+    local, data = localize(config)
+    (output_field,) = uri_fields(config, "output")
+    output = Path(getattr(local, output_field))
+    with tracking.stage_run(command, config, pipeline_run_id) as run:
+        if run is not None:
+            for name, uri, path in data:
+                tracking.log_data_input(uri, path, data_digest(path), name=Path(uri).name or name, context=name)
+        result = function(local)
+        if run is not None:
+            log_outputs(output)
+            tracking.write_run_file(run, output)
+    publish(output, getattr(config, output_field))
+    return result

@@ -1,0 +1,237 @@
+"""MLflow lineage: one parent run per pipeline run, a nested run per stage, datasets, metrics, registry.
+
+Tracking is on when ``MLFLOW_TRACKING_URI`` is set (``sqlite:///…`` for the embedded default, the
+``mlflow server`` URL on a cluster) and this process is rank 0. The registry flow:
+
+1. a training stage's run logs its data sets as inputs (:func:`log_data_input`) and its per-step
+   metrics (:class:`MlflowMetricsCallback`); the stage writes ``mlflow_run.json`` beside its outputs;
+2. :func:`register_checkpoint` logs an evaluated checkpoint as a model *in the run that trained it*,
+   registers it with its eval metrics and lineage as version tags and points ``challenger`` at it;
+3. :func:`gate_champion` moves ``champion`` only when the challenger beats it by a margin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+from mlflow.data.dataset_source_registry import resolve_dataset_source  # noqa: E402
+from mlflow.data.meta_dataset import MetaDataset  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.models import ModelSignature  # noqa: E402
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+
+import sherlock  # noqa: E402
+
+RUN_FILE = "mlflow_run.json"  # written into a stage's output directory: which run produced it
+PIPELINE_RUN_TAG, STAGE_TAG = "sherlock.pipeline_run_id", "sherlock.stage"
+DIGEST_LENGTH = 32  # MLflow stores dataset digests in 36 characters: the first 32 hex digits of a sha256
+CHALLENGER, CHAMPION = "challenger", "champion"
+# Proxied artifacts: MLflow 3 clients otherwise fetch files through presigned URLs of the artifact
+# store, which name its in-cluster address (unreachable from outside) and time out in retries.
+os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
+
+
+def enabled() -> bool:
+    return bool(os.environ.get("MLFLOW_TRACKING_URI")) and int(os.environ.get("RANK", "0")) == 0
+
+
+def _git_commit() -> str:
+    if commit := os.environ.get("SHERLOCK_GIT_COMMIT"):
+        return commit
+    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+def pipeline_run(pipeline_run_id: str, experiment: str = "sherlock") -> str:
+    """The id of the parent MLflow run of pipeline run ``pipeline_run_id`` (created on first use)."""
+    mlflow.set_experiment(experiment)
+    found = mlflow.search_runs(
+        filter_string=f"tags.`{PIPELINE_RUN_TAG}` = '{pipeline_run_id}' and tags.`{STAGE_TAG}` = 'pipeline'",
+        output_format="list", max_results=1)
+    if found:
+        return found[0].info.run_id
+    tags = {PIPELINE_RUN_TAG: pipeline_run_id, STAGE_TAG: "pipeline", "sherlock.git_commit": _git_commit(),
+            "sherlock.image": os.environ.get("SHERLOCK_IMAGE", "local"), "sherlock.version": sherlock.__version__}
+    run = mlflow.MlflowClient().create_run(mlflow.get_experiment_by_name(experiment).experiment_id,
+                                           run_name=f"pipeline {pipeline_run_id}", tags=tags)
+    return run.info.run_id
+
+
+def _flatten(config) -> dict[str, str]:
+    return {key: "" if value is None else str(value) for key, value in dataclasses.asdict(config).items()}
+
+
+@contextmanager
+def stage_run(stage: str, config, pipeline_run_id: str | None = None, experiment: str = "sherlock"):
+    """A nested MLflow run for one stage (under the pipeline's parent run) with the config as params.
+
+    Yields the active run, or ``None`` when tracking is off. A failing stage ends its run FAILED.
+    """
+    if not enabled():
+        yield None
+        return
+    parent = pipeline_run(pipeline_run_id, experiment) if pipeline_run_id else None
+    mlflow.set_experiment(experiment)
+    tags = {STAGE_TAG: stage} | ({PIPELINE_RUN_TAG: pipeline_run_id} if pipeline_run_id else {})
+    with mlflow.start_run(run_name=stage, parent_run_id=parent, nested=parent is not None, tags=tags) as run:
+        mlflow.log_params(_flatten(config))
+        yield run
+
+
+def write_run_file(run, output_dir: str | Path) -> None:
+    """Record in ``output_dir`` which run produced it (the registry step logs the model there)."""
+    Path(output_dir, RUN_FILE).write_text(json.dumps(
+        {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "tracking_uri": mlflow.get_tracking_uri()}))
+
+
+def log_data_input(uri: str, local: str | Path, sha256: str, name: str, context: str) -> None:
+    """Log a data set as a run input: its source URI and the first 32 hex digits of its sha256."""
+    dataset = MetaDataset(source=resolve_dataset_source(str(uri)), name=name, digest=sha256[:DIGEST_LENGTH])
+    mlflow.log_input(dataset, context=context)
+    mlflow.set_tag(f"sherlock.data.{name}.sha256", sha256)
+
+
+class MlflowMetricsCallback(TrainerCallback):
+    """Logs every ``Trainer`` log line (loss terms, ``rewards/*``, β statistics) to the active run."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and mlflow.active_run() is not None and logs:
+            numbers = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            mlflow.log_metrics(numbers, step=state.global_step)
+
+
+def trainer_callbacks() -> list[TrainerCallback]:
+    """The callbacks a trainer gets: metric logging when a stage run is active."""
+    return [MlflowMetricsCallback()] if mlflow.active_run() is not None else []
+
+
+def plot_loss_curves(log_history: list[dict], path: Path) -> bool:
+    """Loss terms against the step, from a Trainer's ``log_history``; False when there is nothing to plot."""
+    keys = sorted({k for row in log_history for k in row if k == "loss" or k.startswith("loss/")})
+    if not keys:
+        return False
+    figure, axes = plt.subplots(figsize=(5, 3.5))
+    for key in keys:
+        points = [(row["step"], row[key]) for row in log_history if key in row]
+        axes.plot(*zip(*points), label=key)
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def plot_beta_histogram(weights: list[float], path: Path) -> None:
+    """Histogram of the per-sample dynamic β weights w(i, ε) of a preference set (Eq. 6)."""
+    figure, axes = plt.subplots(figsize=(5, 3.5))
+    axes.hist(weights, bins=20)
+    axes.set_xlabel("β weight w(i, ε)")
+    axes.set_ylabel("pairs")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def evaluation_metrics(metrics: dict) -> dict[str, float]:
+    """``<benchmark>/round_<k>`` (0 = direct) and ``paper_average/round_<k>`` from evaluate's metrics.json."""
+    flat = {f"{name}/round_{k}": r["score"] for name, m in metrics["benchmarks"].items()
+            for k, r in enumerate(m["rounds"]) if r["score"] is not None}
+    flat |= {f"paper_average/round_{k}": v for k, v in enumerate(metrics.get("paper_average") or [])}
+    return flat
+
+
+PYFUNC_SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "question"), ColSpec("string", "image")]),
+    params=ParamSchema([ParamSpec("self_correction_rounds", "long", 0), ParamSpec("max_new_tokens", "long", 512)]))
+
+
+class SherlockModel(mlflow.pyfunc.PythonModel):
+    """A registered checkpoint as an MLflow pyfunc: ``question`` + ``image`` (base64) → answers per round."""
+
+    def load_context(self, context):
+        import torch
+
+        from sherlock.models.loading import load_vlm
+
+        self.model, self.processor = load_vlm(context.artifacts["checkpoint"], dtype=torch.float32)
+
+    def predict(self, context, model_input, params=None):
+        import base64
+        import io
+
+        from PIL import Image
+
+        from sherlock.generation import DecodingConfig, generate, self_correct
+        from sherlock.reasoning import conclusion_text
+
+        rounds = int((params or {}).get("self_correction_rounds", 0))
+        questions = list(model_input["question"])
+        images = [Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB") for data in model_input["image"]]
+        config = DecodingConfig(max_new_tokens=int((params or {}).get("max_new_tokens", 512)))
+        responses = [generate(self.model, self.processor, questions, images, config=config)]
+        responses += self_correct(self.model, self.processor, questions, images, responses[0], rounds, config)
+        return [{"answer": conclusion_text(per_item[-1]), "responses": list(per_item)}
+                for per_item in zip(*responses)]
+
+
+def register_checkpoint(checkpoint: str | Path, model_name: str, eval_metrics: dict[str, float],
+                        lineage: dict[str, str]):
+    """Log ``checkpoint`` as a model in the run that trained it, register it and alias it ``challenger``.
+
+    The version's tags hold the eval metrics (``eval.<metric>``) and ``lineage`` (source URIs, data
+    digests, pipeline run id). Returns the new ``ModelVersion``.
+    """
+    source = json.loads(Path(checkpoint, RUN_FILE).read_text())
+    client = mlflow.MlflowClient()
+    with mlflow.start_run(run_id=source["run_id"]):
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=SherlockModel(), artifacts={"checkpoint": str(checkpoint)},
+            pip_requirements=[f"sherlock-vlm=={sherlock.__version__}"], registered_model_name=model_name,
+            signature=PYFUNC_SIGNATURE)
+    version = str(info.registered_model_version)
+    for key, value in ({f"eval.{k}": v for k, v in eval_metrics.items()} | lineage).items():
+        client.set_model_version_tag(model_name, version, key, str(value))
+    client.set_registered_model_alias(model_name, CHALLENGER, version)
+    return client.get_model_version(model_name, version)
+
+
+def gate_champion(model_name: str, version: str, metric: str, margin: float = 0.0) -> dict:
+    """Point ``champion`` at ``version`` if its ``eval.<metric>`` beats the champion's by more than ``margin``.
+
+    With no champion yet the version becomes champion. Returns the decision with both scores; the
+    decision is also written to the version's tags.
+    """
+    client = mlflow.MlflowClient()
+    version = str(version)
+    challenger = client.get_model_version(model_name, version)
+    key = f"eval.{metric}"
+    if key not in challenger.tags:
+        raise KeyError(f"version {version} of {model_name} has no tag {key}; has {sorted(challenger.tags)}")
+    score = float(challenger.tags[key])
+    try:
+        champion = client.get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException:
+        champion = None
+    champion_score = float(champion.tags[key]) if champion is not None and key in champion.tags else None
+    promote = champion is None or champion_score is None or score > champion_score + margin
+    if promote:
+        client.set_registered_model_alias(model_name, CHAMPION, version)
+    decision = {"promoted": promote, "metric": metric, "margin": margin, "challenger_version": version,
+                "challenger_score": score, "champion_version": str(champion.version) if champion else None,
+                "champion_score": champion_score}
+    client.set_model_version_tag(model_name, version, "gate.decision", json.dumps(decision))
+    return decision
+

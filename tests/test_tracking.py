@@ -1,0 +1,115 @@
+"""MLflow lineage and registry against a real `mlflow server` whose artifacts live on a real S3 endpoint."""
+
+import base64
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+
+from servers import start_mlflow_server
+from sherlock import tracking
+from sherlock.data.llava_cot import load_llava_cot
+from sherlock.data.sampling import verify_subset
+from sherlock.data.synthetic import generate_synthetic
+from sherlock.stages.evaluate import EvaluationConfig
+from sherlock.stages.runner import data_digest, run_stage
+from sherlock.stages.sample import SampleConfig
+from sherlock.stages.sft import SFTStageConfig
+from sherlock.storage import fetch, publish
+
+MODEL = "sherlock-tiny"
+PIPELINE_RUN = "kfp-run-0001"
+
+
+@pytest.fixture
+def mlflow_server(bucket, tmp_path, monkeypatch, s3_env):
+    url, process = start_mlflow_server(tmp_path, s3_env, bucket)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    monkeypatch.setenv("SHERLOCK_CACHE", str(tmp_path / "cache"))
+    yield url
+    process.terminate()
+    process.wait(20)
+
+
+def test_micro_pipeline_lineage_from_champion_back_to_records(mlflow_server, bucket, tiny_model_dir, tmp_path):
+    root = f"s3://{bucket}/{PIPELINE_RUN}"
+    publish(generate_synthetic(tmp_path / "synth", 40, seed=0).parent, f"s3://{bucket}/data/synth")
+    publish(generate_synthetic(tmp_path / "heldout", 8, seed=1).parent, f"s3://{bucket}/data/heldout")
+    publish(tiny_model_dir, f"s3://{bucket}/models/base")
+
+    run_stage("sample", SampleConfig(data=f"s3://{bucket}/data/synth", data_file="data.jsonl",
+                                     output=f"{root}/subsets", sizes="D_A=12,D_B=4"), PIPELINE_RUN)
+    run_stage("sft", SFTStageConfig(model=f"s3://{bucket}/models/base", data=f"{root}/subsets/D_A",
+                                    output=f"{root}/r0", max_steps=3, batch_size=4, logging_steps=1), PIPELINE_RUN)
+    metrics = run_stage("evaluate", EvaluationConfig(
+        model=f"{root}/r0", benchmarks=f"llava_cot=s3://{bucket}/data/heldout/data.jsonl", output=f"{root}/eval_r0",
+        correction_rounds=1, max_new_tokens=8), PIPELINE_RUN)
+
+    eval_metrics = tracking.evaluation_metrics(metrics)
+    assert set(eval_metrics) == {"llava_cot/round_0", "llava_cot/round_1"}
+    version = tracking.register_checkpoint(fetch(f"{root}/r0"), MODEL, eval_metrics,
+                                           {"checkpoint_uri": f"{root}/r0", "pipeline_run_id": PIPELINE_RUN})
+    assert tracking.gate_champion(MODEL, version.version, "llava_cot/round_1")["promoted"]
+
+    # every stage is a nested run of the pipeline's parent run, with params, metrics and artifacts
+    client = mlflow.MlflowClient()
+    parent = tracking.pipeline_run(PIPELINE_RUN)
+    stages = {r.data.tags["sherlock.stage"]: r for r in mlflow.search_runs(
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent}'", output_format="list", search_all_experiments=True)}
+    assert set(stages) == {"sample", "sft", "evaluate"}
+    assert client.get_run(parent).data.tags["sherlock.git_commit"] != ""
+    assert stages["sft"].data.params["max_steps"] == "3" and "loss" in stages["sft"].data.metrics
+    assert [m.step for m in client.get_metric_history(stages["sft"].info.run_id, "loss")] == [1, 2, 3]
+    assert stages["evaluate"].data.metrics["llava_cot/round_1"] == metrics["benchmarks"]["llava_cot"]["rounds"][1]["score"]
+    assert {"loss_curves.png", "stage_config.yaml"} <= {a.path for a in client.list_artifacts(stages["sft"].info.run_id)}
+    assert "results.md" in {a.path for a in client.list_artifacts(stages["evaluate"].info.run_id)}
+
+    # walk back: champion → version → run → dataset digest → sample manifest → the exact records
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    assert str(champion.version) == str(version.version) and champion.tags["pipeline_run_id"] == PIPELINE_RUN
+    assert float(champion.tags["eval.llava_cot/round_0"]) == eval_metrics["llava_cot/round_0"]
+    training_run = client.get_run(champion.run_id)
+    assert training_run.info.run_id == stages["sft"].info.run_id
+    (dataset,) = [d.dataset for d in training_run.inputs.dataset_inputs if d.dataset.name == "D_A"]
+    subset_uri = json.loads(dataset.source)["uri"]
+    assert subset_uri == f"{root}/subsets/D_A"
+    assert data_digest(fetch(subset_uri)).startswith(dataset.digest)
+    subsets = fetch(subset_uri.rsplit("/", 1)[0])
+    records = verify_subset(subsets, "D_A").records  # every record and image hash checked
+    manifest = json.loads((subsets / "manifest.json").read_text())
+    assert [r.id for r in records] == [e["id"] for e in manifest["subsets"]["D_A"]] and len(records) == 12
+
+    # the registered model loads from the S3-backed registry and answers
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    heldout = load_llava_cot(tmp_path / "heldout" / "data.jsonl")
+    image = (heldout.image_root / heldout.records[0].image).read_bytes()
+    answer = model.predict(pd.DataFrame({"question": [heldout.records[0].question],
+                                         "image": [base64.b64encode(image).decode()]}),
+                           params={"self_correction_rounds": 1, "max_new_tokens": 8})
+    assert len(answer) == 1 and len(answer[0]["responses"]) == 2
+
+
+def test_champion_moves_only_for_a_better_challenger(tiny_model_dir, tmp_path, monkeypatch):
+    """The gate on the embedded default's backend: local sqlite, artifacts on disk."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("gate")
+    with mlflow.start_run() as run:
+        tracking.write_run_file(run, tiny_model_dir)
+
+    def arrive(score):
+        version = tracking.register_checkpoint(tiny_model_dir, "gate-model", {"acc": score}, {})
+        return tracking.gate_champion("gate-model", version.version, "acc", margin=1.0)
+
+    client = mlflow.MlflowClient()
+    assert arrive(40.0)["promoted"]
+    worse = arrive(39.0)
+    assert not worse["promoted"] and worse["champion_score"] == 40.0
+    assert not arrive(40.5)["promoted"]  # better, but within the margin
+    assert str(client.get_model_version_by_alias("gate-model", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("gate-model", "challenger").version) == "3"
+    assert arrive(45.0)["promoted"]
+    assert str(client.get_model_version_by_alias("gate-model", "champion").version) == "4"
+    assert json.loads(client.get_model_version("gate-model", "2").tags["gate.decision"])["promoted"] is False
+    with pytest.raises(KeyError, match="no tag eval.f1"):
+        tracking.gate_champion("gate-model", "4", "f1")
