@@ -19,19 +19,15 @@ import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
-import matplotlib
+import mlflow
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from transformers import TrainerCallback
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-from mlflow.data.dataset_source_registry import resolve_dataset_source  # noqa: E402
-from mlflow.data.meta_dataset import MetaDataset  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-from mlflow.models import ModelSignature  # noqa: E402
-from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
-
-import sherlock  # noqa: E402
+import sherlock
 
 RUN_FILE = "mlflow_run.json"  # written into a stage's output directory: which run produced it
 PIPELINE_RUN_TAG, STAGE_TAG = "sherlock.pipeline_run_id", "sherlock.stage"
@@ -114,35 +110,6 @@ class MlflowMetricsCallback(TrainerCallback):
 def trainer_callbacks() -> list[TrainerCallback]:
     """The callbacks a trainer gets: metric logging when a stage run is active."""
     return [MlflowMetricsCallback()] if mlflow.active_run() is not None else []
-
-
-def plot_loss_curves(log_history: list[dict], path: Path) -> bool:
-    """Loss terms against the step, from a Trainer's ``log_history``; False when there is nothing to plot."""
-    keys = sorted({k for row in log_history for k in row if k == "loss" or k.startswith("loss/")})
-    if not keys:
-        return False
-    figure, axes = plt.subplots(figsize=(5, 3.5))
-    for key in keys:
-        points = [(row["step"], row[key]) for row in log_history if key in row]
-        axes.plot(*zip(*points), label=key)
-    axes.set_xlabel("step")
-    axes.set_ylabel("loss")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return True
-
-
-def plot_beta_histogram(weights: list[float], path: Path) -> None:
-    """Histogram of the per-sample dynamic β weights w(i, ε) of a preference set (Eq. 6)."""
-    figure, axes = plt.subplots(figsize=(5, 3.5))
-    axes.hist(weights, bins=20)
-    axes.set_xlabel("β weight w(i, ε)")
-    axes.set_ylabel("pairs")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def evaluation_metrics(metrics: dict) -> dict[str, float]:

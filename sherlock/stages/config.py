@@ -50,6 +50,8 @@ def _coerce(name: str, value, annotation):
         raise ConfigError(f"{name} must be true or false, got {value!r}")
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():  # JSON/protobuf numbers (KFP dicts)
+        return int(value)
     if kind in (int, float) and isinstance(value, str):
         try:
             return kind(value)

@@ -17,6 +17,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from sherlock.plots import BETA_PLOT, LOSS_PLOT
 from sherlock.stages.config import parse_named, uri_fields
 from sherlock.stages.evaluate import (METRICS_FILE, PLOT_FILE, TABLE_FILE, EvaluationConfig, run_evaluation)
 from sherlock.stages.io import STAGE_CONFIG
@@ -68,26 +69,30 @@ def localize(config) -> tuple[object, list[tuple[str, str, Path]]]:
     return dataclasses.replace(config, **changes), data
 
 
+def write_plots(output: Path) -> None:
+    """Loss curves beside every trained model, a β-weight histogram beside every preference set."""
+    from sherlock.plots import plot_beta_histogram, plot_loss_curves
+
+    for state in output.glob("**/trainer_state.json"):
+        if "checkpoint-" not in str(state):
+            plot_loss_curves(json.loads(state.read_text())["log_history"], state.with_name(LOSS_PLOT))
+    for pairs in output.glob("**/pairs.jsonl"):
+        weights = [json.loads(line)["beta_weight"] for line in pairs.read_text().splitlines()]
+        plot_beta_histogram(weights, pairs.with_name(BETA_PLOT))
+
+
 def log_outputs(output: Path) -> None:
-    """Log what a stage wrote: config, loss curves, β histogram, pair statistics, eval metrics."""
+    """Log what a stage wrote: config, plots, reports, pair statistics, eval metrics."""
     import mlflow
 
     from sherlock import tracking
 
-    for name in (STAGE_CONFIG, "manifest.json", TABLE_FILE, PLOT_FILE):
+    for name in (STAGE_CONFIG, "manifest.json", TABLE_FILE, PLOT_FILE, LOSS_PLOT, BETA_PLOT):
         for path in output.glob(f"**/{name}"):
             mlflow.log_artifact(str(path), artifact_path=str(path.parent.relative_to(output)).strip("."))
-    for state in output.glob("**/trainer_state.json"):
-        if "checkpoint-" not in str(state):
-            plot = state.with_name("loss_curves.png")
-            if tracking.plot_loss_curves(json.loads(state.read_text())["log_history"], plot):
-                mlflow.log_artifact(str(plot), artifact_path=str(state.parent.relative_to(output)).strip("."))
-    for pairs in output.glob("**/pairs.jsonl"):
-        weights = [json.loads(line)["beta_weight"] for line in pairs.read_text().splitlines()]
-        tracking.plot_beta_histogram(weights, pairs.with_name("beta_weights.png"))
-        mlflow.log_artifact(str(pairs.with_name("beta_weights.png")), str(pairs.parent.relative_to(output)).strip("."))
-        stats = json.loads(pairs.with_name("stats.json").read_text())
-        mlflow.log_metrics({f"pairs/{k}": float(v) for k, v in stats.items() if isinstance(v, (int, float))})
+    for stats in output.glob("**/stats.json"):
+        numbers = json.loads(stats.read_text())
+        mlflow.log_metrics({f"pairs/{k}": float(v) for k, v in numbers.items() if isinstance(v, (int, float))})
     if (output / METRICS_FILE).is_file():
         mlflow.log_metrics(tracking.evaluation_metrics(json.loads((output / METRICS_FILE).read_text())))
 
@@ -105,8 +110,10 @@ def run_stage(command: str, config, pipeline_run_id: str | None = None):
             for name, uri, path in data:
                 tracking.log_data_input(uri, path, data_digest(path), name=Path(uri).name or name, context=name)
         result = function(local)
+        write_plots(output)
         if run is not None:
             log_outputs(output)
-            tracking.write_run_file(run, output)
+            for model_dir in {output} | {c.parent for c in output.glob("**/config.json") if "checkpoint-" not in str(c)}:
+                tracking.write_run_file(run, model_dir)
     publish(output, getattr(config, output_field))
     return result

@@ -1,0 +1,96 @@
+"""What the Kubeflow components run: thin functions over the stages, storage and tracking.
+
+Every step writes to ``<output_root>/<pipeline run id>/<step name>`` (an ``s3://`` prefix on a
+cluster, a directory for the embedded default) and returns that URI; checkpoints move between
+steps as URIs, never through the KFP artifact store.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from sherlock.stages.config import load_config
+from sherlock.stages.runner import STAGES, run_stage
+from sherlock.storage import fetch, publish
+
+EMBEDDED = "embedded"  # the value of base_model / train_data that selects the embedded default
+
+
+def step_uri(output_root: str, pipeline_run_id: str, name: str) -> str:
+    return f"{output_root.rstrip('/')}/{pipeline_run_id}/{name}"
+
+
+def stage_step(stage: str, name: str, settings: dict, output_root: str, pipeline_run_id: str, **uris) -> str:
+    """Run ``stage`` with ``settings`` (config fields) and the given input URIs; returns its output URI."""
+    output = step_uri(output_root, pipeline_run_id, name)
+    config = load_config(STAGES[stage][0], overrides=dict(settings) | uris | {"output": output})
+    run_stage(stage, config, pipeline_run_id)
+    return output
+
+
+def embedded_inputs(base_model: str, train_data: str, benchmarks: str, output_root: str, pipeline_run_id: str,
+                    num_items: int = 2400, eval_items: int = 200, seed: int = 0) -> tuple[str, str, str]:
+    """``(base_model, train_data, benchmarks)``: given URIs pass through; ``embedded`` builds the default.
+
+    The embedded default is the synthetic visual-reasoning task (train and held-out sets from
+    different seeds) and a tiny Llama-3.2-Vision model whose tokenizer is trained on the data.
+    """
+    from sherlock.data.llava_cot import load_llava_cot
+    from sherlock.data.synthetic import generate_synthetic
+    from sherlock.models.tiny import build_tiny_vlm, tokenizer_corpus
+
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        if train_data == EMBEDDED:
+            train_file = generate_synthetic(scratch / "train", num_items, seed=seed)
+            train_data = publish(train_file.parent, step_uri(output_root, pipeline_run_id, "data/train"))
+        if benchmarks == EMBEDDED:
+            eval_file = generate_synthetic(scratch / "eval", eval_items, seed=seed + 1_000_003)
+            benchmarks = f"llava_cot={publish(eval_file.parent, step_uri(output_root, pipeline_run_id, 'data/eval'))}"
+            benchmarks += "/data.jsonl"
+        if base_model == EMBEDDED:
+            records = load_llava_cot(fetch(train_data) / "data.jsonl").records
+            built = build_tiny_vlm(scratch / "base", tokenizer_corpus(records[:3000]), seed=seed)
+            base_model = publish(built, step_uri(output_root, pipeline_run_id, "models/base"))
+    return base_model, train_data, benchmarks
+
+
+def register_step(checkpoint: str, evaluation: str, model_name: str, metric: str, margin: float,
+                  pipeline_run_id: str) -> dict:
+    """Register an evaluated checkpoint (alias ``challenger``) and let the gate move ``champion``."""
+    from sherlock import tracking
+    from sherlock.stages.evaluate import METRICS_FILE
+
+    metrics = tracking.evaluation_metrics(json.loads((fetch(evaluation) / METRICS_FILE).read_text()))
+    local = fetch(checkpoint)
+    version = tracking.register_checkpoint(local, model_name, metrics, {
+        "checkpoint_uri": checkpoint, "evaluation_uri": evaluation, "pipeline_run_id": pipeline_run_id})
+    return tracking.gate_champion(model_name, version.version, metric, margin)
+
+
+def evaluation_report(evaluation: str, model: str, html_path: str) -> dict[str, float]:
+    """Write the KFP UI report of an evaluation (table, accuracy per round, the model's loss curves).
+
+    Returns the flat metrics (``<benchmark>/round_<k>``) for the KFP ``Metrics`` artifact.
+    """
+    import base64
+    import html
+
+    from sherlock.plots import LOSS_PLOT
+    from sherlock.stages.evaluate import METRICS_FILE, PLOT_FILE, TABLE_FILE
+    from sherlock.tracking import evaluation_metrics
+
+    local, checkpoint = fetch(evaluation), fetch(model)
+
+    def image(path: Path, title: str) -> str:
+        if not path.is_file():
+            return ""
+        return f'<h3>{title}</h3><img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+
+    Path(html_path).write_text(
+        f"<html><body><h2>{html.escape(model)}</h2><pre>{html.escape((local / TABLE_FILE).read_text())}</pre>"
+        + image(local / PLOT_FILE, "accuracy per self-correction round")
+        + image(checkpoint / LOSS_PLOT, "training loss") + "</body></html>")
+    return evaluation_metrics(json.loads((local / METRICS_FILE).read_text()))

@@ -1,0 +1,49 @@
+"""The image definition, checked offline: pins identical to the lock, non-root, kfp preinstalled."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import sherlock
+from components import CPU_IMAGE, IMAGE
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+
+
+def lock() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements/constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    return pins
+
+
+def test_every_pip_call_is_constrained_by_the_lock():
+    calls = re.findall(r"pip install[^\n]*", DOCKERFILE)
+    assert len(calls) == 2 and all("-c requirements/constraints.txt" in call for call in calls)
+    torch = re.search(r'"torch==([\d.]+)\$\{TORCH_LOCAL_VERSION\}"', DOCKERFILE)
+    assert torch and torch.group(1) == lock()["torch"]
+
+
+def test_pyproject_pins_equal_the_lock():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = ("train", "pipelines", "tracking", "serving")
+    requirements = project["dependencies"] + [r for extra in extras for r in project["optional-dependencies"][extra]]
+    pins = lock()
+    for requirement in requirements:
+        name, _, version = requirement.partition("==")
+        name = re.sub(r"\[.*\]", "", name).lower()
+        assert pins.get(name) == version, f"{requirement} differs from the lock ({pins.get(name)})"
+
+
+def test_image_installs_every_runtime_extra_and_runs_unprivileged():
+    assert '".[train,pipelines,tracking,serving]"' in DOCKERFILE  # kfp is in the image: no run-time pip
+    assert re.search(r"^USER 1000$", DOCKERFILE, re.MULTILINE)
+    assert "pip check" in DOCKERFILE
+
+
+def test_components_reference_this_version_of_the_image():
+    assert IMAGE.endswith(f":{sherlock.__version__}-cuda") and CPU_IMAGE.endswith(f":{sherlock.__version__}-cpu")
+    assert IMAGE.rsplit(":", 1)[0] == CPU_IMAGE.rsplit(":", 1)[0]
