@@ -1,4 +1,4 @@
-# Set-up and the two entry points: `make demo` (the embedded end-to-end job) and `make test`.
+# Set-up and the two entry points: `make demo` (the embedded pipeline via kfp.local) and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,7 +6,7 @@ CONSTRAINTS := requirements/constraints.txt
 export HF_HUB_OFFLINE := 1
 export DS_BUILD_OPS := 0
 
-.PHONY: install demo test
+.PHONY: install demo test compile
 
 $(BIN)/sherlock: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,10 @@ $(BIN)/sherlock: pyproject.toml $(CONSTRAINTS)
 install: $(BIN)/sherlock
 
 demo: install
-	$(BIN)/sherlock demo
+	$(BIN)/python -m pipelines.run_local
+
+compile: install
+	$(BIN)/python -m pipelines.sherlock
 
 test: install
 	$(BIN)/pytest -q

@@ -10,6 +10,8 @@ registered champion (loaded from the MLflow registry).
 """
 
 import argparse
+import base64
+import io
 import json
 import os
 import time
@@ -57,7 +59,7 @@ def stage_seconds(pipeline_run_id: str) -> dict[str, float]:
 
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
                               filter_string=f"tags.`{PIPELINE_RUN_TAG}` = '{pipeline_run_id}'")
-    return {f"{r.data.tags[STAGE_TAG]} {r.info.run_name}": (r.info.end_time - r.info.start_time) / 1000
+    return {r.info.run_name: (r.info.end_time - r.info.start_time) / 1000
             for r in sorted(runs, key=lambda r: r.info.start_time) if r.info.end_time and r.data.tags[STAGE_TAG] != "pipeline"}
 
 
@@ -94,12 +96,12 @@ def main(argv: list[str] | None = None) -> dict:
 def report(workdir: Path, total: float) -> dict:
     """Print per-stage timings, the accuracy table and one answer of the champion; return a summary."""
     import mlflow
+    import pandas as pd
 
     from sherlock.benchmarks import load_benchmark
     from sherlock.stages.evaluate import TABLE_FILE
 
-    (run_dir,) = [p for p in (workdir / "artifacts").iterdir() if (p / "subsets").is_dir()
-                  and p.stat().st_mtime >= time.time() - total - 60]
+    run_dir = max((workdir / "artifacts").iterdir(), key=lambda p: p.stat().st_mtime)  # this run's outputs
     seconds = stage_seconds(run_dir.name)
     print(f"\nstage timings (total {total / 60:.1f} min):")
     for stage, value in seconds.items():
@@ -111,11 +113,6 @@ def report(workdir: Path, total: float) -> dict:
     champion = client.get_model_version_by_alias("sherlock-embedded", "champion")
     model = mlflow.pyfunc.load_model("models:/sherlock-embedded@champion")
     item = load_benchmark("llava_cot", run_dir / "data/eval/data.jsonl", limit=1)[0]
-    import base64
-    import io
-
-    import pandas as pd
-
     buffer = io.BytesIO()
     item.image.save(buffer, format="PNG")
     (answer,) = model.predict(pd.DataFrame({"question": [item.prompt],

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import subprocess
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -69,7 +70,8 @@ def _flatten(config) -> dict[str, str]:
 
 
 @contextmanager
-def stage_run(stage: str, config, pipeline_run_id: str | None = None, experiment: str = "sherlock"):
+def stage_run(stage: str, config, pipeline_run_id: str | None = None, experiment: str = "sherlock",
+              run_name: str | None = None):
     """A nested MLflow run for one stage (under the pipeline's parent run) with the config as params.
 
     Yields the active run, or ``None`` when tracking is off. A failing stage ends its run FAILED.
@@ -80,7 +82,7 @@ def stage_run(stage: str, config, pipeline_run_id: str | None = None, experiment
     parent = pipeline_run(pipeline_run_id, experiment) if pipeline_run_id else None
     mlflow.set_experiment(experiment)
     tags = {STAGE_TAG: stage} | ({PIPELINE_RUN_TAG: pipeline_run_id} if pipeline_run_id else {})
-    with mlflow.start_run(run_name=stage, parent_run_id=parent, nested=parent is not None, tags=tags) as run:
+    with mlflow.start_run(run_name=run_name or stage, parent_run_id=parent, nested=parent is not None, tags=tags) as run:
         mlflow.log_params(_flatten(config))
         yield run
 
@@ -93,7 +95,10 @@ def write_run_file(run, output_dir: str | Path) -> None:
 
 def log_data_input(uri: str, local: str | Path, sha256: str, name: str, context: str) -> None:
     """Log a data set as a run input: its source URI and the first 32 hex digits of its sha256."""
-    dataset = MetaDataset(source=resolve_dataset_source(str(uri)), name=name, digest=sha256[:DIGEST_LENGTH])
+    with warnings.catch_warnings():  # MLflow registers the local-path source twice and warns about it
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        source = resolve_dataset_source(str(uri))
+    dataset = MetaDataset(source=source, name=name, digest=sha256[:DIGEST_LENGTH])
     mlflow.log_input(dataset, context=context)
     mlflow.set_tag(f"sherlock.data.{name}.sha256", sha256)
 
@@ -158,8 +163,9 @@ def register_checkpoint(checkpoint: str | Path, model_name: str, eval_metrics: d
                         lineage: dict[str, str]):
     """Log ``checkpoint`` as a model in the run that trained it, register it and alias it ``challenger``.
 
-    The version's tags hold the eval metrics (``eval.<metric>``) and ``lineage`` (source URIs, data
-    digests, pipeline run id). Returns the new ``ModelVersion``.
+    The version's tags hold the eval metrics (``eval.<metric>``), ``lineage`` (e.g. checkpoint URI,
+    pipeline run id), the training run's id and its data sets' digests and sources
+    (``data.<name>.digest`` / ``.source``). Returns the new ``ModelVersion``.
     """
     source = json.loads(Path(checkpoint, RUN_FILE).read_text())
     client = mlflow.MlflowClient()
@@ -169,6 +175,10 @@ def register_checkpoint(checkpoint: str | Path, model_name: str, eval_metrics: d
             pip_requirements=[f"sherlock-vlm=={sherlock.__version__}"], registered_model_name=model_name,
             signature=PYFUNC_SIGNATURE)
     version = str(info.registered_model_version)
+    lineage = dict(lineage, source_run_id=source["run_id"])
+    for item in client.get_run(source["run_id"]).inputs.dataset_inputs:  # the data the checkpoint was trained on
+        lineage[f"data.{item.dataset.name}.digest"] = item.dataset.digest
+        lineage[f"data.{item.dataset.name}.source"] = json.loads(item.dataset.source)["uri"]
     for key, value in ({f"eval.{k}": v for k, v in eval_metrics.items()} | lineage).items():
         client.set_model_version_tag(model_name, version, key, str(value))
     client.set_registered_model_alias(model_name, CHALLENGER, version)

@@ -110,6 +110,7 @@ def test_reduced_pipeline_runs_end_to_end_locally(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert {s.split()[0] for s in summary["stage_seconds"]} == {
         "sample", "sft", "sample-rejected", "build-preferences", "train-preferences", "evaluate"}
+    assert len(summary["stage_seconds"]) == 8  # sft and evaluate twice each: r0 / sherlock-sft, two checkpoints
     assert len(summary["answer"]["responses"]) == 2  # direct + one correction round
     assert "accuracy (%)" in result.stdout and "| llava_cot |" in result.stdout
     metrics = [json.loads(p.read_text()) for p in (tmp_path / "kfp").glob("*/evaluate*/executor_output.json")]

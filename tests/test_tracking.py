@@ -75,6 +75,7 @@ def test_micro_pipeline_lineage_from_champion_back_to_records(mlflow_server, buc
     subset_uri = json.loads(dataset.source)["uri"]
     assert subset_uri == f"{root}/subsets/D_A"
     assert data_digest(fetch(subset_uri)).startswith(dataset.digest)
+    assert champion.tags["data.D_A.digest"] == dataset.digest and champion.tags["data.D_A.source"] == subset_uri
     subsets = fetch(subset_uri.rsplit("/", 1)[0])
     records = verify_subset(subsets, "D_A").records  # every record and image hash checked
     manifest = json.loads((subsets / "manifest.json").read_text())

@@ -105,7 +105,8 @@ def run_stage(command: str, config, pipeline_run_id: str | None = None):
     local, data = localize(config)
     (output_field,) = uri_fields(config, "output")
     output = Path(getattr(local, output_field))
-    with tracking.stage_run(command, config, pipeline_run_id) as run:
+    run_name = f"{command} {Path(str(getattr(config, output_field))).name}"
+    with tracking.stage_run(command, config, pipeline_run_id, run_name=run_name) as run:
         if run is not None:
             for name, uri, path in data:
                 tracking.log_data_input(uri, path, data_digest(path), name=Path(uri).name or name, context=name)
