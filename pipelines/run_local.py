@@ -3,7 +3,7 @@
 The embedded default: the synthetic visual-reasoning task, the tiny VLM, MLflow on a local sqlite
 file, artifacts on local disk, settings from ``configs/embedded/``. Ends by printing the time of
 each stage, the accuracy table of every checkpoint, and one held-out question answered by the
-registered champion (loaded from the MLflow registry).
+registered champion, served from the MLflow registry by ``sherlock serve`` (a KServe ModelServer).
 
     python -m pipelines.run_local                 # the full embedded run
     python -m pipelines.run_local --quick         # a reduced configuration (the test suite's)
@@ -14,10 +14,14 @@ import base64
 import io
 import json
 import os
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 PIPELINE = Path(__file__).with_suffix("").parent / "sherlock.yaml"
+MODEL_NAME = "sherlock-embedded"
 EMBEDDED = ("r0", "sample_rejected", "sherlock_sft", "preferences", "offline", "online", "evaluate")
 # --quick: the same pipeline with a few items and steps per stage
 QUICK = {"all": {"max_new_tokens": 12, "generation_batch_size": 32, "logging_steps": 1},
@@ -47,8 +51,14 @@ def embedded_arguments(workdir: Path, quick: bool) -> dict:
         "sherlock_sft_settings": settings["sherlock_sft"], "preference_data_settings": settings["preferences"],
         "offline_settings": offline, "online_settings": online, "loss_settings": loss,
         "eval_settings": settings["evaluate"] | ({"limit": 8} if quick else {}),
-        "model_name": "sherlock-embedded",
+        "model_name": MODEL_NAME,
     }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def stage_seconds(pipeline_run_id: str) -> dict[str, float]:
@@ -83,7 +93,11 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
     os.environ.setdefault("SHERLOCK_CACHE", str(workdir / "cache"))
 
+    import mlflow
     from kfp import components, local
+
+    if mlflow.get_experiment_by_name("sherlock") is None:  # keep MLflow's artifacts in the workdir, not ./mlruns
+        mlflow.create_experiment("sherlock", artifact_location=(workdir / "mlartifacts").as_uri())
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "kfp"))
     pipeline = components.load_component_from_file(str(package))
@@ -93,10 +107,39 @@ def main(argv: list[str] | None = None) -> dict:
     return report(workdir, total)
 
 
+def ask_served_champion(item, workdir: Path) -> dict:
+    """Serve ``models:/…@champion`` with ``sherlock serve`` (KServe) and ask it one question over v1."""
+    import httpx
+
+    port = free_port()
+    with open(workdir / "serve.log", "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "sherlock.cli", "serve", "--model",
+                                   f"models:/{MODEL_NAME}@champion", "--http-port", str(port)],
+                                  stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/v1/models/sherlock"
+        deadline = time.time() + 180
+        while server.poll() is None and time.time() < deadline:
+            try:
+                httpx.get(f"{url}", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        buffer = io.BytesIO()
+        item.image.save(buffer, format="PNG")
+        instance = {"image": base64.b64encode(buffer.getvalue()).decode(), "question": item.prompt,
+                    "self_correction_rounds": 1, "max_new_tokens": 160}
+        response = httpx.post(f"{url}:predict", json={"instances": [instance]}, timeout=300)
+        response.raise_for_status()
+        return response.json()["predictions"][0]
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 def report(workdir: Path, total: float) -> dict:
     """Print per-stage timings, the accuracy table and one answer of the champion; return a summary."""
     import mlflow
-    import pandas as pd
 
     from sherlock.benchmarks import load_benchmark
     from sherlock.stages.evaluate import TABLE_FILE
@@ -110,16 +153,12 @@ def report(workdir: Path, total: float) -> dict:
     for table in sorted(run_dir.glob(f"eval-*/{TABLE_FILE}")):
         print(f"{table.parent.name}\n{table.read_text()}")
     client = mlflow.MlflowClient()
-    champion = client.get_model_version_by_alias("sherlock-embedded", "champion")
-    model = mlflow.pyfunc.load_model("models:/sherlock-embedded@champion")
+    champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
     item = load_benchmark("llava_cot", run_dir / "data/eval/data.jsonl", limit=1)[0]
-    buffer = io.BytesIO()
-    item.image.save(buffer, format="PNG")
-    (answer,) = model.predict(pd.DataFrame({"question": [item.prompt],
-                                            "image": [base64.b64encode(buffer.getvalue()).decode()]}),
-                              params={"self_correction_rounds": 1, "max_new_tokens": 160})
+    answer = ask_served_champion(item, workdir)
     print(f"champion: version {champion.version} ({champion.tags.get('checkpoint_uri')})")
-    print(f"question: {item.prompt}\ngold: {item.answer}\nanswer after 1 self-correction round: {answer['answer']}")
+    print(f"question: {item.prompt}\ngold: {item.answer}\n"
+          f"answer of the served champion after 1 self-correction round: {answer['answer']}")
     summary = {"pipeline_run_id": run_dir.name, "total_seconds": total, "stage_seconds": seconds,
                "champion_version": str(champion.version), "answer": answer}
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -36,6 +36,12 @@ def _download(args) -> None:
     print(fetch(args.uri))
 
 
+def _serve(args) -> None:
+    from sherlock.serving.server import serve
+
+    serve(args.model, args.name, args.http_port, args.grpc_port, args.max_batch_size, args.batch_wait_ms)
+
+
 def _build_tiny(args) -> None:
     data = load_llava_cot(args.corpus, check_images=False)
     print(build_tiny_vlm(args.output, tokenizer_corpus(data.records), args.preset, args.image_size, args.vocab_size, args.seed))
@@ -79,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     download = commands.add_parser("download", help="fetch an s3:// directory or file (checked) into the cache")
     download.add_argument("uri")
     download.set_defaults(func=_download)
+
+    serve = commands.add_parser("serve", help="serve a checkpoint with KServe (v1 and v2 protocols)")
+    serve.add_argument("--model", required=True, help="checkpoint path, s3:// URI or models:/NAME@ALIAS")
+    serve.add_argument("--name", default="sherlock", help="model name in the URLs")
+    serve.add_argument("--http-port", type=int, default=8080)
+    serve.add_argument("--grpc-port", type=int, default=0, help="0: no gRPC")
+    serve.add_argument("--max-batch-size", type=int, default=8, help="requests answered by one generate call")
+    serve.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch waits to fill")
+    serve.set_defaults(func=_serve)
 
     tiny = commands.add_parser("build-tiny", help="build a tiny Llama-3.2-Vision checkpoint")
     tiny.add_argument("--output", type=Path, required=True)

@@ -21,12 +21,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_http(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
-    """Wait until ``url`` answers HTTP (any status) or fail with the server's output."""
+def wait_http(url: str, process: subprocess.Popen, timeout: float = 60.0, log: Path | None = None) -> None:
+    """Wait until ``url`` answers HTTP (any status) or fail with the server's log."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}: {process.stdout.read() if process.stdout else ''}")
+            raise RuntimeError(f"server exited with {process.returncode}: {log.read_text()[-3000:] if log else ''}")
         try:
             urllib.request.urlopen(url, timeout=2)
             return
@@ -75,13 +75,14 @@ def start_s3_server() -> S3Server:
 def start_mlflow_server(workdir: Path, s3: S3Server, bucket: str) -> tuple[str, subprocess.Popen]:
     """``mlflow server`` (sqlite backend, one worker) proxying artifacts to ``s3://bucket/mlflow``."""
     port = free_port()
+    log = workdir / "mlflow-server.log"
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
          "--artifacts-destination", f"s3://{bucket}/mlflow"],
-        env=dict(os.environ, **s3.env()), cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env=dict(os.environ, **s3.env()), cwd=workdir, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/health", process, timeout=120)
+    wait_http(f"{url}/health", process, timeout=120, log=log)
     return url, process
 
 

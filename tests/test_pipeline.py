@@ -111,7 +111,8 @@ def test_reduced_pipeline_runs_end_to_end_locally(tmp_path):
     assert {s.split()[0] for s in summary["stage_seconds"]} == {
         "sample", "sft", "sample-rejected", "build-preferences", "train-preferences", "evaluate"}
     assert len(summary["stage_seconds"]) == 8  # sft and evaluate twice each: r0 / sherlock-sft, two checkpoints
-    assert len(summary["answer"]["responses"]) == 2  # direct + one correction round
+    assert len(summary["answer"]["rounds"]) == 2  # direct + one correction round, from the served champion
+    assert "served champion" in result.stdout
     assert "accuracy (%)" in result.stdout and "| llava_cot |" in result.stdout
     metrics = [json.loads(p.read_text()) for p in (tmp_path / "kfp").glob("*/evaluate*/executor_output.json")]
     assert len(metrics) == 2

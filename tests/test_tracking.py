@@ -94,6 +94,7 @@ def test_micro_pipeline_lineage_from_champion_back_to_records(mlflow_server, buc
 def test_champion_moves_only_for_a_better_challenger(tiny_model_dir, tmp_path, monkeypatch):
     """The gate on the embedded default's backend: local sqlite, artifacts on disk."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.create_experiment("gate", artifact_location=(tmp_path / "artifacts").as_uri())
     mlflow.set_experiment("gate")
     with mlflow.start_run() as run:
         tracking.write_run_file(run, tiny_model_dir)

@@ -1,0 +1,1 @@
+"""Serving: the KServe predictor and the local model server."""
