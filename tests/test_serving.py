@@ -44,7 +44,7 @@ def predict_v1(url, instance, timeout=120):
     return httpx.post(f"{url}/v1/models/sherlock:predict", json={"instances": [instance]}, timeout=timeout)
 
 
-def test_ready_only_once_loaded_and_v1_answers_with_rounds_in_order(server):
+def test_ready_and_v1_answers_with_rounds_in_order(server):
     url, _ = server
     assert httpx.get(f"{url}/v2/models/sherlock/ready").json()["ready"] is True
     response = predict_v1(url, {"image": png(), "question": QUESTION, "self_correction_rounds": 2,
