@@ -62,15 +62,16 @@ def free_port() -> int:
 
 
 def stage_seconds(pipeline_run_id: str) -> dict[str, float]:
-    """Wall time of every stage run of the pipeline run, from MLflow."""
+    """Wall time of every stage of the pipeline run, from the MLflow stage runs."""
     import mlflow
 
-    from sherlock.tracking import PIPELINE_RUN_TAG, STAGE_TAG
+    from sherlock.stages.runner import SECONDS_METRIC
+    from sherlock.tracking import PIPELINE_RUN_TAG
 
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
                               filter_string=f"tags.`{PIPELINE_RUN_TAG}` = '{pipeline_run_id}'")
-    return {r.info.run_name: (r.info.end_time - r.info.start_time) / 1000
-            for r in sorted(runs, key=lambda r: r.info.start_time) if r.info.end_time and r.data.tags[STAGE_TAG] != "pipeline"}
+    return {r.info.run_name: r.data.metrics[SECONDS_METRIC] for r in sorted(runs, key=lambda r: r.info.start_time)
+            if SECONDS_METRIC in r.data.metrics}
 
 
 def main(argv: list[str] | None = None) -> dict:

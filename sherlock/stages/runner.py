@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from pathlib import Path
 
 from sherlock.plots import BETA_PLOT, LOSS_PLOT
@@ -29,6 +30,7 @@ from sherlock.stages.sample import SampleConfig, run_sample
 from sherlock.stages.sft import SFTStageConfig, run_sft
 from sherlock.storage import cache_root, directory_digest, fetch, is_s3, publish, sha256_file
 
+SECONDS_METRIC = "stage_seconds"  # wall time of the stage function (the run itself may be reopened later)
 # command: (config class, stage function, help)
 STAGES = {
     "sample": (SampleConfig, run_sample, "Stage I data: disjoint seeded subsets D_A, D_B with a manifest"),
@@ -81,12 +83,13 @@ def write_plots(output: Path) -> None:
         plot_beta_histogram(weights, pairs.with_name(BETA_PLOT))
 
 
-def log_outputs(output: Path) -> None:
-    """Log what a stage wrote: config, plots, reports, pair statistics, eval metrics."""
+def log_outputs(output: Path, seconds: float) -> None:
+    """Log what a stage wrote (config, plots, reports, pair statistics, eval metrics) and its wall time."""
     import mlflow
 
     from sherlock import tracking
 
+    mlflow.log_metric(SECONDS_METRIC, seconds)
     for name in (STAGE_CONFIG, "manifest.json", TABLE_FILE, PLOT_FILE, LOSS_PLOT, BETA_PLOT):
         for path in output.glob(f"**/{name}"):
             mlflow.log_artifact(str(path), artifact_path=str(path.parent.relative_to(output)).strip("."))
@@ -110,10 +113,12 @@ def run_stage(command: str, config, pipeline_run_id: str | None = None):
         if run is not None:
             for name, uri, path in data:
                 tracking.log_data_input(uri, path, data_digest(path), name=Path(uri).name or name, context=name)
+        start = time.perf_counter()
         result = function(local)
+        seconds = time.perf_counter() - start
         write_plots(output)
         if run is not None:
-            log_outputs(output)
+            log_outputs(output, seconds)
             for model_dir in {output} | {c.parent for c in output.glob("**/config.json") if "checkpoint-" not in str(c)}:
                 tracking.write_run_file(run, model_dir)
     publish(output, getattr(config, output_field))
