@@ -6,6 +6,7 @@ through one ``generate`` call. Generation stops after ``</CONCLUSION>`` (spec §
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -87,3 +88,11 @@ def self_correct(model, processor, questions: list[str], images, first: list[str
         prompts = [correction_prompt(q, previous) for q, previous in zip(questions, history[-1])]
         history.append(generate(model, processor, prompts, images, config=decoding, desc=f"{desc} {round_number}"))
     return history[1:]
+
+
+def answer_with_corrections(model, processor, questions: list[str], images, rounds: int, direct: DecodingConfig,
+                            desc: str = "answer") -> list[list[str]]:
+    """Responses of round 0 (``direct`` decoding) and of ``rounds`` greedy correction rounds, round-major."""
+    first = generate(model, processor, questions, images, config=direct, desc=f"{desc} direct")
+    greedy = dataclasses.replace(direct, temperature=0.0, top_p=1.0)
+    return [first] + self_correct(model, processor, questions, images, first, rounds, greedy, desc=f"{desc} round")

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+import yaml
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
@@ -146,15 +147,14 @@ class SherlockModel(mlflow.pyfunc.PythonModel):
 
         from PIL import Image
 
-        from sherlock.generation import DecodingConfig, generate, self_correct
+        from sherlock.generation import DecodingConfig, answer_with_corrections
         from sherlock.reasoning import conclusion_text
 
         rounds = int((params or {}).get("self_correction_rounds", 0))
         questions = list(model_input["question"])
         images = [Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB") for data in model_input["image"]]
         config = DecodingConfig(max_new_tokens=int((params or {}).get("max_new_tokens", 512)))
-        responses = [generate(self.model, self.processor, questions, images, config=config)]
-        responses += self_correct(self.model, self.processor, questions, images, responses[0], rounds, config)
+        responses = answer_with_corrections(self.model, self.processor, questions, images, rounds, config)
         return [{"answer": conclusion_text(per_item[-1]), "responses": list(per_item)}
                 for per_item in zip(*responses)]
 
@@ -183,6 +183,13 @@ def register_checkpoint(checkpoint: str | Path, model_name: str, eval_metrics: d
         client.set_model_version_tag(model_name, version, key, str(value))
     client.set_registered_model_alias(model_name, CHALLENGER, version)
     return client.get_model_version(model_name, version)
+
+
+def download_checkpoint(model_uri: str) -> Path:
+    """The checkpoint directory of a model registered by :func:`register_checkpoint` (``models:/…``)."""
+    model = Path(mlflow.artifacts.download_artifacts(model_uri))
+    flavor = yaml.safe_load((model / "MLmodel").read_text())["flavors"]["python_function"]
+    return model / flavor["artifacts"]["checkpoint"]["path"]
 
 
 def gate_champion(model_name: str, version: str, metric: str, margin: float = 0.0) -> dict:

@@ -81,7 +81,9 @@ def test_micro_pipeline_lineage_from_champion_back_to_records(mlflow_server, buc
     manifest = json.loads((subsets / "manifest.json").read_text())
     assert [r.id for r in records] == [e["id"] for e in manifest["subsets"]["D_A"]] and len(records) == 12
 
-    # the registered model loads from the S3-backed registry and answers
+    # the registered model loads from the S3-backed registry and answers; its checkpoint is the trained one
+    checkpoint = tracking.download_checkpoint(f"models:/{MODEL}@champion")
+    assert (checkpoint / "model.safetensors").read_bytes() == (fetch(f"{root}/r0") / "model.safetensors").read_bytes()
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
     heldout = load_llava_cot(tmp_path / "heldout" / "data.jsonl")
     image = (heldout.image_root / heldout.records[0].image).read_bytes()

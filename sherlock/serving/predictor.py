@@ -50,13 +50,10 @@ class Query:
 
 def resolve_checkpoint(uri: str) -> Path:
     """A local checkpoint directory for a path, an ``s3://`` URI or ``models:/<name>@<alias>``."""
-    if uri.startswith("models:/"):  # a model registered by sherlock.tracking.register_checkpoint
-        import mlflow
-        import yaml
+    if uri.startswith("models:/"):
+        from sherlock.tracking import download_checkpoint
 
-        model = Path(mlflow.artifacts.download_artifacts(uri))
-        flavor = yaml.safe_load((model / "MLmodel").read_text())["flavors"]["python_function"]
-        return model / flavor["artifacts"]["checkpoint"]["path"]
+        return download_checkpoint(uri)
     return fetch(uri)
 
 
@@ -139,7 +136,6 @@ class SherlockPredictor(kserve.Model):
         self.model_uri, self.limits = model_uri, limits or Limits()
         self.max_batch_size, self.batch_wait = max_batch_size, batch_wait_ms / 1000
         self._queue: asyncio.Queue | None = None
-        self.batches: list[int] = []  # sizes of the generate batches run (observability and tests)
 
     def load(self) -> bool:
         import torch
@@ -154,7 +150,8 @@ class SherlockPredictor(kserve.Model):
         if isinstance(payload, InferRequest):
             answers = await self._answer_all(parse_v2(payload, self.limits))
             return InferResponse(model_name=self.name, infer_outputs=[InferOutput(
-                "answer", [len(answers)], "BYTES", [json.dumps(a) for a in answers])], response_id=payload.id or str(uuid.uuid4()))
+                "answer", [len(answers)], "BYTES", [json.dumps(a) for a in answers])], 
+                response_id=payload.id or str(uuid.uuid4()))
         return {"predictions": await self._answer_all(parse_v1(payload, self.limits))}
 
     async def _answer_all(self, queries: list[Query]) -> list[dict]:
@@ -191,14 +188,12 @@ class SherlockPredictor(kserve.Model):
 
     def answer(self, queries: list[Query]) -> list[dict]:
         """Answer queries that share rounds and max_new_tokens with one generate call per round."""
-        from sherlock.generation import DecodingConfig, generate, self_correct
+        from sherlock.generation import DecodingConfig, answer_with_corrections
         from sherlock.reasoning import conclusion_text
 
-        self.batches.append(len(queries))
-        questions, images = [q.question for q in queries], [q.image for q in queries]
         config = DecodingConfig(max_new_tokens=queries[0].max_new_tokens, batch_size=len(queries))
-        first = generate(self.model, self.processor, questions, images, config=config, desc="answer")
-        rounds = [first] + self_correct(self.model, self.processor, questions, images, first, queries[0].rounds, config)
+        rounds = answer_with_corrections(self.model, self.processor, [q.question for q in queries],
+                                         [q.image for q in queries], queries[0].rounds, config)
         return [{"answer": conclusion_text(responses[-1]), "reasoning": responses[-1],
                  "rounds": [{"response": r, "answer": conclusion_text(r)} for r in responses]}
                 for responses in zip(*rounds)]

@@ -8,7 +8,6 @@ Outputs: ``metrics.json``, ``results.md`` (a table per round), ``accuracy_by_rou
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from sherlock.benchmarks import BENCHMARKS, load_benchmark, paper_average, score_responses  # noqa: E402
-from sherlock.generation import DecodingConfig, generate, self_correct  # noqa: E402
+from sherlock.generation import answer_with_corrections  # noqa: E402
 from sherlock.models.loading import load_vlm  # noqa: E402
 from sherlock.stages.config import ConfigError, SamplingSettings, help_field, parse_named  # noqa: E402
 from sherlock.data.schema import write_jsonl  # noqa: E402
@@ -50,14 +49,6 @@ class EvaluationConfig(SamplingSettings):
         unknown = set(self.parsed_benchmarks()) - set(BENCHMARKS) - {"llava_cot"}
         if unknown:
             raise ConfigError(f"unknown benchmark(s) {sorted(unknown)}; known: llava_cot, {', '.join(BENCHMARKS)}")
-
-
-def evaluate_items(model, processor, items, rounds: int, direct: DecodingConfig, name: str) -> list[list[str]]:
-    """Responses of round 0 (direct) and of each greedy correction round, per item."""
-    questions, images = [i.prompt for i in items], [i.image for i in items]
-    first = generate(model, processor, questions, images, config=direct, desc=f"{name} direct")
-    greedy = dataclasses.replace(direct, temperature=0.0, top_p=1.0)
-    return [first] + self_correct(model, processor, questions, images, first, rounds, greedy, desc=f"{name} round")
 
 
 def markdown_table(metrics: dict) -> str:
@@ -104,7 +95,8 @@ def run_evaluation(config: EvaluationConfig) -> dict:
     predictions = []
     for name, path in config.parsed_benchmarks().items():
         items = load_benchmark(name, path, config.limit)
-        rounds = evaluate_items(model, processor, items, config.correction_rounds, direct, name)
+        rounds = answer_with_corrections(model, processor, [i.prompt for i in items], [i.image for i in items],
+                                         config.correction_rounds, direct, desc=name)
         metrics["benchmarks"][name] = {"path": path, "rounds": [score_responses(name, items, r) for r in rounds]}
         predictions += [{"benchmark": name, "id": item.id, "answer": item.answer,
                          "responses": [r[j] for r in rounds]} for j, item in enumerate(items)]
