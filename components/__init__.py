@@ -15,8 +15,10 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import HTML, Metrics, Output
 
-IMAGE = os.environ.get("SHERLOCK_IMAGE", "ghcr.io/sherlock-vlm/sherlock:0.1.0-cuda")
-CPU_IMAGE = os.environ.get("SHERLOCK_CPU_IMAGE", "ghcr.io/sherlock-vlm/sherlock:0.1.0-cpu")
+import sherlock
+
+IMAGE = os.environ.get("SHERLOCK_IMAGE", sherlock.GPU_IMAGE)
+CPU_IMAGE = os.environ.get("SHERLOCK_CPU_IMAGE", sherlock.CPU_IMAGE)
 GPU = {"base_image": IMAGE, "install_kfp_package": False}
 CPU = {"base_image": CPU_IMAGE, "install_kfp_package": False}
 
@@ -105,10 +107,27 @@ def evaluate(name: str, model: str, benchmarks: str, settings: dict, output_root
 
 @dsl.component(**CPU)
 def register_and_gate(checkpoint: str, evaluation: str, model_name: str, metric: str, margin: float,
-                      pipeline_run_id: str) -> str:
-    """Register the checkpoint in MLflow (alias challenger); move champion only if it wins by ``margin``."""
-    import json
+                      pipeline_run_id: str, promoted_before: bool, gate: Output[Metrics]) -> bool:
+    """Register the checkpoint in MLflow (alias challenger); move champion only if it wins by ``margin``.
 
+    Returns whether this or an earlier gate of the run (``promoted_before``) moved champion; the
+    decision is on the model version's ``gate.decision`` tag and in the ``gate`` metrics.
+    """
     from sherlock.pipeline_steps import register_step
 
-    return json.dumps(register_step(checkpoint, evaluation, model_name, metric, margin, pipeline_run_id))
+    decision = register_step(checkpoint, evaluation, model_name, metric, margin, pipeline_run_id)
+    for key in ("challenger_score", "champion_score"):
+        if decision[key] is not None:
+            gate.log_metric(key, decision[key])
+    gate.log_metric("promoted", float(decision["promoted"]))
+    return promoted_before or decision["promoted"]
+
+
+@dsl.component(**CPU)
+def deploy(model_name: str, settings: dict, output_root: str, pipeline_run_id: str) -> str:
+    """Serve ``models:/<model_name>@champion`` as a KServe InferenceService (without a cluster: its manifest)."""
+    import json
+
+    from sherlock.pipeline_steps import deploy_step
+
+    return json.dumps(deploy_step(model_name, settings, output_root, pipeline_run_id))

@@ -34,6 +34,7 @@ def embedded_arguments(workdir: Path, quick: bool) -> dict:
     """Pipeline arguments of the embedded default (``quick``: the reduced configuration)."""
     import yaml
 
+    from components import CPU_IMAGE
     from pipelines.sherlock import CONFIGS, split_loss
 
     settings = {}
@@ -52,6 +53,8 @@ def embedded_arguments(workdir: Path, quick: bool) -> dict:
         "offline_settings": offline, "online_settings": online, "loss_settings": loss,
         "eval_settings": settings["evaluate"] | ({"limit": 8} if quick else {}),
         "model_name": MODEL_NAME,
+        # the predictor would run in the CPU image: the embedded model needs no GPU
+        "deploy_settings": yaml.safe_load((CONFIGS / "embedded" / "deploy.yaml").read_text()) | {"image": CPU_IMAGE},
     }
 
 
@@ -157,11 +160,13 @@ def report(workdir: Path, total: float) -> dict:
     champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
     item = load_benchmark("llava_cot", run_dir / "data/eval/data.jsonl", limit=1)[0]
     answer = ask_served_champion(item, workdir)
+    deployment = json.loads((run_dir / "deploy" / "deployment.json").read_text())
     print(f"champion: version {champion.version} ({champion.tags.get('checkpoint_uri')})")
+    print(f"InferenceService manifest of the champion (validated offline): {run_dir / 'deploy' / 'inferenceservice.yaml'}")
     print(f"question: {item.prompt}\ngold: {item.answer}\n"
           f"answer of the served champion after 1 self-correction round: {answer['answer']}")
     summary = {"pipeline_run_id": run_dir.name, "total_seconds": total, "stage_seconds": seconds,
-               "champion_version": str(champion.version), "answer": answer}
+               "champion_version": str(champion.version), "deployment": deployment, "answer": answer}
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

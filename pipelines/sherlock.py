@@ -1,5 +1,6 @@
 """The Sherlock pipeline (KFP v2): sample → R0 → Y^l → Sherlock-SFT → offline preferences → offline
-training → K online iterations → evaluate every checkpoint → register each → gate the champion.
+training → K online iterations → evaluate every checkpoint → register each → gate the champion →
+deploy it to KServe when this run promoted one.
 
 Compile (offline): ``python -m pipelines.sherlock --output pipelines/sherlock.yaml``. K and the
 cluster settings (accelerator, node selector, tolerations, volumes, secrets) are fixed at compile
@@ -14,7 +15,7 @@ from pathlib import Path
 import yaml
 from kfp import compiler, dsl, kubernetes
 
-from components import (build_preferences, evaluate, online_iteration, prepare_inputs, register_and_gate,
+from components import (build_preferences, deploy, evaluate, online_iteration, prepare_inputs, register_and_gate,
                         sample_data, sample_rejected, sft, train_preferences)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -101,6 +102,7 @@ def build_pipeline(online_iterations: int = 2, options: ClusterOptions | None = 
         model_name: str = "sherlock",
         selection_metric: str = "llava_cot/round_1",
         promotion_margin: float = 0.0,
+        deploy_settings: dict = {},
         gpus: int = 1,
     ):
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
@@ -139,13 +141,16 @@ def build_pipeline(online_iterations: int = 2, options: ClusterOptions | None = 
             scores = gpu(evaluate(name=name, model=trained.output, benchmarks=inputs.outputs["benchmarks"],
                                   settings=eval_settings,
                                   **common), f"evaluate {name}")
+            # one version at a time, in checkpoint order: each gate sees the champion the previous one left
             gate = with_platform(register_and_gate(
                 checkpoint=trained.output, evaluation=scores.outputs["Output"], model_name=model_name,
-                metric=selection_metric, margin=promotion_margin, pipeline_run_id=run_id), options, retries=3)
+                metric=selection_metric, margin=promotion_margin, pipeline_run_id=run_id,
+                promoted_before=False if previous is None else previous.outputs["Output"]), options, retries=3)
             gate.set_display_name(f"register {name}").set_caching_options(False)
-            if previous is not None:
-                gate.after(previous)  # one version at a time: the aliases move in checkpoint order
             previous = gate
+        with dsl.If(previous.outputs["Output"] == True, name="this run promoted a champion"):  # noqa: E712
+            with_platform(deploy(model_name=model_name, settings=deploy_settings, **common), options,
+                          retries=3).set_display_name("deploy champion to KServe").set_caching_options(False)
 
     return sherlock
 

@@ -18,6 +18,7 @@ from sherlock.demo import DemoConfig, run_demo
 from sherlock.experiment import ExperimentConfig, run_experiment
 from sherlock.models.loading import CheckpointNotFoundError
 from sherlock.models.tiny import PRESETS, build_tiny_vlm, tokenizer_corpus
+from sherlock.serving.deploy import DeployConfig, DeployError, run_deploy
 from sherlock.stages.config import ConfigError, add_config_arguments, config_from_args
 from sherlock.stages.runner import STAGES, run_stage
 from sherlock.storage import StorageError, fetch, publish
@@ -40,6 +41,10 @@ def _serve(args) -> None:
     from sherlock.serving.server import serve
 
     serve(args.model, args.name, args.http_port, args.grpc_port, args.max_batch_size, args.batch_wait_ms)
+
+
+def _deploy(args) -> None:
+    print(json.dumps(run_deploy(config_from_args(DeployConfig, args)), indent=2))
 
 
 def _build_tiny(args) -> None:
@@ -95,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch waits to fill")
     serve.set_defaults(func=_serve)
 
+    deploy = commands.add_parser("deploy", help="deploy a registered model as a KServe InferenceService "
+                                                "(or write its manifest)")
+    add_config_arguments(deploy, DeployConfig)
+    deploy.set_defaults(func=_deploy)
+
     tiny = commands.add_parser("build-tiny", help="build a tiny Llama-3.2-Vision checkpoint")
     tiny.add_argument("--output", type=Path, required=True)
     tiny.add_argument("--corpus", type=Path, required=True, help="jsonl whose texts train the tokenizer")
@@ -127,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (DataQualityError, ConfigError, CheckpointNotFoundError, FileNotFoundError, StorageError,
+    except (DataQualityError, ConfigError, CheckpointNotFoundError, FileNotFoundError, StorageError, DeployError,
             ValueError) as error:
         sys.exit(f"sherlock {args.command}: error: {error}")
 

@@ -70,6 +70,15 @@ def register_step(checkpoint: str, evaluation: str, model_name: str, metric: str
     return tracking.gate_champion(model_name, version.version, metric, margin)
 
 
+def deploy_step(model_name: str, settings: dict, output_root: str, pipeline_run_id: str) -> dict:
+    """Deploy the registry's champion of ``model_name`` with :class:`DeployConfig` ``settings``."""
+    from sherlock.serving.deploy import DeployConfig, run_deploy
+
+    overrides = dict(settings) | {"model": f"models:/{model_name}@champion",
+                                  "output": step_uri(output_root, pipeline_run_id, "deploy")}
+    return run_deploy(load_config(DeployConfig, overrides=overrides))
+
+
 def evaluation_report(evaluation: str, model: str, html_path: str) -> dict[str, float]:
     """Write the KFP UI report of an evaluation (table, accuracy per round, the model's loss curves).
 

@@ -10,17 +10,29 @@ import yaml
 
 from components import CPU_IMAGE, IMAGE
 from pipelines.sherlock import PIPELINE_FILE, ClusterOptions, main
+from sherlock.serving.schema import validate_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_STEPS = ("sft", "sample-rejected", "build-preferences", "train-preferences", "online-iteration", "evaluate")
-CPU_STEPS = ("prepare-inputs", "sample-data", "register-and-gate")
-NETWORK_STEPS = ("prepare-inputs", "sample-data", "register-and-gate")
+CPU_STEPS = ("prepare-inputs", "sample-data", "register-and-gate", "deploy")
+NETWORK_STEPS = ("prepare-inputs", "sample-data", "register-and-gate", "deploy")
+UNCACHED_STEPS = ("register-and-gate", "deploy")
 
 
 @pytest.fixture(scope="module")
 def compiled():
     spec, platform = yaml.safe_load_all(PIPELINE_FILE.read_text())
     return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def all_tasks(spec: dict) -> dict:
+    """Every task of the pipeline: the root DAG's and those inside its conditions."""
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for name, task in spec["root"]["dag"]["tasks"].items():
+        tasks |= spec["components"][task["componentRef"]["name"]].get("dag", {}).get("tasks", {})
+        if "dag" in spec["components"][task["componentRef"]["name"]]:
+            del tasks[name]
+    return tasks
 
 
 def step(task_name: str) -> str:
@@ -39,21 +51,33 @@ def test_committed_pipeline_is_in_sync_with_its_source(tmp_path):
 
 def test_every_stage_is_a_task_and_online_iterations_are_unrolled(compiled):
     spec, _ = compiled
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = all_tasks(spec)
     assert sorted({step(t) for t in tasks}) == sorted(GPU_STEPS + CPU_STEPS)
     assert sum(step(t) == "online-iteration" for t in tasks) == 2
     assert sum(step(t) == "evaluate" for t in tasks) == sum(step(t) == "register-and-gate" for t in tasks) == 4
     online_2 = tasks["online-iteration-2"]
     assert "online-iteration" in online_2["dependentTasks"]  # π_2 starts from π_1
     registers = sorted(t for t in tasks if step(t) == "register-and-gate")
+    assert tasks[registers[0]]["inputs"]["parameters"]["promoted_before"]["runtimeValue"]["constant"] is False
     for earlier, later in zip(registers, registers[1:]):
         assert earlier in tasks[later]["dependentTasks"]  # aliases move one version at a time
+        promoted_before = tasks[later]["inputs"]["parameters"]["promoted_before"]["taskOutputParameter"]
+        assert promoted_before == {"outputParameterKey": "Output", "producerTask": earlier}
+
+
+def test_deploy_runs_only_when_this_run_promoted_a_champion(compiled):
+    spec, _ = compiled
+    (condition,) = [t for t in spec["root"]["dag"]["tasks"].values() if "triggerPolicy" in t]
+    assert condition["triggerPolicy"]["condition"] == (
+        "inputs.parameter_values['pipelinechannel--register-and-gate-4-Output'] == true")
+    body = spec["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
+    assert [step(t) for t in body] == ["deploy"]
 
 
 def test_gpu_and_cpu_steps_land_on_the_right_nodes(compiled):
     spec, executors = compiled
     options = ClusterOptions()
-    for name, task in spec["root"]["dag"]["tasks"].items():
+    for name, task in all_tasks(spec).items():
         executor = spec["components"][task["componentRef"]["name"]]["executorLabel"]
         container = spec["deploymentSpec"]["executors"][executor]["container"]
         platform = executors[executor]
@@ -88,9 +112,9 @@ def test_credentials_come_only_from_secrets(compiled):
 
 def test_caching_and_retries_are_explicit_per_step(compiled):
     spec, _ = compiled
-    for name, task in spec["root"]["dag"]["tasks"].items():
+    for name, task in all_tasks(spec).items():
         cache = task["cachingOptions"].get("enableCache", False)
-        assert cache is (step(name) != "register-and-gate"), name
+        assert cache is (step(name) not in UNCACHED_STEPS), name
         assert task["retryPolicy"]["maxRetryCount"] == (3 if step(name) in NETWORK_STEPS else 1), name
 
 
@@ -112,6 +136,11 @@ def test_reduced_pipeline_runs_end_to_end_locally(tmp_path):
         "sample", "sft", "sample-rejected", "build-preferences", "train-preferences", "evaluate"}
     assert len(summary["stage_seconds"]) == 8  # sft and evaluate twice each: r0 / sherlock-sft, two checkpoints
     assert len(summary["answer"]["rounds"]) == 2  # direct + one correction round, from the served champion
+    deployment = summary["deployment"]  # the first gate promoted (empty registry): the deploy step ran
+    assert deployment["action"] == "manifest" and deployment["version"] == summary["champion_version"]
+    manifest = yaml.safe_load(Path(deployment["manifest"]).read_text())
+    validate_manifest(manifest)
+    assert manifest["spec"]["predictor"]["containers"][0]["image"] == CPU_IMAGE
     assert "served champion" in result.stdout
     assert "accuracy (%)" in result.stdout and "| llava_cot |" in result.stdout
     metrics = [json.loads(p.read_text()) for p in (tmp_path / "kfp").glob("*/evaluate*/executor_output.json")]

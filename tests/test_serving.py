@@ -117,3 +117,29 @@ def test_sigterm_shuts_down_gracefully(server):
     assert process.wait(30) == 0
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/v2/models/sherlock/ready")
+
+
+def test_the_deployed_command_line_serves_and_answers_its_probes(tiny_model_dir, tmp_path):
+    """The InferenceService's container command, run here: its readiness and liveness paths answer 200."""
+    from types import SimpleNamespace
+
+    from sherlock.serving.deploy import MODEL_DIR, PORT, DeployConfig, inference_service, to_manifest
+
+    config = DeployConfig(model="models:/sherlock@champion", output=str(tmp_path), name="vlm")
+    (container,) = to_manifest(inference_service(config, "s3://b/k", SimpleNamespace(name="m", version="1")))[
+        "spec"]["predictor"]["containers"]
+    port, log = free_port(), tmp_path / "server.log"
+    argv = [str(tiny_model_dir) if arg == MODEL_DIR else str(port) if arg == str(PORT) else arg
+            for arg in container["command"] + container["args"]]
+    process = subprocess.Popen([sys.executable, "-m", "sherlock.cli", *argv[1:]], stdout=log.open("w"),
+                               stderr=subprocess.STDOUT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/", process, timeout=120, log=log)
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert container[probe]["httpGet"]["port"] == PORT
+            assert httpx.get(url + container[probe]["httpGet"]["path"]).status_code == 200, probe
+        assert httpx.get(f"{url}/v1/models/not-{config.name}").status_code == 404
+    finally:
+        process.terminate()
+        process.wait(30)

@@ -1,0 +1,171 @@
+"""Deploy stage: the InferenceService the KServe SDK builds, its offline validation, create/patch/wait."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import mlflow
+import pytest
+import yaml
+
+from sherlock.serving.deploy import MANIFEST_FILE, DeployConfig, DeployError, run_deploy
+from sherlock.serving.schema import KSERVE_KINDS, ManifestError, generate_schema, schema_file, validate_manifest
+from sherlock.stages.config import ConfigError, load_config
+from tests.kube_api import KubeAPI
+
+CHECKPOINT = "s3://models/runs/run-1/sherlock-offline"
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    """Real MLflow (sqlite) with one version registered the way the pipeline registers checkpoints."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    client = mlflow.MlflowClient()
+    client.create_registered_model("sherlock")
+    version = client.create_model_version("sherlock", source=str(tmp_path), tags={"checkpoint_uri": CHECKPOINT})
+    client.set_registered_model_alias("sherlock", "champion", version.version)
+    return client
+
+
+def deploy(tmp_path, **overrides) -> dict:
+    config = load_config(DeployConfig, overrides={"model": "models:/sherlock@champion",
+                                                  "output": str(tmp_path / "deploy"), **overrides})
+    return run_deploy(config)
+
+
+@pytest.mark.parametrize("kind", sorted(KSERVE_KINDS))
+def test_committed_schemas_match_the_generator(kind):
+    assert json.loads(schema_file(kind).read_text()) == generate_schema(kind)
+
+
+def test_manifest_without_a_cluster(registry, tmp_path):
+    result = deploy(tmp_path, node_selector="pool=gpu,nvidia.com/gpu.present=true", tolerations="nvidia.com/gpu,spot")
+    assert result["mode"] == "manifest" and result["action"] == "manifest" and result["url"] is None
+    manifest = yaml.safe_load((tmp_path / "deploy" / MANIFEST_FILE).read_text())
+    validate_manifest(manifest)
+    predictor = manifest["spec"]["predictor"]
+    container = predictor["containers"][0]
+    assert manifest["metadata"] == manifest["metadata"] | {"name": "sherlock", "namespace": "sherlock"}
+    assert {"name": "STORAGE_URI", "value": CHECKPOINT} in container["env"]
+    assert container["args"][:2] == ["--model", "/mnt/models"] and container["image"].endswith("-cuda")
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert predictor["nodeSelector"] == {"pool": "gpu", "nvidia.com/gpu.present": "true"}
+    assert [t["key"] for t in predictor["tolerations"]] == ["nvidia.com/gpu", "spot"]
+    assert predictor["serviceAccountName"] == "sherlock-serving" and "canaryTrafficPercent" not in predictor
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models/sherlock"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/"
+    assert container["securityContext"]["runAsNonRoot"] and container["securityContext"]["readOnlyRootFilesystem"]
+    tags = registry.get_model_version("sherlock", result["version"]).tags
+    assert tags["serving.action"] == "manifest" and tags["serving.manifest"] == result["manifest"]
+    assert "serving.url" not in tags
+
+
+def test_cpu_only_manifest_has_no_gpu_scheduling(registry, tmp_path):
+    deploy(tmp_path, gpus=0, node_selector="", tolerations="")
+    predictor = yaml.safe_load((tmp_path / "deploy" / MANIFEST_FILE).read_text())["spec"]["predictor"]
+    assert "nvidia.com/gpu" not in predictor["containers"][0]["resources"]["limits"]
+    assert "nodeSelector" not in predictor and "tolerations" not in predictor
+
+
+@pytest.mark.parametrize("path, value, message", [
+    (("containers", 0, "readinessProbe", "httpGet", "pathh"), "/", "'pathh' was unexpected"),
+    (("minReplicas",), "one", "'one' is not of type 'integer'"),
+    (("tolerations", 0, "operator"), 5, "5 is not of type"),
+    (("containers", 0, "resources", "limits", "memory"), [1], "is not valid"),
+    (("canaryTrafficPercent",), "20%", "is not of type 'integer'"),
+])
+def test_validation_names_the_bad_field(registry, tmp_path, path, value, message):
+    deploy(tmp_path)
+    manifest = yaml.safe_load((tmp_path / "deploy" / MANIFEST_FILE).read_text())
+    bad = copy.deepcopy(manifest)
+    target = bad["spec"]["predictor"]
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(ManifestError, match=message) as error:
+        validate_manifest(bad)
+    assert "InferenceService/sherlock: spec.predictor." in str(error.value)
+    del bad["spec"]["predictor"]
+    with pytest.raises(ManifestError, match="'predictor' is a required property"):
+        validate_manifest(bad)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model": "s3://bucket/checkpoint"}, "models:/"), ({"mode": "apply"}, "mode must be"),
+    ({"canary_traffic_percent": 0}, "canary_traffic_percent"), ({"node_selector": "gpu"}, "LABEL=VALUE"),
+    ({"min_replicas": 2, "max_replicas": 1}, "max_replicas"),
+])
+def test_bad_settings_are_config_errors(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(DeployConfig, overrides={"model": "models:/m@champion", "output": str(tmp_path)} | overrides)
+
+
+@pytest.fixture
+def cluster(tmp_path, monkeypatch):
+    api = KubeAPI(ready_after_polls=2)
+    monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig(tmp_path / "kubeconfig")))
+    yield api
+    api.close()
+
+
+def test_create_then_canary_patch_waits_for_the_new_generation(registry, cluster, tmp_path):
+    first = deploy(tmp_path, poll_seconds=0.05)
+    assert first["mode"] == "cluster" and first["action"] == "created"
+    assert first["url"] == "http://sherlock.sherlock.example.com"
+    methods = [(r["method"], r["path"].split("?")[0].rsplit("/", 1)[-1]) for r in cluster.requests]
+    assert methods[:2] == [("GET", "sherlock"), ("POST", "inferenceservices")]
+    assert cluster.requests[0]["authorization"] == "Bearer test-token"
+    created = cluster.objects[("sherlock", "sherlock")]
+    validate_manifest({k: v for k, v in created.items() if k != "status"} | {
+        "metadata": {k: v for k, v in created["metadata"].items() if k not in ("generation", "resourceVersion")}})
+    tags = registry.get_model_version("sherlock", first["version"]).tags
+    assert tags["serving.url"] == first["url"] and tags["serving.action"] == "created"
+
+    second_version = registry.create_model_version("sherlock", source=str(tmp_path),
+                                                   tags={"checkpoint_uri": CHECKPOINT + "-v2"}).version
+    registry.set_registered_model_alias("sherlock", "champion", second_version)
+    cluster.requests.clear()
+    second = deploy(tmp_path, canary_traffic_percent=20, poll_seconds=0.05)
+    assert second["action"] == "patched" and second["version"] == str(second_version)
+    patch = next(r for r in cluster.requests if r["method"] == "PATCH")
+    assert patch["content_type"] == "application/merge-patch+json"
+    assert patch["body"]["spec"]["predictor"]["canaryTrafficPercent"] == 20
+    patched = cluster.objects[("sherlock", "sherlock")]
+    assert patched["metadata"]["generation"] == 2 and patched["status"]["observedGeneration"] == 2
+    assert {"name": "STORAGE_URI", "value": CHECKPOINT + "-v2"} in patched["spec"]["predictor"]["containers"][0]["env"]
+    # the old generation's Ready status (still there after the patch) was not taken for the new one:
+    # it polled until generation 2 was observed (3 polls), then read the endpoint
+    after_patch = cluster.requests[cluster.requests.index(patch) + 1:]
+    assert [r["method"] for r in after_patch] == ["GET"] * 4
+    tags = registry.get_model_version("sherlock", second_version).tags
+    assert tags["serving.canary_traffic_percent"] == "20" and tags["serving.action"] == "patched"
+
+
+def test_never_ready_times_out_with_a_named_error(registry, tmp_path, monkeypatch):
+    api = KubeAPI(ready_after_polls=None)
+    monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig(tmp_path / "kubeconfig")))
+    try:
+        with pytest.raises(DeployError, match="sherlock/sherlock: Timeout"):
+            deploy(tmp_path, timeout_seconds=1, poll_seconds=0.25)
+    finally:
+        api.close()
+    assert "serving.url" not in registry.get_model_version_by_alias("sherlock", "champion").tags
+
+
+def test_forbidden_and_unfetchable_checkpoints_are_named(registry, tmp_path, monkeypatch):
+    api = KubeAPI(forbidden=True)
+    monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig(tmp_path / "kubeconfig")))
+    try:
+        with pytest.raises(DeployError, match="403 Forbidden"):
+            deploy(tmp_path)
+    finally:
+        api.close()
+    local = registry.create_model_version("sherlock", source=str(tmp_path), tags={"checkpoint_uri": str(tmp_path)})
+    with pytest.raises(DeployError, match="which a cluster cannot fetch"):
+        deploy(tmp_path, model=f"models:/sherlock/{local.version}", mode="cluster")
+    unregistered = registry.create_model_version("sherlock", source=str(tmp_path))
+    with pytest.raises(DeployError, match="no checkpoint_uri tag"):
+        deploy(tmp_path, model=f"models:/sherlock/{unregistered.version}")
