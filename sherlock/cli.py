@@ -21,7 +21,7 @@ from sherlock.models.tiny import PRESETS, build_tiny_vlm, tokenizer_corpus
 from sherlock.serving.deploy import DeployConfig, DeployError, run_deploy
 from sherlock.stages.config import ConfigError, add_config_arguments, config_from_args
 from sherlock.stages.runner import STAGES, run_stage
-from sherlock.storage import StorageError, fetch, publish
+from sherlock.storage import Storage, StorageError, fetch, publish
 
 
 def _synth(args) -> None:
@@ -31,6 +31,12 @@ def _synth(args) -> None:
 
 def _upload(args) -> None:
     print(publish(args.local, args.uri))
+
+
+def _make_buckets(args) -> None:
+    storage = Storage()
+    for bucket in args.buckets:
+        print(f"{bucket}: {'created' if storage.ensure_bucket(bucket) else 'exists'}")
 
 
 def _download(args) -> None:
@@ -86,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("local", type=Path)
     upload.add_argument("uri")
     upload.set_defaults(func=_upload)
+
+    buckets = commands.add_parser("make-buckets", help="create S3 buckets that do not exist yet (idempotent)")
+    buckets.add_argument("buckets", nargs="+")
+    buckets.set_defaults(func=_make_buckets)
 
     download = commands.add_parser("download", help="fetch an s3:// directory or file (checked) into the cache")
     download.add_argument("uri")

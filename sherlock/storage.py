@@ -187,6 +187,13 @@ class Storage:
             self._buckets.add(bucket)
         return bucket, key
 
+    def ensure_bucket(self, bucket: str) -> bool:
+        """Create ``bucket`` unless it exists (retried like every call); True when it was created."""
+        if self._call(f"check bucket {bucket}", self.client.bucket_exists, bucket):
+            return False
+        self._call(f"create bucket {bucket}", self.client.make_bucket, bucket)
+        return True
+
     def exists(self, uri: str) -> bool:
         from minio.error import S3Error
 

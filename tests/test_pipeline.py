@@ -108,6 +108,8 @@ def test_credentials_come_only_from_secrets(compiled):
         container = spec["deploymentSpec"]["executors"][executor]["container"]
         assert not {e["name"] for e in container.get("env", [])} & {"AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"}
         assert container["command"][-1].count("pip install") == 0  # kfp is in the image
+        assert platform["podMetadata"]["labels"] == {"sherlock.dev/s3-client": "true",  # admitted by manifests/
+                                                     "sherlock.dev/mlflow-client": "true"}
 
 
 def test_caching_and_retries_are_explicit_per_step(compiled):

@@ -91,9 +91,14 @@ def test_shipped_presets_load_and_pass_their_checks(preset, monkeypatch):
     from sherlock.stages.online import OnlineConfig
     from sherlock.stages.rejected import SampleRejectedConfig
 
-    classes = PRESETS | {"online": OnlineConfig, "evaluate": EvaluationConfig, "sample_rejected": SampleRejectedConfig}
+    from sherlock.serving.deploy import DeployConfig
+
+    classes = PRESETS | {"online": OnlineConfig, "evaluate": EvaluationConfig, "sample_rejected": SampleRejectedConfig,
+                         "deploy": DeployConfig}
     cls = classes[preset.stem]
     required = {"model": "m", "output": "o", "benchmarks": "b=x"} if cls is EvaluationConfig else REQUIRED
+    if cls is DeployConfig:
+        required = {"model": "models:/m@champion", "output": "o"}
     config = load_config(cls, preset, required)
     for check in ("check_training", "check_perturbation"):
         if hasattr(config, check):

@@ -116,3 +116,12 @@ def test_publish_to_a_local_path_writes_a_manifest(tree, tmp_path):
     publish(tree, target)
     subprocess.run(["sha256sum", "--check", "--quiet", MANIFEST_FILE], cwd=target, check=True)
     assert (target / "big.bin").read_bytes() == (tree / "big.bin").read_bytes()
+
+
+def test_make_buckets_is_idempotent(s3_env, capsys):
+    from sherlock.cli import main
+
+    main(["make-buckets", "made-once", "made-twice"])
+    main(["make-buckets", "made-twice"])
+    assert capsys.readouterr().out.splitlines() == ["made-once: created", "made-twice: created", "made-twice: exists"]
+    assert Storage().client.bucket_exists("made-once")
