@@ -96,7 +96,9 @@ def test_reference_logps_are_computed_once_per_model_and_data(tiny_model_dir, pr
         raise AssertionError("reference log-probs recomputed")
 
     monkeypatch.setattr("sherlock.stages.preference_training.compute_reference_logps", fail)
-    _train(tiny_model_dir, preference_dir, tmp_path / "second", use_sc=False)
+    _train(tiny_model_dir, preference_dir, tmp_path / "second", dynamic_beta=False)
+    assert reference_cache_path(tmp_path, tiny_model_dir, preference_dir, preference.DPO_SEQUENCES) != \
+        reference_cache_path(tmp_path, tiny_model_dir, preference_dir)  # w/o L_SC: 2 slots, its own cache
     changed = tmp_path / "changed"
     changed.mkdir()
     (changed / "pairs.jsonl").write_text((preference_dir / "pairs.jsonl").read_text().replace("noise", "noise ", 1))
@@ -125,3 +127,23 @@ def test_bad_preference_data(tiny_model_dir, tmp_path):
         run_train_preferences(PreferenceTrainingConfig(model=str(tiny_model_dir), data=str(tmp_path),
                                                        output=str(tmp_path / "o"), use_sc=False, use_dpo=False))
     assert preference.IGNORE_INDEX == -100
+
+
+def test_without_sc_only_chosen_and_rejected_are_run(tiny_model_dir, preference_dir):
+    """The 2-slot layout gives the same log-probs as slots 0 and 1 of the 10-slot layout."""
+    from sherlock.data.preferences import read_pairs
+    from sherlock.models.loading import load_vlm
+
+    model, processor = load_vlm(tiny_model_dir, dtype=torch.float32)
+    pairs = read_pairs(preference_dir)[:3]
+    collator = preference.PreferenceCollator(processor.tokenizer.pad_token_id)
+    full = preference.PreferenceDataset(pairs, preference_dir, processor)
+    dpo = preference.PreferenceDataset(pairs, preference_dir, processor, preference.DPO_SEQUENCES)
+    assert [len(dpo[i]["sequences"]) for i in range(3)] == [2, 2, 2]
+    with torch.no_grad():
+        ten = preference.sequence_logps(model, collator([full[i] for i in range(3)]))
+        two = preference.sequence_logps(model, collator([dpo[i] for i in range(3)]))
+    assert two.shape == (3, 2) and torch.allclose(two, ten[:, :2], atol=1e-4)
+    config = preference.SherlockLossConfig(use_sc=True)
+    with pytest.raises(ValueError, match="10-sequence layout"):
+        preference.sherlock_objective(two, two, torch.ones(3), torch.zeros(3), config)

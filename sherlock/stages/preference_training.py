@@ -18,6 +18,8 @@ from sherlock.models.loading import load_vlm, require_checkpoint
 from sherlock.stages.config import ConfigError, help_field
 from sherlock.stages.io import record_stage_config
 from sherlock.training.preference import (
+    DPO_SEQUENCES,
+    NUM_SEQUENCES,
     PreferenceCollator,
     PreferenceDataset,
     SherlockLossConfig,
@@ -50,7 +52,7 @@ class PreferenceTrainingConfig(TrainSettings):
     use_sc: bool = help_field(True, "include L_SC (false: w/o L_SC ablation)")
     use_dpo: bool = help_field(True, "include L_DPO (false: w/o L_DPO ablation)")
     learning_rate: float = help_field(5e-6, "peak learning rate (paper: 5e-6 offline, 5e-7 online)")
-    batch_size: int = help_field(4, "pairs per device per step (10 sequences each)")
+    batch_size: int = help_field(4, "pairs per device per step (10 sequences each; 2 without L_SC)")
     warmup_ratio: float = help_field(0.0, "fraction of steps with linear warm-up")
 
     def check(self) -> None:
@@ -72,13 +74,13 @@ def run_train_preferences(config: PreferenceTrainingConfig) -> Path:
     config.check()
     pairs = read_pairs(config.data)
     model, processor = load_vlm(config.model, dtype=torch.float32)
-    dataset = PreferenceDataset(pairs, config.data, processor)
+    dataset = PreferenceDataset(pairs, config.data, processor, NUM_SEQUENCES if config.use_sc else DPO_SEQUENCES)
     collator = PreferenceCollator(processor.tokenizer.pad_token_id)
     args = training_arguments(config, config.output, remove_unused_columns=False)
 
     reference_dir = config.reference or config.model
     cache = reference_cache_path(config.reference_cache or Path(config.output) / REFERENCE_CACHE_DIR,
-                                 reference_dir, config.data)
+                                 reference_dir, config.data, dataset.num_slots)
 
     def compute():
         reference, _ = load_vlm(reference_dir, dtype=torch.float32, device=str(args.device))

@@ -19,7 +19,8 @@ slot  prompt              prefix       suffix
 ====  ==================  ===========  ==========
 
 Only suffix tokens (and ``<|eot_id|>``) are labelled. Identical sequences (offline pairs share their
-prefix, so 2 of every 4 correction sequences repeat) are run once. Reference log-probs come from a
+prefix, so 2 of every 4 correction sequences repeat) are run once. Without L_SC (the "w/o L_SC"
+ablation, plain DPO) only slots 0 and 1 are built. Reference log-probs come from a
 frozen copy of the starting checkpoint, computed once per (model, data) and cached on disk.
 """
 
@@ -45,16 +46,19 @@ from sherlock.prompts import correction_prompt
 from sherlock.training.setup import ConvertedCheckpointResume
 
 NUM_SEQUENCES = 10
+DPO_SEQUENCES = 2  # slots 0 and 1: all L_DPO needs
 DPO_CHOSEN, DPO_REJECTED = 0, 1
 # (r_sw_pw, r_sl_pl, r_sw_pl, r_sl_pw) slots under the contexts (R(Y^l), R(Y^w)), see self_correction_loss.
 SC_SLOTS = ((2, 6), (3, 7), (4, 8), (5, 9))
-REFERENCE_CACHE_VERSION = "1"  # bump when the sequence layout or tokenisation changes
+REFERENCE_CACHE_VERSION = "2"  # bump when the sequence layout or tokenisation changes
 IGNORE_INDEX = -100
 
 
-def pair_sequences(pair: PreferencePair) -> list[tuple[str, str, str]]:
-    """The 10 (prompt, prefix, suffix) triples of one pair, in slot order."""
+def pair_sequences(pair: PreferencePair, num_slots: int = NUM_SEQUENCES) -> list[tuple[str, str, str]]:
+    """The (prompt, prefix, suffix) triples of one pair in slot order: all 10, or the 2 of L_DPO."""
     triples = [(pair.question, "", pair.chosen), (pair.question, "", pair.rejected)]
+    if num_slots == DPO_SEQUENCES:
+        return triples
     for context in (correction_prompt(pair.question, pair.rejected), correction_prompt(pair.question, pair.chosen)):
         triples += [
             (context, pair.prefix_w, pair.suffix_w),
@@ -66,12 +70,19 @@ def pair_sequences(pair: PreferencePair) -> list[tuple[str, str, str]]:
 
 
 class PreferenceDataset(Dataset):
-    """Tokenised pairs: each item holds its unique sequences, the slot → sequence map and the image."""
+    """Tokenised pairs: each item holds its unique sequences, the slot → sequence map and the image.
 
-    def __init__(self, pairs: list[PreferencePair], image_root: str | Path, processor):
+    ``num_slots``: 10 (the Sherlock layout) or 2 (chosen and rejected only, when L_SC is off).
+    """
+
+    def __init__(self, pairs: list[PreferencePair], image_root: str | Path, processor,
+                 num_slots: int = NUM_SEQUENCES):
         if not pairs:
             raise ValueError("the preference data set is empty")
+        if num_slots not in (NUM_SEQUENCES, DPO_SEQUENCES):
+            raise ValueError(f"num_slots must be {NUM_SEQUENCES} or {DPO_SEQUENCES}, got {num_slots}")
         self.pairs, self.image_root, self.processor = pairs, Path(image_root), processor
+        self.num_slots = num_slots
         self.end_of_turn = processor.tokenizer.eos_token
 
     def __len__(self) -> int:
@@ -79,7 +90,7 @@ class PreferenceDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         pair = self.pairs[index]
-        triples = pair_sequences(pair)
+        triples = pair_sequences(pair, self.num_slots)
         unique = list(dict.fromkeys(triples))
         contexts = list(dict.fromkeys((prompt, prefix) for prompt, prefix, _ in unique))
         texts = [self.processor.apply_chat_template([user_turn(p)], add_generation_prompt=True) + prefix
@@ -156,7 +167,7 @@ PAIR_KEYS = ("slots", "index", "truncation_step", "noise_level", "labels")
 
 
 def sequence_logps(model, batch: dict) -> torch.Tensor:
-    """Summed log π(labelled tokens) of every sequence, gathered into the (pairs, 10) slot layout."""
+    """Summed log π(labelled tokens) of every sequence, gathered into the (pairs, slots) layout."""
     model_inputs = {k: v for k, v in batch.items() if k not in PAIR_KEYS}
     logits = model(**model_inputs).logits[:, :-1]
     labels = batch["labels"][:, 1:]
@@ -177,19 +188,20 @@ def model_digest(model_dir: str | Path) -> str:
     return sha.hexdigest()
 
 
-def reference_cache_path(cache_dir: str | Path, reference_dir: str | Path, data_dir: str | Path) -> Path:
-    """Cache file keyed by the reference model's digest, the pairs' digest and the layout version."""
+def reference_cache_path(cache_dir: str | Path, reference_dir: str | Path, data_dir: str | Path,
+                         num_slots: int = NUM_SEQUENCES) -> Path:
+    """Cache file keyed by the reference model's digest, the pairs' digest and the layout (version, slots)."""
     key = hashlib.sha256(
-        f"{model_digest(reference_dir)}:{pairs_digest(data_dir)}:{REFERENCE_CACHE_VERSION}".encode()
+        f"{model_digest(reference_dir)}:{pairs_digest(data_dir)}:{REFERENCE_CACHE_VERSION}:{num_slots}".encode()
     ).hexdigest()[:32]
     return Path(cache_dir) / f"reference-logps-{key}.pt"
 
 
 @torch.no_grad()
 def compute_reference_logps(model, dataset: PreferenceDataset, collator, batch_size: int = 8) -> torch.Tensor:
-    """log π_ref of the 10 sequences of every pair, shape (pairs, 10), in data set order."""
+    """log π_ref of every pair's sequences, shape (pairs, slots), in data set order."""
     model.eval()
-    result = torch.empty(len(dataset), NUM_SEQUENCES, dtype=torch.float32)
+    result = torch.empty(len(dataset), dataset.num_slots, dtype=torch.float32)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collator)
     for batch in tqdm(loader, desc="reference log-probs", unit=" batches"):
         batch = {k: v.to(model.device) for k, v in batch.items()}
@@ -221,6 +233,27 @@ class SherlockLossConfig:
     use_dpo: bool = True
 
 
+def sherlock_objective(policy: torch.Tensor, reference: torch.Tensor, truncation_step: torch.Tensor,
+                       noise_level: torch.Tensor, cfg: SherlockLossConfig):
+    """Mean L_Sherlock (Eq. 7) of a batch from its (pairs, slots) policy and reference log-probs.
+
+    With 2 slots (L_SC off) only L_DPO is computed; L_SC is reported as 0. Returns
+    ``(loss, (r, β_SC, β_DPO, L_SC, L_DPO))`` with the per-pair parts for logging.
+    """
+    r = policy - reference
+    beta_sc = dynamic_beta(truncation_step, noise_level, cfg.sc_beta, cfg.dynamic_beta).to(r)
+    beta_dpo = dynamic_beta(truncation_step, noise_level, cfg.dpo_beta, cfg.dynamic_beta).to(r)
+    dpo = dpo_loss(r[:, DPO_CHOSEN], r[:, DPO_REJECTED], beta_dpo)
+    if r.shape[1] == DPO_SEQUENCES:
+        if cfg.use_sc:
+            raise ValueError("L_SC needs the 10-sequence layout; the batch has only chosen and rejected")
+        sc = torch.zeros_like(dpo)
+    else:
+        sc = self_correction_loss(*(r[:, list(slots)] for slots in SC_SLOTS), beta_sc)
+    loss = sherlock_loss(sc, dpo, cfg.alpha, cfg.use_sc, cfg.use_dpo).mean()
+    return loss, (r, beta_sc, beta_dpo, sc, dpo)
+
+
 class SherlockTrainer(ConvertedCheckpointResume, Trainer):
     """``Trainer`` whose loss is L_Sherlock over the 10-sequence layout with cached reference log-probs."""
 
@@ -232,24 +265,17 @@ class SherlockTrainer(ConvertedCheckpointResume, Trainer):
         self._metrics: dict[str, list[float]] = defaultdict(list)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        cfg = self.loss_config
         policy = sequence_logps(model, inputs)
         reference = self.reference_logps[inputs["index"].cpu()].to(policy.device)
-        r = policy - reference
-        step, noise = inputs["truncation_step"], inputs["noise_level"]
-        beta_sc = dynamic_beta(step, noise, cfg.sc_beta, cfg.dynamic_beta).to(r)
-        beta_dpo = dynamic_beta(step, noise, cfg.dpo_beta, cfg.dynamic_beta).to(r)
-        dpo = dpo_loss(r[:, DPO_CHOSEN], r[:, DPO_REJECTED], beta_dpo)
-        sc = self_correction_loss(*(r[:, list(slots)] for slots in SC_SLOTS), beta_sc)
-        loss = sherlock_loss(sc, dpo, cfg.alpha, cfg.use_sc, cfg.use_dpo).mean()
-        self._record(policy, r, beta_sc, beta_dpo, sc, dpo)
+        loss, parts = sherlock_objective(policy, reference, inputs["truncation_step"], inputs["noise_level"],
+                                         self.loss_config)
+        self._record(policy, *parts)
         return loss
 
     @torch.no_grad()
     def _record(self, policy, r, beta_sc, beta_dpo, sc, dpo) -> None:
         chosen = beta_dpo * r[:, DPO_CHOSEN]
         rejected = beta_dpo * r[:, DPO_REJECTED]
-        v_plus_u = beta_sc[:, None] * (r[:, [2, 6]] - r[:, [3, 7]] + r[:, [4, 8]] - r[:, [5, 9]])
         values = {
             "rewards/chosen": chosen.mean(),
             "rewards/rejected": rejected.mean(),
@@ -259,13 +285,14 @@ class SherlockTrainer(ConvertedCheckpointResume, Trainer):
             "logps/rejected": policy[:, DPO_REJECTED].mean(),
             "loss/sc": sc.mean(),
             "loss/dpo": dpo.mean(),
-            "sc/v1_plus_u1": v_plus_u[:, 0].mean(),
-            "sc/v2_plus_u2": v_plus_u[:, 1].mean(),
             "beta/sc_mean": beta_sc.mean(),
             "beta/sc_min": beta_sc.min(),
             "beta/sc_max": beta_sc.max(),
             "beta/dpo_mean": beta_dpo.mean(),
         }
+        if r.shape[1] == NUM_SEQUENCES:
+            v_plus_u = beta_sc[:, None] * (r[:, [2, 6]] - r[:, [3, 7]] + r[:, [4, 8]] - r[:, [5, 9]])
+            values |= {"sc/v1_plus_u1": v_plus_u[:, 0].mean(), "sc/v2_plus_u2": v_plus_u[:, 1].mean()}
         for name, value in values.items():
             self._metrics[name].append(float(value))
 

@@ -1,0 +1,68 @@
+"""``python -m bench [--quick] [--only P1,P3,…]``: every benchmark against its baseline, with ratios.
+
+Prints one line per result, writes them as JSON (``--output``) and exits non-zero when a
+benchmark fails to run (a missed target is reported, not an error). ``--quick`` runs each on a
+few items in seconds: it checks that the benchmarks work, not the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+BENCHMARKS = ("P1", "P2", "P3", "P4", "P5", "serving")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few items per benchmark (CI smoke test)")
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {BENCHMARKS}")
+    parser.add_argument("--workdir", type=Path, default=Path("runs/bench"))
+    parser.add_argument("--output", type=Path, default=None, help="JSON results (default: WORKDIR/results.json)")
+    args = parser.parse_args(argv)
+    selected = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(selected) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"unknown benchmarks {unknown}; known: {BENCHMARKS}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+    import torch
+
+    from bench import p1_preference_step, p2_dpo, p3_preference_data, p4_pipeline, p5_training_efficiency, serving
+    from bench.common import build_workspace, machine, write_results
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    workdir = args.workdir.resolve() / ("quick" if args.quick else "full")
+    workspace = None
+    results, failures = [], []
+    runners = {"P1": p1_preference_step.run, "P2": p2_dpo.run, "P3": p3_preference_data.run,
+               "P5": p5_training_efficiency.run, "serving": serving.run}
+    for name in selected:
+        start = time.perf_counter()
+        try:
+            if name == "P4":
+                produced = p4_pipeline.run(workdir / f"pipeline-{int(time.time())}", args.quick)
+            else:
+                workspace = workspace or build_workspace(workdir / "workspace", 16 if args.quick else 64)
+                produced = runners[name](workspace, args.quick, device)
+        except Exception as error:  # report every benchmark, then fail
+            failures.append(name)
+            print(f"{name}: FAILED: {type(error).__name__}: {error}", flush=True)
+            continue
+        for result in produced if isinstance(produced, list) else [produced]:
+            result.details["seconds"] = round(time.perf_counter() - start, 1)
+            results.append(result)
+            print(result.line(), flush=True)
+    output = args.output or workdir / "results.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_results(results, output, machine() | {"device": str(device), "quick": args.quick})
+    print(f"results: {output}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""P1: one Sherlock preference training step (10-sequence layout, L_SC + α·L_DPO, dynamic β).
+
+Project: :class:`SherlockTrainer`'s loss — the unique sequences of a batch of pairs in one padded
+forward pass, reference log-probs from the cache. Baseline: the same objective computed naively —
+a policy forward and a reference forward for every one of the 10 sequences of every pair, every
+step. Both start from the same weights, see the same batches and take AdamW steps; the losses
+must agree to 1e-5.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from bench.common import PeakMemory, Result, Workspace, alternate, median
+
+TARGET = 2.0
+TOLERANCE = 1e-5
+
+
+def naive_logps(model, item: dict, collator) -> torch.Tensor:
+    """(10,) log-probs of one pair's sequences, one forward pass per sequence (duplicates included)."""
+    from sherlock.training.preference import NUM_SEQUENCES, sequence_logps
+
+    values = []
+    for slot in range(NUM_SEQUENCES):
+        single = item | {"sequences": [item["sequences"][item["slots"][slot]]], "slots": [0] * NUM_SEQUENCES}
+        batch = {k: v.to(model.device) for k, v in collator([single]).items()}
+        values.append(sequence_logps(model, batch)[0, 0])
+    return torch.stack(values)
+
+
+def measure(workspace: Workspace, steps: int, batch_size: int, device: torch.device) -> Result:
+    from transformers import TrainingArguments
+
+    from sherlock.data.preferences import read_pairs
+    from sherlock.models.loading import load_vlm
+    from sherlock.training.preference import (PreferenceCollator, PreferenceDataset, SherlockLossConfig,
+                                              SherlockTrainer, compute_reference_logps, sherlock_objective)
+
+    model, processor = load_vlm(workspace.model, dtype=torch.float32, device=str(device))
+    pairs = read_pairs(workspace.pairs)
+    dataset = PreferenceDataset(pairs, workspace.pairs, processor)
+    collator = PreferenceCollator(processor.tokenizer.pad_token_id)
+    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    cached = compute_reference_logps(reference, dataset, collator, batch_size)
+    config = SherlockLossConfig()
+    trainer = SherlockTrainer(model=model, args=TrainingArguments(str(workspace.root / "p1"), report_to=[],
+                                                                  use_cpu=device.type == "cpu"),
+                              reference_logps=cached, loss_config=config)
+    batches = [list(range(start, start + batch_size)) for start in range(0, len(dataset) - batch_size + 1, batch_size)]
+
+    def naive_loss(policy_model, items):
+        policy = torch.stack([naive_logps(policy_model, item, collator) for item in items])
+        with torch.no_grad():
+            ref = torch.stack([naive_logps(reference, item, collator) for item in items])
+        batch = collator(items)
+        return sherlock_objective(policy, ref, batch["truncation_step"].to(device), batch["noise_level"].to(device),
+                                  config)[0]
+
+    def project_loss(items):
+        return trainer.compute_loss(model, {k: v.to(device) for k, v in collator(items).items()})
+
+    # the objective: both implementations on the same weights, every batch
+    differences = []
+    with torch.no_grad():
+        for indices in batches[: steps + 1]:
+            items = [dataset[i] for i in indices]
+            differences.append(abs(float(project_loss(items)) - float(naive_loss(model, items))))
+    if max(differences) > TOLERANCE:
+        raise AssertionError(f"P1: the losses differ by {max(differences):.2e} > {TOLERANCE}")
+
+    # the speed: separate copies from the same weights, the same batches in the same order
+    naive_model = copy.deepcopy(model)
+    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-5) for name, m in
+                  (("project", model), ("baseline", naive_model))}
+    memory: dict[str, float] = {}
+    cursor = {"project": 0, "baseline": 0}
+
+    def step(name: str) -> None:
+        items = [dataset[i] for i in batches[cursor[name] % len(batches)]]
+        cursor[name] += 1
+        with PeakMemory(device) as peak:
+            loss = project_loss(items) if name == "project" else naive_loss(naive_model, items)
+            loss.backward()
+            optimizers[name].step()
+            optimizers[name].zero_grad()
+        memory[name] = max(memory.get(name, 0.0), peak.mib)
+
+    times = alternate({"project": lambda: step("project"), "baseline": lambda: step("baseline")}, rounds=steps)
+    project, baseline = batch_size / median(times["project"]), batch_size / median(times["baseline"])
+    return Result("P1 Sherlock preference step", "pairs/s", project, baseline, project / baseline, TARGET, {
+        "batch_pairs": batch_size, "steps": steps, "max_loss_difference": max(differences),
+        "peak_memory_mib": memory})
+
+
+def run(workspace: Workspace, quick: bool, device: torch.device) -> Result:
+    return measure(workspace, steps=2 if quick else 8, batch_size=2 if quick else 4, device=device)

@@ -1,0 +1,82 @@
+"""P5: training efficiency — achieved FLOP/s of an SFT step over the matmul FLOP/s of this machine.
+
+The step is the project's SFT path (TRL ``SFTTrainer`` batches of the synthetic task, assistant-only
+loss) on the tiny model: forward, backward and an AdamW update. Its FLOPs are counted by
+``torch.utils.flop_counter.FlopCounterMode`` (every matmul/convolution of forward and backward);
+the baseline is the best FLOP/s of square float32 ``torch.mm`` calls measured in the same run.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.common import Result, Workspace, alternate, median
+
+TARGET = 0.25
+
+
+def matmul_flops_per_second(device: torch.device, sizes=(512, 1024, 2048), repeats: int = 5) -> float:
+    """Best FLOP/s of an (n × n) @ (n × n) float32 product over ``sizes``."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        torch.mm(a, b)
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            torch.mm(a, b)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = max(best, 2 * n**3 / (time.perf_counter() - start))
+    return best
+
+
+def sft_batch(workspace: Workspace, batch_size: int, device: torch.device):
+    """The model and one collated SFT batch, exactly as the SFT stage's trainer builds them."""
+    from sherlock.data.llava_cot import load_llava_cot
+    from sherlock.models.loading import load_vlm
+    from sherlock.training.setup import TrainSettings, training_arguments
+    from sherlock.training.sft import VLMSFTTrainer, examples_from_records, sft_dataset
+    from trl import SFTConfig
+
+    data = load_llava_cot(workspace.data / "data.jsonl")
+    model, processor = load_vlm(workspace.model, dtype=torch.float32, device=str(device))
+    settings = TrainSettings(batch_size=batch_size)
+    args = training_arguments(settings, workspace.root / "p5", SFTConfig, assistant_only_loss=True, max_length=None)
+    trainer = VLMSFTTrainer(model=model, args=args, processing_class=processor,
+                            train_dataset=sft_dataset(examples_from_records(data.records, data.image_root)))
+    batch = next(iter(trainer.get_train_dataloader()))
+    return model, {k: v.to(device) for k, v in batch.items()}
+
+
+def measure(workspace: Workspace, batch_size: int, steps: int, device: torch.device) -> Result:
+    model, batch = sft_batch(workspace, batch_size, device)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+    def step() -> None:
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    with FlopCounterMode(display=False) as counter:
+        model(**batch).loss.backward()
+    optimizer.zero_grad()
+    flops = counter.get_total_flops()
+    seconds = median(alternate({"sft": step}, rounds=steps)["sft"])
+    peak = matmul_flops_per_second(device)
+    achieved = flops / seconds
+    tokens = int(batch["attention_mask"].sum())
+    return Result("P5 SFT training efficiency", "GFLOP/s", achieved / 1e9, peak / 1e9, achieved / peak, TARGET, {
+        "flops_per_step": flops, "step_seconds": seconds, "batch_size": batch_size, "tokens_per_step": tokens,
+        "parameters": sum(p.numel() for p in model.parameters())})
+
+
+def run(workspace: Workspace, quick: bool, device: torch.device) -> Result:
+    return measure(workspace, batch_size=4 if quick else 16, steps=2 if quick else 6, device=device)
