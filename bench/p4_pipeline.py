@@ -31,4 +31,5 @@ def run(workdir: Path, quick: bool) -> Result:
     summary = json.loads((workdir / "summary.json").read_text())
     return Result("P4 embedded pipeline", "minutes", minutes, BUDGET_MINUTES, BUDGET_MINUTES / minutes, 1.0,
                   {"command": " ".join(["python", *command[1:]]), "pipeline_seconds": summary["total_seconds"],
-                   "stage_seconds": summary["stage_seconds"], "champion_version": summary["champion_version"]})
+                   "stage_seconds": summary["stage_seconds"], "champion_version": summary["champion_version"],
+                   "output": result.stdout[-4000:]})

@@ -1,7 +1,8 @@
 """P5: training efficiency — achieved FLOP/s of an SFT step over the matmul FLOP/s of this machine.
 
-The step is the project's SFT path (TRL ``SFTTrainer`` batches of the synthetic task, assistant-only
-loss) on the tiny model: forward, backward and an AdamW update. Its FLOPs are counted by
+The step is the project's SFT path on the tiny model: a batch of the synthetic task collated by the
+SFT stage's TRL ``SFTTrainer`` (assistant-only loss), forward and backward, and an update by the
+optimizer that trainer creates. Its FLOPs are counted by
 ``torch.utils.flop_counter.FlopCounterMode`` (every matmul/convolution of forward and backward);
 the baseline is the best FLOP/s of square float32 ``torch.mm`` calls measured in the same run.
 """
@@ -36,7 +37,7 @@ def matmul_flops_per_second(device: torch.device, sizes=(512, 1024, 2048), repea
 
 
 def sft_batch(workspace: Workspace, batch_size: int, device: torch.device):
-    """The model and one collated SFT batch, exactly as the SFT stage's trainer builds them."""
+    """The SFT stage's trainer and one batch collated by it."""
     from sherlock.data.llava_cot import load_llava_cot
     from sherlock.models.loading import load_vlm
     from sherlock.training.setup import TrainSettings, training_arguments
@@ -50,13 +51,14 @@ def sft_batch(workspace: Workspace, batch_size: int, device: torch.device):
     trainer = VLMSFTTrainer(model=model, args=args, processing_class=processor,
                             train_dataset=sft_dataset(examples_from_records(data.records, data.image_root)))
     batch = next(iter(trainer.get_train_dataloader()))
-    return model, {k: v.to(device) for k, v in batch.items()}
+    return trainer, {k: v.to(device) for k, v in batch.items()}
 
 
 def measure(workspace: Workspace, batch_size: int, steps: int, device: torch.device) -> Result:
-    model, batch = sft_batch(workspace, batch_size, device)
+    trainer, batch = sft_batch(workspace, batch_size, device)
+    model = trainer.model
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    optimizer = trainer.create_optimizer()  # the optimizer the stage trains with (Trainer's default AdamW)
 
     def step() -> None:
         model(**batch).loss.backward()
@@ -79,4 +81,7 @@ def measure(workspace: Workspace, batch_size: int, steps: int, device: torch.dev
 
 
 def run(workspace: Workspace, quick: bool, device: torch.device) -> Result:
-    return measure(workspace, batch_size=4 if quick else 16, steps=2 if quick else 6, device=device)
+    from pipelines.sherlock import preset
+
+    batch_size = 4 if quick else preset("r0", "embedded")["batch_size"]  # the embedded R0 stage's batch
+    return measure(workspace, batch_size=batch_size, steps=2 if quick else 6, device=device)

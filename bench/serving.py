@@ -103,10 +103,10 @@ def measure(workspace: Workspace, requests: int, max_new_tokens: int, device: to
     latency = {"direct_p50_s": median(direct_seconds), "served_p50_s": median(served_seconds),
                "served_p99_s": sorted(served_seconds)[max(0, int(0.99 * len(served_seconds)) - 1)]}
     return [
-        Result("Serving overhead, batch 1", "requests/s", 1 / latency["served_p50_s"], 1 / latency["direct_p50_s"],
+        Result("Serving overhead batch 1", "requests/s", 1 / latency["served_p50_s"], 1 / latency["direct_p50_s"],
                latency["direct_p50_s"] / latency["served_p50_s"], OVERHEAD_TARGET,
                latency | {"requests": requests, "max_new_tokens": max_new_tokens}),
-        Result(f"Serving, {CONCURRENCY} concurrent", "requests/s", concurrent, sequential, concurrent / sequential,
+        Result(f"Serving {CONCURRENCY} concurrent", "requests/s", concurrent, sequential, concurrent / sequential,
                CONCURRENCY_TARGET, {"requests": requests, "max_new_tokens": max_new_tokens}),
     ]
 
