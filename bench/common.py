@@ -118,7 +118,12 @@ class PeakMemory:
 
 
 def write_results(results: list[Result], path: Path, machine: dict) -> None:
+    """``path`` (JSON) and beside it ``results.md``, the table docs/benchmarks.md holds."""
     path.write_text(json.dumps({"machine": machine, "results": [r.as_dict() for r in results]}, indent=2))
+    rows = ["| benchmark | metric | project | baseline | ratio | target | |", "|---|---|---|---|---|---|---|"]
+    rows += [f"| {r.name} | {r.metric} | {r.project:.3g} | {r.baseline:.3g} | {r.ratio:.2f}× | ≥ {r.target:.3g}× | "
+             f"{'met' if r.met else 'missed'} |" for r in results]
+    path.with_name("results.md").write_text("\n".join(rows) + "\n")
 
 
 def machine() -> dict:

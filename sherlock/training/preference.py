@@ -166,15 +166,42 @@ class PreferenceCollator:
 PAIR_KEYS = ("slots", "index", "truncation_step", "noise_level", "labels")
 
 
+LENGTH_SPREAD = 1.3  # a length bucket's longest row is at most this times its shortest
+
+
+def length_buckets(lengths: list[int], spread: float = LENGTH_SPREAD) -> list[list[int]]:
+    """Row indices grouped by similar length (sorted; a new group when a row exceeds ``spread`` × the first)."""
+    buckets: list[list[int]] = []
+    for row in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if not buckets or lengths[row] > spread * lengths[buckets[-1][0]]:
+            buckets.append([])
+        buckets[-1].append(row)
+    return buckets
+
+
 def sequence_logps(model, batch: dict) -> torch.Tensor:
-    """Summed log π(labelled tokens) of every sequence, gathered into the (pairs, slots) layout."""
-    model_inputs = {k: v for k, v in batch.items() if k not in PAIR_KEYS}
-    logits = model(**model_inputs).logits[:, :-1]
-    labels = batch["labels"][:, 1:]
-    mask = labels != IGNORE_INDEX
-    token_logps = selective_log_softmax(logits, labels.clamp(min=0))  # no (tokens × vocab) log-softmax copy
-    per_sequence = (token_logps.float() * mask).sum(-1)
-    return per_sequence[batch["slots"]]
+    """Summed log π(labelled tokens) of every sequence, gathered into the (pairs, slots) layout.
+
+    Direct sequences are much shorter than correction sequences (which quote a whole response), so
+    the rows run in length buckets, each cut to its own longest row, instead of one batch padded to
+    the longest (about 35 % padding on the synthetic task).
+    """
+    lengths = batch["attention_mask"].sum(-1).tolist()
+    per_sequence = [None] * len(lengths)
+    for rows in length_buckets(lengths):
+        width = max(lengths[row] for row in rows)
+        index = torch.tensor(rows, device=batch["input_ids"].device)
+        chunk = {k: v.index_select(0, index) for k, v in batch.items() if k not in PAIR_KEYS}
+        for key in ("input_ids", "attention_mask", "cross_attention_mask"):
+            if key in chunk:
+                chunk[key] = chunk[key][:, :width]
+        logits = model(**chunk).logits[:, :-1]
+        labels = batch["labels"].index_select(0, index)[:, 1:width]
+        mask = labels != IGNORE_INDEX
+        token_logps = selective_log_softmax(logits, labels.clamp(min=0))  # no (tokens × vocab) log-softmax copy
+        for row, value in zip(rows, (token_logps.float() * mask).sum(-1)):
+            per_sequence[row] = value
+    return torch.stack(per_sequence)[batch["slots"]]
 
 
 def model_digest(model_dir: str | Path) -> str:
