@@ -1,8 +1,6 @@
 """The compiled pipeline: in sync with its source, platform settings task by task, and a local run."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,6 @@ from components import CPU_IMAGE, IMAGE
 from pipelines.sherlock import PIPELINE_FILE, ClusterOptions, main
 from sherlock.serving.schema import validate_manifest
 
-ROOT = Path(__file__).resolve().parents[1]
 GPU_STEPS = ("sft", "sample-rejected", "build-preferences", "train-preferences", "online-iteration", "evaluate")
 CPU_STEPS = ("prepare-inputs", "sample-data", "register-and-gate", "deploy")
 NETWORK_STEPS = ("prepare-inputs", "sample-data", "register-and-gate", "deploy")
