@@ -184,11 +184,14 @@ def sequence_logps(model, batch: dict) -> torch.Tensor:
 
     Direct sequences are much shorter than correction sequences (which quote a whole response), so
     the rows run in length buckets, each cut to its own longest row, instead of one batch padded to
-    the longest (about 35 % padding on the synthetic task).
+    the longest (about 35 % padding on the synthetic task). Distributed runs keep one forward pass.
     """
     lengths = batch["attention_mask"].sum(-1).tolist()
     per_sequence = [None] * len(lengths)
-    for rows in length_buckets(lengths):
+    # one forward per step under torchrun: DDP and ZeRO-3 need every rank to make the same calls
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
+        and torch.distributed.get_world_size() > 1
+    for rows in [list(range(len(lengths)))] if distributed else length_buckets(lengths):
         width = max(lengths[row] for row in rows)
         index = torch.tensor(rows, device=batch["input_ids"].device)
         chunk = {k: v.index_select(0, index) for k, v in batch.items() if k not in PAIR_KEYS}
