@@ -17,9 +17,12 @@ BENCHMARKS = ("P1", "P2", "P3", "P4", "P5", "serving")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sherlock.models.tiny import PRESETS
+
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few items per benchmark (CI smoke test)")
     parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {BENCHMARKS}")
+    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model preset of the workspace")
     parser.add_argument("--workdir", type=Path, default=Path("runs/bench"))
     parser.add_argument("--output", type=Path, default=None, help="JSON results (default: WORKDIR/results.json)")
     args = parser.parse_args(argv)
@@ -47,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             if name == "P4":
                 produced = p4_pipeline.run(workdir / f"pipeline-{int(time.time())}", args.quick)
             else:
-                workspace = workspace or build_workspace(workdir / "workspace", 16 if args.quick else 64)
+                workspace = workspace or build_workspace(workdir / f"workspace-{args.preset}", 16 if args.quick else 64,
+                                                         preset=args.preset)
                 produced = runners[name](workspace, args.quick, device)
         except Exception as error:  # report every benchmark, then fail
             failures.append(name)
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             print(result.line(), flush=True)
     output = args.output or workdir / "results.json"
     output.parent.mkdir(parents=True, exist_ok=True)
-    write_results(results, output, machine() | {"device": str(device), "quick": args.quick})
+    write_results(results, output, machine() | {"device": str(device), "quick": args.quick, "preset": args.preset})
     print(f"results: {output}")
     return 1 if failures else 0
 
