@@ -81,7 +81,7 @@ def measure(workspace: Workspace, batch_size: int, steps: int, device: torch.dev
 
 
 def run(workspace: Workspace, quick: bool, device: torch.device) -> Result:
-    from pipelines.sherlock import preset
+    from pipelines.common import preset
 
     batch_size = 4 if quick else preset("r0", "embedded")["batch_size"]  # the embedded R0 stage's batch
     return measure(workspace, batch_size=batch_size, steps=2 if quick else 6, device=device)

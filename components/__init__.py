@@ -1,4 +1,4 @@
-"""Kubeflow Pipelines (v2) components: one per Sherlock stage, each a thin typed wrapper.
+"""Kubeflow Pipelines (v2) components: one per stage of the three recipes, each a thin typed wrapper.
 
 Every component runs in the project image (kfp and the ``sherlock`` package preinstalled, so
 nothing is pip-installed at run time) and calls one function of :mod:`sherlock.pipeline_steps`.
@@ -72,13 +72,41 @@ def build_preferences(model: str, data: str, settings: dict, output_root: str, p
 
 
 @dsl.component(**GPU)
-def train_preferences(model: str, data: str, settings: dict, loss: dict, output_root: str,
+def train_preferences(name: str, model: str, data: str, settings: dict, loss: dict, output_root: str,
                       pipeline_run_id: str) -> str:
-    """Stage II: L_SC + α·L_DPO with the dynamic per-sample β (Eqs. 4–7); ``loss`` holds β and α."""
+    """Stage II: L_SC + α·L_DPO with the dynamic per-sample β (Eqs. 4–7); ``loss`` holds β and α.
+
+    The SCL and STIC-stage-1 steps are the same stage with DPO settings (static β, an SFT term).
+    """
     from sherlock.pipeline_steps import stage_step
 
-    return stage_step("train-preferences", "sherlock-offline", settings | loss, output_root, pipeline_run_id,
-                      model=model, data=data)
+    return stage_step("train-preferences", name, settings | loss, output_root, pipeline_run_id, model=model,
+                      data=data)
+
+
+@dsl.component(**GPU)
+def scl_pairs(model: str, data: str, settings: dict, output_root: str, pipeline_run_id: str) -> str:
+    """SCL data: answer, review in the same chat, keep (−,+) and (+,−) outcomes as DPO pairs."""
+    from sherlock.pipeline_steps import stage_step
+
+    return stage_step("scl-pairs", "scl-pairs", settings, output_root, pipeline_run_id, model=model, data=data)
+
+
+@dsl.component(**GPU)
+def stic_pairs(model: str, data: str, settings: dict, output_root: str, pipeline_run_id: str) -> str:
+    """STIC stage 1 data: a described clean image preferred over a hallucinated or corrupted-image one."""
+    from sherlock.pipeline_steps import stage_step
+
+    return stage_step("stic-pairs", "stic-pairs", settings, output_root, pipeline_run_id, model=model, data=data)
+
+
+@dsl.component(**GPU)
+def stic_describe(model: str, data: str, settings: dict, output_root: str, pipeline_run_id: str) -> str:
+    """STIC stage 2 data: the stage-1 model's image descriptions put in front of the SFT questions."""
+    from sherlock.pipeline_steps import stage_step
+
+    return stage_step("stic-describe", "stic-described", settings, output_root, pipeline_run_id, model=model,
+                      data=data)
 
 
 @dsl.component(**GPU)

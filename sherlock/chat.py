@@ -8,6 +8,11 @@ def user_turn(text: str) -> dict:
     return {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}
 
 
+def follow_up_turn(text: str) -> dict:
+    """A later user turn of the same chat: text only (the image stays in the first turn)."""
+    return {"role": "user", "content": [{"type": "text", "text": text}]}
+
+
 def assistant_turn(text: str) -> dict:
     return {"role": "assistant", "content": [{"type": "text", "text": text}]}
 

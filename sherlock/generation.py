@@ -1,7 +1,9 @@
 """Batched generation with the KV cache, optionally continuing an assistant turn from a prefix.
 
 The authors' scripts call ``generate`` once per sample; here a batch of prompts (left-padded) goes
-through one ``generate`` call. Generation stops after ``</CONCLUSION>`` (spec §1, Stage II).
+through one ``generate`` call. Generation stops after ``</CONCLUSION>`` (spec §1, Stage II). A
+prompt is one user turn (the image, then the text) or a whole conversation in the chat format of
+:mod:`sherlock.chat` (SCL's second turn answers with the first answer in the history).
 """
 
 from __future__ import annotations
@@ -32,13 +34,16 @@ class DecodingConfig:
 def generate(
     model,
     processor,
-    prompts: list[str],
+    prompts: list[str | list[dict]],
     images: list[Image.Image],
     prefixes: list[str] | None = None,
     config: DecodingConfig | None = None,
     desc: str = "generating",
 ) -> list[str]:
     """Generate one response per (prompt, image); with ``prefixes``, continue each assistant turn.
+
+    A ``str`` prompt is a single user turn holding the image; a list is a conversation (messages)
+    whose one image is ``images[k]``.
 
     Returns the generated continuations only (the prefix is not repeated), cut after the first
     ``</CONCLUSION>``.
@@ -66,7 +71,8 @@ def generate(
     for start in tqdm(range(0, len(prompts), config.batch_size), desc=desc, unit=" batches"):
         stop = start + config.batch_size
         texts = [
-            processor.apply_chat_template([user_turn(prompt)], add_generation_prompt=True) + prefix
+            processor.apply_chat_template(prompt if isinstance(prompt, list) else [user_turn(prompt)],
+                                          add_generation_prompt=True) + prefix
             for prompt, prefix in zip(prompts[start:stop], prefixes[start:stop])
         ]
         batch = processor(

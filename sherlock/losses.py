@@ -16,6 +16,8 @@ PAPER_BETA_BASE = 0.25  # Eq. 8: β = 1 / (4·(…)) = 0.25·w
 DEFAULT_ALPHA_DPO = 0.25  # paper Table 6
 STIC_BETA = 0.1
 STIC_ALPHA = 1 / 1024  # STIC's code divides the summed log-likelihood of y_w by 1024
+SCL_BETA = 0.1
+SCL_SFT_BETA = 0.1  # ms-swift ``--sft_beta 0.1`` of the SCL training command
 
 
 def log_ratio(policy_logps: torch.Tensor, reference_logps: torch.Tensor) -> torch.Tensor:
@@ -99,16 +101,13 @@ def sherlock_loss(
     return loss
 
 
-def stic_loss(
-    chosen_log_ratio: torch.Tensor,
-    rejected_log_ratio: torch.Tensor,
-    policy_chosen_logps: torch.Tensor,
-    beta: float = STIC_BETA,
-    alpha: float = STIC_ALPHA,
-) -> torch.Tensor:
-    """STIC stage 1: ℓ(β·[r(y_w|x) − r(y_l|x)]) − α · log π_θ(y_w|x), with ℓ(t) = log(1 + e^{−t}).
+def sft_loss(policy_chosen_logps: torch.Tensor, chosen_tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """−log π_θ(y_w|x) per pair: summed over y_w's tokens, or with ``chosen_tokens`` the batch's token mean.
 
-    The second term regularises toward the preferred description (spec §3, Stage-1 loss);
-    α = 1/1024 on the summed log-likelihood reproduces the authors' code.
+    The sum is STIC's regulariser (α = 1/1024 on Σ log π_θ(y_w), spec §3 Stage-1 loss). The token
+    mean is TRL's ``loss_type="sft"`` (every labelled y_w token of the batch weighs the same; the
+    value is repeated for each pair), the form taken here for SCL's ``sft_beta`` term (spec §2).
     """
-    return dpo_loss(chosen_log_ratio, rejected_log_ratio, beta) - alpha * policy_chosen_logps
+    if chosen_tokens is None:
+        return -policy_chosen_logps
+    return (-policy_chosen_logps.sum() / chosen_tokens.sum().clamp(min=1)).expand_as(policy_chosen_logps)

@@ -62,9 +62,12 @@ def colour_jitter(image: Image.Image, seed: int, brightness: float = 0.5, hue: f
     return Image.fromarray(hsv, mode="HSV").convert("RGB")
 
 
-def stic_corruption(image: Image.Image, seed: int) -> Image.Image:
-    """STIC's corrupted image: downscale or colour jitter, 50/50 (spec §3, Stage 1)."""
+STIC_CORRUPTIONS = ("downscale", "colour_jitter")
+
+
+def stic_corruption(image: Image.Image, seed: int) -> tuple[Image.Image, str]:
+    """STIC's corrupted image and its kind: downscale or colour jitter, 50/50 (spec §3, Stage 1)."""
     rng = np.random.default_rng(seed)
     if rng.random() < 0.5:
-        return downscale(image)
-    return colour_jitter(image, seed=int(rng.integers(2**31)))
+        return downscale(image), "downscale"
+    return colour_jitter(image, seed=int(rng.integers(2**31))), "colour_jitter"

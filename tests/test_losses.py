@@ -61,9 +61,10 @@ def test_sherlock_loss_terms_and_ablations():
         losses.sherlock_loss(sc, dpo, use_sc=False, use_dpo=False)
 
 
-def test_stic_loss_hand_computed():
-    loss = losses.stic_loss(torch.tensor([0.5]), torch.tensor([-0.5]), torch.tensor([-2048.0]))
-    assert loss.item() == pytest.approx(math.log(1 + math.exp(-0.1)) + 2.0)
+def test_sft_loss_sum_and_batch_token_mean():
+    logps, tokens = torch.tensor([-30.0, -10.0]), torch.tensor([10, 30])
+    assert losses.sft_loss(logps).tolist() == [30.0, 10.0]
+    assert losses.sft_loss(logps, tokens).tolist() == pytest.approx([1.0, 1.0])  # 40 nats over 40 tokens
 
 
 def _sherlock_objective(policy: torch.Tensor, reference: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:

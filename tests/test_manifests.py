@@ -226,7 +226,7 @@ def test_chart_installs_what_the_gpu_pool_overlay_does():
 
 
 def test_network_policies_admit_the_pipeline_pods():
-    from pipelines.sherlock import POD_LABELS
+    from pipelines.common import POD_LABELS
 
     for overlay in ("base", "chart"):
         admitted = {label for d in render(overlay) if d["kind"] == "NetworkPolicy"

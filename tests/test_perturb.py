@@ -22,7 +22,7 @@ def _array(image):
         lambda im, s: perturb.gaussian_noise(im, 0.3, s, legacy_uint8=True),
         lambda im, s: perturb.random_noise_image(im, s),
         lambda im, s: perturb.colour_jitter(im, s),
-        lambda im, s: perturb.stic_corruption(im, s),
+        lambda im, s: perturb.stic_corruption(im, s)[0],
     ],
 )
 def test_perturbations_are_deterministic_and_keep_size(image, fn):

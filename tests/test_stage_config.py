@@ -93,14 +93,19 @@ def test_shipped_presets_load_and_pass_their_checks(preset, monkeypatch):
 
     from sherlock.serving.deploy import DeployConfig
 
+    from sherlock.stages.scl import SCLPairsConfig
+    from sherlock.stages.stic import STICDescribeConfig, STICPairsConfig
+
     classes = PRESETS | {"online": OnlineConfig, "evaluate": EvaluationConfig, "sample_rejected": SampleRejectedConfig,
-                         "deploy": DeployConfig}
+                         "deploy": DeployConfig, "scl_pairs": SCLPairsConfig, "scl": PreferenceTrainingConfig,
+                         "stic_pairs": STICPairsConfig, "stic_stage1": PreferenceTrainingConfig,
+                         "stic_describe": STICDescribeConfig, "stic_stage2": SFTStageConfig}
     cls = classes[preset.stem]
     required = {"model": "m", "output": "o", "benchmarks": "b=x"} if cls is EvaluationConfig else REQUIRED
     if cls is DeployConfig:
         required = {"model": "models:/m@champion", "output": "o"}
     config = load_config(cls, preset, required)
-    for check in ("check_training", "check_perturbation"):
+    for check in ("check_training", "check_perturbation") + (("check",) if cls is SCLPairsConfig else ()):
         if hasattr(config, check):
             getattr(config, check)()
     if preset.parent.name == "released" and preset.stem == "preferences":

@@ -1,5 +1,8 @@
 """Stage II/III training: the Sherlock objective L_SC + α·L_DPO with dynamic β (Eq. 6–8).
 
+The same stage trains the sibling recipes' preference steps (``configs/*/scl.yaml``,
+``configs/*/stic_stage1.yaml``): DPO with a static β and an SFT term on the preferred response.
+
 The policy starts from ``model``; the reference is a frozen copy of ``reference`` (default: the same
 checkpoint). Its log-probs are computed once and cached under ``reference_cache`` keyed by the
 reference weights and the pairs file, so ablations on the same data reuse them.
@@ -51,6 +54,8 @@ class PreferenceTrainingConfig(TrainSettings):
     dynamic_beta: bool = help_field(True, "β(i, n, ε) per sample (false: static β ablation)")
     use_sc: bool = help_field(True, "include L_SC (false: w/o L_SC ablation)")
     use_dpo: bool = help_field(True, "include L_DPO (false: w/o L_DPO ablation)")
+    sft_weight: float = help_field(0.0, "weight λ of an SFT term on the preferred response (STIC 1/1024, SCL 0.1)")
+    sft_per_token: bool = help_field(False, "SFT term per token of the batch (TRL/ms-swift form) instead of summed")
     learning_rate: float = help_field(5e-6, "peak learning rate (paper: 5e-6 offline, 5e-7 online)")
     batch_size: int = help_field(4, "pairs per device per step (10 sequences each; 2 without L_SC)")
     warmup_ratio: float = help_field(0.0, "fraction of steps with linear warm-up")
@@ -62,11 +67,14 @@ class PreferenceTrainingConfig(TrainSettings):
         for name in ("sc_beta", "dpo_beta"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.sft_weight < 0:
+            raise ConfigError("sft_weight must be >= 0")
         for checkpoint in (self.model, self.reference or self.model):
             require_checkpoint(checkpoint)
 
     def loss(self) -> SherlockLossConfig:
-        return SherlockLossConfig(self.sc_beta, self.dpo_beta, self.alpha, self.dynamic_beta, self.use_sc, self.use_dpo)
+        return SherlockLossConfig(self.sc_beta, self.dpo_beta, self.alpha, self.dynamic_beta, self.use_sc, self.use_dpo,
+                                  self.sft_weight, self.sft_per_token)
 
 
 def run_train_preferences(config: PreferenceTrainingConfig) -> Path:

@@ -27,7 +27,9 @@ from sherlock.stages.preference_training import PreferenceTrainingConfig, run_tr
 from sherlock.stages.preferences import PreferenceDataConfig, run_build_preferences
 from sherlock.stages.rejected import SampleRejectedConfig, run_sample_rejected
 from sherlock.stages.sample import SampleConfig, run_sample
+from sherlock.stages.scl import SCLPairsConfig, run_scl_pairs
 from sherlock.stages.sft import SFTStageConfig, run_sft
+from sherlock.stages.stic import STICDescribeConfig, STICPairsConfig, run_stic_describe, run_stic_pairs
 from sherlock.storage import cache_root, directory_digest, fetch, is_s3, publish, sha256_file
 
 SECONDS_METRIC = "stage_seconds"  # wall time of the stage function (the run itself may be reopened later)
@@ -42,6 +44,10 @@ STAGES = {
                           "Stage II/III: L_SC + α·L_DPO with dynamic β"),
     "online": (OnlineConfig, run_online, "Stage III: K label-free self-improvement iterations"),
     "evaluate": (EvaluationConfig, run_evaluation, "direct and self-correction accuracy per benchmark"),
+    "scl-pairs": (SCLPairsConfig, run_scl_pairs, "SCL data: two-turn answers typed by correctness, (−,+)/(+,−) pairs"),
+    "stic-pairs": (STICPairsConfig, run_stic_pairs, "STIC stage 1 data: clean vs hallucinated/corrupted descriptions"),
+    "stic-describe": (STICDescribeConfig, run_stic_describe,
+                      "STIC stage 2 data: description-infused prompts from the stage-1 model"),
 }
 
 

@@ -41,7 +41,7 @@ from trl.trainer.utils import selective_log_softmax
 from sherlock.chat import user_turn
 from sherlock.data.preferences import PreferencePair, pairs_digest
 from sherlock.data.schema import file_digest, open_image
-from sherlock.losses import dpo_loss, dynamic_beta, self_correction_loss, sherlock_loss
+from sherlock.losses import dpo_loss, dynamic_beta, self_correction_loss, sft_loss, sherlock_loss
 from sherlock.prompts import correction_prompt
 from sherlock.training.setup import ConvertedCheckpointResume
 
@@ -253,7 +253,8 @@ def cached_reference_logps(path: Path, compute) -> torch.Tensor:
 
 @dataclass
 class SherlockLossConfig:
-    """Loss settings: β bases (Eq. 8), α, the dynamic-β switch and the term switches (ablations)."""
+    """Loss settings: β bases (Eq. 8), α, the dynamic-β switch, the term switches (ablations) and
+    the weight λ of an SFT term on the preferred response (STIC, SCL; 0 for Sherlock)."""
 
     sc_beta: float = 0.25
     dpo_beta: float = 0.1
@@ -261,15 +262,27 @@ class SherlockLossConfig:
     dynamic_beta: bool = True
     use_sc: bool = True
     use_dpo: bool = True
+    sft_weight: float = 0.0
+    sft_per_token: bool = False
+
+
+def labelled_tokens(batch: dict) -> torch.Tensor:
+    """Number of labelled (response) tokens of every sequence, in the (pairs, slots) layout."""
+    return (batch["labels"][:, 1:] != IGNORE_INDEX).sum(-1)[batch["slots"]]
 
 
 def sherlock_objective(policy: torch.Tensor, reference: torch.Tensor, truncation_step: torch.Tensor,
-                       noise_level: torch.Tensor, cfg: SherlockLossConfig):
-    """Mean L_Sherlock (Eq. 7) of a batch from its (pairs, slots) policy and reference log-probs.
+                       noise_level: torch.Tensor, cfg: SherlockLossConfig, tokens: torch.Tensor | None = None):
+    """Mean L = L_SC + α · (L_DPO + λ · L_SFT(y_w)) of a batch from its (pairs, slots) log-probs.
 
-    With 2 slots (L_SC off) only L_DPO is computed; L_SC is reported as 0. Returns
-    ``(loss, (r, β_SC, β_DPO, L_SC, L_DPO))`` with the per-pair parts for logging.
+    λ = 0 is L_Sherlock (Eq. 7). With 2 slots (L_SC off) and α = 1 it is DPO with an SFT term:
+    STIC stage 1 (static β = 0.1, λ = 1/1024 on the summed log-likelihood) and SCL (β = 0.1,
+    λ = ``sft_beta`` per token; ``tokens``, the labelled-token counts, are needed then). L_SC is
+    reported as 0 without its slots. Returns ``(loss, (r, β_SC, β_DPO, L_SC, L_DPO, L_SFT))`` with
+    the per-pair parts for logging.
     """
+    if cfg.sft_weight and cfg.sft_per_token and tokens is None:
+        raise ValueError("the per-token SFT term needs the labelled-token counts")
     r = policy - reference
     beta_sc = dynamic_beta(truncation_step, noise_level, cfg.sc_beta, cfg.dynamic_beta).to(r)
     beta_dpo = dynamic_beta(truncation_step, noise_level, cfg.dpo_beta, cfg.dynamic_beta).to(r)
@@ -280,12 +293,16 @@ def sherlock_objective(policy: torch.Tensor, reference: torch.Tensor, truncation
         sc = torch.zeros_like(dpo)
     else:
         sc = self_correction_loss(*(r[:, list(slots)] for slots in SC_SLOTS), beta_sc)
-    loss = sherlock_loss(sc, dpo, cfg.alpha, cfg.use_sc, cfg.use_dpo).mean()
-    return loss, (r, beta_sc, beta_dpo, sc, dpo)
+    per_token = cfg.sft_per_token and tokens is not None
+    sft = sft_loss(policy[:, DPO_CHOSEN], tokens[:, DPO_CHOSEN] if per_token else None)
+    loss = sherlock_loss(sc, dpo + cfg.sft_weight * sft if cfg.sft_weight else dpo, cfg.alpha, cfg.use_sc,
+                         cfg.use_dpo).mean()
+    return loss, (r, beta_sc, beta_dpo, sc, dpo, sft)
 
 
 class SherlockTrainer(ConvertedCheckpointResume, Trainer):
-    """``Trainer`` whose loss is L_Sherlock over the 10-sequence layout with cached reference log-probs."""
+    """``Trainer`` whose loss is :func:`sherlock_objective` (L_Sherlock over the 10-sequence layout, or
+    DPO with an SFT term over 2) with cached reference log-probs."""
 
     def __init__(self, *args, reference_logps: torch.Tensor, loss_config: SherlockLossConfig, **kwargs):
         super().__init__(*args, **kwargs)
@@ -298,12 +315,12 @@ class SherlockTrainer(ConvertedCheckpointResume, Trainer):
         policy = sequence_logps(model, inputs)
         reference = self.reference_logps[inputs["index"].cpu()].to(policy.device)
         loss, parts = sherlock_objective(policy, reference, inputs["truncation_step"], inputs["noise_level"],
-                                         self.loss_config)
+                                         self.loss_config, labelled_tokens(inputs))
         self._record(policy, *parts)
         return loss
 
     @torch.no_grad()
-    def _record(self, policy, r, beta_sc, beta_dpo, sc, dpo) -> None:
+    def _record(self, policy, r, beta_sc, beta_dpo, sc, dpo, sft) -> None:
         chosen = beta_dpo * r[:, DPO_CHOSEN]
         rejected = beta_dpo * r[:, DPO_REJECTED]
         values = {
@@ -315,6 +332,7 @@ class SherlockTrainer(ConvertedCheckpointResume, Trainer):
             "logps/rejected": policy[:, DPO_REJECTED].mean(),
             "loss/sc": sc.mean(),
             "loss/dpo": dpo.mean(),
+            "loss/sft": sft.mean(),
             "beta/sc_mean": beta_sc.mean(),
             "beta/sc_min": beta_sc.min(),
             "beta/sc_max": beta_sc.max(),

@@ -1,0 +1,135 @@
+"""What the three recipe pipelines share: presets, cluster options, the input steps, the tail of
+evaluation → registration → champion gate → KServe deployment, and the compile command line.
+
+The Sherlock, SCL and STIC pipelines (``pipelines/{sherlock,scl,stic}.py``) differ only in the
+training steps between the sampled subsets and the checkpoints they hand to :func:`evaluate_and_deploy`.
+"""
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from kfp import compiler, dsl, kubernetes
+
+from components import deploy, evaluate, prepare_inputs, register_and_gate, sample_data
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+POD_LABELS = ("sherlock.dev/s3-client", "sherlock.dev/mlflow-client")
+
+
+def preset(name: str, directory: str = "paper") -> dict:
+    """A stage preset from ``configs/<directory>/<name>.yaml`` as a dict of config fields."""
+    return yaml.safe_load((CONFIGS / directory / f"{name}.yaml").read_text())
+
+
+@dataclass
+class ClusterOptions:
+    """Where the steps run on Kubernetes (ignored by kfp.local)."""
+
+    accelerator: str = "nvidia.com/gpu"
+    node_selector: tuple[str, str] = ("nvidia.com/gpu.present", "true")
+    toleration_key: str = "nvidia.com/gpu"
+    gpu_cpu: str = "8"
+    gpu_memory: str = "64Gi"
+    cpu_cpu: str = "2"
+    cpu_memory: str = "8Gi"
+    shm_size: str = "16Gi"
+    cache_size: str = "200Gi"  # ephemeral volume for downloaded checkpoints and data (SHERLOCK_CACHE)
+    checkpoint_pvc: "str | None" = None  # mount this PVC at /checkpoints (then output_root=/checkpoints/…)
+    s3_secret: str = "sherlock-s3"  # keys AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
+    mlflow_secret: str = "sherlock-mlflow"  # key MLFLOW_TRACKING_URI (optional MLFLOW_TRACKING_USERNAME/PASSWORD)
+
+
+def with_platform(task: dsl.PipelineTask, options: ClusterOptions, gpus=None, retries: int = 1) -> dsl.PipelineTask:
+    """Resources, scheduling, volumes and secret-backed credentials of one step."""
+    kubernetes.use_secret_as_env(task, options.s3_secret, {key: key for key in S3_ENV})
+    kubernetes.use_secret_as_env(task, options.mlflow_secret, {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"})
+    kubernetes.use_secret_as_env(task, options.mlflow_secret, {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+                                                               "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"},
+                                 optional=True)
+    for label in POD_LABELS:  # the NetworkPolicies of manifests/ admit these pods to MinIO and MLflow
+        kubernetes.add_pod_label(task, label, "true")
+    task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0)
+    if gpus is None:
+        return task.set_cpu_request(options.cpu_cpu).set_memory_request(options.cpu_memory)
+    task.set_accelerator_type(options.accelerator).set_accelerator_limit(gpus)
+    task.set_cpu_request(options.gpu_cpu).set_memory_request(options.gpu_memory)
+    kubernetes.add_node_selector(task, *options.node_selector)
+    kubernetes.add_toleration(task, key=options.toleration_key, operator="Exists", effect="NoSchedule")
+    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                               size_limit=options.shm_size)
+    kubernetes.add_ephemeral_volume(task, volume_name="cache", mount_path="/cache", access_modes=["ReadWriteOnce"],
+                                    size=options.cache_size)
+    task.set_env_variable("SHERLOCK_CACHE", "/cache")
+    if options.checkpoint_pvc:
+        kubernetes.mount_pvc(task, pvc_name=options.checkpoint_pvc, mount_path="/checkpoints")
+    return task
+
+
+def gpu_step(options: ClusterOptions, gpus):
+    """``step(task, display name)``: a cached GPU step with ``gpus`` accelerators."""
+    def step(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
+        return with_platform(task.set_display_name(name), options, gpus).set_caching_options(True)
+
+    return step
+
+
+def inputs_and_subsets(options: ClusterOptions, base_model, train_data, benchmarks, subset_sizes, seed, common: dict):
+    """The two CPU steps every recipe starts with: resolve (or build) the inputs, sample the subsets.
+
+    Returns ``(inputs task, {"D_A": …, "D_B": …, "D_U": …})``; a subset missing from ``subset_sizes``
+    has a URI nothing may read.
+    """
+    inputs = with_platform(prepare_inputs(base_model=base_model, train_data=train_data, benchmarks=benchmarks,
+                                          seed=seed, **common).set_display_name("prepare inputs"),
+                           options, retries=3).set_caching_options(True)
+    subsets = with_platform(sample_data(data=inputs.outputs["train_data"], sizes=subset_sizes, seed=seed,
+                                        **common).set_display_name("sample subsets"),
+                            options, retries=3).set_caching_options(True)
+    return inputs, {name: subsets.outputs[name.lower()] for name in ("D_A", "D_B", "D_U")}
+
+
+def evaluate_and_deploy(checkpoints: list, benchmarks, options: ClusterOptions, gpus, eval_settings, model_name,
+                        selection_metric, promotion_margin, deploy_settings, run_id, common: dict) -> None:
+    """Evaluate each ``(name, checkpoint URI)``, register it, gate champion in order, deploy if promoted."""
+    gpu = gpu_step(options, gpus)
+    previous = None
+    for name, checkpoint in checkpoints:
+        scores = gpu(evaluate(name=name, model=checkpoint, benchmarks=benchmarks, settings=eval_settings, **common),
+                     f"evaluate {name}")
+        # one version at a time, in checkpoint order: each gate sees the champion the previous one left
+        gate = with_platform(register_and_gate(
+            checkpoint=checkpoint, evaluation=scores.outputs["Output"], model_name=model_name,
+            metric=selection_metric, margin=promotion_margin, pipeline_run_id=run_id,
+            promoted_before=False if previous is None else previous.outputs["Output"]), options, retries=3)
+        gate.set_display_name(f"register {name}").set_caching_options(False)
+        previous = gate
+    with dsl.If(previous.outputs["Output"] == True, name="this run promoted a champion"):  # noqa: E712
+        with_platform(deploy(model_name=model_name, settings=deploy_settings, **common), options,
+                      retries=3).set_display_name("deploy champion to KServe").set_caching_options(False)
+
+
+def compile_command(description: str, default_output: Path, build, argv: list[str] | None = None,
+                    extra_arguments=None) -> None:
+    """``python -m pipelines.<recipe>``: cluster options (+ ``extra_arguments``) → ``build(options, args)``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--output", type=Path, default=default_output)
+    parser.add_argument("--accelerator", default=ClusterOptions.accelerator, help="resource name of the GPUs")
+    parser.add_argument("--node-selector", default="=".join(ClusterOptions.node_selector), help="LABEL=VALUE")
+    parser.add_argument("--toleration-key", default=ClusterOptions.toleration_key)
+    parser.add_argument("--checkpoint-pvc", default=None, help="PVC mounted at /checkpoints on GPU steps")
+    if extra_arguments is not None:
+        extra_arguments(parser)
+    args = parser.parse_args(argv)
+    options = ClusterOptions(accelerator=args.accelerator, node_selector=tuple(args.node_selector.split("=", 1)),
+                             toleration_key=args.toleration_key, checkpoint_pvc=args.checkpoint_pvc)
+    compiler.Compiler().compile(build(options, args), str(args.output))
+    print(args.output)
+
+
+def warm_start_argument(parser: argparse.ArgumentParser) -> None:
+    """``--no-warm-start``: start the SCL/STIC recipe from the base model itself (no R0 SFT step)."""
+    parser.add_argument("--no-warm-start", dest="warm_start", action="store_false",
+                        help="the base model already follows instructions: skip the R0 SFT step on D_A")

@@ -1,0 +1,68 @@
+"""The SCL pipeline (KFP v2): sample → instruction SFT (R0) → two-turn answers typed into SCL
+pairs → DPO with an SFT term (LoRA) → evaluate both checkpoints → register → gate → deploy.
+
+The same components as the Sherlock pipeline (``pipelines/common.py``); the recipe is spec §2.
+Compile: ``python -m pipelines.scl`` (``--no-warm-start`` drops the SFT step for a base model that
+already follows instructions, as in the paper, which starts from LLaVA-1.5 and MiniCPM-V).
+"""
+
+from pathlib import Path
+
+from kfp import dsl
+
+from components import scl_pairs, sft, train_preferences
+from pipelines.common import (ClusterOptions, compile_command, evaluate_and_deploy, gpu_step, inputs_and_subsets,
+                              preset, warm_start_argument)
+
+PIPELINE_FILE = Path(__file__).with_suffix(".yaml")
+
+
+def build_pipeline(warm_start: bool = True, options: ClusterOptions | None = None):
+    """The pipeline function; ``warm_start`` adds the R0 SFT step on D_A before the SCL data."""
+    options = options or ClusterOptions()
+
+    @dsl.pipeline(name="sherlock-scl", description=__doc__.splitlines()[0])
+    def scl(
+        base_model: str = "embedded",
+        train_data: str = "embedded",
+        benchmarks: str = "embedded",
+        output_root: str = "s3://sherlock/runs",
+        subset_sizes: str = "D_A=10000,D_B=5000",
+        seed: int = 0,
+        r0_settings: dict = preset("r0"),
+        scl_pairs_settings: dict = preset("scl_pairs"),
+        scl_settings: dict = preset("scl"),
+        eval_settings: dict = preset("evaluate"),
+        model_name: str = "sherlock-scl",
+        selection_metric: str = "llava_cot/round_1",
+        promotion_margin: float = 0.0,
+        deploy_settings: dict = {},
+        gpus: int = 1,
+    ):
+        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        common = {"output_root": output_root, "pipeline_run_id": run_id}
+        gpu = gpu_step(options, gpus)
+        inputs, subsets = inputs_and_subsets(options, base_model, train_data, benchmarks, subset_sizes, seed, common)
+        start, start_name = inputs.outputs["base_model"], "base"
+        if warm_start:
+            start = gpu(sft(name="r0", model=start, data=subsets["D_A"], rejected="", settings=r0_settings, **common),
+                        "R0 (SFT on D_A)").output
+            start_name = "r0"
+        pairs = gpu(scl_pairs(model=start, data=subsets["D_B"], settings=scl_pairs_settings, **common),
+                    "SCL pairs (two turns on D_B)")
+        trained = gpu(train_preferences(name="scl", model=start, data=pairs.output, settings=scl_settings, loss={},
+                                        **common), "SCL DPO training")
+        evaluate_and_deploy([(start_name, start), ("scl", trained.output)], inputs.outputs["benchmarks"], options,
+                            gpus, eval_settings, model_name, selection_metric, promotion_margin, deploy_settings,
+                            run_id, common)
+
+    return scl
+
+
+def main(argv: list[str] | None = None) -> None:
+    compile_command("compile the SCL pipeline", PIPELINE_FILE,
+                    lambda options, args: build_pipeline(args.warm_start, options), argv, warm_start_argument)
+
+
+if __name__ == "__main__":
+    main()

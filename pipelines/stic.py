@@ -1,0 +1,74 @@
+"""The STIC pipeline (KFP v2): sample → instruction SFT (R0) → stage 1: description pairs on unlabeled
+images → DPO + regulariser → stage 2: description-infused SFT → evaluate → register → gate → deploy.
+
+The same components as the Sherlock pipeline (``pipelines/common.py``); the recipe is spec §3.
+Compile: ``python -m pipelines.stic`` (``--no-warm-start`` drops the SFT step for a base model that
+already follows instructions, as in the paper, which starts from LLaVA-v1.6).
+"""
+
+from pathlib import Path
+
+from kfp import dsl
+
+from components import sft, stic_describe, stic_pairs, train_preferences
+from pipelines.common import (ClusterOptions, compile_command, evaluate_and_deploy, gpu_step, inputs_and_subsets,
+                              preset, warm_start_argument)
+
+PIPELINE_FILE = Path(__file__).with_suffix(".yaml")
+
+
+def build_pipeline(warm_start: bool = True, options: ClusterOptions | None = None):
+    """The pipeline function; ``warm_start`` adds the R0 SFT step on D_A before stage 1."""
+    options = options or ClusterOptions()
+
+    @dsl.pipeline(name="sherlock-stic", description=__doc__.splitlines()[0])
+    def stic(
+        base_model: str = "embedded",
+        train_data: str = "embedded",
+        benchmarks: str = "embedded",
+        output_root: str = "s3://sherlock/runs",
+        subset_sizes: str = "D_A=10000,D_U=6000",
+        seed: int = 0,
+        r0_settings: dict = preset("r0"),
+        stic_pairs_settings: dict = preset("stic_pairs"),
+        stage1_settings: dict = preset("stic_stage1"),
+        describe_settings: dict = preset("stic_describe"),
+        stage2_settings: dict = preset("stic_stage2"),
+        eval_settings: dict = preset("evaluate"),
+        model_name: str = "sherlock-stic",
+        selection_metric: str = "llava_cot/round_1",
+        promotion_margin: float = 0.0,
+        deploy_settings: dict = {},
+        gpus: int = 1,
+    ):
+        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        common = {"output_root": output_root, "pipeline_run_id": run_id}
+        gpu = gpu_step(options, gpus)
+        inputs, subsets = inputs_and_subsets(options, base_model, train_data, benchmarks, subset_sizes, seed, common)
+        start, start_name = inputs.outputs["base_model"], "base"
+        if warm_start:
+            start = gpu(sft(name="r0", model=start, data=subsets["D_A"], rejected="", settings=r0_settings, **common),
+                        "R0 (SFT on D_A)").output
+            start_name = "r0"
+        pairs = gpu(stic_pairs(model=start, data=subsets["D_U"], settings=stic_pairs_settings, **common),
+                    "STIC stage 1 pairs (unlabeled D_U)")
+        stage1 = gpu(train_preferences(name="stic-stage1", model=start, data=pairs.output, settings=stage1_settings,
+                                       loss={}, **common), "STIC stage 1 (DPO + regulariser)")
+        described = gpu(stic_describe(model=stage1.output, data=subsets["D_A"], settings=describe_settings, **common),
+                        "STIC stage 2 data (described D_A subset)")
+        stage2 = gpu(sft(name="stic-stage2", model=stage1.output, data=described.output, rejected="",
+                         settings=stage2_settings, **common), "STIC stage 2 (description-infused SFT)")
+        evaluate_and_deploy([(start_name, start), ("stic-stage1", stage1.output), ("stic", stage2.output)],
+                            inputs.outputs["benchmarks"], options, gpus, eval_settings, model_name, selection_metric,
+                            promotion_margin, deploy_settings, run_id, common)
+
+    return stic
+
+
+def main(argv: list[str] | None = None) -> None:
+    compile_command("compile the STIC pipeline", PIPELINE_FILE,
+                    lambda options, args: build_pipeline(args.warm_start, options), argv, warm_start_argument)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""STIC (spec §3): description preferences from unlabeled images, then description-infused SFT.
+
+Stage 1 data (:func:`run_stic_pairs`, the authors' ``generate_pref.py``): for every image,
+
+- y_w: the model's answer to the step-by-step description prompt on the **clean** image;
+- x: one of the 8 simple description prompts (the stored training prompt);
+- y_l, with probability 0.5 each: one of the 8 hallucination prompts on the clean image, or x on a
+  corrupted image (downscaled to a 20-px shorter side, or colour-jittered, 50/50).
+
+Training uses the clean image for both responses: the preference step is DPO (β = 0.1) plus
+α · (−Σ log π_θ(y_w|x)), α = 1/1024 (``configs/*/stic_stage1.yaml``). The rejected log-probability
+is the standard one, log π(y_l|x); the authors' ``_get_noisy_batch_logps`` is not reproduced (see
+``docs/recipes.md``).
+
+Stage 2 data (:func:`run_stic_describe`, ``generate_des_stage2.py`` + ``add_des_to_data.py``): the
+stage-1 model describes the image of each item of a small labelled SFT subset (a random simple
+prompt, T = 0.2); the description goes in front of the question, the answer is unchanged, and the
+SFT stage continues training on the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sherlock.data.llava_cot import write_llava_cot
+from sherlock.data.preferences import PreferencePair
+from sherlock.data.sampling import SUBSET_DATA, link_or_copy
+from sherlock.data.schema import open_image, write_jsonl
+from sherlock.generation import generate
+from sherlock.models.loading import load_vlm
+from sherlock.perturb import stic_corruption
+from sherlock.prompts import (STIC_DESCRIPTION_PROMPT, STIC_HALLUCINATION_PROMPTS, STIC_SIMPLE_PROMPTS,
+                              stic_description_infused)
+from sherlock.stages.config import ConfigError, SamplingSettings, help_field
+from sherlock.stages.io import load_data, record_stage_config
+from sherlock.stages.preferences import save_pairs
+
+STIC_TEMPERATURE = 0.2  # generate_pref.py and generate_des_stage2.py
+HALLUCINATION = "hallucination_prompt"
+DESCRIPTIONS_FILE = "descriptions.jsonl"
+
+
+@dataclass(frozen=True)
+class Dispreferred:
+    """How y_l of one image is drawn: the simple prompt x, the prompt y_l answers, and the corruption seed
+    (``None``: a hallucination prompt on the clean image)."""
+
+    simple_prompt: str
+    prompt: str
+    corruption_seed: int | None
+
+
+def draw_dispreferred(rng: random.Random) -> Dispreferred:
+    """x ~ U(simple prompts); y_l from a hallucination prompt (p = 0.5) or from x on a corrupted image."""
+    simple = rng.choice(STIC_SIMPLE_PROMPTS)
+    if rng.random() < 0.5:
+        return Dispreferred(simple, rng.choice(STIC_HALLUCINATION_PROMPTS), None)
+    return Dispreferred(simple, simple, rng.randrange(2**31))
+
+
+@dataclass(kw_only=True)
+class STICPairsConfig(SamplingSettings):
+    model: str = help_field(help="checkpoint that writes both descriptions (the model STIC improves)", uri="model")
+    data: str = help_field(help="data set directory or jsonl; only its images are used (unlabeled)", uri="data")
+    output: str = help_field(help="directory for pairs.jsonl, stats.json and the clean images", uri="output")
+    temperature: float = help_field(STIC_TEMPERATURE, "sampling temperature (STIC: 0.2)")
+    seed: int = help_field(0, "seed of the prompt and corruption draws and of the sampling")
+
+
+def run_stic_pairs(config: STICPairsConfig) -> Path:
+    """Build the stage-1 description pairs of every image; returns the path of ``pairs.jsonl``.
+
+    A pair whose two descriptions are identical carries no preference and is dropped (counted in
+    ``stats.json``).
+    """
+    data = load_data(config.data)
+    rng = random.Random(config.seed)
+    draws = [draw_dispreferred(rng) for _ in data.records]
+    images = [open_image(data.image_root, r) for r in data.records]
+    corrupted = [(image, HALLUCINATION) if d.corruption_seed is None else stic_corruption(image, d.corruption_seed)
+                 for d, image in zip(draws, images)]
+    model, processor = load_vlm(config.model, dtype=torch.float32)
+    decoding = config.decoding(config.seed)
+    preferred = generate(model, processor, [STIC_DESCRIPTION_PROMPT] * len(images), images, config=decoding,
+                         desc="STIC preferred descriptions")
+    dispreferred = generate(model, processor, [d.prompt for d in draws], [image for image, _ in corrupted],
+                            config=decoding, desc="STIC dispreferred descriptions")
+    pairs = [PreferencePair(r.id, r.image, d.simple_prompt, "", y_w, "", y_l, truncation_step=1, noise_level=0.0,
+                            perturbation=kind)
+             for r, d, (_, kind), y_w, y_l in zip(data.records, draws, corrupted, preferred, dispreferred)
+             if y_w != y_l]
+    record_stage_config(config, config.output)
+    return save_pairs(pairs, data.image_root, config.output, {"dropped_identical": len(data.records) - len(pairs)})
+
+
+@dataclass(kw_only=True)
+class STICDescribeConfig(SamplingSettings):
+    model: str = help_field(help="STIC stage-1 checkpoint that writes the descriptions", uri="model")
+    data: str = help_field(help="labelled SFT data set directory or jsonl", uri="data")
+    output: str = help_field(help="data set directory: data.jsonl with description-infused prompts + images",
+                             uri="output")
+    num_items: int | None = help_field(None, "a random subset of this many items (STIC: 5k; default: all)")
+    temperature: float = help_field(STIC_TEMPERATURE, "sampling temperature (STIC: 0.2)")
+    seed: int = help_field(0, "seed of the subset, the prompt draws and the sampling")
+
+
+def run_stic_describe(config: STICDescribeConfig) -> Path:
+    """Write the description-infused SFT set (``data.jsonl`` + images + ``descriptions.jsonl``)."""
+    data = load_data(config.data)
+    rng = random.Random(config.seed)
+    records = data.records
+    if config.num_items is not None:
+        if not 0 < config.num_items <= len(records):
+            raise ConfigError(f"num_items must be in 1..{len(records)} (the data set's size), got {config.num_items}")
+        records = rng.sample(records, config.num_items)
+    prompts = [rng.choice(STIC_SIMPLE_PROMPTS) for _ in records]
+    model, processor = load_vlm(config.model, dtype=torch.float32)
+    descriptions = generate(model, processor, prompts, [open_image(data.image_root, r) for r in records],
+                            config=config.decoding(config.seed), desc="STIC stage-2 descriptions")
+    output = Path(config.output)
+    for record in records:
+        link_or_copy(data.image_root / record.image, output / record.image)
+    write_llava_cot([dataclasses.replace(r, question=stic_description_infused(r.question, d))
+                     for r, d in zip(records, descriptions)], output / SUBSET_DATA)
+    write_jsonl(({"id": r.id, "prompt": p, "description": d} for r, p, d in zip(records, prompts, descriptions)),
+                output / DESCRIPTIONS_FILE)
+    record_stage_config(config, output)
+    return output
