@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -56,7 +58,8 @@ def fix_mllama_batch(batch: dict, image_token_id: int, bos_token_id: int) -> dic
                     "cross_attention_mask": cross}
 
 
-def trl_trainer(workspace: Workspace, model, reference, processor, pairs, batch_size: int):
+def trl_trainer(workspace: Workspace, model, reference, processor, pairs, batch_size: int, sft_weight: float = 0.0):
+    """TRL's ``DPOTrainer`` (sigmoid loss, β = 0.1; with ``sft_weight``, plus its ``sft`` loss so weighted)."""
     from datasets import Dataset
     from PIL import Image
     from trl import DPOConfig, DPOTrainer
@@ -78,7 +81,9 @@ def trl_trainer(workspace: Workspace, model, reference, processor, pairs, batch_
             "chosen": [p.chosen + end_of_turn for p in pairs],
             "rejected": [p.rejected + end_of_turn for p in pairs]}
     args = DPOConfig(output_dir=str(workspace.root / "p2-trl"), per_device_train_batch_size=batch_size, beta=BETA,
-                     loss_type=["sigmoid"], max_length=None, report_to=[], use_cpu=not torch.cuda.is_available(),
+                     loss_type=["sigmoid", "sft"] if sft_weight else ["sigmoid"],
+                     loss_weights=[1.0, sft_weight] if sft_weight else None,
+                     max_length=None, report_to=[], use_cpu=not torch.cuda.is_available(),
                      bf16=False,  # DPOConfig defaults to bf16 autocast of the policy only; both sides run float32
                      remove_unused_columns=False)
     return DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=Dataset.from_dict(rows),
@@ -86,7 +91,21 @@ def trl_trainer(workspace: Workspace, model, reference, processor, pairs, batch_
                       data_collator=MllamaVisionPreferenceCollator(processor=processor, max_length=None))
 
 
-def measure(workspace: Workspace, steps: int, batch_size: int, device: torch.device) -> Result:
+@dataclass
+class Compared:
+    """The project's and TRL's trainers on the same perturbed weights, pairs and batches."""
+
+    model: torch.nn.Module
+    trl_model: torch.nn.Module
+    our_loss: Callable[[list[int]], torch.Tensor]
+    trl_loss: Callable[[list[int]], torch.Tensor]
+    batches: list[list[int]]
+    reference_seconds: float
+    pairs: int
+
+
+def compare(workspace: Workspace, batch_size: int, device: torch.device, sft_weight: float = 0.0) -> Compared:
+    """Both trainers (plain DPO, β = 0.1; with ``sft_weight``, plus the per-token SFT term on y_w)."""
     from transformers import TrainingArguments
 
     from sherlock.data.preferences import read_pairs
@@ -110,10 +129,10 @@ def measure(workspace: Workspace, steps: int, batch_size: int, device: torch.dev
     ours = SherlockTrainer(model=model, args=TrainingArguments(str(workspace.root / "p2"), report_to=[],
                                                                use_cpu=device.type == "cpu"),
                            reference_logps=cached, loss_config=SherlockLossConfig(
-                               dpo_beta=BETA, alpha=1.0, dynamic_beta=False, use_sc=False))
+                               dpo_beta=BETA, alpha=1.0, dynamic_beta=False, use_sc=False, sft_weight=sft_weight,
+                               sft_per_token=True))
     trl_model = copy.deepcopy(model)
-    trl = trl_trainer(workspace, trl_model, reference, processor, pairs, batch_size)
-    batches = [list(range(s, s + batch_size)) for s in range(0, len(pairs) - batch_size + 1, batch_size)]
+    trl = trl_trainer(workspace, trl_model, reference, processor, pairs, batch_size, sft_weight)
 
     def our_loss(indices):
         return ours.compute_loss(model, {k: v.to(device) for k, v in collator([dataset[i] for i in indices]).items()})
@@ -122,6 +141,14 @@ def measure(workspace: Workspace, steps: int, batch_size: int, device: torch.dev
         batch = trl.data_collator([dict(trl.train_dataset[i]) for i in indices])
         return trl.compute_loss(trl_model, {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
 
+    batches = [list(range(s, s + batch_size)) for s in range(0, len(pairs) - batch_size + 1, batch_size)]
+    return Compared(model, trl_model, our_loss, trl_loss, batches, reference_seconds, len(pairs))
+
+
+def measure(workspace: Workspace, steps: int, batch_size: int, device: torch.device) -> Result:
+    compared = compare(workspace, batch_size, device)
+    model, trl_model, batches = compared.model, compared.trl_model, compared.batches
+    our_loss, trl_loss, reference_seconds = compared.our_loss, compared.trl_loss, compared.reference_seconds
     with torch.no_grad():
         differences = [abs(float(our_loss(b)) - float(trl_loss(b))) for b in batches[: steps + 1]]
     if max(differences) > TOLERANCE:
@@ -143,7 +170,7 @@ def measure(workspace: Workspace, steps: int, batch_size: int, device: torch.dev
     project, baseline = batch_size / median(times["project"]), batch_size / median(times["baseline"])
     return Result("P2 plain DPO step", "pairs/s", project, baseline, project / baseline, TARGET, {
         "batch_pairs": batch_size, "steps": steps, "max_loss_difference": max(differences),
-        "reference_precompute_seconds": reference_seconds, "pairs": len(pairs)})
+        "reference_precompute_seconds": reference_seconds, "pairs": compared.pairs})
 
 
 def run(workspace: Workspace, quick: bool, device: torch.device) -> Result:

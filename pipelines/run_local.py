@@ -1,11 +1,12 @@
-"""Run the compiled pipeline (``pipelines/sherlock.yaml``) on this machine through kfp.local.
+"""Run a compiled recipe pipeline (``pipelines/{sherlock,scl,stic}.yaml``) on this machine through kfp.local.
 
 The embedded default: the synthetic visual-reasoning task, the tiny VLM, MLflow on a local sqlite
 file, artifacts on local disk, settings from ``configs/embedded/``. Ends by printing the time of
 each stage, the accuracy table of every checkpoint, and one held-out question answered by the
 registered champion, served from the MLflow registry by ``sherlock serve`` (a KServe ModelServer).
 
-    python -m pipelines.run_local                 # the full embedded run
+    python -m pipelines.run_local                 # the full embedded Sherlock run
+    python -m pipelines.run_local --recipe scl    # the SCL (or stic) pipeline
     python -m pipelines.run_local --quick         # a reduced configuration (the test suite's)
 """
 
@@ -20,41 +21,61 @@ import sys
 import time
 from pathlib import Path
 
-PIPELINE = Path(__file__).with_suffix("").parent / "sherlock.yaml"
-MODEL_NAME = "sherlock-embedded"
-EMBEDDED = ("r0", "sample_rejected", "sherlock_sft", "preferences", "offline", "online", "evaluate")
-# --quick: the same pipeline with a few items and steps per stage
+PIPELINES = Path(__file__).resolve().parent
+RECIPES = ("sherlock", "scl", "stic")
+# pipeline parameter -> embedded preset (configs/embedded/<preset>.yaml), per recipe
+PRESETS = {
+    "sherlock": {"r0_settings": "r0", "rejected_settings": "sample_rejected", "sherlock_sft_settings": "sherlock_sft",
+                 "preference_data_settings": "preferences", "offline_settings": "offline",
+                 "online_settings": "online"},
+    "scl": {"r0_settings": "r0", "scl_pairs_settings": "scl_pairs", "scl_settings": "scl"},
+    "stic": {"r0_settings": "r0", "stic_pairs_settings": "stic_pairs", "stage1_settings": "stic_stage1",
+             "describe_settings": "stic_describe", "stage2_settings": "stic_stage2"},
+}
+SUBSETS = {"sherlock": "D_A=400,D_B=400,D_U=400", "scl": "D_A=400,D_B=400", "stic": "D_A=400,D_U=400"}
+QUICK_SUBSETS = {"sherlock": "D_A=12,D_B=12,D_U=12", "scl": "D_A=24,D_B=24", "stic": "D_A=12,D_U=12"}
+# --quick: the same pipeline with a few items and steps per stage. SCL keeps only pairs whose two
+# answers differ in correctness, so its R0 trains long enough (80 steps) to answer some questions
+# right, and its answers are long enough to reach a conclusion.
 QUICK = {"all": {"max_new_tokens": 12, "generation_batch_size": 32, "logging_steps": 1},
          "r0": {"epochs": 1, "max_steps": 2, "batch_size": 4}, "sherlock_sft": {"epochs": 1, "max_steps": 2,
                                                                                 "batch_size": 4},
-         "offline": {"max_steps": 2, "batch_size": 2}, "online": {"num_pairs": 4, "max_steps": 1, "batch_size": 2}}
+         "offline": {"max_steps": 2, "batch_size": 2}, "online": {"num_pairs": 4, "max_steps": 1, "batch_size": 2},
+         "scl": {"max_steps": 2, "batch_size": 2}, "stic_stage1": {"max_steps": 2, "batch_size": 2},
+         "stic_describe": {"num_items": 4}, "stic_stage2": {"epochs": 1, "max_steps": 2, "batch_size": 2}}
+QUICK_RECIPE = {"scl": {"r0": {"max_steps": 80, "batch_size": 8}, "scl_pairs": {"max_new_tokens": 160}}}
 
 
-def embedded_arguments(workdir: Path, quick: bool) -> dict:
+def model_name(recipe: str) -> str:
+    return f"{recipe}-embedded"
+
+
+def embedded_arguments(workdir: Path, quick: bool, recipe: str = "sherlock") -> dict:
     """Pipeline arguments of the embedded default (``quick``: the reduced configuration)."""
     import yaml
 
     from components import CPU_IMAGE
-    from pipelines.sherlock import CONFIGS, split_loss
+    from pipelines.common import preset
 
-    settings = {}
-    for name in EMBEDDED:
-        values = yaml.safe_load((CONFIGS / "embedded" / f"{name}.yaml").read_text())
+    arguments = {}
+    for parameter, name in PRESETS[recipe].items():
+        values = preset(name, "embedded")
         if quick:
-            values |= {k: v for k, v in QUICK["all"].items() if k in values} | QUICK.get(name, {})
-        settings[name] = values
-    offline, loss = split_loss(settings["offline"])
-    online, _ = split_loss(settings["online"])
-    return {
+            values |= ({k: v for k, v in QUICK["all"].items() if k in values} | QUICK.get(name, {})
+                       | QUICK_RECIPE.get(recipe, {}).get(name, {}))
+        arguments[parameter] = values
+    if recipe == "sherlock":
+        from pipelines.sherlock import split_loss
+
+        arguments["offline_settings"], arguments["loss_settings"] = split_loss(arguments["offline_settings"])
+        arguments["online_settings"], _ = split_loss(arguments["online_settings"])
+    return arguments | {
         "output_root": str(workdir / "artifacts"),
-        "subset_sizes": "D_A=12,D_B=12,D_U=12" if quick else "D_A=400,D_B=400,D_U=400",
-        "r0_settings": settings["r0"], "rejected_settings": settings["sample_rejected"],
-        "sherlock_sft_settings": settings["sherlock_sft"], "preference_data_settings": settings["preferences"],
-        "offline_settings": offline, "online_settings": online, "loss_settings": loss,
-        "eval_settings": settings["evaluate"] | ({"limit": 8} if quick else {}),
-        "model_name": MODEL_NAME,
+        "subset_sizes": (QUICK_SUBSETS if quick else SUBSETS)[recipe],
+        "eval_settings": preset("evaluate", "embedded") | ({"limit": 8} if quick else {}),
+        "model_name": model_name(recipe),
         # the predictor would run in the CPU image: the embedded model needs no GPU
-        "deploy_settings": yaml.safe_load((CONFIGS / "embedded" / "deploy.yaml").read_text()) | {"image": CPU_IMAGE},
+        "deploy_settings": preset("deploy", "embedded") | {"image": CPU_IMAGE},
     }
 
 
@@ -80,13 +101,16 @@ def stage_seconds(pipeline_run_id: str) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("runs/pipeline"))
+    parser.add_argument("--recipe", choices=RECIPES, default="sherlock", help="which pipeline to run")
     parser.add_argument("--quick", action="store_true", help="a reduced configuration (seconds per stage)")
     parser.add_argument("--online-iterations", type=int, default=None,
                         help="recompile with this K instead of running the committed pipelines/sherlock.yaml")
     args = parser.parse_args(argv)
+    if args.online_iterations is not None and args.recipe != "sherlock":
+        parser.error("--online-iterations applies to the Sherlock recipe only")
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    package = PIPELINE
+    package = PIPELINES / f"{args.recipe}.yaml"
     if args.online_iterations is not None:
         from kfp import compiler
 
@@ -106,19 +130,19 @@ def main(argv: list[str] | None = None) -> dict:
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "kfp"))
     pipeline = components.load_component_from_file(str(package))
     start = time.perf_counter()
-    pipeline(**embedded_arguments(workdir, args.quick))
+    pipeline(**embedded_arguments(workdir, args.quick, args.recipe))
     total = time.perf_counter() - start
-    return report(workdir, total)
+    return report(workdir, total, model_name(args.recipe))
 
 
-def ask_served_champion(item, workdir: Path) -> dict:
+def ask_served_champion(item, workdir: Path, name: str) -> dict:
     """Serve ``models:/…@champion`` with ``sherlock serve`` (KServe) and ask it one question over v1."""
     import httpx
 
     port = free_port()
     with open(workdir / "serve.log", "w") as log:
         server = subprocess.Popen([sys.executable, "-m", "sherlock.cli", "serve", "--model",
-                                   f"models:/{MODEL_NAME}@champion", "--http-port", str(port)],
+                                   f"models:/{name}@champion", "--http-port", str(port)],
                                   stdout=log, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}/v1/models/sherlock"
@@ -141,7 +165,7 @@ def ask_served_champion(item, workdir: Path) -> dict:
         server.wait(30)
 
 
-def report(workdir: Path, total: float) -> dict:
+def report(workdir: Path, total: float, name: str) -> dict:
     """Print per-stage timings, the accuracy table and one answer of the champion; return a summary."""
     import mlflow
 
@@ -157,9 +181,9 @@ def report(workdir: Path, total: float) -> dict:
     for table in sorted(run_dir.glob(f"eval-*/{TABLE_FILE}")):
         print(f"{table.parent.name}\n{table.read_text()}")
     client = mlflow.MlflowClient()
-    champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    champion = client.get_model_version_by_alias(name, "champion")
     item = load_benchmark("llava_cot", run_dir / "data/eval/data.jsonl", limit=1)[0]
-    answer = ask_served_champion(item, workdir)
+    answer = ask_served_champion(item, workdir, name)
     deployment = json.loads((run_dir / "deploy" / "deployment.json").read_text())
     print(f"champion: version {champion.version} ({champion.tags.get('checkpoint_uri')})")
     print(f"InferenceService manifest of the champion (validated offline): {run_dir / 'deploy' / 'inferenceservice.yaml'}")

@@ -71,10 +71,14 @@ def register_step(checkpoint: str, evaluation: str, model_name: str, metric: str
 
 
 def deploy_step(model_name: str, settings: dict, output_root: str, pipeline_run_id: str) -> dict:
-    """Deploy the registry's champion of ``model_name`` with :class:`DeployConfig` ``settings``."""
+    """Deploy the registry's champion of ``model_name`` with :class:`DeployConfig` ``settings``.
+
+    The InferenceService is named after the registered model unless ``settings`` name it, so the
+    recipes' pipelines (models ``sherlock``, ``sherlock-scl``, ``sherlock-stic``) serve side by side.
+    """
     from sherlock.serving.deploy import DeployConfig, run_deploy
 
-    overrides = dict(settings) | {"model": f"models:/{model_name}@champion",
+    overrides = {"name": model_name} | dict(settings) | {"model": f"models:/{model_name}@champion",
                                   "output": step_uri(output_root, pipeline_run_id, "deploy")}
     return run_deploy(load_config(DeployConfig, overrides=overrides))
 

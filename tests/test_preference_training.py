@@ -147,3 +147,42 @@ def test_without_sc_only_chosen_and_rejected_are_run(tiny_model_dir, preference_
     config = preference.SherlockLossConfig(use_sc=True)
     with pytest.raises(ValueError, match="10-sequence layout"):
         preference.sherlock_objective(two, two, torch.ones(3), torch.zeros(3), config)
+
+
+def test_scl_objective_equals_trl_dpo_with_its_sft_loss(tiny_model_dir, preference_dir, tmp_path):
+    """SCL's DPO + 0.1 · SFT(y_w) (per token) against TRL's DPOTrainer with loss_type ["sigmoid", "sft"]."""
+    from bench.common import Workspace
+    from bench.p2_dpo import compare
+
+    workspace = Workspace(tmp_path, preference_dir, tiny_model_dir, preference_dir)
+    with_sft = compare(workspace, batch_size=4, device=torch.device("cpu"), sft_weight=0.1)
+    plain = compare(workspace, batch_size=4, device=torch.device("cpu"))
+    with torch.no_grad():
+        for indices in with_sft.batches[:2]:
+            ours, trl = float(with_sft.our_loss(indices)), float(with_sft.trl_loss(indices))
+            assert ours == pytest.approx(trl, abs=1e-4)
+            assert ours - float(plain.our_loss(indices)) > 0.1  # the SFT term (≈ 0.1 · 6 nats per token) is in
+
+
+def test_stic_objective_is_dpo_minus_summed_likelihood_over_1024(tiny_model_dir, preference_dir, tmp_path):
+    """STIC stage 1 (spec §3): ℓ(0.1·[r(y_w) − r(y_l)]) − Σ log π_θ(y_w) / 1024, from independent log-probs."""
+    model, processor = load_vlm(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(1)
+        for parameter in model.model.language_model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.02)
+    reference, _ = load_vlm(tiny_model_dir, dtype=torch.float32)
+    pairs = read_pairs(preference_dir)[:4]
+    dataset = PreferenceDataset(pairs, preference_dir, processor, preference.DPO_SEQUENCES)
+    batch = PreferenceCollator(processor.tokenizer.pad_token_id)([dataset[i] for i in range(4)])
+    config = PreferenceTrainingConfig(model="m", data="d", output="o", use_sc=False, dynamic_beta=False, alpha=1.0,
+                                      dpo_beta=0.1, sft_weight=1 / 1024).loss()
+    with torch.no_grad():
+        policy, ref = sequence_logps(model, batch), sequence_logps(reference, batch)
+        loss, parts = preference.sherlock_objective(policy, ref, batch["truncation_step"], batch["noise_level"],
+                                                    config, preference.labelled_tokens(batch))
+    margin = (policy[:, 0] - ref[:, 0]) - (policy[:, 1] - ref[:, 1])
+    expected = (torch.log1p(torch.exp(-0.1 * margin)) - policy[:, 0] / 1024).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert parts[-1].tolist() == pytest.approx((-policy[:, 0]).tolist())  # L_SFT reported per pair
+    assert abs(policy[:, 0].mean().item()) > 100  # the summed likelihood term is not negligible here
