@@ -1,9 +1,12 @@
-"""The whole method on the synthetic task, per seed, through the stage functions (docs/results.md).
+"""The three recipes on the synthetic task, per seed, through the stage functions (docs/results.md).
 
 For each seed: draw D_A, D_B and an unlabeled pool D_U from one synthetic set; build a tiny Mllama;
 R0 (SFT on D_A) → Y^l on D_B → Sherlock-SFT (from the base model) → offline pairs on D_A → Sherlock
-offline (+ the static-β and w/o-L_SC ablations) → online iteration 1 on D_U; evaluate every
-checkpoint on one held-out set, directly and after greedy self-correction rounds.
+offline (+ the static-β and w/o-L_SC ablations) → online iteration 1 on D_U. The sibling recipes
+start from the same R0 with the embedded pipeline's settings (``configs/embedded``): SCL (two-turn
+pairs on D_B → DPO + SFT term) and STIC (description pairs on D_U → stage 1 → descriptions of a
+D_A subset → stage 2). Every checkpoint is evaluated on one held-out set, directly and after greedy
+self-correction rounds.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sherlock.data.llava_cot import load_llava_cot
+from sherlock.stages.config import load_config
+from sherlock.stages.scl import SCLPairsConfig, run_scl_pairs
+from sherlock.stages.stic import STICDescribeConfig, STICPairsConfig, run_stic_describe, run_stic_pairs
 from sherlock.data.sampling import sample_to_dir
 from sherlock.data.synthetic import generate_synthetic
 from sherlock.models.tiny import build_tiny_vlm, tokenizer_corpus
@@ -27,7 +33,11 @@ from sherlock.stages.rejected import SampleRejectedConfig, run_sample_rejected
 from sherlock.stages.sft import SFTStageConfig, run_sft
 
 EVAL_SEED = 1_000_003  # one held-out set for every seed
-CHECKPOINTS = ("R0", "Sherlock-SFT", "Sherlock offline", "offline, static β", "offline, w/o L_SC", "online iter 1")
+SHERLOCK_CHECKPOINTS = ("R0", "Sherlock-SFT", "Sherlock offline", "offline, static β", "offline, w/o L_SC",
+                        "online iter 1")
+RECIPE_CHECKPOINTS = {"scl": ("SCL",), "stic": ("STIC stage 1", "STIC")}
+CHECKPOINTS = SHERLOCK_CHECKPOINTS + tuple(name for names in RECIPE_CHECKPOINTS.values() for name in names)
+EMBEDDED_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "embedded"
 
 
 @dataclass
@@ -51,6 +61,7 @@ class ExperimentConfig:
     correction_rounds: int = 1
     max_new_tokens: int = 160
     generation_batch_size: int = 128
+    recipes: str = "sherlock,scl,stic"  # SCL and STIC reuse the seed's R0 (configs/embedded settings)
 
 
 def _slug(name: str) -> str:
@@ -58,19 +69,91 @@ def _slug(name: str) -> str:
     return name.replace(",", "").replace("/", "").replace(" ", "_")
 
 
-def run_seed(config: ExperimentConfig, seed: int) -> dict:
-    """All stages and evaluations for one seed; returns {checkpoint: evaluation metrics}."""
-    root = Path(config.workdir) / f"seed_{seed}"
-    timings: dict[str, float] = {}
-
+def timer(timings: dict[str, float]):
+    """``timed(name, stage function, config)``: run the stage and record its wall seconds."""
     def timed(name, function, stage_config):
         start = time.perf_counter()
         result = function(stage_config)
         timings[name] = round(time.perf_counter() - start, 1)
         return result
 
+    return timed
+
+
+def evaluate_all(config: ExperimentConfig, seed: int, models: dict, timed) -> dict[str, list[float]]:
+    """Held-out accuracy per round (direct, then each correction round) of every named checkpoint."""
+    eval_dir = Path(config.workdir) / "eval"
+    root = Path(config.workdir) / f"seed_{seed}"
+    results = {}
+    for name, model in models.items():
+        metrics = timed(f"evaluate {name}", run_evaluation, EvaluationConfig(
+            model=str(model), benchmarks=f"llava_cot={eval_dir}", correction_rounds=config.correction_rounds,
+            output=str(root / "eval" / _slug(name)),
+            max_new_tokens=config.max_new_tokens, generation_batch_size=config.generation_batch_size, seed=seed))
+        results[name] = [r["score"] for r in metrics["benchmarks"]["llava_cot"]["rounds"]]
+    return results
+
+
+def embedded(cls, name: str, **fields):
+    """Stage config ``cls`` from ``configs/embedded/<name>.yaml`` with ``fields`` set."""
+    return load_config(cls, EMBEDDED_CONFIGS / f"{name}.yaml", fields)
+
+
+def run_scl(root: Path, seed: int, timed) -> dict[str, Path]:
+    """SCL from the seed's R0: two-turn pairs on D_B, then DPO + SFT term (LoRA)."""
+    r0, subsets = str(root / "r0"), root / "subsets"
+    pairs = timed("SCL pairs", run_scl_pairs, embedded(SCLPairsConfig, "scl_pairs", model=r0,
+                                                       data=str(subsets / "D_B"), output=str(root / "scl_pairs"),
+                                                       seed=seed))
+    trained = timed("SCL", run_train_preferences, embedded(PreferenceTrainingConfig, "scl", model=r0,
+                                                           data=str(pairs.parent), output=str(root / "scl"),
+                                                           seed=seed))
+    return {"SCL": trained}
+
+
+def run_stic(root: Path, seed: int, timed) -> dict[str, Path]:
+    """STIC from the seed's R0: description pairs on D_U → stage 1 → a described D_A subset → stage 2."""
+    r0, subsets = str(root / "r0"), root / "subsets"
+    pairs = timed("STIC pairs", run_stic_pairs, embedded(STICPairsConfig, "stic_pairs", model=r0,
+                                                         data=str(subsets / "D_U"), output=str(root / "stic_pairs"),
+                                                         seed=seed))
+    stage1 = timed("STIC stage 1", run_train_preferences, embedded(
+        PreferenceTrainingConfig, "stic_stage1", model=r0, data=str(pairs.parent), output=str(root / "stic_stage1"),
+        seed=seed))
+    described = timed("STIC descriptions", run_stic_describe, embedded(
+        STICDescribeConfig, "stic_describe", model=str(stage1), data=str(subsets / "D_A"),
+        output=str(root / "stic_described"), seed=seed))
+    stage2 = timed("STIC stage 2", run_sft, embedded(SFTStageConfig, "stic_stage2", model=str(stage1),
+                                                     data=str(described), output=str(root / "stic"), seed=seed))
+    return {"STIC stage 1": stage1, "STIC": stage2}
+
+
+RECIPES = {"scl": run_scl, "stic": run_stic}
+
+
+def run_recipes(config: ExperimentConfig, seed: int, summary: dict) -> dict:
+    """Add the sibling recipes missing from a seed's summary (trained from its R0) and rewrite it."""
+    root = Path(config.workdir) / f"seed_{seed}"
+    for recipe in config.recipes.split(","):
+        if recipe == "sherlock" or set(RECIPE_CHECKPOINTS[recipe]) <= set(summary["scores"]):
+            continue
+        timings: dict[str, float] = {}
+        timed = timer(timings)
+        models = RECIPES[recipe](root, seed, timed)
+        summary["scores"] |= evaluate_all(config, seed, models, timed)
+        summary["seconds"] |= timings
+        (root / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def run_seed(config: ExperimentConfig, seed: int) -> dict:
+    """All Sherlock stages and evaluations for one seed; returns its summary (scores per checkpoint)."""
+    root = Path(config.workdir) / f"seed_{seed}"
+    timings: dict[str, float] = {}
+    timed = timer(timings)
+
     pool_file = generate_synthetic(root / "data/all", 2 * config.subset_size + config.pool_size, seed=seed)
-    eval_dir = generate_synthetic(Path(config.workdir) / "eval", config.eval_items, seed=EVAL_SEED).parent
+    generate_synthetic(Path(config.workdir) / "eval", config.eval_items, seed=EVAL_SEED)  # the held-out set
     pool = load_llava_cot(pool_file)
     sample_to_dir(pool, root / "subsets",
                   {"D_A": config.subset_size, "D_B": config.subset_size, "D_U": config.pool_size}, seed)
@@ -103,13 +186,7 @@ def run_seed(config: ExperimentConfig, seed: int) -> dict:
         "num_pairs": config.online_pairs, "learning_rate": config.online_learning_rate, "reference_cache": None})
     models["online iter 1"] = timed("online iter 1", run_online_iteration, online)
 
-    results = {}
-    for name, model in models.items():
-        metrics = timed(f"evaluate {name}", run_evaluation, EvaluationConfig(
-            model=str(model), benchmarks=f"llava_cot={eval_dir}", correction_rounds=config.correction_rounds,
-            output=str(root / "eval" / _slug(name)),
-            max_new_tokens=config.max_new_tokens, generation_batch_size=config.generation_batch_size, seed=seed))
-        results[name] = [r["score"] for r in metrics["benchmarks"]["llava_cot"]["rounds"]]
+    results = evaluate_all(config, seed, models, timed)
     summary = {"seed": seed, "scores": results, "seconds": timings,
                "online_pairs": json.loads((root / "online_iter_1/pairs/stats.json").read_text()),
                "offline_pairs": json.loads((root / "pairs/stats.json").read_text())}
@@ -125,7 +202,7 @@ def results_table(summaries: list[dict], rounds: int) -> str:
 
     header = "| checkpoint | direct | " + " | ".join(f"+SC round {k}" for k in range(1, rounds + 1)) + " |"
     lines = [header, "|" + "---|" * (rounds + 2)]
-    for name in CHECKPOINTS:
+    for name in (n for n in CHECKPOINTS if all(n in s["scores"] for s in summaries)):
         per_round = list(zip(*(s["scores"][name] for s in summaries)))
         lines.append(f"| {name} | " + " | ".join(cell(v) for v in per_round) + " |")
     return "\n".join(lines) + "\n"
@@ -133,10 +210,14 @@ def results_table(summaries: list[dict], rounds: int) -> str:
 
 def run_experiment(config: ExperimentConfig) -> str:
     """Run every seed (reusing finished ones' summaries) and write ``workdir/results.md``."""
+    unknown = set(config.recipes.split(",")) - {"sherlock", *RECIPES}
+    if unknown or "sherlock" not in config.recipes.split(","):
+        raise ValueError(f"recipes must include sherlock (the others start from its R0); unknown: {sorted(unknown)}")
     summaries = []
     for seed in (int(s) for s in config.seeds.split(",")):
         done = Path(config.workdir) / f"seed_{seed}" / "summary.json"
-        summaries.append(json.loads(done.read_text()) if done.is_file() else run_seed(config, seed))
+        summary = json.loads(done.read_text()) if done.is_file() else run_seed(config, seed)
+        summaries.append(run_recipes(config, seed, summary))
     table = results_table(summaries, config.correction_rounds)
     Path(config.workdir, "results.md").write_text(table)
     Path(config.workdir, "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))

@@ -1,4 +1,5 @@
-"""The compiled pipeline: in sync with its source, platform settings task by task, and a local run."""
+"""The compiled pipelines (Sherlock, SCL, STIC): in sync with their sources, sharing components,
+platform settings task by task, and local runs."""
 
 import json
 from pathlib import Path
@@ -7,19 +8,33 @@ import pytest
 import yaml
 
 from components import CPU_IMAGE, IMAGE
-from pipelines.sherlock import PIPELINE_FILE, ClusterOptions, main
+from pipelines import scl, sherlock, stic
+from pipelines.common import ClusterOptions
 from sherlock.serving.schema import validate_manifest
 
-GPU_STEPS = ("sft", "sample-rejected", "build-preferences", "train-preferences", "online-iteration", "evaluate")
+RECIPES = {"sherlock": sherlock, "scl": scl, "stic": stic}
+GPU_STEPS = ("sft", "sample-rejected", "build-preferences", "train-preferences", "online-iteration", "evaluate",
+             "scl-pairs", "stic-pairs", "stic-describe")
 CPU_STEPS = ("prepare-inputs", "sample-data", "register-and-gate", "deploy")
 NETWORK_STEPS = ("prepare-inputs", "sample-data", "register-and-gate", "deploy")
 UNCACHED_STEPS = ("register-and-gate", "deploy")
+# recipe -> (steps, checkpoints evaluated and registered)
+EXPECTED = {
+    "sherlock": ({"sft", "sample-rejected", "build-preferences", "train-preferences", "online-iteration", "evaluate"},
+                 4),
+    "scl": ({"sft", "scl-pairs", "train-preferences", "evaluate"}, 2),
+    "stic": ({"sft", "stic-pairs", "train-preferences", "stic-describe", "evaluate"}, 3),
+}
 
 
-@pytest.fixture(scope="module")
-def compiled():
-    spec, platform = yaml.safe_load_all(PIPELINE_FILE.read_text())
+def load(path: Path) -> tuple[dict, dict]:
+    spec, platform = yaml.safe_load_all(path.read_text())
     return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+@pytest.fixture(scope="module", params=sorted(RECIPES))
+def compiled(request):
+    return (request.param, *load(RECIPES[request.param].PIPELINE_FILE))
 
 
 def all_tasks(spec: dict) -> dict:
@@ -38,22 +53,38 @@ def step(task_name: str) -> str:
     return base
 
 
-def test_committed_pipeline_is_in_sync_with_its_source(tmp_path):
-    main(["--output", str(tmp_path / "sherlock.yaml")])
-    fresh = list(yaml.safe_load_all((tmp_path / "sherlock.yaml").read_text()))
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_committed_pipeline_is_in_sync_with_its_source(tmp_path, recipe):
+    module = RECIPES[recipe]
+    module.main(["--output", str(tmp_path / f"{recipe}.yaml")])
+    fresh = list(yaml.safe_load_all((tmp_path / f"{recipe}.yaml").read_text()))
     # documents, not text: the compiler's header comment lists dict defaults in no fixed order
-    assert fresh == list(yaml.safe_load_all(PIPELINE_FILE.read_text())), (
-        "pipelines/sherlock.yaml is stale: run `python -m pipelines.sherlock`")
+    assert fresh == list(yaml.safe_load_all(module.PIPELINE_FILE.read_text())), (
+        f"pipelines/{recipe}.yaml is stale: run `python -m pipelines.{recipe}`")
 
 
-def test_every_stage_is_a_task_and_online_iterations_are_unrolled(compiled):
-    spec, _ = compiled
+def test_the_recipes_share_their_components():
+    """A component the pipelines have in common is the same container (image, command, code) in each."""
+    executors = {recipe: load(module.PIPELINE_FILE)[0]["deploymentSpec"]["executors"]
+                 for recipe, module in RECIPES.items()}
+    shared = {"exec-prepare-inputs", "exec-sample-data", "exec-sft", "exec-train-preferences", "exec-evaluate",
+              "exec-register-and-gate", "exec-deploy"}
+    for recipe in ("scl", "stic"):
+        assert shared <= set(executors[recipe])
+        for name in shared:
+            assert executors[recipe][name] == executors["sherlock"][name], (recipe, name)
+
+
+def test_every_stage_is_a_task_and_checkpoints_are_registered_in_order(compiled):
+    recipe, spec, _ = compiled
     tasks = all_tasks(spec)
-    assert sorted({step(t) for t in tasks}) == sorted(GPU_STEPS + CPU_STEPS)
-    assert sum(step(t) == "online-iteration" for t in tasks) == 2
-    assert sum(step(t) == "evaluate" for t in tasks) == sum(step(t) == "register-and-gate" for t in tasks) == 4
-    online_2 = tasks["online-iteration-2"]
-    assert "online-iteration" in online_2["dependentTasks"]  # π_2 starts from π_1
+    steps, checkpoints = EXPECTED[recipe]
+    assert {step(t) for t in tasks} == steps | set(CPU_STEPS)
+    assert sum(step(t) == "evaluate" for t in tasks) == sum(step(t) == "register-and-gate" for t in tasks) \
+        == checkpoints
+    if recipe == "sherlock":
+        assert sum(step(t) == "online-iteration" for t in tasks) == 2
+        assert "online-iteration" in tasks["online-iteration-2"]["dependentTasks"]  # π_2 starts from π_1
     registers = sorted(t for t in tasks if step(t) == "register-and-gate")
     assert tasks[registers[0]]["inputs"]["parameters"]["promoted_before"]["runtimeValue"]["constant"] is False
     for earlier, later in zip(registers, registers[1:]):
@@ -63,16 +94,17 @@ def test_every_stage_is_a_task_and_online_iterations_are_unrolled(compiled):
 
 
 def test_deploy_runs_only_when_this_run_promoted_a_champion(compiled):
-    spec, _ = compiled
+    recipe, spec, _ = compiled
     (condition,) = [t for t in spec["root"]["dag"]["tasks"].values() if "triggerPolicy" in t]
+    last = f"register-and-gate-{EXPECTED[recipe][1]}"
     assert condition["triggerPolicy"]["condition"] == (
-        "inputs.parameter_values['pipelinechannel--register-and-gate-4-Output'] == true")
+        f"inputs.parameter_values['pipelinechannel--{last}-Output'] == true")
     body = spec["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
     assert [step(t) for t in body] == ["deploy"]
 
 
 def test_gpu_and_cpu_steps_land_on_the_right_nodes(compiled):
-    spec, executors = compiled
+    _, spec, executors = compiled
     options = ClusterOptions()
     for name, task in all_tasks(spec).items():
         executor = spec["components"][task["componentRef"]["name"]]["executorLabel"]
@@ -98,7 +130,7 @@ def test_gpu_and_cpu_steps_land_on_the_right_nodes(compiled):
 
 
 def test_credentials_come_only_from_secrets(compiled):
-    spec, executors = compiled
+    _, spec, executors = compiled
     for executor, platform in executors.items():
         env = {e["envVar"]: s["secretName"] for s in platform["secretAsEnv"] for e in s["keyToEnv"]}
         assert env["AWS_SECRET_ACCESS_KEY"] == "sherlock-s3" and env["MLFLOW_TRACKING_URI"] == "sherlock-mlflow"
@@ -110,7 +142,7 @@ def test_credentials_come_only_from_secrets(compiled):
 
 
 def test_caching_and_retries_are_explicit_per_step(compiled):
-    spec, _ = compiled
+    _, spec, _ = compiled
     for name, task in all_tasks(spec).items():
         cache = task["cachingOptions"].get("enableCache", False)
         assert cache is (step(name) not in UNCACHED_STEPS), name
@@ -118,11 +150,105 @@ def test_caching_and_retries_are_explicit_per_step(compiled):
 
 
 def test_a_pvc_for_checkpoints_is_mounted_when_configured(tmp_path):
-    main(["--output", str(tmp_path / "p.yaml"), "--checkpoint-pvc", "sherlock-checkpoints", "--online-iterations", "1"])
+    sherlock.main(["--output", str(tmp_path / "p.yaml"), "--checkpoint-pvc", "sherlock-checkpoints",
+                   "--online-iterations", "1"])
     _, platform = yaml.safe_load_all((tmp_path / "p.yaml").read_text())
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert executors["exec-sft"]["pvcMount"][0]["mountPath"] == "/checkpoints"
     assert "pvcMount" not in executors["exec-register-and-gate"]
+
+
+@pytest.mark.parametrize("recipe", ["scl", "stic"])
+def test_without_warm_start_the_recipe_starts_from_the_base_model(tmp_path, recipe):
+    RECIPES[recipe].main(["--output", str(tmp_path / "p.yaml"), "--no-warm-start"])
+    spec, _ = load(tmp_path / "p.yaml")
+    tasks = all_tasks(spec)
+    sft_names = [t["inputs"]["parameters"]["name"]["runtimeValue"]["constant"] for n, t in tasks.items()
+                 if step(n) == "sft"]
+    assert sft_names == ([] if recipe == "scl" else ["stic-stage2"])  # no R0 step
+    first = tasks[f"{recipe}-pairs"]["inputs"]["parameters"]["model"]["taskOutputParameter"]
+    assert first == {"outputParameterKey": "base_model", "producerTask": "prepare-inputs"}
+    assert tasks["evaluate"]["inputs"]["parameters"]["name"]["runtimeValue"]["constant"] == "base"
+
+
+def run_locally(recipe: str, workdir: Path) -> dict:
+    """``python -m pipelines.run_local --recipe RECIPE --quick``; returns its summary."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "pipelines.run_local", "--recipe", recipe, "--quick", "--workdir", str(workdir)]
+    result = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "served champion" in result.stdout and "| llava_cot |" in result.stdout
+    return json.loads((workdir / "summary.json").read_text())
+
+
+def check_deployed_champion(summary: dict, name: str, versions: int, workdir: Path) -> None:
+    """The first gate promoted (empty registry), so the deploy step ran for this recipe's model."""
+    import mlflow
+
+    deployment = summary["deployment"]
+    assert deployment["action"] == "manifest" and deployment["version"] == summary["champion_version"]
+    manifest = yaml.safe_load(Path(deployment["manifest"]).read_text())
+    validate_manifest(manifest)
+    assert manifest["metadata"]["name"] == name  # the InferenceService is named after the registered model
+    client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    assert len(client.search_model_versions(f"name = '{name}'")) == versions
+    assert len(summary["answer"]["rounds"]) == 2
+
+
+def test_scl_pipeline_runs_end_to_end_locally(tmp_path):
+    """SCL through kfp.local: its pairs follow the typing rules and the trained step is DPO + SFT term."""
+    from sherlock.data.llava_cot import load_llava_cot
+    from sherlock.stages.scl import scl_correct
+
+    summary = run_locally("scl", tmp_path)
+    assert [s.split()[0] for s in summary["stage_seconds"]] == [
+        "sample", "sft", "scl-pairs", "train-preferences", "evaluate", "evaluate"]
+    run = tmp_path / "artifacts" / summary["pipeline_run_id"]
+    records = {r.id: r for r in load_llava_cot(run / "subsets/D_B/data.jsonl").records}
+    responses = [json.loads(line) for line in (run / "scl-pairs/responses.jsonl").read_text().splitlines()]
+    stats = json.loads((run / "scl-pairs/stats.json").read_text())
+    assert len(responses) == len(records) == 24 == sum(stats[f"type_{k}"] for k in (1, 2, 3, 4))
+    pairs = {p["id"]: p for p in map(json.loads, (run / "scl-pairs/pairs.jsonl").read_text().splitlines())}
+    assert stats["num_pairs"] == len(pairs) == stats["type_2"] + stats["type_3"] > 0
+    for row in responses:
+        record = records[row["id"]]
+        assert (row["initial_correct"], row["refined_correct"]) == (scl_correct(row["initial"], record),
+                                                                    scl_correct(row["refined"], record))
+        if row["type"] in (2, 3):
+            pair = pairs[row["id"]]
+            better, worse = (row["refined"], row["initial"]) if row["type"] == 2 else (row["initial"], row["refined"])
+            assert (pair["suffix_w"], pair["suffix_l"], pair["question"]) == (better, worse, record.question)
+        else:
+            assert row["id"] not in pairs
+    trained = yaml.safe_load((run / "scl/stage_config.yaml").read_text())
+    assert (trained["use_sc"], trained["dynamic_beta"], trained["dpo_beta"], trained["sft_weight"],
+            trained["finetuning"]) == (False, False, 0.1, 0.1, "lora")
+    logs = json.loads((run / "scl/trainer_state.json").read_text())["log_history"]
+    assert logs[0]["loss/sc"] == 0 and logs[0]["loss/sft"] > 0 and logs[0]["beta/dpo_mean"] == pytest.approx(0.1)
+    check_deployed_champion(summary, "scl-embedded", 2, tmp_path)
+
+
+def test_stic_pipeline_runs_end_to_end_locally(tmp_path):
+    """STIC through kfp.local: description pairs on D_U, stage 1, a described D_A subset, stage 2 from stage 1."""
+    from sherlock.data.llava_cot import load_llava_cot
+    from sherlock.prompts import STIC_SIMPLE_PROMPTS
+
+    summary = run_locally("stic", tmp_path)
+    assert [s.split()[0] for s in summary["stage_seconds"]] == [
+        "sample", "sft", "stic-pairs", "train-preferences", "stic-describe", "sft", "evaluate", "evaluate", "evaluate"]
+    run = tmp_path / "artifacts" / summary["pipeline_run_id"]
+    pairs = [json.loads(line) for line in (run / "stic-pairs/pairs.jsonl").read_text().splitlines()]
+    unlabeled = {r.id for r in load_llava_cot(run / "subsets/D_U/data.jsonl").records}
+    assert pairs and {p["id"] for p in pairs} <= unlabeled and all(p["question"] in STIC_SIMPLE_PROMPTS for p in pairs)
+    stage1 = yaml.safe_load((run / "stic-stage1/stage_config.yaml").read_text())
+    assert (stage1["sft_weight"], stage1["sft_per_token"], stage1["dpo_beta"]) == (1 / 1024, False, 0.1)
+    described = load_llava_cot(run / "stic-described/data.jsonl").records
+    assert len(described) == 4 and all(r.question.startswith("Image description:\n") for r in described)
+    stage2 = yaml.safe_load((run / "stic-stage2/stage_config.yaml").read_text())
+    assert stage2["model"].endswith("stic-stage1") and stage2["data"].endswith("stic-described")
+    check_deployed_champion(summary, "stic-embedded", 3, tmp_path)
 
 
 def test_reduced_pipeline_runs_end_to_end_locally(tmp_path):
