@@ -35,7 +35,7 @@ from sherlock.stages.sft import SFTStageConfig, run_sft
 EVAL_SEED = 1_000_003  # one held-out set for every seed
 SHERLOCK_CHECKPOINTS = ("R0", "Sherlock-SFT", "Sherlock offline", "offline, static β", "offline, w/o L_SC",
                         "online iter 1")
-RECIPE_CHECKPOINTS = {"scl": ("SCL",), "stic": ("STIC stage 1", "STIC")}
+RECIPE_CHECKPOINTS = {"scl": ("SCL",), "stic": ("STIC stage 1", "STIC"), "dar": ("R0 + DaR", "STIC + DaR")}
 CHECKPOINTS = SHERLOCK_CHECKPOINTS + tuple(name for names in RECIPE_CHECKPOINTS.values() for name in names)
 EMBEDDED_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "embedded"
 
@@ -61,7 +61,8 @@ class ExperimentConfig:
     correction_rounds: int = 1
     max_new_tokens: int = 160
     generation_batch_size: int = 128
-    recipes: str = "sherlock,scl,stic"  # SCL and STIC reuse the seed's R0 (configs/embedded settings)
+    recipes: str = "sherlock,scl,stic,dar"  # SCL and STIC reuse the seed's R0 (configs/embedded settings);
+    # dar: R0 and STIC evaluated with STIC's describe-and-respond prompting
 
 
 def _slug(name: str) -> str:
@@ -80,8 +81,11 @@ def timer(timings: dict[str, float]):
     return timed
 
 
-def evaluate_all(config: ExperimentConfig, seed: int, models: dict, timed) -> dict[str, list[float]]:
-    """Held-out accuracy per round (direct, then each correction round) of every named checkpoint."""
+def evaluate_all(config: ExperimentConfig, seed: int, models: dict, timed, **fields) -> dict[str, list[float]]:
+    """Held-out accuracy per round (direct, then each correction round) of every named checkpoint.
+
+    ``fields`` are further :class:`EvaluationConfig` settings (e.g. ``describe_first``).
+    """
     eval_dir = Path(config.workdir) / "eval"
     root = Path(config.workdir) / f"seed_{seed}"
     results = {}
@@ -89,7 +93,8 @@ def evaluate_all(config: ExperimentConfig, seed: int, models: dict, timed) -> di
         metrics = timed(f"evaluate {name}", run_evaluation, EvaluationConfig(
             model=str(model), benchmarks=f"llava_cot={eval_dir}", correction_rounds=config.correction_rounds,
             output=str(root / "eval" / _slug(name)),
-            max_new_tokens=config.max_new_tokens, generation_batch_size=config.generation_batch_size, seed=seed))
+            max_new_tokens=config.max_new_tokens, generation_batch_size=config.generation_batch_size, seed=seed,
+            **fields))
         results[name] = [r["score"] for r in metrics["benchmarks"]["llava_cot"]["rounds"]]
     return results
 
@@ -128,7 +133,13 @@ def run_stic(root: Path, seed: int, timed) -> dict[str, Path]:
     return {"STIC stage 1": stage1, "STIC": stage2}
 
 
-RECIPES = {"scl": run_scl, "stic": run_stic}
+def describe_and_respond(root: Path, seed: int, timed) -> dict[str, Path]:
+    """The STIC model (after the stic recipe) and its starting R0, for evaluation with DaR prompting."""
+    return {"R0 + DaR": root / "r0", "STIC + DaR": root / "stic"}
+
+
+# recipe -> (checkpoints, extra evaluation settings); dar needs stic's model
+RECIPES = {"scl": (run_scl, {}), "stic": (run_stic, {}), "dar": (describe_and_respond, {"describe_first": True})}
 
 
 def run_recipes(config: ExperimentConfig, seed: int, summary: dict) -> dict:
@@ -139,8 +150,8 @@ def run_recipes(config: ExperimentConfig, seed: int, summary: dict) -> dict:
             continue
         timings: dict[str, float] = {}
         timed = timer(timings)
-        models = RECIPES[recipe](root, seed, timed)
-        summary["scores"] |= evaluate_all(config, seed, models, timed)
+        train, evaluation = RECIPES[recipe]
+        summary["scores"] |= evaluate_all(config, seed, train(root, seed, timed), timed, **evaluation)
         summary["seconds"] |= timings
         (root / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -210,9 +221,11 @@ def results_table(summaries: list[dict], rounds: int) -> str:
 
 def run_experiment(config: ExperimentConfig) -> str:
     """Run every seed (reusing finished ones' summaries) and write ``workdir/results.md``."""
-    unknown = set(config.recipes.split(",")) - {"sherlock", *RECIPES}
-    if unknown or "sherlock" not in config.recipes.split(","):
-        raise ValueError(f"recipes must include sherlock (the others start from its R0); unknown: {sorted(unknown)}")
+    recipes = config.recipes.split(",")
+    unknown = set(recipes) - {"sherlock", *RECIPES}
+    if unknown or "sherlock" not in recipes or "dar" in recipes and "stic" not in recipes[:recipes.index("dar")]:
+        raise ValueError(f"recipes must include sherlock (the others start from its R0), dar only after stic; "
+                         f"unknown: {sorted(unknown)}")
     summaries = []
     for seed in (int(s) for s in config.seeds.split(",")):
         done = Path(config.workdir) / f"seed_{seed}" / "summary.json"

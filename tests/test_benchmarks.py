@@ -145,3 +145,22 @@ def test_evaluation_stage_scores_every_round(tiny_model_dir, subset_dir, tsv_dir
     assert (tmp_path / "eval/accuracy_by_round.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ConfigError, match="unknown benchmark"):
         EvaluationConfig(model="m", output="o", benchmarks="vqav2=x").check()
+
+
+def test_describe_and_respond_prefixes_the_models_own_description(tiny_model_dir, subset_dir, tmp_path):
+    """STIC's DaR: the greedy description of STIC_DAR_PROMPT goes in front of every question."""
+    from sherlock.generation import DecodingConfig, generate
+    from sherlock.models.loading import load_vlm
+    from sherlock.prompts import STIC_DAR_PROMPT
+
+    config = EvaluationConfig(model=str(tiny_model_dir), output=str(tmp_path / "dar"), correction_rounds=1,
+                              benchmarks=f"llava_cot={subset_dir}", limit=3, max_new_tokens=6, describe_first=True)
+    run_evaluation(config)
+    predictions = [json.loads(line) for line in (tmp_path / "dar/predictions.jsonl").read_text().splitlines()]
+    items = load_benchmark("llava_cot", subset_dir, 3)
+    model, processor = load_vlm(tiny_model_dir)
+    descriptions = generate(model, processor, [STIC_DAR_PROMPT] * 3, [i.image for i in items],
+                            config=DecodingConfig(max_new_tokens=6))
+    for prediction, item, description in zip(predictions, items, descriptions):
+        assert prediction["prompt"] == f"Image description:\n{description}\n\n{item.prompt}"
+        assert len(prediction["responses"]) == 2

@@ -2,6 +2,8 @@
 
 Round 0 answers the question (greedy by default; the paper samples with T = 0.6, top_p = 0.7).
 Round k prompts with R(Q, response of round k−1) and decodes greedily; every round is scored.
+With ``describe_first`` (STIC's describe-and-respond, spec §3 DaR) the model first describes the
+image (greedy) and Q is the question prefixed with that description.
 Outputs: ``metrics.json``, ``results.md`` (a table per round), ``accuracy_by_round.png`` and
 ``predictions.jsonl`` (every response, for auditing or an external judge).
 """
@@ -19,8 +21,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from sherlock.benchmarks import BENCHMARKS, load_benchmark, paper_average, score_responses  # noqa: E402
-from sherlock.generation import answer_with_corrections  # noqa: E402
+from sherlock.generation import DecodingConfig, answer_with_corrections, generate  # noqa: E402
 from sherlock.models.loading import load_vlm  # noqa: E402
+from sherlock.prompts import STIC_DAR_PROMPT, stic_description_infused  # noqa: E402
 from sherlock.stages.config import ConfigError, SamplingSettings, help_field, parse_named  # noqa: E402
 from sherlock.data.schema import write_jsonl  # noqa: E402
 from sherlock.stages.io import record_stage_config  # noqa: E402
@@ -38,6 +41,7 @@ class EvaluationConfig(SamplingSettings):
     correction_rounds: int = help_field(3, "greedy self-correction rounds after the direct answer")
     temperature: float = help_field(0.0, "direct-answer temperature (0: greedy; paper 0.6)")
     limit: int | None = help_field(None, "evaluate only the first N items of each benchmark")
+    describe_first: bool = help_field(False, "describe the image first and prefix the question with it (STIC DaR)")
     seed: int = help_field(0, "sampling seed of the direct answers")
 
     def parsed_benchmarks(self) -> dict[str, str]:
@@ -95,10 +99,17 @@ def run_evaluation(config: EvaluationConfig) -> dict:
     predictions = []
     for name, path in config.parsed_benchmarks().items():
         items = load_benchmark(name, path, config.limit)
-        rounds = answer_with_corrections(model, processor, [i.prompt for i in items], [i.image for i in items],
-                                         config.correction_rounds, direct, desc=name)
+        images = [i.image for i in items]
+        questions = [i.prompt for i in items]
+        if config.describe_first:
+            greedy = DecodingConfig(config.max_new_tokens, batch_size=config.generation_batch_size)
+            descriptions = generate(model, processor, [STIC_DAR_PROMPT] * len(items), images, config=greedy,
+                                    desc=f"{name} descriptions")
+            questions = [stic_description_infused(q, d) for q, d in zip(questions, descriptions)]
+        rounds = answer_with_corrections(model, processor, questions, images, config.correction_rounds, direct,
+                                         desc=name)
         metrics["benchmarks"][name] = {"path": path, "rounds": [score_responses(name, items, r) for r in rounds]}
-        predictions += [{"benchmark": name, "id": item.id, "answer": item.answer,
+        predictions += [{"benchmark": name, "id": item.id, "answer": item.answer, "prompt": questions[j],
                          "responses": [r[j] for r in rounds]} for j, item in enumerate(items)]
     per_round = [{name: m["rounds"][k]["score"] for name, m in metrics["benchmarks"].items()}
                  for k in range(config.correction_rounds + 1)]
