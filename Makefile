@@ -34,8 +34,9 @@ $(HELM):
 	chmod +x .tools/helm/helm .tools/kubectl/kubectl
 	touch $@
 
+RECIPE ?= sherlock
 demo: install
-	$(BIN)/python -m pipelines.run_local
+	$(BIN)/python -m pipelines.run_local --recipe $(RECIPE)
 
 bench: install
 	$(BIN)/python -m bench
@@ -44,7 +45,7 @@ bench-quick: install
 	$(BIN)/python -m bench --quick
 
 compile: install
-	$(BIN)/python -m pipelines.sherlock
+	$(BIN)/python -m pipelines.sherlock && $(BIN)/python -m pipelines.scl && $(BIN)/python -m pipelines.stic
 
 test: install $(CHECKOV) $(HELM)
 	$(BIN)/pytest -q
