@@ -62,6 +62,22 @@ def test_lora_merges_into_the_language_model_only(tiny_model_dir, subset_dir, tm
     assert _changed(language, trained, "language_model")
 
 
+def test_lora_initialisation_follows_the_stage_seed(tiny_model_dir):
+    """The adapters' random A matrices depend on ``seed`` only, not on what the process drew before."""
+    import torch
+
+    from sherlock.training.setup import TrainSettings, prepare_model
+
+    def adapters(seed: int, draws: int) -> dict:
+        torch.rand(draws)  # earlier use of the global generator (generation, other stages)
+        model = prepare_model(load_vlm(tiny_model_dir)[0], TrainSettings(finetuning="lora", seed=seed))
+        return {k: v.clone() for k, v in model.state_dict().items() if "lora_A" in k}
+
+    first, again, other = adapters(0, 1), adapters(0, 1000), adapters(1, 1)
+    assert first and all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
 def test_freeze_vision_keeps_the_vision_tower(tiny_model_dir, subset_dir, tmp_path):
     base, _ = load_vlm(tiny_model_dir)
     vision, projector = _weights(base, "vision_model"), _weights(base, "multi_modal_projector")

@@ -92,7 +92,9 @@ def prepare_model(model, settings: TrainSettings):
     freeze_modules(model, settings)
     if settings.finetuning == "lora":
         from peft import LoraConfig, get_peft_model
+        from transformers import set_seed
 
+        set_seed(settings.seed)  # the adapters are initialised here, before the Trainer seeds itself
         lora = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
                           target_modules=settings.lora_target)
         model = get_peft_model(model, lora)
