@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from kfp import compiler, dsl, kubernetes
 
-from components import deploy, evaluate, prepare_inputs, register_and_gate, sample_data
+from components import deploy, evaluate, prepare_inputs, register_and_gate, sample_data, sft
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
@@ -89,6 +89,15 @@ def inputs_and_subsets(options: ClusterOptions, base_model, train_data, benchmar
                                         **common).set_display_name("sample subsets"),
                             options, retries=3).set_caching_options(True)
     return inputs, {name: subsets.outputs[name.lower()] for name in ("D_A", "D_B", "D_U")}
+
+
+def starting_model(gpu, warm_start: bool, base_model, d_a, r0_settings, common: dict) -> tuple[str, object]:
+    """``(name, URI)`` of the model a sibling recipe starts from: R0 (SFT on D_A) or, without the
+    warm start, the base model itself (one that already follows instructions)."""
+    if not warm_start:
+        return "base", base_model
+    return "r0", gpu(sft(name="r0", model=base_model, data=d_a, rejected="", settings=r0_settings, **common),
+                     "R0 (SFT on D_A)").output
 
 
 def evaluate_and_deploy(checkpoints: list, benchmarks, options: ClusterOptions, gpus, eval_settings, model_name,

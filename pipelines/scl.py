@@ -10,9 +10,9 @@ from pathlib import Path
 
 from kfp import dsl
 
-from components import scl_pairs, sft, train_preferences
+from components import scl_pairs, train_preferences
 from pipelines.common import (ClusterOptions, compile_command, evaluate_and_deploy, gpu_step, inputs_and_subsets,
-                              preset, warm_start_argument)
+                              preset, starting_model, warm_start_argument)
 
 PIPELINE_FILE = Path(__file__).with_suffix(".yaml")
 
@@ -43,11 +43,8 @@ def build_pipeline(warm_start: bool = True, options: ClusterOptions | None = Non
         common = {"output_root": output_root, "pipeline_run_id": run_id}
         gpu = gpu_step(options, gpus)
         inputs, subsets = inputs_and_subsets(options, base_model, train_data, benchmarks, subset_sizes, seed, common)
-        start, start_name = inputs.outputs["base_model"], "base"
-        if warm_start:
-            start = gpu(sft(name="r0", model=start, data=subsets["D_A"], rejected="", settings=r0_settings, **common),
-                        "R0 (SFT on D_A)").output
-            start_name = "r0"
+        start_name, start = starting_model(gpu, warm_start, inputs.outputs["base_model"], subsets["D_A"], r0_settings,
+                                           common)
         pairs = gpu(scl_pairs(model=start, data=subsets["D_B"], settings=scl_pairs_settings, **common),
                     "SCL pairs (two turns on D_B)")
         trained = gpu(train_preferences(name="scl", model=start, data=pairs.output, settings=scl_settings, loss={},

@@ -19,18 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sherlock.data.llava_cot import load_llava_cot
-from sherlock.stages.config import load_config
-from sherlock.stages.scl import SCLPairsConfig, run_scl_pairs
-from sherlock.stages.stic import STICDescribeConfig, STICPairsConfig, run_stic_describe, run_stic_pairs
 from sherlock.data.sampling import sample_to_dir
 from sherlock.data.synthetic import generate_synthetic
 from sherlock.models.tiny import build_tiny_vlm, tokenizer_corpus
+from sherlock.stages.config import load_config
 from sherlock.stages.evaluate import EvaluationConfig, run_evaluation
 from sherlock.stages.online import OnlineConfig, run_online_iteration
 from sherlock.stages.preference_training import PreferenceTrainingConfig, run_train_preferences
 from sherlock.stages.preferences import PreferenceDataConfig, run_build_preferences
 from sherlock.stages.rejected import SampleRejectedConfig, run_sample_rejected
+from sherlock.stages.scl import SCLPairsConfig, run_scl_pairs
 from sherlock.stages.sft import SFTStageConfig, run_sft
+from sherlock.stages.stic import STICDescribeConfig, STICPairsConfig, run_stic_describe, run_stic_pairs
 
 EVAL_SEED = 1_000_003  # one held-out set for every seed
 SHERLOCK_CHECKPOINTS = ("R0", "Sherlock-SFT", "Sherlock offline", "offline, static β", "offline, w/o L_SC",
