@@ -45,6 +45,7 @@ class BenchmarkItem:
     category: str | None = None
     group: str | None = None  # items scored together (MME: the two questions of an image)
     precision: int | None = None
+    reference: str | None = None  # the gold 4-stage response, where the data holds one (LLaVA-CoT jsonl)
 
 
 def _decode_image(value: str) -> Image.Image:
@@ -151,7 +152,7 @@ def load_benchmark(name: str, path: str | Path, limit: int | None = None) -> lis
         if missing:
             raise ValueError(f"{len(missing)} records of {path} have no gold answer (first: {missing[0]})")
         return [BenchmarkItem(r.id, r.question, open_image(data.image_root, r), r.answer,
-                              r.answer_type or "text", r.tier) for r in records]
+                              r.answer_type or "text", r.tier, reference=r.response) for r in records]
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; choose from {sorted(BENCHMARKS) + ['llava_cot']}")
     rows = read_tsv(path)[:limit]

@@ -9,11 +9,13 @@ prompt is one user turn (the image, then the text) or a whole conversation in th
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
 from sherlock.chat import user_turn
 from sherlock.prompts import correction_prompt
@@ -31,6 +33,35 @@ class DecodingConfig:
     seed: int = 0
 
 
+def item_seed(seed: int, stream: str, key: str) -> int:
+    """The seed of one item's random stream: a hash of the stage seed, the stream name and the item."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{stream}/{key}".encode()).digest()[:8], "big") >> 1
+
+
+class PerItemSampler(LogitsProcessor):
+    """Temperature + top-p sampling where row ``k`` draws from its own ``torch.Generator``.
+
+    ``generate`` samples a batch from one global stream, so a draw depends on the batch it lands
+    in and on every call before it. Here each row's token is drawn (one uniform per step, inverse
+    CDF) from a generator seeded by :func:`item_seed`, and returned as the only finite logit, for
+    greedy search to pick. An item's draws are the same in any batch, on any rank.
+    """
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float):
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.warpers = [TemperatureLogitsWarper(temperature)] + ([TopPLogitsWarper(top_p)] if top_p < 1 else [])
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for warper in self.warpers:
+            scores = warper(input_ids, scores)
+        cumulative = torch.softmax(scores.float(), dim=-1).cumsum(dim=-1).cpu()
+        uniforms = torch.cat([torch.rand(1, generator=g) for g in self.generators])
+        tokens = torch.searchsorted(cumulative, (uniforms * cumulative[:, -1]).unsqueeze(1)).clamp(
+            max=scores.shape[-1] - 1)
+        chosen = torch.full_like(scores, float("-inf"))
+        return chosen.scatter_(1, tokens.to(scores.device), 0.0)
+
+
 def generate(
     model,
     processor,
@@ -39,32 +70,35 @@ def generate(
     prefixes: list[str] | None = None,
     config: DecodingConfig | None = None,
     desc: str = "generating",
+    stream: str = "",
+    keys: list[str] | None = None,
 ) -> list[str]:
     """Generate one response per (prompt, image); with ``prefixes``, continue each assistant turn.
 
     A ``str`` prompt is a single user turn holding the image; a list is a conversation (messages)
-    whose one image is ``images[k]``.
+    whose one image is ``images[k]``. Sampling draws item ``k`` from its own stream, seeded by
+    ``config.seed``, ``stream`` (name every round, turn and stage differently) and ``keys[k]``
+    (the item's id; its position when ``keys`` is None).
 
     Returns the generated continuations only (the prefix is not repeated), cut after the first
     ``</CONCLUSION>``.
     """
     config = config or DecodingConfig()
     prefixes = prefixes if prefixes is not None else [""] * len(prompts)
-    if not len(prompts) == len(images) == len(prefixes):
-        raise ValueError(f"got {len(prompts)} prompts, {len(images)} images and {len(prefixes)} prefixes")
+    keys = keys if keys is not None else [str(k) for k in range(len(prompts))]
+    if not len(prompts) == len(images) == len(prefixes) == len(keys):
+        raise ValueError(f"got {len(prompts)} prompts, {len(images)} images, {len(prefixes)} prefixes "
+                         f"and {len(keys)} keys")
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"
     sampling = config.temperature > 0
     options = {
         "max_new_tokens": config.max_new_tokens,
-        "do_sample": sampling,
+        "do_sample": False,
         "stop_strings": [CONCLUSION_END],
         "tokenizer": tokenizer,
         "pad_token_id": tokenizer.pad_token_id,
     }
-    if sampling:
-        options.update(temperature=config.temperature, top_p=config.top_p)
-    torch.manual_seed(config.seed)
     outputs: list[str] = []
     was_training = model.training
     model.eval()
@@ -78,8 +112,11 @@ def generate(
         batch = processor(
             images=[[image] for image in images[start:stop]], text=texts, padding=True, return_tensors="pt"
         ).to(model.device)
+        sampler = LogitsProcessorList([PerItemSampler(
+            [item_seed(config.seed, stream, key) for key in keys[start:stop]], config.temperature, config.top_p)]
+        ) if sampling else None
         with torch.inference_mode():
-            tokens = model.generate(**batch, **options)
+            tokens = model.generate(**batch, **options, logits_processor=sampler)
         new_tokens = tokens[:, batch["input_ids"].shape[1] :]
         outputs.extend(cut_after_conclusion(t) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     model.train(was_training)
@@ -87,18 +124,24 @@ def generate(
 
 
 def self_correct(model, processor, questions: list[str], images, first: list[str], rounds: int, decoding,
-                 desc: str = "self-correction") -> list[list[str]]:
-    """Responses of ``rounds`` correction rounds, each prompted with R(Q, previous response)."""
+                 desc: str = "self-correction", keys: list[str] | None = None) -> list[list[str]]:
+    """Responses of ``rounds`` correction rounds, each prompted with R(Q, previous response).
+
+    Round k samples from the stream ``correction round k`` (independent of the direct answer's).
+    """
     history = [first]
     for round_number in range(1, rounds + 1):
         prompts = [correction_prompt(q, previous) for q, previous in zip(questions, history[-1])]
-        history.append(generate(model, processor, prompts, images, config=decoding, desc=f"{desc} {round_number}"))
+        history.append(generate(model, processor, prompts, images, config=decoding, desc=f"{desc} {round_number}",
+                                stream=f"correction round {round_number}", keys=keys))
     return history[1:]
 
 
 def answer_with_corrections(model, processor, questions: list[str], images, rounds: int, direct: DecodingConfig,
-                            desc: str = "answer") -> list[list[str]]:
+                            desc: str = "answer", keys: list[str] | None = None) -> list[list[str]]:
     """Responses of round 0 (``direct`` decoding) and of ``rounds`` greedy correction rounds, round-major."""
-    first = generate(model, processor, questions, images, config=direct, desc=f"{desc} direct")
+    first = generate(model, processor, questions, images, config=direct, desc=f"{desc} direct", stream="direct",
+                     keys=keys)
     greedy = dataclasses.replace(direct, temperature=0.0, top_p=1.0)
-    return [first] + self_correct(model, processor, questions, images, first, rounds, greedy, desc=f"{desc} round")
+    return [first] + self_correct(model, processor, questions, images, first, rounds, greedy, desc=f"{desc} round",
+                                  keys=keys)

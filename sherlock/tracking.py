@@ -119,9 +119,21 @@ def trainer_callbacks() -> list[TrainerCallback]:
 
 
 def evaluation_metrics(metrics: dict) -> dict[str, float]:
-    """``<benchmark>/round_<k>`` (0 = direct) and ``paper_average/round_<k>`` from evaluate's metrics.json."""
+    """Flat metrics of evaluate's metrics.json: ``<benchmark>/round_<k>`` (0 = direct),
+    ``paper_average/round_<k>``, and per benchmark the baselines (``greedy_direct``, ``blank_image``,
+    ``blind_prior``), ``sc_minus_direct`` with its CI bounds and the ``perception/<check>`` fractions."""
     flat = {f"{name}/round_{k}": r["score"] for name, m in metrics["benchmarks"].items()
             for k, r in enumerate(m["rounds"]) if r["score"] is not None}
+    for name, m in metrics["benchmarks"].items():
+        flat |= {f"{name}/{key}": m[key]["score"] for key in ("greedy_direct", "blank_image")
+                 if m.get(key) and m[key]["score"] is not None}
+        if m.get("blind_prior") is not None:
+            flat[f"{name}/blind_prior"] = m["blind_prior"]
+        if m.get("sc_minus_direct"):
+            paired = m["sc_minus_direct"]
+            flat |= {f"{name}/sc_minus_direct": paired["difference"], f"{name}/sc_minus_direct_ci_low": paired["ci_low"],
+                     f"{name}/sc_minus_direct_ci_high": paired["ci_high"]}
+        flat |= {f"{name}/perception/{key}": value for key, value in m.get("perception", {}).items()}
     flat |= {f"paper_average/round_{k}": v for k, v in enumerate(metrics.get("paper_average") or [])}
     return flat
 

@@ -309,6 +309,36 @@ def make_item(seed: int, index: int, tier: str, image_size: int = IMAGE_SIZE) ->
     return record, draw_scene(shapes, image_size, rng)
 
 
+PERCEPTION_QUESTIONS = ("Describe the image.", "What is at {cell}?", "Where are the {colour} shapes?")
+
+
+def make_perception_item(seed: int, index: int, image_size: int = IMAGE_SIZE) -> tuple[Record, Image.Image]:
+    """Perception pre-training item ``index`` of seed ``seed``: a scene and one plain-text question about it.
+
+    The question describes the whole scene (the answer is the task's CAPTION text), names what is
+    in one cell, or lists the cells of one colour. Scenes are drawn as in every tier; the random
+    stream is separate from :func:`make_item`'s, so no task item reappears here.
+    """
+    rng = random.Random(f"sherlock-perception:{seed}:{index}")
+    shapes = _sample_scene(rng, TIERS[index % len(TIERS)])
+    family = rng.randrange(len(PERCEPTION_QUESTIONS))
+    if family == 0:
+        question, answer = PERCEPTION_QUESTIONS[0], caption(shapes)
+    elif family == 1:
+        row, col = rng.randrange(3), rng.randrange(3)
+        found = [s for s in shapes if (s.row, s.col) == (row, col)]
+        question = PERCEPTION_QUESTIONS[1].format(cell=cell_name(row, col))
+        answer = f"At {cell_name(row, col)} there is " + (f"a {found[0].name}." if found else "nothing.")
+    else:
+        colour = rng.choice(list(COLOURS))
+        found = [s for s in shapes if s.colour == colour]
+        question = PERCEPTION_QUESTIONS[2].format(colour=colour)
+        answer = f"The {colour} shapes are: {_listing(found)}."
+    record = Record(id=f"perception-{seed}-{index:06d}", image=f"images/p{seed}-{index:06d}.png",
+                    question=question, response=answer, answer_type="text")
+    return record, draw_scene(shapes, image_size, rng)
+
+
 def generate_synthetic(
     output_dir: str | Path,
     num_items: int,

@@ -1,15 +1,20 @@
-"""Evaluation: direct accuracy and accuracy after each greedy self-correction round (spec §1).
+"""Evaluation: direct accuracy, accuracy after each greedy self-correction round, and the baselines.
 
-Round 0 answers the question (greedy by default; the paper samples with T = 0.6, top_p = 0.7).
-Round k prompts with R(Q, response of round k−1) and decodes greedily; every round is scored.
+The default is the paper's protocol (spec §1): the direct answer is sampled (T = 0.6,
+top_p = 0.7), round k prompts with R(Q, response of round k−1) and decodes greedily; every round
+is scored. Beside it, per benchmark: the greedy direct answer, the direct answer given a blank
+white image, the blind prior of the training data (``prior_data``; no model, no image), SC − direct
+on the same items (paired bootstrap 95 % CI, McNemar), and for data with gold 4-stage responses
+the perception checks and where wrong answers depart from the gold (:mod:`sherlock.diagnostics`).
 With ``describe_first`` (STIC's describe-and-respond, spec §3 DaR) the model first describes the
 image (greedy) and Q is the question prefixed with that description.
-Outputs: ``metrics.json``, ``results.md`` (a table per round), ``accuracy_by_round.png`` and
-``predictions.jsonl`` (every response, for auditing or an external judge).
+Outputs: ``metrics.json``, ``results.md``, ``accuracy_by_round.png`` and ``predictions.jsonl``
+(every response, for auditing or an external judge).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,96 +24,179 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
-from sherlock.benchmarks import BENCHMARKS, load_benchmark, paper_average, score_responses  # noqa: E402
+from sherlock.benchmarks import (BENCHMARKS, BenchmarkItem, item_correct, load_benchmark, paper_average,  # noqa: E402
+                                 score_responses)
+from sherlock.diagnostics import (BlindPrior, departure_histogram, paired_difference,  # noqa: E402
+                                  perception_scores)
 from sherlock.generation import DecodingConfig, answer_with_corrections, generate  # noqa: E402
 from sherlock.models.loading import load_vlm  # noqa: E402
 from sherlock.prompts import STIC_DAR_PROMPT, stic_description_infused  # noqa: E402
 from sherlock.stages.config import ConfigError, SamplingSettings, help_field, parse_named  # noqa: E402
 from sherlock.data.schema import write_jsonl  # noqa: E402
-from sherlock.stages.io import record_stage_config  # noqa: E402
+from sherlock.stages.io import load_data, record_stage_config  # noqa: E402
+
+PAPER_TEMPERATURE, PAPER_TOP_P = 0.6, 0.7  # the direct answer of the official evaluation code
 
 METRICS_FILE, TABLE_FILE, PLOT_FILE, PREDICTIONS_FILE = (
     "metrics.json", "results.md", "accuracy_by_round.png", "predictions.jsonl")
 
 
 @dataclass(kw_only=True)
-class EvaluationConfig(SamplingSettings):
+class ProtocolSettings(SamplingSettings):
+    """How answers are drawn and which baselines are scored beside them (evaluate and diagnose)."""
+
+    correction_rounds: int = help_field(3, "greedy self-correction rounds after the direct answer")
+    temperature: float = help_field(PAPER_TEMPERATURE, "direct-answer temperature (0: greedy; paper 0.6)")
+    top_p: float = help_field(PAPER_TOP_P, "direct-answer nucleus threshold (paper 0.7)")
+    greedy_direct: bool = help_field(True, "also score a greedy direct answer (a second column)")
+    blank_image: bool = help_field(True, "also score the direct answer given a blank white image")
+    prior_data: str | None = help_field(None, "labelled training data: score its blind prior on each benchmark",
+                                        uri="data")
+    seed: int = help_field(0, "sampling seed of the direct answers")
+
+    def check_protocol(self) -> None:
+        if self.correction_rounds < 0:
+            raise ConfigError("correction_rounds must be >= 0")
+
+
+@dataclass(kw_only=True)
+class EvaluationConfig(ProtocolSettings):
     model: str = help_field(help="checkpoint to evaluate", uri="model")
     benchmarks: str = help_field(help="comma-separated NAME=PATH, NAME in llava_cot," + ",".join(BENCHMARKS),
                                   uri="named_data")
     output: str = help_field(help="directory for metrics.json, results.md and the plot", uri="output")
-    correction_rounds: int = help_field(3, "greedy self-correction rounds after the direct answer")
-    temperature: float = help_field(0.0, "direct-answer temperature (0: greedy; paper 0.6)")
     limit: int | None = help_field(None, "evaluate only the first N items of each benchmark")
     describe_first: bool = help_field(False, "describe the image first and prefix the question with it (STIC DaR)")
-    seed: int = help_field(0, "sampling seed of the direct answers")
 
     def parsed_benchmarks(self) -> dict[str, str]:
         return parse_named(self.benchmarks, "benchmarks")
 
     def check(self) -> None:
-        if self.correction_rounds < 0:
-            raise ConfigError("correction_rounds must be >= 0")
+        self.check_protocol()
         unknown = set(self.parsed_benchmarks()) - set(BENCHMARKS) - {"llava_cot"}
         if unknown:
             raise ConfigError(f"unknown benchmark(s) {sorted(unknown)}; known: llava_cot, {', '.join(BENCHMARKS)}")
 
 
+def _score(result: dict | None) -> str:
+    if result is None:
+        return "–"
+    if result["score"] is None:
+        return "judge needed"
+    stderr = result.get("stderr")
+    return f"{result['score']:.1f}" + (f" ± {stderr:.1f}" if stderr is not None else "")
+
+
 def markdown_table(metrics: dict) -> str:
+    """One row per benchmark: every round, SC − direct with its paired CI, and the baselines."""
     rounds = max(len(m["rounds"]) for m in metrics["benchmarks"].values())
-    header = "| benchmark | n | direct | " + " | ".join(f"+SC round {k}" for k in range(1, rounds)) + " |"
-    lines = [header, "|" + "---|" * (rounds + 2)]
-
-    def cell(result):
-        if result["score"] is None:
-            return "judge needed"
-        stderr = result.get("stderr")
-        return f"{result['score']:.1f}" + (f" ± {stderr:.1f}" if stderr is not None else "")
-
+    header = ("| benchmark | n | direct | " + "".join(f"+SC round {k} | " for k in range(1, rounds))
+              + "SC − direct [95% CI] | greedy direct | blank image | blind prior |")
+    lines = [header, "|" + "---|" * (rounds + 6)]
     for name, m in metrics["benchmarks"].items():
-        lines.append(f"| {name} | {m['rounds'][0]['n']} | " + " | ".join(cell(r) for r in m["rounds"]) + " |")
+        paired = m.get("sc_minus_direct")
+        difference = (f"{paired['difference']:+.1f} [{paired['ci_low']:+.1f}, {paired['ci_high']:+.1f}]"
+                      if paired else "–")
+        prior = f"{m['blind_prior']:.1f}" if m.get("blind_prior") is not None else "–"
+        lines.append(f"| {name} | {m['rounds'][0]['n']} | " + " | ".join(_score(r) for r in m["rounds"])
+                     + f" | {difference} | {_score(m.get('greedy_direct'))} | {_score(m.get('blank_image'))} | {prior} |")
     if metrics.get("paper_average") is not None:
         lines.append("| paper average (MME/28) | | " + " | ".join(f"{v:.1f}" for v in metrics["paper_average"]) + " |")
     notes = [f"- {name}: {BENCHMARKS[name].note}" for name in metrics["benchmarks"] if name in BENCHMARKS
              and BENCHMARKS[name].note]
+    for name, m in metrics["benchmarks"].items():
+        if "perception" in m:
+            notes.append(f"- {name} perception (direct answers): " + ", ".join(
+                f"{key} {100 * value:.1f}%" for key, value in m["perception"].items()))
+            notes.append(f"- {name} wrong direct answers depart from the gold at: " + ", ".join(
+                f"{stage} {count}" for stage, count in m["departure"].items()))
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
 def plot_rounds(metrics: dict, path: Path) -> None:
-    figure, axes = plt.subplots(figsize=(5, 3.5))
-    for name, m in metrics["benchmarks"].items():
+    """Accuracy per round with its standard error, integer rounds, and the baselines as lines."""
+    figure, axes = plt.subplots(figsize=(5.5, 3.8))
+    for index, (name, m) in enumerate(metrics["benchmarks"].items()):
         scores = [r["score"] for r in m["rounds"]]
-        if None not in scores:
-            axes.plot(range(len(scores)), scores, marker="o", label=name)
+        if None in scores:
+            continue
+        colour = f"C{index}"
+        axes.errorbar(range(len(scores)), scores, yerr=[r.get("stderr") or 0 for r in m["rounds"]], marker="o",
+                      capsize=3, color=colour, label=f"{name} (sampled direct, greedy rounds)")
+        if m.get("greedy_direct") and m["greedy_direct"]["score"] is not None:
+            axes.plot([0], [m["greedy_direct"]["score"]], marker="s", linestyle="", color=colour,
+                      label=f"{name} greedy direct")
+        if m.get("blank_image") and m["blank_image"]["score"] is not None:
+            axes.axhline(m["blank_image"]["score"], color=colour, linestyle=":", label=f"{name} blank image")
+        if m.get("blind_prior") is not None:
+            axes.axhline(m["blind_prior"], color=colour, linestyle="--", label=f"{name} blind prior")
+    rounds = max(len(m["rounds"]) for m in metrics["benchmarks"].values())
+    axes.set_xticks(range(rounds))
     axes.set_xlabel("self-correction round (0 = direct)")
     axes.set_ylabel("score")
-    axes.legend()
+    axes.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def blank_images(images: list[Image.Image]) -> list[Image.Image]:
+    """A white image of each image's size."""
+    return [Image.new("RGB", image.size, (255, 255, 255)) for image in images]
+
+
+def evaluate_benchmark(model, processor, name: str, items: list[BenchmarkItem], config: ProtocolSettings,
+                       prior: BlindPrior | None, questions: list[str] | None = None) -> tuple[dict, list[list[str]]]:
+    """Metrics of one benchmark (see the module docstring) and the responses of every round."""
+    images, keys = [i.image for i in items], [i.id for i in items]
+    questions = questions or [i.prompt for i in items]
+    direct = config.decoding(config.seed)
+    rounds = answer_with_corrections(model, processor, questions, images, config.correction_rounds, direct,
+                                     desc=name, keys=keys)
+    result: dict = {"rounds": [score_responses(name, items, r) for r in rounds]}
+    if result["rounds"][0]["score"] is None:  # a judge scores it: nothing to compare here
+        return result, rounds
+    hits = [[item_correct(item, response) for item, response in zip(items, responses)] for responses in rounds]
+    if config.correction_rounds:
+        result["sc_minus_direct"] = paired_difference(hits[-1], hits[0], seed=config.seed)
+    if config.greedy_direct:
+        greedy = dataclasses.replace(direct, temperature=0.0, top_p=1.0)
+        result["greedy_direct"] = score_responses(name, items, generate(
+            model, processor, questions, images, config=greedy, desc=f"{name} greedy direct"))
+    if config.blank_image:
+        result["blank_image"] = score_responses(name, items, generate(
+            model, processor, questions, blank_images(images), config=direct, desc=f"{name} blank image",
+            stream="direct", keys=keys))
+    if prior is not None:
+        result["blind_prior"] = 100 * prior.accuracy([i.prompt for i in items], [i.answer for i in items])
+    if all(i.reference for i in items):
+        references = [i.reference for i in items]
+        result["perception"] = perception_scores(rounds[0], references)
+        wrong = [k for k, hit in enumerate(hits[0]) if not hit]
+        result["departure"] = departure_histogram([rounds[0][k] for k in wrong], [references[k] for k in wrong])
+    return result, rounds
 
 
 def run_evaluation(config: EvaluationConfig) -> dict:
     """Evaluate ``config.model`` on every benchmark; writes the outputs and returns the metrics."""
     config.check()
     model, processor = load_vlm(config.model, dtype=torch.float32)
-    direct = config.decoding(config.seed)
+    prior = BlindPrior(load_data(config.prior_data).records) if config.prior_data else None
     output = Path(config.output)
     metrics: dict = {"model": config.model, "benchmarks": {}}
     predictions = []
     for name, path in config.parsed_benchmarks().items():
         items = load_benchmark(name, path, config.limit)
-        images = [i.image for i in items]
         questions = [i.prompt for i in items]
         if config.describe_first:
             greedy = DecodingConfig(config.max_new_tokens, batch_size=config.generation_batch_size)
-            descriptions = generate(model, processor, [STIC_DAR_PROMPT] * len(items), images, config=greedy,
-                                    desc=f"{name} descriptions")
+            descriptions = generate(model, processor, [STIC_DAR_PROMPT] * len(items), [i.image for i in items],
+                                    config=greedy, desc=f"{name} descriptions")
             questions = [stic_description_infused(q, d) for q, d in zip(questions, descriptions)]
-        rounds = answer_with_corrections(model, processor, questions, images, config.correction_rounds, direct,
-                                         desc=name)
-        metrics["benchmarks"][name] = {"path": path, "rounds": [score_responses(name, items, r) for r in rounds]}
+        result, rounds = evaluate_benchmark(model, processor, name, items, config, prior, questions)
+        metrics["benchmarks"][name] = {"path": path} | result
         predictions += [{"benchmark": name, "id": item.id, "answer": item.answer, "prompt": questions[j],
                          "responses": [r[j] for r in rounds]} for j, item in enumerate(items)]
     per_round = [{name: m["rounds"][k]["score"] for name, m in metrics["benchmarks"].items()}

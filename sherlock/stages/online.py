@@ -93,8 +93,9 @@ def collect_pairs(model, processor, items: list[UnlabeledItem], image_root: Path
         stats["sampled"] += len(chunk)
         questions = [item.question for item in chunk]
         images = [open_image(image_root, item) for item in chunk]
-        first = generate(model, processor, questions, images, config=decoding, desc="Y1")
-        corrections = self_correct(model, processor, questions, images, first, NUM_CORRECTIONS, decoding)
+        keys = [item.id for item in chunk]
+        first = generate(model, processor, questions, images, config=decoding, desc="Y1", stream="Y1", keys=keys)
+        corrections = self_correct(model, processor, questions, images, first, NUM_CORRECTIONS, decoding, keys=keys)
         candidates = []
         for j, item in enumerate(chunk):
             later = [round_responses[j] for round_responses in corrections]
@@ -112,6 +113,7 @@ def collect_pairs(model, processor, items: list[UnlabeledItem], image_root: Path
         suffixes = rejected_suffixes(
             model, processor, [c[0].question for c in candidates], [c[1] for c in candidates],
             [c[3] for c in candidates], [c[2] for c in candidates], decoding, config.legacy_uint8_noise,
+            keys=[c[0].id for c in candidates],
         ) if candidates else []
         for (item, _, draw, prefix_l, prefix_w, suffix_w), suffix_l in zip(candidates, suffixes):
             if prefix_l + suffix_l == prefix_w + suffix_w:

@@ -62,10 +62,12 @@ class PreferenceDataConfig(PerturbationSettings, SamplingSettings):
 def rejected_suffixes(
     model, processor, questions: list[str], images: list[Image.Image], prefixes: list[str],
     perturbations: list[Perturbation], decoding: DecodingConfig, legacy_uint8: bool = False,
+    keys: list[str] | None = None,
 ) -> list[str]:
     """Y^l_{≥i} ~ π(· | question, perturbed image, prefix) for every item (Alg. 1, lines 6–9)."""
     perturbed = [p.apply(image, legacy_uint8) for p, image in zip(perturbations, images, strict=True)]
-    return generate(model, processor, questions, perturbed, prefixes, decoding, desc="rejected suffixes")
+    return generate(model, processor, questions, perturbed, prefixes, decoding, desc="rejected suffixes",
+                    stream="rejected suffix", keys=keys)
 
 
 def save_pairs(pairs: list[PreferencePair], image_root: Path, output: str | Path, stats: dict) -> Path:
@@ -99,6 +101,7 @@ def run_build_preferences(config: PreferenceDataConfig) -> Path:
     suffixes = rejected_suffixes(
         model, processor, [r.question for r in data.records], [open_image(data.image_root, r) for r in data.records],
         [prefix for prefix, _ in splits], draws, config.decoding(config.seed), config.legacy_uint8_noise,
+        keys=[r.id for r in data.records],
     )
     pairs = [
         PreferencePair(r.id, r.image, r.question, prefix, suffix_w, prefix, suffix_l,

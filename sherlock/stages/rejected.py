@@ -35,7 +35,7 @@ def run_sample_rejected(config: SampleRejectedConfig) -> Path:
     model, processor = load_vlm(config.model, dtype=torch.float32)
     images = [open_image(data.image_root, r) for r in data.records]
     samples = generate(model, processor, [r.question for r in data.records], images, config=config.decoding(config.seed),
-                       desc="sampling Y^l")
+                       desc="sampling Y^l", stream="Y^l", keys=[r.id for r in data.records])
     rows = ({"id": r.id, "rejected": y, "correct": is_correct(y, r.answer, r.answer_type) if r.answer else None}
             for r, y in zip(data.records, samples))
     record_stage_config(config, config.output)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sherlock.plots import BETA_PLOT, LOSS_PLOT
 from sherlock.stages.config import parse_named, uri_fields
+from sherlock.stages.diagnose import DIAGNOSTICS_FILE, DiagnoseConfig, run_diagnose
 from sherlock.stages.evaluate import (METRICS_FILE, PLOT_FILE, TABLE_FILE, EvaluationConfig, run_evaluation)
 from sherlock.stages.io import STAGE_CONFIG
 from sherlock.stages.online import OnlineConfig, run_online
@@ -44,6 +45,8 @@ STAGES = {
                           "Stage II/III: L_SC + α·L_DPO with dynamic β"),
     "online": (OnlineConfig, run_online, "Stage III: K label-free self-improvement iterations"),
     "evaluate": (EvaluationConfig, run_evaluation, "direct and self-correction accuracy per benchmark"),
+    "diagnose": (DiagnoseConfig, run_diagnose,
+                 "accuracy against the blank-image and blind-prior baselines, perception, departure stages"),
     "scl-pairs": (SCLPairsConfig, run_scl_pairs, "SCL data: two-turn answers typed by correctness, (−,+)/(+,−) pairs"),
     "stic-pairs": (STICPairsConfig, run_stic_pairs, "STIC stage 1 data: clean vs hallucinated/corrupted descriptions"),
     "stic-describe": (STICDescribeConfig, run_stic_describe,
@@ -104,6 +107,10 @@ def log_outputs(output: Path, seconds: float) -> None:
         mlflow.log_metrics({f"pairs/{k}": float(v) for k, v in numbers.items() if isinstance(v, (int, float))})
     if (output / METRICS_FILE).is_file():
         mlflow.log_metrics(tracking.evaluation_metrics(json.loads((output / METRICS_FILE).read_text())))
+    if (output / DIAGNOSTICS_FILE).is_file():
+        mlflow.log_artifact(str(output / DIAGNOSTICS_FILE))
+        mlflow.log_metrics({f"diagnostics/{k}": float(v) for k, v in json.loads(
+            (output / DIAGNOSTICS_FILE).read_text()).items() if isinstance(v, (int, float))})
 
 
 def run_stage(command: str, config, pipeline_run_id: str | None = None):

@@ -126,9 +126,11 @@ def run_scl_pairs(config: SCLPairsConfig) -> Path:
     images = [open_image(data.image_root, r) for r in data.records]
     decoding = config.decoding(config.seed)
     first_turns = [scl_first_turn(r.question) if config.first_turn == "scl" else r.question for r in data.records]
-    initial = generate(model, processor, first_turns, images, config=decoding, desc="SCL turn 1")
+    keys = [r.id for r in data.records]
+    initial = generate(model, processor, first_turns, images, config=decoding, desc="SCL turn 1", stream="SCL turn 1",
+                       keys=keys)
     refined = generate(model, processor, review_conversations(first_turns, initial, config.review_prompt), images,
-                       config=decoding, desc="SCL turn 2 (review)")
+                       config=decoding, desc="SCL turn 2 (review)", stream="SCL turn 2", keys=keys)
     rows, pairs = [], []
     for record, first, second in zip(data.records, initial, refined, strict=True):
         outcome = scl_correct(first, record), scl_correct(second, record)

@@ -87,9 +87,11 @@ def run_stic_pairs(config: STICPairsConfig) -> Path:
     model, processor = load_vlm(config.model, dtype=torch.float32)
     decoding = config.decoding(config.seed)
     preferred = generate(model, processor, [STIC_DESCRIPTION_PROMPT] * len(images), images, config=decoding,
-                         desc="STIC preferred descriptions")
+                         desc="STIC preferred descriptions", stream="STIC y_w",
+                         keys=[r.id for r in data.records])
     dispreferred = generate(model, processor, [d.prompt for d in draws], [image for image, _ in corrupted],
-                            config=decoding, desc="STIC dispreferred descriptions")
+                            config=decoding, desc="STIC dispreferred descriptions", stream="STIC y_l",
+                            keys=[r.id for r in data.records])
     pairs = [PreferencePair(r.id, r.image, d.simple_prompt, "", y_w, "", y_l, truncation_step=1, noise_level=0.0,
                             perturbation=kind)
              for r, d, (_, kind), y_w, y_l in zip(data.records, draws, corrupted, preferred, dispreferred)
@@ -121,7 +123,8 @@ def run_stic_describe(config: STICDescribeConfig) -> Path:
     prompts = [rng.choice(STIC_SIMPLE_PROMPTS) for _ in records]
     model, processor = load_vlm(config.model, dtype=torch.float32)
     descriptions = generate(model, processor, prompts, [open_image(data.image_root, r) for r in records],
-                            config=config.decoding(config.seed), desc="STIC stage-2 descriptions")
+                            config=config.decoding(config.seed), desc="STIC stage-2 descriptions",
+                            stream="STIC description", keys=[r.id for r in records])
     output = Path(config.output)
     for record in records:
         link_or_copy(data.image_root / record.image, output / record.image)
