@@ -100,14 +100,15 @@ def starting_model(gpu, warm_start: bool, base_model, d_a, r0_settings, common: 
                      "R0 (SFT on D_A)").output
 
 
-def evaluate_and_deploy(checkpoints: list, benchmarks, options: ClusterOptions, gpus, eval_settings, model_name,
-                        selection_metric, promotion_margin, deploy_settings, run_id, common: dict) -> None:
-    """Evaluate each ``(name, checkpoint URI)``, register it, gate champion in order, deploy if promoted."""
+def evaluate_and_deploy(checkpoints: list, benchmarks, prior_data, options: ClusterOptions, gpus, eval_settings,
+                        model_name, selection_metric, promotion_margin, deploy_settings, run_id, common: dict) -> None:
+    """Evaluate each ``(name, checkpoint URI)`` (with the blind prior of ``prior_data``), register it, gate
+    champion in order, deploy if promoted."""
     gpu = gpu_step(options, gpus)
     previous = None
     for name, checkpoint in checkpoints:
-        scores = gpu(evaluate(name=name, model=checkpoint, benchmarks=benchmarks, settings=eval_settings, **common),
-                     f"evaluate {name}")
+        scores = gpu(evaluate(name=name, model=checkpoint, benchmarks=benchmarks, prior_data=prior_data,
+                              settings=eval_settings, **common), f"evaluate {name}")
         # one version at a time, in checkpoint order: each gate sees the champion the previous one left
         gate = with_platform(register_and_gate(
             checkpoint=checkpoint, evaluation=scores.outputs["Output"], model_name=model_name,

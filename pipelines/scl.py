@@ -49,7 +49,8 @@ def build_pipeline(warm_start: bool = True, options: ClusterOptions | None = Non
                     "SCL pairs (two turns on D_B)")
         trained = gpu(train_preferences(name="scl", model=start, data=pairs.output, settings=scl_settings, loss={},
                                         **common), "SCL DPO training")
-        evaluate_and_deploy([(start_name, start), ("scl", trained.output)], inputs.outputs["benchmarks"], options,
+        evaluate_and_deploy([(start_name, start), ("scl", trained.output)], inputs.outputs["benchmarks"],
+                            subsets["D_A"], options,
                             gpus, eval_settings, model_name, selection_metric, promotion_margin, deploy_settings,
                             run_id, common)
 

@@ -77,7 +77,7 @@ def build_pipeline(online_iterations: int = 2, options: ClusterOptions | None = 
                                          settings=online_settings, loss=loss_settings, **common),
                         f"online iteration {k}")
             checkpoints.append((f"online-{k}", model.output))
-        evaluate_and_deploy(checkpoints, inputs.outputs["benchmarks"], options, gpus, eval_settings, model_name,
+        evaluate_and_deploy(checkpoints, inputs.outputs["benchmarks"], d_a, options, gpus, eval_settings, model_name,
                             selection_metric, promotion_margin, deploy_settings, run_id, common)
 
     return sherlock

@@ -56,7 +56,7 @@ def build_pipeline(warm_start: bool = True, options: ClusterOptions | None = Non
         stage2 = gpu(sft(name="stic-stage2", model=stage1.output, data=described.output, rejected="",
                          settings=stage2_settings, **common), "STIC stage 2 (description-infused SFT)")
         evaluate_and_deploy([(start_name, start), ("stic-stage1", stage1.output), ("stic", stage2.output)],
-                            inputs.outputs["benchmarks"], options, gpus, eval_settings, model_name, selection_metric,
+                            inputs.outputs["benchmarks"], subsets["D_A"], options, gpus, eval_settings, model_name, selection_metric,
                             promotion_margin, deploy_settings, run_id, common)
 
     return stic

@@ -83,19 +83,32 @@ def deploy_step(model_name: str, settings: dict, output_root: str, pipeline_run_
     return run_deploy(load_config(DeployConfig, overrides=overrides))
 
 
-def evaluation_report(evaluation: str, model: str, html_path: str) -> dict[str, float]:
-    """Write the KFP UI report of an evaluation (table, accuracy per round, the model's loss curves).
+def evaluation_table_html(metrics: dict) -> str:
+    """The evaluation's summary rows (:func:`sherlock.stages.evaluate.summary_rows`) as an HTML table."""
+    import html
 
-    Returns the flat metrics (``<benchmark>/round_<k>``) for the KFP ``Metrics`` artifact.
+    from sherlock.stages.evaluate import summary_rows
+
+    header, rows = summary_rows(metrics)
+    head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table border="1" cellpadding="4"><thead>{head}</thead><tbody>{body}</tbody></table>'
+
+
+def evaluation_report(evaluation: str, name: str, model: str, html_path: str) -> dict[str, float]:
+    """Write the KFP UI report of checkpoint ``name``'s evaluation (table, accuracy per round, loss curves).
+
+    Returns the flat metrics (``<benchmark>/round_<k>``, the baselines) for the KFP ``Metrics`` artifact.
     """
     import base64
     import html
 
     from sherlock.plots import LOSS_PLOT
-    from sherlock.stages.evaluate import METRICS_FILE, PLOT_FILE, TABLE_FILE
+    from sherlock.stages.evaluate import METRICS_FILE, PLOT_FILE
     from sherlock.tracking import evaluation_metrics
 
     local, checkpoint = fetch(evaluation), fetch(model)
+    metrics = json.loads((local / METRICS_FILE).read_text())
 
     def image(path: Path, title: str) -> str:
         if not path.is_file():
@@ -103,7 +116,8 @@ def evaluation_report(evaluation: str, model: str, html_path: str) -> dict[str, 
         return f'<h3>{title}</h3><img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
 
     Path(html_path).write_text(
-        f"<html><body><h2>{html.escape(model)}</h2><pre>{html.escape((local / TABLE_FILE).read_text())}</pre>"
+        f"<html><body><h2>{html.escape(name)}</h2><p>checkpoint: <code>{html.escape(model)}</code></p>"
+        + evaluation_table_html(metrics)
         + image(local / PLOT_FILE, "accuracy per self-correction round")
         + image(checkpoint / LOSS_PLOT, "training loss") + "</body></html>")
-    return evaluation_metrics(json.loads((local / METRICS_FILE).read_text()))
+    return evaluation_metrics(metrics)

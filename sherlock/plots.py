@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -12,18 +13,36 @@ import matplotlib.pyplot as plt  # noqa: E402
 LOSS_PLOT, BETA_PLOT = "loss_curves.png", "beta_weights.png"
 
 
+SCALE_RATIO = 5.0  # loss terms whose typical values differ more than this share no axis
+
+
+def scale_groups(series: dict[str, list[float]]) -> list[list[str]]:
+    """Keys grouped so that the median magnitudes within a group differ by at most :data:`SCALE_RATIO`."""
+    medians = {key: statistics.median(abs(v) for v in values) for key, values in series.items()}
+    groups: list[list[str]] = []
+    for key in sorted(series, key=lambda k: medians[k]):
+        if groups and medians[key] <= SCALE_RATIO * max(medians[groups[-1][0]], 1e-12):
+            groups[-1].append(key)
+        else:
+            groups.append([key])
+    return groups
+
+
 def plot_loss_curves(log_history: list[dict], path: Path) -> bool:
-    """Loss terms against the step, from a Trainer's ``log_history``; False when there is nothing to plot."""
+    """Loss terms against the step, one panel per scale (e.g. L_SC and L_DPO apart from the SFT sum),
+    from a Trainer's ``log_history``; False when there is nothing to plot."""
     keys = sorted({k for row in log_history for k in row if k == "loss" or k.startswith("loss/")})
     if not keys:
         return False
-    figure, axes = plt.subplots(figsize=(5, 3.5))
-    for key in keys:
-        points = [(row["step"], row[key]) for row in log_history if key in row]
-        axes.plot(*zip(*points), label=key)
-    axes.set_xlabel("step")
-    axes.set_ylabel("loss")
-    axes.legend()
+    points = {key: [(row["step"], row[key]) for row in log_history if key in row] for key in keys}
+    groups = scale_groups({key: [value for _, value in values] for key, values in points.items()})
+    figure, panels = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.5), squeeze=False)
+    for axes, group in zip(panels[0], groups):
+        for key in group:
+            axes.plot(*zip(*points[key]), label=key)
+        axes.set_xlabel("step")
+        axes.set_ylabel("loss")
+        axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

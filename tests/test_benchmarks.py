@@ -133,15 +133,24 @@ def test_bad_benchmark_files(tmp_path):
 def test_evaluation_stage_scores_every_round(tiny_model_dir, subset_dir, tsv_dir, tmp_path):
     config = EvaluationConfig(model=str(tiny_model_dir), output=str(tmp_path / "eval"), correction_rounds=2,
                               benchmarks=f"llava_cot={subset_dir},mmbench={tsv_dir / 'mmbench.tsv'}",
-                              limit=6, max_new_tokens=12)
+                              limit=6, max_new_tokens=12, prior_data=str(subset_dir))
+    assert (config.temperature, config.top_p) == (0.6, 0.7)  # the paper's protocol by default
     metrics = run_evaluation(config)
     synthetic = metrics["benchmarks"]["llava_cot"]["rounds"]
     assert len(synthetic) == 3 and all(r["n"] == 6 for r in synthetic)
+    for name, result in metrics["benchmarks"].items():
+        assert {"greedy_direct", "blank_image", "blind_prior", "sc_minus_direct"} <= set(result), name
+        paired = result["sc_minus_direct"]
+        assert paired["difference"] == pytest.approx(result["rounds"][2]["score"] - result["rounds"][0]["score"])
+        assert paired["ci_low"] <= paired["difference"] <= paired["ci_high"]
+    assert "perception" in metrics["benchmarks"]["llava_cot"] and "perception" not in metrics["benchmarks"]["mmbench"]
+    wrong = round(6 * (1 - synthetic[0]["score"] / 100))
+    assert sum(metrics["benchmarks"]["llava_cot"]["departure"].values()) == wrong
     assert {"easy", "medium", "hard"} >= set(synthetic[0]["per_category"])
     predictions = [json.loads(line) for line in (tmp_path / "eval/predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 8 and all(len(p["responses"]) == 3 for p in predictions)
     table = (tmp_path / "eval/results.md").read_text()
-    assert "| llava_cot | 6 |" in table and "+SC round 2" in table
+    assert "| llava_cot | 6 |" in table and "+SC round 2" in table and "| blank image | blind prior |" in table
     assert (tmp_path / "eval/accuracy_by_round.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ConfigError, match="unknown benchmark"):
         EvaluationConfig(model="m", output="o", benchmarks="vqav2=x").check()

@@ -110,3 +110,12 @@ def test_diagnose_command_writes_the_baselines(tiny_model_dir, subset_dir, tmp_p
     assert set(diagnostics["departure"]) == {"SUMMARY", "CAPTION", "REASONING", "CONCLUSION", "none"}
     assert sum(diagnostics["departure"].values()) == round(5 * (1 - diagnostics["accuracy"]))
     assert set(diagnostics["perception"]) >= {"caption_exact", "cells_exact", "colour_at_cell", "summary_exact"}
+
+
+def test_loss_terms_of_different_scales_get_their_own_panels(tmp_path):
+    from sherlock.plots import plot_loss_curves, scale_groups
+
+    assert scale_groups({"loss/sc": [1.2, 1.1], "loss/dpo": [0.7, 0.6], "loss/sft": [40.0, 38.0]}) == [
+        ["loss/dpo", "loss/sc"], ["loss/sft"]]
+    history = [{"step": k, "loss": 30.0, "loss/sc": 1.0, "loss/sft": 40.0} for k in (1, 2)]
+    assert plot_loss_curves(history, tmp_path / "loss.png") and (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"

@@ -277,3 +277,6 @@ def test_reduced_pipeline_runs_end_to_end_locally(tmp_path):
     assert len(metrics) == 2
     reports = list((tmp_path / "kfp").glob("*/evaluate*/report"))
     assert len(reports) == 2 and all("accuracy per self-correction round" in r.read_text() for r in reports)
+    # a real table under the checkpoint's name, with the baselines beside the rounds
+    assert all("<th>blank image</th><th>blind prior</th>" in r.read_text() and "<h2>" in r.read_text()
+               and "<pre>" not in r.read_text() for r in reports)

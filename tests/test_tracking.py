@@ -44,10 +44,12 @@ def test_micro_pipeline_lineage_from_champion_back_to_records(mlflow_server, buc
                                     output=f"{root}/r0", max_steps=3, batch_size=4, logging_steps=1), PIPELINE_RUN)
     metrics = run_stage("evaluate", EvaluationConfig(
         model=f"{root}/r0", benchmarks=f"llava_cot=s3://{bucket}/data/heldout/data.jsonl", output=f"{root}/eval_r0",
-        correction_rounds=1, max_new_tokens=8), PIPELINE_RUN)
+        correction_rounds=1, max_new_tokens=8, prior_data=f"{root}/subsets/D_A"), PIPELINE_RUN)
 
     eval_metrics = tracking.evaluation_metrics(metrics)
-    assert set(eval_metrics) == {"llava_cot/round_0", "llava_cot/round_1"}
+    assert {"llava_cot/round_0", "llava_cot/round_1", "llava_cot/greedy_direct", "llava_cot/blank_image",
+            "llava_cot/blind_prior", "llava_cot/sc_minus_direct", "llava_cot/perception/cells_exact"} <= set(eval_metrics)
+    assert all(not key.startswith("llava_cot/round_") or key[-1] in "01" for key in eval_metrics)
     version = tracking.register_checkpoint(fetch(f"{root}/r0"), MODEL, eval_metrics,
                                            {"checkpoint_uri": f"{root}/r0", "pipeline_run_id": PIPELINE_RUN})
     assert tracking.gate_champion(MODEL, version.version, "llava_cot/round_1")["promoted"]

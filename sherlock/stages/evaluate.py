@@ -89,19 +89,27 @@ def _score(result: dict | None) -> str:
     return f"{result['score']:.1f}" + (f" ± {stderr:.1f}" if stderr is not None else "")
 
 
-def markdown_table(metrics: dict) -> str:
-    """One row per benchmark: every round, SC − direct with its paired CI, and the baselines."""
+def summary_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and one row per benchmark: every round (± stderr), SC − direct with its paired 95 % CI,
+    and the baselines (greedy direct, blank image, blind prior)."""
     rounds = max(len(m["rounds"]) for m in metrics["benchmarks"].values())
-    header = ("| benchmark | n | direct | " + "".join(f"+SC round {k} | " for k in range(1, rounds))
-              + "SC − direct [95% CI] | greedy direct | blank image | blind prior |")
-    lines = [header, "|" + "---|" * (rounds + 6)]
+    header = (["benchmark", "n", "direct"] + [f"+SC round {k}" for k in range(1, rounds)]
+              + ["SC − direct [95% CI]", "greedy direct", "blank image", "blind prior"])
+    rows = []
     for name, m in metrics["benchmarks"].items():
         paired = m.get("sc_minus_direct")
-        difference = (f"{paired['difference']:+.1f} [{paired['ci_low']:+.1f}, {paired['ci_high']:+.1f}]"
-                      if paired else "–")
-        prior = f"{m['blind_prior']:.1f}" if m.get("blind_prior") is not None else "–"
-        lines.append(f"| {name} | {m['rounds'][0]['n']} | " + " | ".join(_score(r) for r in m["rounds"])
-                     + f" | {difference} | {_score(m.get('greedy_direct'))} | {_score(m.get('blank_image'))} | {prior} |")
+        rows.append([name, str(m["rounds"][0]["n"])] + [_score(r) for r in m["rounds"]] + [
+            f"{paired['difference']:+.1f} [{paired['ci_low']:+.1f}, {paired['ci_high']:+.1f}]" if paired else "–",
+            _score(m.get("greedy_direct")), _score(m.get("blank_image")),
+            f"{m['blind_prior']:.1f}" if m.get("blind_prior") is not None else "–"])
+    return header, rows
+
+
+def markdown_table(metrics: dict) -> str:
+    """:func:`summary_rows` as Markdown, with the paper average and the perception notes."""
+    header, rows = summary_rows(metrics)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     if metrics.get("paper_average") is not None:
         lines.append("| paper average (MME/28) | | " + " | ".join(f"{v:.1f}" for v in metrics["paper_average"]) + " |")
     notes = [f"- {name}: {BENCHMARKS[name].note}" for name in metrics["benchmarks"] if name in BENCHMARKS
