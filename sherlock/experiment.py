@@ -1,12 +1,15 @@
 """The three recipes on the synthetic task, per seed, through the stage functions (docs/results.md).
 
-For each seed: draw D_A, D_B and an unlabeled pool D_U from one synthetic set; build a tiny Mllama;
-R0 (SFT on D_A) → Y^l on D_B → Sherlock-SFT (from the base model) → offline pairs on D_A → Sherlock
-offline (+ the static-β and w/o-L_SC ablations) → online iteration 1 on D_U. The sibling recipes
-start from the same R0 with the embedded pipeline's settings (``configs/embedded``): SCL (two-turn
-pairs on D_B → DPO + SFT term) and STIC (description pairs on D_U → stage 1 → descriptions of a
-D_A subset → stage 2). Every checkpoint is evaluated on one held-out set, directly and after greedy
-self-correction rounds.
+For each seed: draw D_A, D_B and an unlabeled pool D_U from one synthetic set; pre-train a tiny
+Mllama on perception questions (the base model, :mod:`sherlock.stages.perception`); R0 (SFT on
+D_A) → Y^l on D_B → Sherlock-SFT (from the base model) and its direct-only control (SFT on
+D_A ∪ D_B at the same optimizer steps, paper Table 4) → offline pairs on D_A → Sherlock offline
+(+ the static-β and w/o-L_SC ablations) → online iteration 1 on D_U. The sibling recipes start
+from the same R0 with the embedded pipeline's settings (``configs/embedded``): SCL (two-turn pairs
+on D_B → DPO + SFT term) and STIC (description pairs on D_U → stage 1 → descriptions of a D_A
+subset → stage 2). R0 is diagnosed on a validation split (the gate of the base model); every
+checkpoint is evaluated on one held-out set with the paper's protocol (sampled direct answer,
+greedy correction rounds) beside its baselines (greedy direct, blank image, blind prior of D_A).
 """
 
 from __future__ import annotations
@@ -19,12 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sherlock.data.llava_cot import load_llava_cot
-from sherlock.data.sampling import sample_to_dir
+from sherlock.data.schema import read_jsonl
+from sherlock.data.sampling import sample_to_dir, write_subsets
+from sherlock.diagnostics import paired_difference
 from sherlock.data.synthetic import generate_synthetic
-from sherlock.models.tiny import build_tiny_vlm, tokenizer_corpus
 from sherlock.stages.config import load_config
-from sherlock.stages.evaluate import EvaluationConfig, run_evaluation
+from sherlock.stages.diagnose import DiagnoseConfig, run_diagnose
+from sherlock.stages.evaluate import PREDICTIONS_FILE, EvaluationConfig, run_evaluation
+from sherlock.stages.io import load_data
 from sherlock.stages.online import OnlineConfig, run_online_iteration
+from sherlock.stages.perception import PERCEPTION_FILE, PerceptionConfig, run_pretrain_perception
 from sherlock.stages.preference_training import PreferenceTrainingConfig, run_train_preferences
 from sherlock.stages.preferences import PreferenceDataConfig, run_build_preferences
 from sherlock.stages.rejected import SampleRejectedConfig, run_sample_rejected
@@ -33,8 +40,14 @@ from sherlock.stages.sft import SFTStageConfig, run_sft
 from sherlock.stages.stic import STICDescribeConfig, STICPairsConfig, run_stic_describe, run_stic_pairs
 
 EVAL_SEED = 1_000_003  # one held-out set for every seed
-SHERLOCK_CHECKPOINTS = ("R0", "Sherlock-SFT", "Sherlock offline", "offline, static β", "offline, w/o L_SC",
-                        "online iter 1")
+VALIDATION_SEED = 3_000_017  # one validation set: settings and the base-model gate are chosen on it
+SHERLOCK_CHECKPOINTS = ("R0", "SFT control (D_A ∪ D_B)", "Sherlock-SFT", "Sherlock offline", "offline, static β",
+                        "offline, w/o L_SC", "online iter 1")
+# the base model's gate on the validation split (R0 diagnosed there)
+GATE = {"R0 accuracy in [0.55, 0.75]": lambda d: 0.55 <= d["accuracy"] <= 0.75,
+        "blank image <= blind prior": lambda d: d["blank_image_accuracy"] <= d["blind_prior_accuracy"],
+        "occupied cells exact >= 0.80": lambda d: d["perception"]["cells_exact"] >= 0.80,
+        "SUMMARY right >= 0.95": lambda d: d["perception"]["summary_exact"] >= 0.95}
 RECIPE_CHECKPOINTS = {"scl": ("SCL",), "stic": ("STIC stage 1", "STIC"), "dar": ("R0 + DaR", "STIC + DaR")}
 CHECKPOINTS = SHERLOCK_CHECKPOINTS + tuple(name for names in RECIPE_CHECKPOINTS.values() for name in names)
 EMBEDDED_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "embedded"
@@ -48,9 +61,12 @@ class ExperimentConfig:
     pool_size: int = 600  # |D_U|, unlabeled
     online_pairs: int = 150
     eval_items: int = 1000
-    preset: str = "tiny"
-    sft_epochs: float = 6.0
-    sft_learning_rate: float = 3e-3
+    validation_items: int = 500
+    preset: str = "embedded"
+    perception_items: int = 12000
+    perception_epochs: float = 3.0
+    sft_epochs: float = 8.0
+    sft_learning_rate: float = 1e-3
     preference_learning_rate: float = 2e-5
     online_learning_rate: float = 1e-5
     preference_epochs: float = 1.0
@@ -58,7 +74,7 @@ class ExperimentConfig:
     alpha: float = 0.25
     sc_beta: float = 0.25
     dpo_beta: float = 0.1
-    correction_rounds: int = 1
+    correction_rounds: int = 3
     max_new_tokens: int = 160
     generation_batch_size: int = 128
     recipes: str = "sherlock,scl,stic,dar"  # SCL and STIC reuse the seed's R0 (configs/embedded settings);
@@ -81,22 +97,38 @@ def timer(timings: dict[str, float]):
     return timed
 
 
-def evaluate_all(config: ExperimentConfig, seed: int, models: dict, timed, **fields) -> dict[str, list[float]]:
-    """Held-out accuracy per round (direct, then each correction round) of every named checkpoint.
+def evaluate_all(config: ExperimentConfig, seed: int, models: dict, timed, **fields) -> dict[str, dict]:
+    """Held-out evaluation of every named checkpoint: per checkpoint its summary entry.
 
-    ``fields`` are further :class:`EvaluationConfig` settings (e.g. ``describe_first``).
+    ``scores``: accuracy per round (direct, then each correction round); ``baselines``: greedy
+    direct, blank image, blind prior of D_A; ``sc_minus_direct``: the paired statistics of the last
+    round against the direct answer; ``perception``; ``hits``: per item 1/0 of the direct answer
+    and of the last round (for statistics pooled over seeds). ``fields`` are further
+    :class:`EvaluationConfig` settings (e.g. ``describe_first``).
     """
     eval_dir = Path(config.workdir) / "eval"
     root = Path(config.workdir) / f"seed_{seed}"
     results = {}
     for name, model in models.items():
+        output = root / "eval" / _slug(name)
         metrics = timed(f"evaluate {name}", run_evaluation, EvaluationConfig(
             model=str(model), benchmarks=f"llava_cot={eval_dir}", correction_rounds=config.correction_rounds,
-            output=str(root / "eval" / _slug(name)),
+            output=str(output), prior_data=str(root / "subsets" / "D_A"),
             max_new_tokens=config.max_new_tokens, generation_batch_size=config.generation_batch_size, seed=seed,
-            **fields))
-        results[name] = [r["score"] for r in metrics["benchmarks"]["llava_cot"]["rounds"]]
+            **fields))["benchmarks"]["llava_cot"]
+        results[name] = {"scores": [r["score"] for r in metrics["rounds"]],
+                         "baselines": {key: metrics[key]["score"] for key in ("greedy_direct", "blank_image")}
+                         | {"blind_prior": metrics["blind_prior"]},
+                         "sc_minus_direct": metrics.get("sc_minus_direct"), "perception": metrics.get("perception"),
+                         "departure": metrics.get("departure"), "hits": item_hits(output / PREDICTIONS_FILE)}
     return results
+
+
+def item_hits(predictions: Path) -> dict[str, str]:
+    """``{"direct": "0110…", "sc": …}``: correctness per held-out item of round 0 and of the last round."""
+    rows = read_jsonl(predictions)
+    return {"direct": "".join(str(int(r["correct"][0])) for r in rows),
+            "sc": "".join(str(int(r["correct"][-1])) for r in rows)}
 
 
 def embedded(cls, name: str, **fields):
@@ -146,38 +178,54 @@ def run_recipes(config: ExperimentConfig, seed: int, summary: dict) -> dict:
     """Add the sibling recipes missing from a seed's summary (trained from its R0) and rewrite it."""
     root = Path(config.workdir) / f"seed_{seed}"
     for recipe in config.recipes.split(","):
-        if recipe == "sherlock" or set(RECIPE_CHECKPOINTS[recipe]) <= set(summary["scores"]):
+        if recipe == "sherlock" or set(RECIPE_CHECKPOINTS[recipe]) <= set(summary["checkpoints"]):
             continue
         timings: dict[str, float] = {}
         timed = timer(timings)
         train, evaluation = RECIPES[recipe]
-        summary["scores"] |= evaluate_all(config, seed, train(root, seed, timed), timed, **evaluation)
+        summary["checkpoints"] |= evaluate_all(config, seed, train(root, seed, timed), timed, **evaluation)
         summary["seconds"] |= timings
         (root / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
+def base_gate(diagnostics: dict) -> dict[str, bool]:
+    """Each criterion of :data:`GATE` on R0's validation diagnostics."""
+    return {criterion: bool(test(diagnostics)) for criterion, test in GATE.items()}
+
+
 def run_seed(config: ExperimentConfig, seed: int) -> dict:
-    """All Sherlock stages and evaluations for one seed; returns its summary (scores per checkpoint)."""
+    """All Sherlock stages and evaluations for one seed; returns its summary (see :func:`evaluate_all`)."""
     root = Path(config.workdir) / f"seed_{seed}"
     timings: dict[str, float] = {}
     timed = timer(timings)
 
     pool_file = generate_synthetic(root / "data/all", 2 * config.subset_size + config.pool_size, seed=seed)
     generate_synthetic(Path(config.workdir) / "eval", config.eval_items, seed=EVAL_SEED)  # the held-out set
+    generate_synthetic(Path(config.workdir) / "validation", config.validation_items, seed=VALIDATION_SEED)
     pool = load_llava_cot(pool_file)
     sample_to_dir(pool, root / "subsets",
                   {"D_A": config.subset_size, "D_B": config.subset_size, "D_U": config.pool_size}, seed)
     subsets = {name: str(root / "subsets" / name) for name in ("D_A", "D_B", "D_U")}
-    base = str(build_tiny_vlm(root / "base", tokenizer_corpus(pool.records), config.preset, seed=seed))
+    union = root / "control" / "D_AB"  # the direct-only control's data
+    write_subsets({"D_AB": load_data(subsets["D_A"]).records + load_data(subsets["D_B"]).records},
+                  pool_file.parent, union.parent, seed=seed, source="D_A + D_B")
+    base = str(timed("perception pre-training", run_pretrain_perception, PerceptionConfig(
+        output=str(root / "base"), preset=config.preset, num_items=config.perception_items,
+        epochs=config.perception_epochs, seed=seed, logging_steps=50)))
 
     sampling = dict(max_new_tokens=config.max_new_tokens, generation_batch_size=config.generation_batch_size, seed=seed)
     sft = dict(learning_rate=config.sft_learning_rate, epochs=config.sft_epochs, seed=seed, logging_steps=50)
     r0 = timed("R0", run_sft, SFTStageConfig(model=base, data=subsets["D_A"], output=str(root / "r0"), **sft))
+    gate = timed("diagnose R0 (validation)", run_diagnose, DiagnoseConfig(
+        model=str(r0), data=str(Path(config.workdir) / "validation"), output=str(root / "validation_r0"),
+        prior_data=subsets["D_A"], correction_rounds=1, **sampling))
     rejected = timed("sample Y^l", run_sample_rejected, SampleRejectedConfig(
         model=str(r0), data=subsets["D_B"], output=str(root / "rejected"), **sampling))
     sherlock_sft = timed("Sherlock-SFT", run_sft, SFTStageConfig(
         model=base, data=subsets["D_B"], rejected=str(rejected), output=str(root / "sherlock_sft"), **sft))
+    control = timed("SFT control", run_sft, SFTStageConfig(
+        model=base, data=str(union), output=str(root / "sft_control"), **sft))  # same sequences per epoch
     pairs = timed("offline pairs", run_build_preferences, PreferenceDataConfig(
         model=str(sherlock_sft), data=subsets["D_A"], output=str(root / "pairs"), **sampling))
 
@@ -187,7 +235,7 @@ def run_seed(config: ExperimentConfig, seed: int) -> dict:
                       reference_cache=str(root / "reference_cache"))
     variants = {"Sherlock offline": {}, "offline, static β": {"dynamic_beta": False},
                 "offline, w/o L_SC": {"use_sc": False}}
-    models = {"R0": r0, "Sherlock-SFT": sherlock_sft}
+    models = {"R0": r0, "SFT control (D_A ∪ D_B)": control, "Sherlock-SFT": sherlock_sft}
     for name, switches in variants.items():
         output = root / _slug(name)
         models[name] = timed(name, run_train_preferences,
@@ -198,7 +246,10 @@ def run_seed(config: ExperimentConfig, seed: int) -> dict:
     models["online iter 1"] = timed("online iter 1", run_online_iteration, online)
 
     results = evaluate_all(config, seed, models, timed)
-    summary = {"seed": seed, "scores": results, "seconds": timings,
+    summary = {"seed": seed, "checkpoints": results, "seconds": timings,
+               "perception_validation": json.loads((root / "base" / PERCEPTION_FILE).read_text()),
+               "r0_validation": gate, "gate": base_gate(gate),
+               "rejected": json.loads((root / "rejected/stats.json").read_text()),
                "online_pairs": json.loads((root / "online_iter_1/pairs/stats.json").read_text()),
                "offline_pairs": json.loads((root / "pairs/stats.json").read_text())}
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -206,17 +257,47 @@ def run_seed(config: ExperimentConfig, seed: int) -> dict:
 
 
 def results_table(summaries: list[dict], rounds: int) -> str:
-    """Markdown: mean ± sd over seeds of the direct and per-round accuracies of every checkpoint."""
+    """Markdown: mean ± sd over seeds of every round and baseline, and SC − direct (paired, pooled)."""
     def cell(values):
         mean = statistics.mean(values)
         return f"{mean:.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
 
-    header = "| checkpoint | direct | " + " | ".join(f"+SC round {k}" for k in range(1, rounds + 1)) + " |"
-    lines = [header, "|" + "---|" * (rounds + 2)]
-    for name in (n for n in CHECKPOINTS if all(n in s["scores"] for s in summaries)):
-        per_round = list(zip(*(s["scores"][name] for s in summaries)))
-        lines.append(f"| {name} | " + " | ".join(cell(v) for v in per_round) + " |")
+    header = ("| checkpoint | direct | " + " | ".join(f"+SC round {k}" for k in range(1, rounds + 1))
+              + " | SC − direct [95% CI] | greedy direct | blank image | blind prior |")
+    lines = [header, "|" + "---|" * (rounds + 6)]
+    for name in (n for n in CHECKPOINTS if all(n in s["checkpoints"] for s in summaries)):
+        entries = [s["checkpoints"][name] for s in summaries]
+        per_round = list(zip(*(e["scores"] for e in entries)))
+        paired = pooled_sc_minus_direct(entries)
+        baselines = [cell([e["baselines"][key] for e in entries]) for key in ("greedy_direct", "blank_image",
+                                                                              "blind_prior")]
+        lines.append(f"| {name} | " + " | ".join(cell(v) for v in per_round)
+                     + f" | {paired['difference']:+.1f} [{paired['ci_low']:+.1f}, {paired['ci_high']:+.1f}] | "
+                     + " | ".join(baselines) + " |")
     return "\n".join(lines) + "\n"
+
+
+def pooled_sc_minus_direct(entries: list[dict]) -> dict:
+    """SC − direct over the items of every seed together (paired bootstrap 95 % CI, McNemar)."""
+    direct = [c == "1" for e in entries for c in e["hits"]["direct"]]
+    corrected = [c == "1" for e in entries for c in e["hits"]["sc"]]
+    return paired_difference(corrected, direct)
+
+
+def results_json(summaries: list[dict]) -> dict:
+    """``docs/results.json``: per checkpoint and seed the accuracies and baselines; per checkpoint the
+    paired 95 % CI of SC − direct pooled over the seeds' items and the per-seed differences."""
+    checkpoints = {}
+    for name in (n for n in CHECKPOINTS if all(n in s["checkpoints"] for s in summaries)):
+        entries = {str(s["seed"]): s["checkpoints"][name] for s in summaries}
+        checkpoints[name] = {
+            "seeds": {seed: {"direct": e["scores"][0], "sc_rounds": e["scores"][1:],
+                             "greedy_direct": e["baselines"]["greedy_direct"],
+                             "blank_image": e["baselines"]["blank_image"], "blind_prior": e["baselines"]["blind_prior"]}
+                      for seed, e in entries.items()},
+            "sc_minus_direct": {"per_seed": {seed: e["sc_minus_direct"]["difference"] for seed, e in entries.items()},
+                                "pooled": pooled_sc_minus_direct(list(entries.values()))}}
+    return {"units": "accuracy in %, held-out synthetic items", "checkpoints": checkpoints}
 
 
 def run_experiment(config: ExperimentConfig) -> str:
@@ -233,5 +314,6 @@ def run_experiment(config: ExperimentConfig) -> str:
         summaries.append(run_recipes(config, seed, summary))
     table = results_table(summaries, config.correction_rounds)
     Path(config.workdir, "results.md").write_text(table)
+    Path(config.workdir, "results.json").write_text(json.dumps(results_json(summaries), indent=2))
     Path(config.workdir, "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     return table

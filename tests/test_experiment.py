@@ -2,15 +2,38 @@
 
 import pytest
 
-from sherlock.experiment import ExperimentConfig, results_table, run_experiment
+from sherlock.experiment import ExperimentConfig, base_gate, results_json, results_table, run_experiment
+
+
+def _entry(direct, sc, hits_direct, hits_sc):
+    return {"scores": [direct, sc], "baselines": {"greedy_direct": direct, "blank_image": 10.0, "blind_prior": 40.0},
+            "sc_minus_direct": {"difference": sc - direct}, "hits": {"direct": hits_direct, "sc": hits_sc}}
 
 
 def test_table_has_the_checkpoints_every_seed_has_in_paper_order():
-    summaries = [{"scores": {"SCL": [30.0, 20.0], "R0": [31.0, 10.0], "STIC": [10.0, 9.0]}},
-                 {"scores": {"SCL": [32.0, 22.0], "R0": [33.0, 12.0]}}]
+    summaries = [{"seed": 0, "checkpoints": {"SCL": _entry(50.0, 50.0, "10", "01"), "R0": _entry(50.0, 100.0, "10", "11"),
+                                             "STIC": _entry(0.0, 0.0, "00", "00")}},
+                 {"seed": 1, "checkpoints": {"SCL": _entry(50.0, 50.0, "01", "10"), "R0": _entry(0.0, 50.0, "00", "10")}}]
     table = results_table(summaries, rounds=1).splitlines()
-    assert table[0] == "| checkpoint | direct | +SC round 1 |"
-    assert table[2:] == ["| R0 | 32.0 ± 1.4 | 11.0 ± 1.4 |", "| SCL | 31.0 ± 1.4 | 21.0 ± 1.4 |"]  # no STIC
+    assert table[0] == ("| checkpoint | direct | +SC round 1 | SC − direct [95% CI] | greedy direct | blank image "
+                        "| blind prior |")
+    assert [row.split(" | ")[:3] for row in table[2:]] == [["| R0", "25.0 ± 35.4", "75.0 ± 35.4"],
+                                                          ["| SCL", "50.0 ± 0.0", "50.0 ± 0.0"]]  # no STIC
+    assert table[2].split(" | ")[3].startswith("+50.0 [")  # pooled over both seeds' items: 1 of 4 → 3 of 4
+    pooled = results_json(summaries)["checkpoints"]["R0"]
+    assert pooled["sc_minus_direct"]["pooled"]["difference"] == 50.0
+    assert pooled["sc_minus_direct"]["per_seed"] == {"0": 50.0, "1": 50.0}
+    assert pooled["seeds"]["1"] == {"direct": 0.0, "sc_rounds": [50.0], "greedy_direct": 0.0, "blank_image": 10.0,
+                                    "blind_prior": 40.0}
+
+
+def test_base_gate_criteria():
+    diagnostics = {"accuracy": 0.6, "blank_image_accuracy": 0.3, "blind_prior_accuracy": 0.4,
+                   "perception": {"cells_exact": 0.85, "summary_exact": 0.97}}
+    assert all(base_gate(diagnostics).values())
+    failing = base_gate(diagnostics | {"accuracy": 0.9, "blank_image_accuracy": 0.5})
+    assert [criterion for criterion, ok in failing.items() if not ok] == [
+        "R0 accuracy in [0.55, 0.75]", "blank image <= blind prior"]
 
 
 @pytest.mark.parametrize("recipes", ["scl", "sherlock,dar", "sherlock,dar,stic", "sherlock,dpo"])

@@ -154,17 +154,26 @@ def build_config(preset: TinyPreset, tokenizer: PreTrainedTokenizerFast, image_s
     return MllamaConfig(vision_config=vision, text_config=text, image_token_index=ids(IMAGE))
 
 
-def open_cross_attention_gates(model: MllamaForConditionalGeneration, value: float = CROSS_ATTENTION_GATE) -> None:
-    """Set the tanh gates of the text model's cross-attention layers to ``value``.
+def initialise_from_scratch(model: MllamaForConditionalGeneration, gate: float = CROSS_ATTENTION_GATE) -> None:
+    """Undo the parts of Mllama's initialisation that assume pretrained towers.
 
-    Mllama initialises them to 0, which suits adding vision to a pretrained language model but
-    traps a model trained from scratch: with tanh(0) = 0 the cross-attention weights get no
-    gradient and the gate gets almost none, so the model learns to ignore the image.
+    - The tanh gates of the text model's cross-attention layers and of the vision model's global
+      layers are set to ``gate``. Mllama initialises them at (or near) 0, which suits adding vision
+      to a pretrained language model but traps a model trained from scratch: with tanh(0) = 0 the
+      gated weights get no gradient and the gate almost none, so the model ignores the image.
+    - The patch position embedding is rescaled to the standard deviation of the patch embeddings
+      of a typical image (a random conv output ~20× larger than its N(0, 1/width) positions), so
+      *where* a patch is reaches the encoder as clearly as *what* it shows.
     """
+    vision = model.model.vision_model
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
-                parameter.fill_(value)
+            if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate", "gate_attn", "gate_ffn")):
+                parameter.fill_(gate)
+        pixels = torch.rand(1, 3, vision.patch_size * 3, vision.patch_size * 3) * 4 - 2  # normalised pixel range
+        content = vision.patch_embedding(pixels).std()
+        embedding = vision.gated_positional_embedding.embedding
+        embedding.mul_(content / embedding.std())
 
 
 def build_tiny_vlm(
@@ -185,7 +194,7 @@ def build_tiny_vlm(
     config = build_config(PRESETS[preset], tokenizer, image_size)
     torch.manual_seed(seed)
     model = MllamaForConditionalGeneration(config)
-    open_cross_attention_gates(model)
+    initialise_from_scratch(model)
     model.generation_config.pad_token_id = config.text_config.pad_token_id
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.generation_config.bos_token_id = config.text_config.bos_token_id

@@ -156,8 +156,10 @@ def blank_images(images: list[Image.Image]) -> list[Image.Image]:
 
 
 def evaluate_benchmark(model, processor, name: str, items: list[BenchmarkItem], config: ProtocolSettings,
-                       prior: BlindPrior | None, questions: list[str] | None = None) -> tuple[dict, list[list[str]]]:
-    """Metrics of one benchmark (see the module docstring) and the responses of every round."""
+                       prior: BlindPrior | None, questions: list[str] | None = None,
+                       ) -> tuple[dict, list[list[str]], list[list[bool]] | None]:
+    """Metrics of one benchmark (see the module docstring), the responses of every round and their
+    correctness (None where a judge scores the benchmark)."""
     images, keys = [i.image for i in items], [i.id for i in items]
     questions = questions or [i.prompt for i in items]
     direct = config.decoding(config.seed)
@@ -165,7 +167,7 @@ def evaluate_benchmark(model, processor, name: str, items: list[BenchmarkItem], 
                                      desc=name, keys=keys)
     result: dict = {"rounds": [score_responses(name, items, r) for r in rounds]}
     if result["rounds"][0]["score"] is None:  # a judge scores it: nothing to compare here
-        return result, rounds
+        return result, rounds, None
     hits = [[item_correct(item, response) for item, response in zip(items, responses)] for responses in rounds]
     if config.correction_rounds:
         result["sc_minus_direct"] = paired_difference(hits[-1], hits[0], seed=config.seed)
@@ -184,7 +186,7 @@ def evaluate_benchmark(model, processor, name: str, items: list[BenchmarkItem], 
         result["perception"] = perception_scores(rounds[0], references)
         wrong = [k for k, hit in enumerate(hits[0]) if not hit]
         result["departure"] = departure_histogram([rounds[0][k] for k in wrong], [references[k] for k in wrong])
-    return result, rounds
+    return result, rounds, hits
 
 
 def run_evaluation(config: EvaluationConfig) -> dict:
@@ -203,10 +205,11 @@ def run_evaluation(config: EvaluationConfig) -> dict:
             descriptions = generate(model, processor, [STIC_DAR_PROMPT] * len(items), [i.image for i in items],
                                     config=greedy, desc=f"{name} descriptions")
             questions = [stic_description_infused(q, d) for q, d in zip(questions, descriptions)]
-        result, rounds = evaluate_benchmark(model, processor, name, items, config, prior, questions)
+        result, rounds, hits = evaluate_benchmark(model, processor, name, items, config, prior, questions)
         metrics["benchmarks"][name] = {"path": path} | result
         predictions += [{"benchmark": name, "id": item.id, "answer": item.answer, "prompt": questions[j],
-                         "responses": [r[j] for r in rounds]} for j, item in enumerate(items)]
+                         "responses": [r[j] for r in rounds], "correct": hits and [h[j] for h in hits]}
+                        for j, item in enumerate(items)]
     per_round = [{name: m["rounds"][k]["score"] for name, m in metrics["benchmarks"].items()}
                  for k in range(config.correction_rounds + 1)]
     averages = [paper_average(scores) for scores in per_round]

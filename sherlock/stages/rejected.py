@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from sherlock.data.schema import open_image, write_jsonl
+from sherlock.diagnostics import departure_histogram
 from sherlock.generation import generate
 from sherlock.models.loading import load_vlm
 from sherlock.reasoning import is_correct
 from sherlock.stages.config import SamplingSettings, help_field
 from sherlock.stages.io import load_data, record_stage_config
 
-REJECTED_FILE = "rejected.jsonl"
+REJECTED_FILE, STATS_FILE = "rejected.jsonl", "stats.json"
 
 
 @dataclass(kw_only=True)
@@ -29,14 +31,22 @@ def run_sample_rejected(config: SampleRejectedConfig) -> Path:
     """Write ``rejected.jsonl`` with one ``{"id", "rejected", "correct"}`` row per record.
 
     ``correct`` (whether Y^l's conclusion matches the gold answer, when the record has one) is
-    informational; Sherlock-SFT uses every sample.
+    informational; Sherlock-SFT uses every sample. ``stats.json`` holds the fraction correct and
+    where Y^l first departs from Y^w (the record's response), counted over all samples and over
+    the wrong ones: what a correction sequence teaches to fix.
     """
     data = load_data(config.data)
     model, processor = load_vlm(config.model, dtype=torch.float32)
     images = [open_image(data.image_root, r) for r in data.records]
     samples = generate(model, processor, [r.question for r in data.records], images, config=config.decoding(config.seed),
                        desc="sampling Y^l", stream="Y^l", keys=[r.id for r in data.records])
-    rows = ({"id": r.id, "rejected": y, "correct": is_correct(y, r.answer, r.answer_type) if r.answer else None}
-            for r, y in zip(data.records, samples))
+    rows = [{"id": r.id, "rejected": y, "correct": is_correct(y, r.answer, r.answer_type) if r.answer else None}
+            for r, y in zip(data.records, samples)]
+    wrong = [(row["rejected"], r.response) for row, r in zip(rows, data.records) if row["correct"] is False]
+    labelled = [row["correct"] for row in rows if row["correct"] is not None]
+    stats = {"num_samples": len(rows), "correct_fraction": sum(labelled) / len(labelled) if labelled else None,
+             "departure": departure_histogram(samples, [r.response for r in data.records]),
+             "departure_of_wrong": departure_histogram(*zip(*wrong)) if wrong else {}}
     record_stage_config(config, config.output)
+    (Path(config.output) / STATS_FILE).write_text(json.dumps(stats, indent=2))
     return write_jsonl(rows, Path(config.output) / REJECTED_FILE)
