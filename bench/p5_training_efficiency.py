@@ -9,31 +9,13 @@ the baseline is the best FLOP/s of square float32 ``torch.mm`` calls measured in
 
 from __future__ import annotations
 
-import time
-
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import Result, Workspace, alternate, median
+from sherlock.machine import matmul_flops_per_second
 
 TARGET = 0.25
-
-
-def matmul_flops_per_second(device: torch.device, sizes=(512, 1024, 2048), repeats: int = 5) -> float:
-    """Best FLOP/s of an (n × n) @ (n × n) float32 product over ``sizes``."""
-    best = 0.0
-    for n in sizes:
-        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-        torch.mm(a, b)
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            torch.mm(a, b)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            best = max(best, 2 * n**3 / (time.perf_counter() - start))
-    return best
 
 
 def sft_batch(workspace: Workspace, batch_size: int, device: torch.device):

@@ -174,7 +174,13 @@ def report(workdir: Path, total: float, name: str) -> dict:
 
     run_dir = max((workdir / "artifacts").iterdir(), key=lambda p: p.stat().st_mtime)  # this run's outputs
     seconds = stage_seconds(run_dir.name)
-    print(f"\nstage timings (total {total / 60:.1f} min):")
+    import torch
+
+    from sherlock.machine import matmul_flops_per_second
+
+    gflops = matmul_flops_per_second() / 1e9
+    print(f"\nstage timings (total {total / 60:.1f} min; this machine: {gflops:.0f} GFLOP/s float32 matmul, "
+          f"{torch.get_num_threads()} threads):")
     for stage, value in seconds.items():
         print(f"  {stage:<40} {value:7.1f} s")
     print("\naccuracy (%), direct and after self-correction:")
@@ -189,7 +195,8 @@ def report(workdir: Path, total: float, name: str) -> dict:
     print(f"InferenceService manifest of the champion (validated offline): {run_dir / 'deploy' / 'inferenceservice.yaml'}")
     print(f"question: {item.prompt}\ngold: {item.answer}\n"
           f"answer of the served champion after 1 self-correction round: {answer['answer']}")
-    summary = {"pipeline_run_id": run_dir.name, "total_seconds": total, "stage_seconds": seconds,
+    summary = {"pipeline_run_id": run_dir.name, "total_seconds": total, "matmul_gflops": gflops,
+               "stage_seconds": seconds,
                "champion_version": str(champion.version), "deployment": deployment, "answer": answer}
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
