@@ -8,12 +8,13 @@ steps as URIs, never through the KFP artifact store.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
 from sherlock.stages.config import load_config
 from sherlock.stages.runner import STAGES, run_stage
-from sherlock.storage import fetch, publish
+from sherlock.storage import MANIFEST_FILE, fetch, publish
 
 EMBEDDED = "embedded"  # the value of base_model / train_data that selects the embedded default
 
@@ -35,11 +36,11 @@ def embedded_inputs(base_model: str, train_data: str, benchmarks: str, output_ro
     """``(base_model, train_data, benchmarks)``: given URIs pass through; ``embedded`` builds the default.
 
     The embedded default is the synthetic visual-reasoning task (train and held-out sets from
-    different seeds) and a tiny Llama-3.2-Vision model whose tokenizer is trained on the data.
+    different seeds) and the committed base model: a tiny Llama-3.2-Vision pre-trained on synthetic
+    perception questions (:func:`sherlock.stages.perception.embedded_base`, checked by its digest).
     """
-    from sherlock.data.llava_cot import load_llava_cot
     from sherlock.data.synthetic import generate_synthetic
-    from sherlock.models.tiny import build_tiny_vlm, tokenizer_corpus
+    from sherlock.stages.perception import embedded_base
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
@@ -51,9 +52,8 @@ def embedded_inputs(base_model: str, train_data: str, benchmarks: str, output_ro
             benchmarks = f"llava_cot={publish(eval_file.parent, step_uri(output_root, pipeline_run_id, 'data/eval'))}"
             benchmarks += "/data.jsonl"
         if base_model == EMBEDDED:
-            records = load_llava_cot(fetch(train_data) / "data.jsonl").records
-            built = build_tiny_vlm(scratch / "base", tokenizer_corpus(records[:3000]), seed=seed)
-            base_model = publish(built, step_uri(output_root, pipeline_run_id, "models/base"))
+            shutil.copytree(embedded_base(), scratch / "base", ignore=shutil.ignore_patterns(MANIFEST_FILE))
+            base_model = publish(scratch / "base", step_uri(output_root, pipeline_run_id, "models/base"))
     return base_model, train_data, benchmarks
 
 

@@ -309,33 +309,48 @@ def make_item(seed: int, index: int, tier: str, image_size: int = IMAGE_SIZE) ->
     return record, draw_scene(shapes, image_size, rng)
 
 
-PERCEPTION_QUESTIONS = ("Describe the image.", "What is at {cell}?", "Where are the {colour} shapes?")
+def _describe(rng, shapes):
+    return "Describe the image.", caption(shapes)
+
+
+def _what_at(rng, shapes):
+    row, col = rng.randrange(3), rng.randrange(3)
+    found = [s for s in shapes if (s.row, s.col) == (row, col)]
+    return (f"What is at {cell_name(row, col)}?",
+            f"At {cell_name(row, col)} there is " + (f"a {found[0].name}." if found else "nothing."))
+
+
+def _where_colour(rng, shapes):
+    colour = rng.choice(list(COLOURS))
+    return f"Where are the {colour} shapes?", f"The {colour} shapes are: {_listing([s for s in shapes if s.colour == colour])}."
+
+
+def _where_kind(rng, shapes):
+    kind = rng.choice(KINDS)
+    return f"Where are the {kind}s?", f"The {kind}s are: {_listing([s for s in shapes if s.kind == kind])}."
+
+
+def _how_many(rng, shapes):
+    return "How many shapes are there?", f"There are {len(shapes)} shapes."
+
+
+PERCEPTION_FAMILIES = (_describe, _what_at, _where_colour, _where_kind, _how_many)
 
 
 def make_perception_item(seed: int, index: int, image_size: int = IMAGE_SIZE) -> tuple[Record, Image.Image]:
     """Perception pre-training item ``index`` of seed ``seed``: a scene and one plain-text question about it.
 
     The question describes the whole scene (the answer is the task's CAPTION text), names what is
-    in one cell, or lists the cells of one colour. Scenes are drawn as in every tier; the random
-    stream is separate from :func:`make_item`'s, so no task item reappears here.
+    in one cell, lists the shapes of one colour or kind with their cells, or counts the shapes: what
+    an instruction-tuned VLM can do before it meets the task. Scenes are drawn as in every tier;
+    the random stream is separate from :func:`make_item`'s, so no task item reappears here.
     """
     rng = random.Random(f"sherlock-perception:{seed}:{index}")
     shapes = _sample_scene(rng, TIERS[index % len(TIERS)])
-    family = rng.randrange(len(PERCEPTION_QUESTIONS))
-    if family == 0:
-        question, answer = PERCEPTION_QUESTIONS[0], caption(shapes)
-    elif family == 1:
-        row, col = rng.randrange(3), rng.randrange(3)
-        found = [s for s in shapes if (s.row, s.col) == (row, col)]
-        question = PERCEPTION_QUESTIONS[1].format(cell=cell_name(row, col))
-        answer = f"At {cell_name(row, col)} there is " + (f"a {found[0].name}." if found else "nothing.")
-    else:
-        colour = rng.choice(list(COLOURS))
-        found = [s for s in shapes if s.colour == colour]
-        question = PERCEPTION_QUESTIONS[2].format(colour=colour)
-        answer = f"The {colour} shapes are: {_listing(found)}."
+    family = rng.choice(PERCEPTION_FAMILIES)
+    question, answer = family(rng, shapes)
     record = Record(id=f"perception-{seed}-{index:06d}", image=f"images/p{seed}-{index:06d}.png",
-                    question=question, response=answer, answer_type="text")
+                    question=question, response=answer, answer_type="text", tier=family.__name__.strip("_"))
     return record, draw_scene(shapes, image_size, rng)
 
 

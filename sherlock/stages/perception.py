@@ -24,6 +24,10 @@ from sherlock.training.setup import TrainSettings
 from sherlock.training.sft import SFTExample, train_sft
 
 PERCEPTION_FILE = "perception.json"
+# The embedded default's base model: this stage's output with its defaults (seed 0), committed as
+# sherlock/models/embedded/ (rebuild: docs/results.md, "The base model"); its SHA256SUMS digest:
+EMBEDDED_BASE = Path(__file__).resolve().parents[1] / "models" / "embedded"
+EMBEDDED_BASE_DIGEST = ""
 TOKENIZER_ITEMS = 3000  # task items (a seed namespace of their own) whose texts train the tokenizer
 TOKENIZER_SEED = 2_000_003
 
@@ -32,7 +36,7 @@ TOKENIZER_SEED = 2_000_003
 class PerceptionConfig(TrainSettings):
     output: str = help_field(help="directory for the perception data, checkpoints and the base model", uri="output")
     preset: str = help_field("embedded", "tiny Mllama preset (sherlock.models.tiny.PRESETS)")
-    num_items: int = help_field(12000, "perception questions (one image each)")
+    num_items: int = help_field(20000, "perception questions (one image each)")
     validation_items: int = help_field(200, "held-out perception questions scored after training (greedy)")
     image_size: int = help_field(IMAGE_SIZE, "image side in pixels")
     vocab_size: int = help_field(1024, "BPE vocabulary size")
@@ -47,9 +51,23 @@ class PerceptionConfig(TrainSettings):
             raise ConfigError("num_items must be positive")
 
 
+def embedded_base() -> Path:
+    """The committed base model's directory, after checking every file against its SHA256SUMS and the
+    manifest against :data:`EMBEDDED_BASE_DIGEST`."""
+    from sherlock.storage import MANIFEST_FILE, IntegrityError, directory_digest, file_sums, parse_manifest
+
+    recorded = parse_manifest((EMBEDDED_BASE / MANIFEST_FILE).read_text())
+    actual = file_sums(EMBEDDED_BASE)
+    if actual != recorded or directory_digest(EMBEDDED_BASE) != EMBEDDED_BASE_DIGEST:
+        changed = sorted(name for name in set(actual) | set(recorded) if actual.get(name) != recorded.get(name))
+        raise IntegrityError(f"the committed base model at {EMBEDDED_BASE} does not match its digest "
+                             f"(files differing from SHA256SUMS: {changed or 'none; the manifest itself changed'})")
+    return EMBEDDED_BASE
+
+
 def perception_validation(model_dir: Path, config: PerceptionConfig) -> dict:
-    """Exact-answer rate per question family on held-out perception items (indices after the training ones),
-    and for "Describe the image." the fraction whose occupied cells are right."""
+    """Exact-answer rate per question family (the record's ``tier``) on held-out perception items (indices
+    after the training ones), and for "Describe the image." the fraction whose occupied cells are right."""
     import torch
 
     from sherlock.diagnostics import caption_shapes
@@ -64,9 +82,8 @@ def perception_validation(model_dir: Path, config: PerceptionConfig) -> dict:
     families: dict[str, list[bool]] = {}
     cells = []
     for (record, _), answer in zip(drawn, answers):
-        family = record.question.split(" ")[0].lower()  # describe / what / where
-        families.setdefault(family, []).append(answer.strip() == record.response)
-        if family == "describe":
+        families.setdefault(record.tier, []).append(answer.strip() == record.response)
+        if record.tier == "describe":
             cells.append(set(caption_shapes(answer)) == set(caption_shapes(record.response)))
     scores = {f"{family}_exact": sum(hits) / len(hits) for family, hits in sorted(families.items())}
     return scores | {"describe_cells_exact": sum(cells) / max(len(cells), 1), "num_items": len(drawn)}

@@ -24,6 +24,7 @@ from sherlock.stages.diagnose import DIAGNOSTICS_FILE, DiagnoseConfig, run_diagn
 from sherlock.stages.evaluate import (METRICS_FILE, PLOT_FILE, TABLE_FILE, EvaluationConfig, run_evaluation)
 from sherlock.stages.io import STAGE_CONFIG
 from sherlock.stages.online import OnlineConfig, run_online
+from sherlock.stages.perception import PerceptionConfig, run_pretrain_perception
 from sherlock.stages.preference_training import PreferenceTrainingConfig, run_train_preferences
 from sherlock.stages.preferences import PreferenceDataConfig, run_build_preferences
 from sherlock.stages.rejected import SampleRejectedConfig, run_sample_rejected
@@ -36,6 +37,8 @@ from sherlock.storage import cache_root, directory_digest, fetch, is_s3, publish
 SECONDS_METRIC = "stage_seconds"  # wall time of the stage function (the run itself may be reopened later)
 # command: (config class, stage function, help)
 STAGES = {
+    "pretrain-perception": (PerceptionConfig, run_pretrain_perception,
+                            "the embedded base model: a tiny Mllama pre-trained on synthetic perception questions"),
     "sample": (SampleConfig, run_sample, "Stage I data: disjoint seeded subsets D_A, D_B with a manifest"),
     "sft": (SFTStageConfig, run_sft, "Stage I: vanilla SFT (R0), or Sherlock-SFT with --rejected"),
     "sample-rejected": (SampleRejectedConfig, run_sample_rejected, "Stage I: sample Y^l from R0 for D_B"),
