@@ -81,8 +81,9 @@ CROSS_ATTENTION_GATE = 1.0
 PRESETS = {
     "tiny": TinyPreset(64, 4, (1, 3), 4, 2, 192, 64, 2, 1, 4, 128, (1,)),
     "small": TinyPreset(128, 6, (2, 5), 4, 2, 384, 128, 3, 1, 4, 256, (1, 2)),
-    # the embedded default: 12-px patches (4 per grid cell) and a 128-wide text model that can perceive
-    "embedded": TinyPreset(128, 4, (1, 3), 4, 2, 512, 64, 2, 1, 4, 256, (1,), patch_size=12),
+    # the embedded default: 12-px patches (4 per grid cell); a 128-wide text model whose 4 self-attention
+    # layers (cross-attention at 1 and 4) can copy from the prompt
+    "embedded": TinyPreset(128, 6, (1, 4), 4, 2, 512, 64, 2, 1, 4, 256, (1,), patch_size=12),
 }
 
 

@@ -27,7 +27,7 @@ PERCEPTION_FILE = "perception.json"
 # The embedded default's base model: this stage's output with its defaults (seed 0), committed as
 # sherlock/models/embedded/ (rebuild: docs/results.md, "The base model"); its SHA256SUMS digest:
 EMBEDDED_BASE = Path(__file__).resolve().parents[1] / "models" / "embedded"
-EMBEDDED_BASE_DIGEST = ""
+EMBEDDED_BASE_DIGEST = "852fa3a58c3bf97f7fd7ad0b7edc42e4ba817907ca01daa37d9a4ca8e4655823"
 TOKENIZER_ITEMS = 3000  # task items (a seed namespace of their own) whose texts train the tokenizer
 TOKENIZER_SEED = 2_000_003
 
@@ -41,6 +41,7 @@ class PerceptionConfig(TrainSettings):
     image_size: int = help_field(IMAGE_SIZE, "image side in pixels")
     vocab_size: int = help_field(1024, "BPE vocabulary size")
     learning_rate: float = help_field(2e-3, "peak learning rate")
+    epochs: float = help_field(3.0, "number of passes over the perception questions")
     batch_size: int = help_field(32, "examples per device per step")
 
     def check(self) -> None:
