@@ -87,12 +87,26 @@ def _slug(name: str) -> str:
     return name.replace(",", "").replace("/", "").replace(" ", "_")
 
 
+DONE_FILE = "experiment_stage.json"  # a finished stage's result and seconds, beside its outputs
+
+
 def timer(timings: dict[str, float]):
-    """``timed(name, stage function, config)``: run the stage and record its wall seconds."""
+    """``timed(name, stage function, config)``: run the stage and record its wall seconds.
+
+    A stage whose output directory holds :data:`DONE_FILE` from an earlier run of the same config
+    is not run again: an interrupted seed resumes at its first unfinished stage.
+    """
     def timed(name, function, stage_config):
+        done = Path(stage_config.output) / DONE_FILE
+        config = json.dumps(dataclasses.asdict(stage_config), sort_keys=True, default=str)
+        if done.is_file() and (previous := json.loads(done.read_text()))["config"] == config:
+            timings[name] = previous["seconds"]
+            return Path(previous["path"]) if "path" in previous else previous["result"]
         start = time.perf_counter()
         result = function(stage_config)
         timings[name] = round(time.perf_counter() - start, 1)
+        stored = {"path": str(result)} if isinstance(result, Path) else {"result": result}
+        done.write_text(json.dumps(stored | {"config": config, "seconds": timings[name]}))
         return result
 
     return timed

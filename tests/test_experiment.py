@@ -40,3 +40,30 @@ def test_base_gate_criteria():
 def test_recipes_need_sherlock_first_and_stic_before_dar(recipes, tmp_path):
     with pytest.raises(ValueError, match="recipes must include sherlock"):
         run_experiment(ExperimentConfig(workdir=str(tmp_path), recipes=recipes))
+
+
+def test_a_finished_stage_is_not_run_again_unless_its_config_changed(tmp_path):
+    import dataclasses
+    from pathlib import Path
+
+    from sherlock.experiment import timer
+
+    @dataclasses.dataclass
+    class Config:
+        output: str
+        learning_rate: float = 1e-3
+
+    calls = []
+
+    def stage(config):
+        calls.append(config.learning_rate)
+        Path(config.output).mkdir(exist_ok=True)
+        return Path(config.output) / "model"
+
+    timings = {}
+    timed = timer(timings)
+    first = timed("R0", stage, Config(str(tmp_path / "r0")))
+    again = timed("R0", stage, Config(str(tmp_path / "r0")))
+    assert first == again == tmp_path / "r0" / "model" and calls == [1e-3] and "R0" in timings
+    timed("R0", stage, Config(str(tmp_path / "r0"), learning_rate=2e-3))
+    assert calls == [1e-3, 2e-3]
