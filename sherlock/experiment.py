@@ -296,6 +296,40 @@ def pooled_sc_minus_direct(entries: list[dict]) -> dict:
     return paired_difference(corrected, direct)
 
 
+# (A, B, round): A − B on the same held-out items, "direct" or "sc" (after the last correction round)
+COMPARISONS = (("Sherlock-SFT", "SFT control (D_A ∪ D_B)", "direct"), ("Sherlock-SFT", "SFT control (D_A ∪ D_B)", "sc"),
+               ("Sherlock offline", "Sherlock-SFT", "direct"), ("Sherlock offline", "Sherlock-SFT", "sc"),
+               ("Sherlock offline", "offline, w/o L_SC", "sc"), ("online iter 1", "Sherlock offline", "sc"),
+               ("Sherlock-SFT", "R0", "direct"))
+
+
+def compare_checkpoints(summaries: list[dict]) -> list[dict]:
+    """:data:`COMPARISONS` present in every seed: A − B in points per seed and pooled over the seeds'
+    items (paired bootstrap 95 % CI, McNemar)."""
+    rows = []
+    for a, b, which in COMPARISONS:
+        if not all(a in s["checkpoints"] and b in s["checkpoints"] for s in summaries):
+            continue
+        hits = {name: [c == "1" for s in summaries for c in s["checkpoints"][name]["hits"][which]] for name in (a, b)}
+        per_seed = {str(s["seed"]): paired_difference(*([c == "1" for c in s["checkpoints"][name]["hits"][which]]
+                                                        for name in (a, b)))["difference"] for s in summaries}
+        rows.append({"a": a, "b": b, "round": which, "per_seed": per_seed,
+                     "pooled": paired_difference(hits[a], hits[b])})
+    return rows
+
+
+def comparisons_table(rows: list[dict]) -> str:
+    """Markdown of :func:`compare_checkpoints`."""
+    lines = ["| A − B | answers | per seed | pooled [95% CI] | fixed / broken | McNemar p |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        pooled = row["pooled"]
+        lines.append(f"| {row['a']} − {row['b']} | {'after SC' if row['round'] == 'sc' else 'direct'} | "
+                     + ", ".join(f"{v:+.1f}" for v in row["per_seed"].values())
+                     + f" | {pooled['difference']:+.1f} [{pooled['ci_low']:+.1f}, {pooled['ci_high']:+.1f}] | "
+                     f"{pooled['fixed']} / {pooled['broken']} | {pooled['p_mcnemar']:.3g} |")
+    return "\n".join(lines) + "\n"
+
+
 def results_json(summaries: list[dict]) -> dict:
     """``docs/results.json``: per checkpoint and seed the accuracies and baselines; per checkpoint the
     paired 95 % CI of SC − direct pooled over the seeds' items and the per-seed differences."""
@@ -309,7 +343,8 @@ def results_json(summaries: list[dict]) -> dict:
                       for seed, e in entries.items()},
             "sc_minus_direct": {"per_seed": {seed: e["sc_minus_direct"]["difference"] for seed, e in entries.items()},
                                 "pooled": pooled_sc_minus_direct(list(entries.values()))}}
-    return {"units": "accuracy in %, held-out synthetic items", "checkpoints": checkpoints}
+    return {"units": "accuracy in %, held-out synthetic items", "checkpoints": checkpoints,
+            "comparisons": compare_checkpoints(summaries)}
 
 
 def run_experiment(config: ExperimentConfig) -> str:
@@ -324,7 +359,7 @@ def run_experiment(config: ExperimentConfig) -> str:
         done = Path(config.workdir) / f"seed_{seed}" / "summary.json"
         summary = json.loads(done.read_text()) if done.is_file() else run_seed(config, seed)
         summaries.append(run_recipes(config, seed, summary))
-    table = results_table(summaries, config.correction_rounds)
+    table = results_table(summaries, config.correction_rounds) + "\n" + comparisons_table(compare_checkpoints(summaries))
     Path(config.workdir, "results.md").write_text(table)
     Path(config.workdir, "results.json").write_text(json.dumps(results_json(summaries), indent=2))
     Path(config.workdir, "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))

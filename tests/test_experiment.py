@@ -23,6 +23,7 @@ def test_table_has_the_checkpoints_every_seed_has_in_paper_order():
     pooled = results_json(summaries)["checkpoints"]["R0"]
     assert pooled["sc_minus_direct"]["pooled"]["difference"] == 50.0
     assert pooled["sc_minus_direct"]["per_seed"] == {"0": 50.0, "1": 50.0}
+    assert results_json(summaries)["comparisons"] == []  # none of COMPARISONS has both checkpoints
     assert pooled["seeds"]["1"] == {"direct": 0.0, "sc_rounds": [50.0], "greedy_direct": 0.0, "blank_image": 10.0,
                                     "blind_prior": 40.0}
 
@@ -67,3 +68,15 @@ def test_a_finished_stage_is_not_run_again_unless_its_config_changed(tmp_path):
     assert first == again == tmp_path / "r0" / "model" and calls == [1e-3] and "R0" in timings
     timed("R0", stage, Config(str(tmp_path / "r0"), learning_rate=2e-3))
     assert calls == [1e-3, 2e-3]
+
+
+def test_checkpoint_comparisons_are_paired_per_seed_and_pooled():
+    from sherlock.experiment import compare_checkpoints, comparisons_table
+
+    seeds = [{"seed": k, "checkpoints": {"Sherlock-SFT": _entry(0, 0, "1100", "1110"), "R0": _entry(0, 0, "1000", "0000")}}
+             for k in (0, 1)]
+    (row,) = compare_checkpoints(seeds)
+    assert (row["a"], row["b"], row["round"]) == ("Sherlock-SFT", "R0", "direct")
+    assert row["per_seed"] == {"0": 25.0, "1": 25.0} and row["pooled"]["difference"] == 25.0
+    assert (row["pooled"]["fixed"], row["pooled"]["broken"]) == (2, 0)
+    assert "| Sherlock-SFT − R0 | direct | +25.0, +25.0 | +25.0 [" in comparisons_table([row])
