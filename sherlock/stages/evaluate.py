@@ -175,7 +175,7 @@ def evaluate_benchmark(model, processor, name: str, items: list[BenchmarkItem], 
         greedy = dataclasses.replace(direct, temperature=0.0, top_p=1.0)
         result["greedy_direct"] = score_responses(name, items, generate(
             model, processor, questions, images, config=greedy, desc=f"{name} greedy direct"))
-    if config.blank_image:
+    if config.blank_image:  # the direct answer's random stream: only the image differs from round 0
         result["blank_image"] = score_responses(name, items, generate(
             model, processor, questions, blank_images(images), config=direct, desc=f"{name} blank image",
             stream="direct", keys=keys))
