@@ -44,7 +44,6 @@ class DiagnoseConfig(ProtocolSettings):
 def run_diagnose(config: DiagnoseConfig) -> dict:
     """Diagnose ``config.model`` on ``config.data``; writes and returns the diagnostics."""
     config.check()
-    records = load_data(config.data).records[: config.num_items]
     items = load_benchmark("llava_cot", config.data, config.num_items)
     model, processor = load_vlm(config.model, dtype=torch.float32)
     prior = BlindPrior(load_data(config.prior_data).records) if config.prior_data else None
@@ -56,7 +55,7 @@ def run_diagnose(config: DiagnoseConfig) -> dict:
         "greedy_accuracy": result["greedy_direct"]["score"] / 100 if "greedy_direct" in result else None,
         "blank_image_accuracy": result["blank_image"]["score"] / 100 if "blank_image" in result else None,
         "blind_prior_accuracy": (result["blind_prior"] / 100 if prior is not None
-                                 else leave_one_out_prior_accuracy(records)),
+                                 else leave_one_out_prior_accuracy(load_data(config.data).records[: config.num_items])),
         "blind_prior_source": "prior_data" if prior is not None else "leave-one-out on data",
     } | {key: result[key] for key in ("sc_minus_direct", "perception", "departure") if key in result}
     output = Path(config.output)
