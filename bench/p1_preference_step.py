@@ -36,8 +36,14 @@ def measure(workspace: Workspace, steps: int, batch_size: int, device: torch.dev
 
     from sherlock.data.preferences import read_pairs
     from sherlock.models.loading import load_vlm
-    from sherlock.training.preference import (PreferenceCollator, PreferenceDataset, SherlockLossConfig,
-                                              SherlockTrainer, compute_reference_logps, sherlock_objective)
+    from sherlock.training.preference import (
+        PreferenceCollator,
+        PreferenceDataset,
+        SherlockLossConfig,
+        SherlockTrainer,
+        compute_reference_logps,
+        sherlock_objective,
+    )
 
     model, processor = load_vlm(workspace.model, dtype=torch.float32, device=str(device))
     pairs = read_pairs(workspace.pairs)

@@ -110,8 +110,14 @@ def compare(workspace: Workspace, batch_size: int, device: torch.device, sft_wei
 
     from sherlock.data.preferences import read_pairs
     from sherlock.models.loading import load_vlm
-    from sherlock.training.preference import (DPO_SEQUENCES, PreferenceCollator, PreferenceDataset,
-                                              SherlockLossConfig, SherlockTrainer, compute_reference_logps)
+    from sherlock.training.preference import (
+        DPO_SEQUENCES,
+        PreferenceCollator,
+        PreferenceDataset,
+        SherlockLossConfig,
+        SherlockTrainer,
+        compute_reference_logps,
+    )
 
     model, processor = load_vlm(workspace.model, dtype=torch.float32, device=str(device))
     with torch.no_grad():  # move π away from π_ref so that the equality check is not log 2 = log 2

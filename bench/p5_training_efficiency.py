@@ -20,11 +20,12 @@ TARGET = 0.25
 
 def sft_batch(workspace: Workspace, batch_size: int, device: torch.device):
     """The SFT stage's trainer and one batch collated by it."""
+    from trl import SFTConfig
+
     from sherlock.data.llava_cot import load_llava_cot
     from sherlock.models.loading import load_vlm
     from sherlock.training.setup import TrainSettings, training_arguments
     from sherlock.training.sft import VLMSFTTrainer, examples_from_records, sft_dataset
-    from trl import SFTConfig
 
     data = load_llava_cot(workspace.data / "data.jsonl")
     model, processor = load_vlm(workspace.model, dtype=torch.float32, device=str(device))
@@ -63,7 +64,7 @@ def measure(workspace: Workspace, batch_size: int, steps: int, device: torch.dev
 
 
 def run(workspace: Workspace, quick: bool, device: torch.device) -> Result:
-    from pipelines.common import preset
+    from sherlock.stages.registry import preset
 
-    batch_size = 4 if quick else preset("r0", "embedded")["batch_size"]  # the embedded R0 stage's batch
+    batch_size = 4 if quick else preset("sft.r0", "embedded")["batch_size"]  # the embedded R0 stage's batch
     return measure(workspace, batch_size=batch_size, steps=2 if quick else 6, device=device)

@@ -45,10 +45,10 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 180.0) -> N
 def measure(workspace: Workspace, requests: int, max_new_tokens: int, device: torch.device) -> list[Result]:
     import httpx
 
-    from pipelines.run_local import free_port
     from sherlock.data.llava_cot import load_llava_cot
     from sherlock.data.schema import open_image
     from sherlock.generation import DecodingConfig, answer_with_corrections
+    from sherlock.machine import free_port
     from sherlock.models.loading import load_vlm
 
     data = load_llava_cot(workspace.data / "data.jsonl")

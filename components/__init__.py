@@ -37,10 +37,11 @@ def sample_data(data: str, sizes: str, seed: int, output_root: str,
                 pipeline_run_id: str) -> NamedTuple("Subsets", d_a=str, d_b=str, d_u=str):
     """Stage I data: disjoint seeded subsets D_A, D_B and the unlabeled pool D_U, with a manifest."""
     from sherlock.pipeline_steps import stage_step
+    from sherlock.stages.registry import STAGES
 
     output = stage_step("sample", "subsets", {"sizes": sizes, "seed": seed, "data_file": "data.jsonl"}, output_root,
                         pipeline_run_id, data=data)
-    return f"{output}/D_A", f"{output}/D_B", f"{output}/D_U"
+    return tuple(STAGES["sample"].output(output, name) for name in ("D_A", "D_B", "D_U"))
 
 
 @dsl.component(**GPU)
@@ -57,9 +58,10 @@ def sft(name: str, model: str, data: str, rejected: str, settings: dict, output_
 def sample_rejected(model: str, data: str, settings: dict, output_root: str, pipeline_run_id: str) -> str:
     """Stage I: sample Y^l from R0 on D_B; returns the URI of rejected.jsonl."""
     from sherlock.pipeline_steps import stage_step
+    from sherlock.stages.registry import STAGES
 
     output = stage_step("sample-rejected", "rejected", settings, output_root, pipeline_run_id, model=model, data=data)
-    return f"{output}/rejected.jsonl"
+    return STAGES["sample-rejected"].output(output, "rejected")
 
 
 @dsl.component(**GPU)
@@ -72,16 +74,15 @@ def build_preferences(model: str, data: str, settings: dict, output_root: str, p
 
 
 @dsl.component(**GPU)
-def train_preferences(name: str, model: str, data: str, settings: dict, loss: dict, output_root: str,
+def train_preferences(name: str, model: str, data: str, settings: dict, output_root: str,
                       pipeline_run_id: str) -> str:
-    """Stage II: L_SC + α·L_DPO with the dynamic per-sample β (Eqs. 4–7); ``loss`` holds β and α.
+    """Stage II: L_SC + α·L_DPO with the dynamic per-sample β (Eqs. 4–7); β and α are fields of ``settings``.
 
     The SCL and STIC-stage-1 steps are the same stage with DPO settings (static β, an SFT term).
     """
     from sherlock.pipeline_steps import stage_step
 
-    return stage_step("train-preferences", name, settings | loss, output_root, pipeline_run_id, model=model,
-                      data=data)
+    return stage_step("train-preferences", name, settings, output_root, pipeline_run_id, model=model, data=data)
 
 
 @dsl.component(**GPU)
@@ -110,14 +111,15 @@ def stic_describe(model: str, data: str, settings: dict, output_root: str, pipel
 
 
 @dsl.component(**GPU)
-def online_iteration(model: str, data: str, iteration: int, settings: dict, loss: dict, output_root: str,
+def online_iteration(model: str, data: str, iteration: int, settings: dict, output_root: str,
                      pipeline_run_id: str) -> str:
     """Stage III iteration k: label-free pairs from π_{k−1}'s self-consistency, then train π_k."""
     from sherlock.pipeline_steps import stage_step
+    from sherlock.stages.registry import STAGES
 
-    output = stage_step("online", f"online-{iteration}", settings | loss | {"iteration": iteration, "iterations": 1},
+    output = stage_step("online", f"online-{iteration}", settings | {"iteration": iteration, "iterations": 1},
                         output_root, pipeline_run_id, model=model, data=data)
-    return f"{output}/iter_{iteration}/model"
+    return STAGES["online"].output(output, "model", iteration=iteration)
 
 
 @dsl.component(**GPU)

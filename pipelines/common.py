@@ -9,19 +9,17 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from kfp import compiler, dsl, kubernetes
 
 from components import deploy, evaluate, prepare_inputs, register_and_gate, sample_data, sft
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 POD_LABELS = ("sherlock.dev/s3-client", "sherlock.dev/mlflow-client")
 
 
-def preset(name: str, directory: str = "paper") -> dict:
-    """A stage preset from ``configs/<directory>/<name>.yaml`` as a dict of config fields."""
-    return yaml.safe_load((CONFIGS / directory / f"{name}.yaml").read_text())
+def settings_parameter(preset_name: str) -> str:
+    """The pipeline parameter of a preset: ``sft.r0`` → ``sft_r0_settings``."""
+    return preset_name.replace(".", "_").replace("-", "_") + "_settings"
 
 
 @dataclass
@@ -91,16 +89,16 @@ def inputs_and_subsets(options: ClusterOptions, base_model, train_data, benchmar
     return inputs, {name: subsets.outputs[name.lower()] for name in ("D_A", "D_B", "D_U")}
 
 
-def starting_model(gpu, warm_start: bool, base_model, d_a, r0_settings, common: dict) -> tuple[str, object]:
+def starting_model(gpu, warm_start: bool, base_model, d_a, sft_r0_settings, common: dict) -> tuple[str, object]:
     """``(name, URI)`` of the model a sibling recipe starts from: R0 (SFT on D_A) or, without the
     warm start, the base model itself (one that already follows instructions)."""
     if not warm_start:
         return "base", base_model
-    return "r0", gpu(sft(name="r0", model=base_model, data=d_a, rejected="", settings=r0_settings, **common),
+    return "r0", gpu(sft(name="r0", model=base_model, data=d_a, rejected="", settings=sft_r0_settings, **common),
                      "R0 (SFT on D_A)").output
 
 
-def evaluate_and_deploy(checkpoints: list, benchmarks, prior_data, options: ClusterOptions, gpus, eval_settings,
+def evaluate_and_deploy(checkpoints: list, benchmarks, prior_data, options: ClusterOptions, gpus, evaluate_settings,
                         model_name, selection_metric, promotion_margin, deploy_settings, run_id, common: dict) -> None:
     """Evaluate each ``(name, checkpoint URI)`` (with the blind prior of ``prior_data``), register it, gate
     champion in order, deploy if promoted."""
@@ -108,7 +106,7 @@ def evaluate_and_deploy(checkpoints: list, benchmarks, prior_data, options: Clus
     previous = None
     for name, checkpoint in checkpoints:
         scores = gpu(evaluate(name=name, model=checkpoint, benchmarks=benchmarks, prior_data=prior_data,
-                              settings=eval_settings, **common), f"evaluate {name}")
+                              settings=evaluate_settings, **common), f"evaluate {name}")
         # one version at a time, in checkpoint order: each gate sees the champion the previous one left
         gate = with_platform(register_and_gate(
             checkpoint=checkpoint, evaluation=scores.outputs["Output"], model_name=model_name,

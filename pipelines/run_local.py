@@ -15,7 +15,6 @@ import base64
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,13 +23,12 @@ from pathlib import Path
 PIPELINES = Path(__file__).resolve().parent
 RECIPES = ("sherlock", "scl", "stic")
 # pipeline parameter -> embedded preset (configs/embedded/<preset>.yaml), per recipe
+# the presets of each recipe's training steps (configs/embedded/<name>.yaml -> pipeline parameter <name>_settings)
 PRESETS = {
-    "sherlock": {"r0_settings": "r0", "rejected_settings": "sample_rejected", "sherlock_sft_settings": "sherlock_sft",
-                 "preference_data_settings": "preferences", "offline_settings": "offline",
-                 "online_settings": "online"},
-    "scl": {"r0_settings": "r0", "scl_pairs_settings": "scl_pairs", "scl_settings": "scl"},
-    "stic": {"r0_settings": "r0", "stic_pairs_settings": "stic_pairs", "stage1_settings": "stic_stage1",
-             "describe_settings": "stic_describe", "stage2_settings": "stic_stage2"},
+    "sherlock": ("sft.r0", "sample-rejected", "sft.sherlock", "build-preferences", "train-preferences.offline",
+                 "online"),
+    "scl": ("sft.r0", "scl-pairs", "train-preferences.scl"),
+    "stic": ("sft.r0", "stic-pairs", "train-preferences.stic", "stic-describe", "sft.stic"),
 }
 SUBSETS = {"sherlock": "D_A=400,D_B=400,D_U=400", "scl": "D_A=400,D_B=400", "stic": "D_A=400,D_U=400"}
 QUICK_SUBSETS = {"sherlock": "D_A=12,D_B=12,D_U=12", "scl": "D_A=24,D_B=24", "stic": "D_A=12,D_U=12"}
@@ -38,12 +36,14 @@ QUICK_SUBSETS = {"sherlock": "D_A=12,D_B=12,D_U=12", "scl": "D_A=24,D_B=24", "st
 # answers differ in correctness, so its R0 trains long enough (80 steps) to answer some questions
 # right, and its answers are long enough to reach a conclusion.
 QUICK = {"all": {"max_new_tokens": 12, "generation_batch_size": 32, "logging_steps": 1},
-         "r0": {"epochs": 1, "max_steps": 2, "batch_size": 4}, "sherlock_sft": {"epochs": 1, "max_steps": 2,
-                                                                                "batch_size": 4},
-         "offline": {"max_steps": 2, "batch_size": 2}, "online": {"num_pairs": 4, "max_steps": 1, "batch_size": 2},
-         "scl": {"max_steps": 2, "batch_size": 2}, "stic_stage1": {"max_steps": 2, "batch_size": 2},
-         "stic_describe": {"num_items": 4}, "stic_stage2": {"epochs": 1, "max_steps": 2, "batch_size": 2}}
-QUICK_RECIPE = {"scl": {"r0": {"max_steps": 80, "batch_size": 8}, "scl_pairs": {"max_new_tokens": 160}}}
+         "sft.r0": {"epochs": 1, "max_steps": 2, "batch_size": 4},
+         "sft.sherlock": {"epochs": 1, "max_steps": 2, "batch_size": 4},
+         "train-preferences.offline": {"max_steps": 2, "batch_size": 2},
+         "online": {"num_pairs": 4, "max_steps": 1, "batch_size": 2},
+         "train-preferences.scl": {"max_steps": 2, "batch_size": 2},
+         "train-preferences.stic": {"max_steps": 2, "batch_size": 2},
+         "stic-describe": {"num_items": 4}, "sft.stic": {"epochs": 1, "max_steps": 2, "batch_size": 2}}
+QUICK_RECIPE = {"scl": {"sft.r0": {"max_steps": 80, "batch_size": 8}, "scl-pairs": {"max_new_tokens": 160}}}
 
 
 def model_name(recipe: str) -> str:
@@ -52,37 +52,27 @@ def model_name(recipe: str) -> str:
 
 def embedded_arguments(workdir: Path, quick: bool, recipe: str = "sherlock") -> dict:
     """Pipeline arguments of the embedded default (``quick``: the reduced configuration)."""
-    import yaml
 
     from components import CPU_IMAGE
-    from pipelines.common import preset
+    from pipelines.common import settings_parameter
+    from sherlock.serving.deploy import DeployConfig
+    from sherlock.stages.registry import preset
 
     arguments = {}
-    for parameter, name in PRESETS[recipe].items():
+    for name in PRESETS[recipe]:
         values = preset(name, "embedded")
         if quick:
             values |= ({k: v for k, v in QUICK["all"].items() if k in values} | QUICK.get(name, {})
                        | QUICK_RECIPE.get(recipe, {}).get(name, {}))
-        arguments[parameter] = values
-    if recipe == "sherlock":
-        from pipelines.sherlock import split_loss
-
-        arguments["offline_settings"], arguments["loss_settings"] = split_loss(arguments["offline_settings"])
-        arguments["online_settings"], _ = split_loss(arguments["online_settings"])
+        arguments[settings_parameter(name)] = values
     return arguments | {
         "output_root": str(workdir / "artifacts"),
         "subset_sizes": (QUICK_SUBSETS if quick else SUBSETS)[recipe],
-        "eval_settings": preset("evaluate", "embedded") | ({"limit": 8} if quick else {}),
+        "evaluate_settings": preset("evaluate", "embedded") | ({"limit": 8} if quick else {}),
         "model_name": model_name(recipe),
         # the predictor would run in the CPU image: the embedded model needs no GPU
-        "deploy_settings": preset("deploy", "embedded") | {"image": CPU_IMAGE},
+        "deploy_settings": preset("deploy", "embedded", DeployConfig) | {"image": CPU_IMAGE},
     }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def stage_seconds(pipeline_run_id: str) -> dict[str, float]:
@@ -139,6 +129,8 @@ def ask_served_champion(item, workdir: Path, name: str) -> dict:
     """Serve ``models:/…@champion`` with ``sherlock serve`` (KServe) and ask it one question over v1."""
     import httpx
 
+    from sherlock.machine import free_port
+
     port = free_port()
     with open(workdir / "serve.log", "w") as log:
         server = subprocess.Popen([sys.executable, "-m", "sherlock.cli", "serve", "--model",
@@ -192,7 +184,8 @@ def report(workdir: Path, total: float, name: str) -> dict:
     answer = ask_served_champion(item, workdir, name)
     deployment = json.loads((run_dir / "deploy" / "deployment.json").read_text())
     print(f"champion: version {champion.version} ({champion.tags.get('checkpoint_uri')})")
-    print(f"InferenceService manifest of the champion (validated offline): {run_dir / 'deploy' / 'inferenceservice.yaml'}")
+    manifest = run_dir / "deploy" / "inferenceservice.yaml"
+    print(f"InferenceService manifest of the champion (validated offline): {manifest}")
     print(f"question: {item.prompt}\ngold: {item.answer}\n"
           f"answer of the served champion after 1 self-correction round: {answer['answer']}")
     summary = {"pipeline_run_id": run_dir.name, "total_seconds": total, "matmul_gflops": gflops,

@@ -11,8 +11,16 @@ from pathlib import Path
 from kfp import dsl
 
 from components import scl_pairs, train_preferences
-from pipelines.common import (ClusterOptions, compile_command, evaluate_and_deploy, gpu_step, inputs_and_subsets,
-                              preset, starting_model, warm_start_argument)
+from pipelines.common import (
+    ClusterOptions,
+    compile_command,
+    evaluate_and_deploy,
+    gpu_step,
+    inputs_and_subsets,
+    starting_model,
+    warm_start_argument,
+)
+from sherlock.stages.registry import preset
 
 PIPELINE_FILE = Path(__file__).with_suffix(".yaml")
 
@@ -29,10 +37,10 @@ def build_pipeline(warm_start: bool = True, options: ClusterOptions | None = Non
         output_root: str = "s3://sherlock/runs",
         subset_sizes: str = "D_A=10000,D_B=5000",
         seed: int = 0,
-        r0_settings: dict = preset("r0"),
-        scl_pairs_settings: dict = preset("scl_pairs"),
-        scl_settings: dict = preset("scl"),
-        eval_settings: dict = preset("evaluate"),
+        sft_r0_settings: dict = preset("sft.r0"),
+        scl_pairs_settings: dict = preset("scl-pairs"),
+        train_preferences_scl_settings: dict = preset("train-preferences.scl"),
+        evaluate_settings: dict = preset("evaluate"),
         model_name: str = "sherlock-scl",
         selection_metric: str = "llava_cot/round_1",
         promotion_margin: float = 0.0,
@@ -43,16 +51,15 @@ def build_pipeline(warm_start: bool = True, options: ClusterOptions | None = Non
         common = {"output_root": output_root, "pipeline_run_id": run_id}
         gpu = gpu_step(options, gpus)
         inputs, subsets = inputs_and_subsets(options, base_model, train_data, benchmarks, subset_sizes, seed, common)
-        start_name, start = starting_model(gpu, warm_start, inputs.outputs["base_model"], subsets["D_A"], r0_settings,
-                                           common)
+        start_name, start = starting_model(gpu, warm_start, inputs.outputs["base_model"], subsets["D_A"],
+                                           sft_r0_settings, common)
         pairs = gpu(scl_pairs(model=start, data=subsets["D_B"], settings=scl_pairs_settings, **common),
                     "SCL pairs (two turns on D_B)")
-        trained = gpu(train_preferences(name="scl", model=start, data=pairs.output, settings=scl_settings, loss={},
-                                        **common), "SCL DPO training")
+        trained = gpu(train_preferences(name="scl", model=start, data=pairs.output,
+                                        settings=train_preferences_scl_settings, **common), "SCL DPO training")
         evaluate_and_deploy([(start_name, start), ("scl", trained.output)], inputs.outputs["benchmarks"],
-                            subsets["D_A"], options,
-                            gpus, eval_settings, model_name, selection_metric, promotion_margin, deploy_settings,
-                            run_id, common)
+                            subsets["D_A"], options, gpus, evaluate_settings, model_name, selection_metric,
+                            promotion_margin, deploy_settings, run_id, common)
 
     return scl
 

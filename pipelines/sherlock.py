@@ -13,24 +13,15 @@ from pathlib import Path
 from kfp import dsl
 
 from components import build_preferences, online_iteration, sample_rejected, sft, train_preferences
-from pipelines.common import (ClusterOptions, compile_command, evaluate_and_deploy, gpu_step, inputs_and_subsets,
-                              preset)
+from pipelines.common import ClusterOptions, compile_command, evaluate_and_deploy, gpu_step, inputs_and_subsets
+from sherlock.stages.registry import preset
 
 PIPELINE_FILE = Path(__file__).with_suffix(".yaml")
-LOSS_KEYS = ("sc_beta", "dpo_beta", "alpha", "dynamic_beta")
-
-
-def split_loss(settings: dict) -> tuple[dict, dict]:
-    """``(settings without the loss keys, the loss keys)``: β/α are one pipeline parameter."""
-    return ({k: v for k, v in settings.items() if k not in LOSS_KEYS},
-            {k: v for k, v in settings.items() if k in LOSS_KEYS})
 
 
 def build_pipeline(online_iterations: int = 2, options: ClusterOptions | None = None):
     """The pipeline function with K = ``online_iterations`` unrolled and ``options`` applied."""
     options = options or ClusterOptions()
-    offline_settings, offline_loss = split_loss(preset("offline"))
-    online_settings, _ = split_loss(preset("online"))
 
     @dsl.pipeline(name="sherlock", description=__doc__.splitlines()[0])
     def sherlock(
@@ -40,14 +31,13 @@ def build_pipeline(online_iterations: int = 2, options: ClusterOptions | None = 
         output_root: str = "s3://sherlock/runs",
         subset_sizes: str = "D_A=10000,D_B=10000,D_U=5000",
         seed: int = 0,
-        r0_settings: dict = preset("r0"),
-        rejected_settings: dict = preset("sample_rejected"),
-        sherlock_sft_settings: dict = preset("sherlock_sft"),
-        preference_data_settings: dict = preset("preferences"),
-        offline_settings: dict = offline_settings,
-        online_settings: dict = online_settings,
-        loss_settings: dict = offline_loss,
-        eval_settings: dict = preset("evaluate"),
+        sft_r0_settings: dict = preset("sft.r0"),
+        sample_rejected_settings: dict = preset("sample-rejected"),
+        sft_sherlock_settings: dict = preset("sft.sherlock"),
+        build_preferences_settings: dict = preset("build-preferences"),
+        train_preferences_offline_settings: dict = preset("train-preferences.offline"),
+        online_settings: dict = preset("online"),
+        evaluate_settings: dict = preset("evaluate"),
         model_name: str = "sherlock",
         selection_metric: str = "llava_cot/round_1",
         promotion_margin: float = 0.0,
@@ -60,25 +50,26 @@ def build_pipeline(online_iterations: int = 2, options: ClusterOptions | None = 
         inputs, subsets = inputs_and_subsets(options, base_model, train_data, benchmarks, subset_sizes, seed, common)
         base = inputs.outputs["base_model"]
         d_a, d_b, d_u = (subsets[name] for name in ("D_A", "D_B", "D_U"))
-        r0 = gpu(sft(name="r0", model=base, data=d_a, rejected="", settings=r0_settings, **common), "R0 (SFT on D_A)")
-        rejected = gpu(sample_rejected(model=r0.output, data=d_b, settings=rejected_settings, **common),
+        r0 = gpu(sft(name="r0", model=base, data=d_a, rejected="", settings=sft_r0_settings, **common),
+                 "R0 (SFT on D_A)")
+        rejected = gpu(sample_rejected(model=r0.output, data=d_b, settings=sample_rejected_settings, **common),
                        "sample Y^l (R0 on D_B)")
         sherlock_sft = gpu(sft(name="sherlock-sft", model=base, data=d_b, rejected=rejected.output,
-                               settings=sherlock_sft_settings, **common), "Sherlock-SFT")
-        pairs = gpu(build_preferences(model=sherlock_sft.output, data=d_a, settings=preference_data_settings,
+                               settings=sft_sherlock_settings, **common), "Sherlock-SFT")
+        pairs = gpu(build_preferences(model=sherlock_sft.output, data=d_a, settings=build_preferences_settings,
                                       **common), "offline preference pairs")
         offline = gpu(train_preferences(name="sherlock-offline", model=sherlock_sft.output, data=pairs.output,
-                                        settings=offline_settings, loss=loss_settings, **common),
+                                        settings=train_preferences_offline_settings, **common),
                       "Sherlock offline training")
         checkpoints = [("sherlock-sft", sherlock_sft.output), ("offline", offline.output)]
         model = offline
         for k in range(1, online_iterations + 1):
-            model = gpu(online_iteration(model=model.output, data=d_u, iteration=k,
-                                         settings=online_settings, loss=loss_settings, **common),
+            model = gpu(online_iteration(model=model.output, data=d_u, iteration=k, settings=online_settings,
+                                         **common),
                         f"online iteration {k}")
             checkpoints.append((f"online-{k}", model.output))
-        evaluate_and_deploy(checkpoints, inputs.outputs["benchmarks"], d_a, options, gpus, eval_settings, model_name,
-                            selection_metric, promotion_margin, deploy_settings, run_id, common)
+        evaluate_and_deploy(checkpoints, inputs.outputs["benchmarks"], d_a, options, gpus, evaluate_settings,
+                            model_name, selection_metric, promotion_margin, deploy_settings, run_id, common)
 
     return sherlock
 

@@ -11,8 +11,16 @@ from pathlib import Path
 from kfp import dsl
 
 from components import sft, stic_describe, stic_pairs, train_preferences
-from pipelines.common import (ClusterOptions, compile_command, evaluate_and_deploy, gpu_step, inputs_and_subsets,
-                              preset, starting_model, warm_start_argument)
+from pipelines.common import (
+    ClusterOptions,
+    compile_command,
+    evaluate_and_deploy,
+    gpu_step,
+    inputs_and_subsets,
+    starting_model,
+    warm_start_argument,
+)
+from sherlock.stages.registry import preset
 
 PIPELINE_FILE = Path(__file__).with_suffix(".yaml")
 
@@ -29,12 +37,12 @@ def build_pipeline(warm_start: bool = True, options: ClusterOptions | None = Non
         output_root: str = "s3://sherlock/runs",
         subset_sizes: str = "D_A=10000,D_U=6000",
         seed: int = 0,
-        r0_settings: dict = preset("r0"),
-        stic_pairs_settings: dict = preset("stic_pairs"),
-        stage1_settings: dict = preset("stic_stage1"),
-        describe_settings: dict = preset("stic_describe"),
-        stage2_settings: dict = preset("stic_stage2"),
-        eval_settings: dict = preset("evaluate"),
+        sft_r0_settings: dict = preset("sft.r0"),
+        stic_pairs_settings: dict = preset("stic-pairs"),
+        train_preferences_stic_settings: dict = preset("train-preferences.stic"),
+        stic_describe_settings: dict = preset("stic-describe"),
+        sft_stic_settings: dict = preset("sft.stic"),
+        evaluate_settings: dict = preset("evaluate"),
         model_name: str = "sherlock-stic",
         selection_metric: str = "llava_cot/round_1",
         promotion_margin: float = 0.0,
@@ -45,19 +53,20 @@ def build_pipeline(warm_start: bool = True, options: ClusterOptions | None = Non
         common = {"output_root": output_root, "pipeline_run_id": run_id}
         gpu = gpu_step(options, gpus)
         inputs, subsets = inputs_and_subsets(options, base_model, train_data, benchmarks, subset_sizes, seed, common)
-        start_name, start = starting_model(gpu, warm_start, inputs.outputs["base_model"], subsets["D_A"], r0_settings,
-                                           common)
+        start_name, start = starting_model(gpu, warm_start, inputs.outputs["base_model"], subsets["D_A"],
+                                           sft_r0_settings, common)
         pairs = gpu(stic_pairs(model=start, data=subsets["D_U"], settings=stic_pairs_settings, **common),
                     "STIC stage 1 pairs (unlabeled D_U)")
-        stage1 = gpu(train_preferences(name="stic-stage1", model=start, data=pairs.output, settings=stage1_settings,
-                                       loss={}, **common), "STIC stage 1 (DPO + regulariser)")
-        described = gpu(stic_describe(model=stage1.output, data=subsets["D_A"], settings=describe_settings, **common),
-                        "STIC stage 2 data (described D_A subset)")
+        stage1 = gpu(train_preferences(name="stic-stage1", model=start, data=pairs.output,
+                                       settings=train_preferences_stic_settings, **common),
+                     "STIC stage 1 (DPO + regulariser)")
+        described = gpu(stic_describe(model=stage1.output, data=subsets["D_A"], settings=stic_describe_settings,
+                                      **common), "STIC stage 2 data (described D_A subset)")
         stage2 = gpu(sft(name="stic-stage2", model=stage1.output, data=described.output, rejected="",
-                         settings=stage2_settings, **common), "STIC stage 2 (description-infused SFT)")
+                         settings=sft_stic_settings, **common), "STIC stage 2 (description-infused SFT)")
         evaluate_and_deploy([(start_name, start), ("stic-stage1", stage1.output), ("stic", stage2.output)],
-                            inputs.outputs["benchmarks"], subsets["D_A"], options, gpus, eval_settings, model_name, selection_metric,
-                            promotion_margin, deploy_settings, run_id, common)
+                            inputs.outputs["benchmarks"], subsets["D_A"], options, gpus, evaluate_settings, model_name,
+                            selection_metric, promotion_margin, deploy_settings, run_id, common)
 
     return stic
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from sherlock.data.llava_cot import load_data
 from sherlock.data.schema import open_image
 from sherlock.reasoning import conclusion_text, extract_answer, is_correct, normalise_number
-from sherlock.stages.io import load_data
 
 OPTION_LETTERS = "ABCDEFGHI"
 MCQ_INSTRUCTION = "Please select the correct answer from the options above."
@@ -185,7 +185,8 @@ def mme_score(items: list[BenchmarkItem], hits: list[bool]) -> dict:
     per_category = {}
     for category, groups in by_category.items():
         answers = [h for group in groups.values() for h in group]
-        per_category[category] = 100 * sum(answers) / len(answers) + 100 * sum(all(g) for g in groups.values()) / len(groups)
+        per_category[category] = (100 * sum(answers) / len(answers)
+                                  + 100 * sum(all(g) for g in groups.values()) / len(groups))
     perception = sum(v for k, v in per_category.items() if k.lower() not in MME_CATEGORIES_COGNITION)
     cognition = sum(v for k, v in per_category.items() if k.lower() in MME_CATEGORIES_COGNITION)
     return {"score": perception + cognition, "perception": perception, "cognition": cognition,

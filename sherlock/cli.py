@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from sherlock.config import ConfigError, add_config_arguments, config_from_args
 from sherlock.data.llava_cot import DataQualityError, load_llava_cot
 from sherlock.data.synthetic import IMAGE_SIZE, TIERS, generate_synthetic
 from sherlock.demo import DemoConfig, run_demo
@@ -19,8 +20,8 @@ from sherlock.experiment import ExperimentConfig, run_experiment
 from sherlock.models.loading import CheckpointNotFoundError
 from sherlock.models.tiny import PRESETS, build_tiny_vlm, tokenizer_corpus
 from sherlock.serving.deploy import DeployConfig, DeployError, run_deploy
-from sherlock.stages.config import ConfigError, add_config_arguments, config_from_args
-from sherlock.stages.runner import STAGES, run_stage
+from sherlock.stages.registry import STAGES
+from sherlock.stages.runner import run_stage
 from sherlock.storage import Storage, StorageError, fetch, publish
 
 
@@ -55,7 +56,8 @@ def _deploy(args) -> None:
 
 def _build_tiny(args) -> None:
     data = load_llava_cot(args.corpus, check_images=False)
-    print(build_tiny_vlm(args.output, tokenizer_corpus(data.records), args.preset, args.image_size, args.vocab_size, args.seed))
+    print(build_tiny_vlm(args.output, tokenizer_corpus(data.records), args.preset, args.image_size, args.vocab_size,
+                         args.seed))
 
 
 def _dataclass_command(config_class, function):
@@ -124,12 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_build_tiny)
 
-    for name, (config_class, _, help_text) in STAGES.items():
-        stage = commands.add_parser(name, help=help_text, description=help_text)
-        add_config_arguments(stage, config_class)
-        stage.add_argument("--pipeline-run-id", default=None,
-                           help="nest the MLflow run under this pipeline run's parent run (MLFLOW_TRACKING_URI)")
-        stage.set_defaults(func=_stage(name, config_class))
+    for stage in STAGES.values():
+        command = commands.add_parser(stage.name, help=stage.help, description=stage.help)
+        add_config_arguments(command, stage.config)
+        command.add_argument("--pipeline-run-id", default=None,
+                             help="nest the MLflow run under this pipeline run's parent run (MLFLOW_TRACKING_URI)")
+        command.set_defaults(func=_stage(stage.name, stage.config))
 
     for name, config_class, function, help_text in (
         ("demo", DemoConfig, run_demo, "embedded end-to-end job: data, tiny model, SFT, accuracy before/after"),

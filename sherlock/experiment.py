@@ -22,20 +22,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sherlock.data.llava_cot import load_llava_cot
-from sherlock.data.schema import read_jsonl
+from sherlock.config import load_config
+from sherlock.data.llava_cot import load_data, load_llava_cot
 from sherlock.data.sampling import sample_to_dir, write_subsets
-from sherlock.diagnostics import paired_difference
+from sherlock.data.schema import read_jsonl
 from sherlock.data.synthetic import generate_synthetic
+from sherlock.diagnostics import paired_difference
 from sherlock.models.loading import require_checkpoint
-from sherlock.stages.config import load_config
 from sherlock.stages.diagnose import DiagnoseConfig, run_diagnose
 from sherlock.stages.evaluate import PREDICTIONS_FILE, EvaluationConfig, run_evaluation
-from sherlock.stages.io import load_data
-from sherlock.stages.online import OnlineConfig, run_online_iteration
+from sherlock.stages.online import PAIRS_DIR, OnlineConfig, run_online_iteration
 from sherlock.stages.perception import embedded_base
 from sherlock.stages.preference_training import PreferenceTrainingConfig, run_train_preferences
 from sherlock.stages.preferences import PreferenceDataConfig, run_build_preferences
+from sherlock.stages.registry import STAGES, preset
 from sherlock.stages.rejected import SampleRejectedConfig, run_sample_rejected
 from sherlock.stages.scl import SCLPairsConfig, run_scl_pairs
 from sherlock.stages.sft import SFTStageConfig, run_sft
@@ -52,7 +52,6 @@ GATE = {"R0 accuracy in [0.55, 0.75]": lambda d: 0.55 <= d["accuracy"] <= 0.75,
         "SUMMARY right >= 0.95": lambda d: d["perception"]["summary_exact"] >= 0.95}
 RECIPE_CHECKPOINTS = {"scl": ("SCL",), "stic": ("STIC stage 1", "STIC"), "dar": ("R0 + DaR", "STIC + DaR")}
 CHECKPOINTS = SHERLOCK_CHECKPOINTS + tuple(name for names in RECIPE_CHECKPOINTS.values() for name in names)
-EMBEDDED_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "embedded"
 
 
 @dataclass
@@ -147,17 +146,17 @@ def item_hits(predictions: Path) -> dict[str, str]:
 
 
 def embedded(cls, name: str, **fields):
-    """Stage config ``cls`` from ``configs/embedded/<name>.yaml`` with ``fields`` set."""
-    return load_config(cls, EMBEDDED_CONFIGS / f"{name}.yaml", fields)
+    """Stage config ``cls`` from the embedded preset ``name`` (``configs/embedded/<name>.yaml``) with ``fields`` set."""
+    return load_config(cls, overrides=preset(name, "embedded") | fields)
 
 
 def run_scl(root: Path, seed: int, timed) -> dict[str, Path]:
     """SCL from the seed's R0: two-turn pairs on D_B, then DPO + SFT term (LoRA)."""
     r0, subsets = str(root / "r0"), root / "subsets"
-    pairs = timed("SCL pairs", run_scl_pairs, embedded(SCLPairsConfig, "scl_pairs", model=r0,
+    pairs = timed("SCL pairs", run_scl_pairs, embedded(SCLPairsConfig, "scl-pairs", model=r0,
                                                        data=str(subsets / "D_B"), output=str(root / "scl_pairs"),
                                                        seed=seed))
-    trained = timed("SCL", run_train_preferences, embedded(PreferenceTrainingConfig, "scl", model=r0,
+    trained = timed("SCL", run_train_preferences, embedded(PreferenceTrainingConfig, "train-preferences.scl", model=r0,
                                                            data=str(pairs.parent), output=str(root / "scl"),
                                                            seed=seed))
     return {"SCL": trained}
@@ -166,16 +165,16 @@ def run_scl(root: Path, seed: int, timed) -> dict[str, Path]:
 def run_stic(root: Path, seed: int, timed) -> dict[str, Path]:
     """STIC from the seed's R0: description pairs on D_U → stage 1 → a described D_A subset → stage 2."""
     r0, subsets = str(root / "r0"), root / "subsets"
-    pairs = timed("STIC pairs", run_stic_pairs, embedded(STICPairsConfig, "stic_pairs", model=r0,
+    pairs = timed("STIC pairs", run_stic_pairs, embedded(STICPairsConfig, "stic-pairs", model=r0,
                                                          data=str(subsets / "D_U"), output=str(root / "stic_pairs"),
                                                          seed=seed))
     stage1 = timed("STIC stage 1", run_train_preferences, embedded(
-        PreferenceTrainingConfig, "stic_stage1", model=r0, data=str(pairs.parent), output=str(root / "stic_stage1"),
-        seed=seed))
+        PreferenceTrainingConfig, "train-preferences.stic", model=r0, data=str(pairs.parent),
+        output=str(root / "stic_stage1"), seed=seed))
     described = timed("STIC descriptions", run_stic_describe, embedded(
-        STICDescribeConfig, "stic_describe", model=str(stage1), data=str(subsets / "D_A"),
+        STICDescribeConfig, "stic-describe", model=str(stage1), data=str(subsets / "D_A"),
         output=str(root / "stic_described"), seed=seed))
-    stage2 = timed("STIC stage 2", run_sft, embedded(SFTStageConfig, "stic_stage2", model=str(stage1),
+    stage2 = timed("STIC stage 2", run_sft, embedded(SFTStageConfig, "sft.stic", model=str(stage1),
                                                      data=str(described), output=str(root / "stic"), seed=seed))
     return {"STIC stage 1": stage1, "STIC": stage2}
 
@@ -202,6 +201,10 @@ def run_recipes(config: ExperimentConfig, seed: int, summary: dict) -> dict:
         summary["seconds"] |= timings
         (root / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _read(path: str) -> dict:
+    return json.loads(Path(path).read_text())
 
 
 def base_gate(diagnostics: dict) -> dict[str, bool]:
@@ -261,9 +264,9 @@ def run_seed(config: ExperimentConfig, seed: int) -> dict:
     results = evaluate_all(config, seed, models, timed)
     summary = {"seed": seed, "checkpoints": results, "seconds": timings,
                "r0_validation": gate, "gate": base_gate(gate),
-               "rejected": json.loads((root / "rejected/stats.json").read_text()),
-               "online_pairs": json.loads((root / "online_iter_1/pairs/stats.json").read_text()),
-               "offline_pairs": json.loads((root / "pairs/stats.json").read_text())}
+               "rejected": _read(STAGES["sample-rejected"].output(root / "rejected", "stats")),
+               "online_pairs": _read(STAGES["build-preferences"].output(root / "online_iter_1" / PAIRS_DIR, "stats")),
+               "offline_pairs": _read(STAGES["build-preferences"].output(root / "pairs", "stats"))}
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -320,7 +323,8 @@ def compare_checkpoints(summaries: list[dict]) -> list[dict]:
 
 def comparisons_table(rows: list[dict]) -> str:
     """Markdown of :func:`compare_checkpoints`."""
-    lines = ["| A − B | answers | per seed | pooled [95% CI] | fixed / broken | McNemar p |", "|---|---|---|---|---|---|"]
+    lines = ["| A − B | answers | per seed | pooled [95% CI] | fixed / broken | McNemar p |",
+             "|---|---|---|---|---|---|"]
     for row in rows:
         pooled = row["pooled"]
         lines.append(f"| {row['a']} − {row['b']} | {'after SC' if row['round'] == 'sc' else 'direct'} | "
@@ -359,7 +363,8 @@ def run_experiment(config: ExperimentConfig) -> str:
         done = Path(config.workdir) / f"seed_{seed}" / "summary.json"
         summary = json.loads(done.read_text()) if done.is_file() else run_seed(config, seed)
         summaries.append(run_recipes(config, seed, summary))
-    table = results_table(summaries, config.correction_rounds) + "\n" + comparisons_table(compare_checkpoints(summaries))
+    table = (results_table(summaries, config.correction_rounds) + "\n"
+             + comparisons_table(compare_checkpoints(summaries)))
     Path(config.workdir, "results.md").write_text(table)
     Path(config.workdir, "results.json").write_text(json.dumps(results_json(summaries), indent=2))
     Path(config.workdir, "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
 from sherlock.chat import user_turn
+from sherlock.config import help_field
 from sherlock.prompts import correction_prompt
 from sherlock.reasoning import CONCLUSION_END, cut_after_conclusion
 
@@ -31,6 +32,20 @@ class DecodingConfig:
     top_p: float = 1.0
     batch_size: int = 32
     seed: int = 0
+
+
+
+@dataclass(kw_only=True)
+class SamplingSettings:
+    """Decoding settings of a stage that samples responses (spec §1: T = 0.7)."""
+
+    temperature: float = help_field(0.7, "sampling temperature (0: greedy)")
+    top_p: float = help_field(1.0, "nucleus sampling threshold")
+    max_new_tokens: int = help_field(512, "longest generated response")
+    generation_batch_size: int = help_field(32, "prompts per generate call")
+
+    def decoding(self, seed: int) -> DecodingConfig:
+        return DecodingConfig(self.max_new_tokens, self.temperature, self.top_p, self.generation_batch_size, seed)
 
 
 def item_seed(seed: int, stream: str, key: str) -> int:

@@ -14,10 +14,6 @@ from sherlock.reasoning import NUM_TRUNCATION_STEPS
 
 PAPER_BETA_BASE = 0.25  # Eq. 8: β = 1 / (4·(…)) = 0.25·w
 DEFAULT_ALPHA_DPO = 0.25  # paper Table 6
-STIC_BETA = 0.1
-STIC_ALPHA = 1 / 1024  # STIC's code divides the summed log-likelihood of y_w by 1024
-SCL_BETA = 0.1
-SCL_SFT_BETA = 0.1  # ms-swift ``--sft_beta 0.1`` of the SCL training command
 
 
 def log_ratio(policy_logps: torch.Tensor, reference_logps: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
-"""What this machine can do: the float32 matmul rate that run times are read against."""
+"""What this machine can do: the float32 matmul rate that run times are read against, a free local port."""
 
 from __future__ import annotations
 
+import socket
 import time
 
 import torch
@@ -23,3 +24,10 @@ def matmul_flops_per_second(device: torch.device | None = None, sizes=(512, 1024
                 torch.cuda.synchronize()
             best = max(best, 2 * n**3 / (time.perf_counter() - start))
     return best
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

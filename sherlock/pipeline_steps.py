@@ -12,8 +12,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sherlock.stages.config import load_config
-from sherlock.stages.runner import STAGES, run_stage
+from sherlock.config import load_config
+from sherlock.stages.registry import stage
+from sherlock.stages.runner import run_stage
 from sherlock.storage import MANIFEST_FILE, fetch, publish
 
 EMBEDDED = "embedded"  # the value of base_model / train_data that selects the embedded default
@@ -23,11 +24,12 @@ def step_uri(output_root: str, pipeline_run_id: str, name: str) -> str:
     return f"{output_root.rstrip('/')}/{pipeline_run_id}/{name}"
 
 
-def stage_step(stage: str, name: str, settings: dict, output_root: str, pipeline_run_id: str, **uris) -> str:
-    """Run ``stage`` with ``settings`` (config fields) and the given input URIs; returns its output URI."""
-    output = step_uri(output_root, pipeline_run_id, name)
-    config = load_config(STAGES[stage][0], overrides=dict(settings) | uris | {"output": output})
-    run_stage(stage, config, pipeline_run_id)
+def stage_step(name: str, step: str, settings: dict, output_root: str, pipeline_run_id: str, **uris) -> str:
+    """Run stage ``name`` as step ``step`` with ``settings`` (config fields) and the given input URIs;
+    returns the step's output URI (its outputs by name: :meth:`sherlock.stages.registry.Stage.output`)."""
+    output = step_uri(output_root, pipeline_run_id, step)
+    config = load_config(stage(name).config, overrides=dict(settings) | uris | {"output": output})
+    run_stage(name, config, pipeline_run_id)
     return output
 
 
@@ -61,7 +63,7 @@ def register_step(checkpoint: str, evaluation: str, model_name: str, metric: str
                   pipeline_run_id: str) -> dict:
     """Register an evaluated checkpoint (alias ``challenger``) and let the gate move ``champion``."""
     from sherlock import tracking
-    from sherlock.stages.evaluate import METRICS_FILE
+    from sherlock.stages.runner import METRICS_FILE
 
     metrics = tracking.evaluation_metrics(json.loads((fetch(evaluation) / METRICS_FILE).read_text()))
     local = fetch(checkpoint)
@@ -104,7 +106,7 @@ def evaluation_report(evaluation: str, name: str, model: str, html_path: str) ->
     import html
 
     from sherlock.plots import LOSS_PLOT
-    from sherlock.stages.evaluate import METRICS_FILE, PLOT_FILE
+    from sherlock.stages.runner import METRICS_FILE, PLOT_FILE
     from sherlock.tracking import evaluation_metrics
 
     local, checkpoint = fetch(evaluation), fetch(model)

@@ -58,3 +58,30 @@ def plot_beta_histogram(weights: list[float], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def plot_rounds(metrics: dict, path: Path) -> None:
+    """Accuracy per round with its standard error, integer rounds, and the baselines as lines."""
+    figure, axes = plt.subplots(figsize=(5.5, 3.8))
+    for index, (name, m) in enumerate(metrics["benchmarks"].items()):
+        scores = [r["score"] for r in m["rounds"]]
+        if None in scores:
+            continue
+        colour = f"C{index}"
+        axes.errorbar(range(len(scores)), scores, yerr=[r.get("stderr") or 0 for r in m["rounds"]], marker="o",
+                      capsize=3, color=colour, label=f"{name} (sampled direct, greedy rounds)")
+        if m.get("greedy_direct") and m["greedy_direct"]["score"] is not None:
+            axes.plot([0], [m["greedy_direct"]["score"]], marker="s", linestyle="", color=colour,
+                      label=f"{name} greedy direct")
+        if m.get("blank_image") and m["blank_image"]["score"] is not None:
+            axes.axhline(m["blank_image"]["score"], color=colour, linestyle=":", label=f"{name} blank image")
+        if m.get("blind_prior") is not None:
+            axes.axhline(m["blind_prior"], color=colour, linestyle="--", label=f"{name} blind prior")
+    rounds = max(len(m["rounds"]) for m in metrics["benchmarks"].values())
+    axes.set_xticks(range(rounds))
+    axes.set_xlabel("self-correction round (0 = direct)")
+    axes.set_ylabel("score")
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

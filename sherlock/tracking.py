@@ -83,7 +83,8 @@ def stage_run(stage: str, config, pipeline_run_id: str | None = None, experiment
     parent = pipeline_run(pipeline_run_id, experiment) if pipeline_run_id else None
     mlflow.set_experiment(experiment)
     tags = {STAGE_TAG: stage} | ({PIPELINE_RUN_TAG: pipeline_run_id} if pipeline_run_id else {})
-    with mlflow.start_run(run_name=run_name or stage, parent_run_id=parent, nested=parent is not None, tags=tags) as run:
+    with mlflow.start_run(run_name=run_name or stage, parent_run_id=parent, nested=parent is not None,
+                          tags=tags) as run:
         mlflow.log_params(_flatten(config))
         yield run
 
@@ -91,7 +92,8 @@ def stage_run(stage: str, config, pipeline_run_id: str | None = None, experiment
 def write_run_file(run, output_dir: str | Path) -> None:
     """Record in ``output_dir`` which run produced it (the registry step logs the model there)."""
     Path(output_dir, RUN_FILE).write_text(json.dumps(
-        {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "tracking_uri": mlflow.get_tracking_uri()}))
+        {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
+         "tracking_uri": mlflow.get_tracking_uri()}))
 
 
 def log_data_input(uri: str, local: str | Path, sha256: str, name: str, context: str) -> None:
@@ -131,7 +133,8 @@ def evaluation_metrics(metrics: dict) -> dict[str, float]:
             flat[f"{name}/blind_prior"] = m["blind_prior"]
         if m.get("sc_minus_direct"):
             paired = m["sc_minus_direct"]
-            flat |= {f"{name}/sc_minus_direct": paired["difference"], f"{name}/sc_minus_direct_ci_low": paired["ci_low"],
+            flat |= {f"{name}/sc_minus_direct": paired["difference"],
+                     f"{name}/sc_minus_direct_ci_low": paired["ci_low"],
                      f"{name}/sc_minus_direct_ci_high": paired["ci_high"]}
         flat |= {f"{name}/perception/{key}": value for key, value in m.get("perception", {}).items()}
     flat |= {f"paper_average/round_{k}": v for k, v in enumerate(metrics.get("paper_average") or [])}

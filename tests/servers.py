@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.run_local import free_port
+from sherlock.machine import free_port
 
 
 def wait_http(url: str, process: subprocess.Popen, timeout: float = 60.0, log: Path | None = None) -> None:

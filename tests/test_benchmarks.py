@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from sherlock.benchmarks import MCQ_INSTRUCTION, load_benchmark, mme_score, paper_average, score_responses
-from sherlock.stages.config import ConfigError
+from sherlock.config import ConfigError
 from sherlock.stages.evaluate import EvaluationConfig, run_evaluation
 
 

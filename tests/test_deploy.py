@@ -9,9 +9,9 @@ import mlflow
 import pytest
 import yaml
 
+from sherlock.config import ConfigError, load_config
 from sherlock.serving.deploy import MANIFEST_FILE, DeployConfig, DeployError, run_deploy
 from sherlock.serving.schema import KSERVE_KINDS, ManifestError, generate_schema, schema_file, validate_manifest
-from sherlock.stages.config import ConfigError, load_config
 from tests.kube_api import KubeAPI
 
 CHECKPOINT = "s3://models/runs/run-1/sherlock-offline"

@@ -5,9 +5,17 @@ from scipy.stats import binomtest
 
 from sherlock.data.schema import Record
 from sherlock.data.synthetic import make_item
-from sherlock.diagnostics import (BlindPrior, caption_shapes, departure_histogram, departure_stage,
-                                  leave_one_out_prior_accuracy, mcnemar_p, paired_difference, perception_scores,
-                                  stage_text)
+from sherlock.diagnostics import (
+    BlindPrior,
+    caption_shapes,
+    departure_histogram,
+    departure_stage,
+    leave_one_out_prior_accuracy,
+    mcnemar_p,
+    paired_difference,
+    perception_scores,
+    stage_text,
+)
 from sherlock.generation import DecodingConfig, generate, item_seed
 from sherlock.models.loading import load_vlm
 

@@ -11,9 +11,11 @@ def _entry(direct, sc, hits_direct, hits_sc):
 
 
 def test_table_has_the_checkpoints_every_seed_has_in_paper_order():
-    summaries = [{"seed": 0, "checkpoints": {"SCL": _entry(50.0, 50.0, "10", "01"), "R0": _entry(50.0, 100.0, "10", "11"),
+    summaries = [{"seed": 0, "checkpoints": {"SCL": _entry(50.0, 50.0, "10", "01"),
+                                             "R0": _entry(50.0, 100.0, "10", "11"),
                                              "STIC": _entry(0.0, 0.0, "00", "00")}},
-                 {"seed": 1, "checkpoints": {"SCL": _entry(50.0, 50.0, "01", "10"), "R0": _entry(0.0, 50.0, "00", "10")}}]
+                 {"seed": 1, "checkpoints": {"SCL": _entry(50.0, 50.0, "01", "10"),
+                                             "R0": _entry(0.0, 50.0, "00", "10")}}]
     table = results_table(summaries, rounds=1).splitlines()
     assert table[0] == ("| checkpoint | direct | +SC round 1 | SC − direct [95% CI] | greedy direct | blank image "
                         "| blind prior |")
@@ -73,8 +75,8 @@ def test_a_finished_stage_is_not_run_again_unless_its_config_changed(tmp_path):
 def test_checkpoint_comparisons_are_paired_per_seed_and_pooled():
     from sherlock.experiment import compare_checkpoints, comparisons_table
 
-    seeds = [{"seed": k, "checkpoints": {"Sherlock-SFT": _entry(0, 0, "1100", "1110"), "R0": _entry(0, 0, "1000", "0000")}}
-             for k in (0, 1)]
+    seeds = [{"seed": k, "checkpoints": {"Sherlock-SFT": _entry(0, 0, "1100", "1110"),
+                                         "R0": _entry(0, 0, "1000", "0000")}} for k in (0, 1)]
     (row,) = compare_checkpoints(seeds)
     assert (row["a"], row["b"], row["round"]) == ("Sherlock-SFT", "R0", "direct")
     assert row["per_seed"] == {"0": 25.0, "1": 25.0} and row["pooled"]["difference"] == 25.0

@@ -45,7 +45,8 @@ def test_dpo_loss_hand_computed():
 def test_self_correction_loss_hand_computed():
     # context R(Y^l): v = β(2 − 0) = 1, u = β(1 − 1) = 0 → (1 − 1 − 0)² = 0
     # context R(Y^w): v = β(0 − 2) = −1, u = β(0 − 0) = 0 → (1 + 1)² = 4
-    args = [torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]]), torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0]])]
+    args = [torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]]), torch.tensor([[1.0, 0.0]]),
+            torch.tensor([[1.0, 0.0]])]
     assert losses.self_correction_loss(*args, beta=0.5).tolist() == pytest.approx([4.0])
     # all log-ratios zero: v = u = 0 → 1 + 1
     zero = torch.zeros(3, 2)

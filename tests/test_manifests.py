@@ -212,14 +212,17 @@ def test_chart_installs_what_the_gpu_pool_overlay_does():
 
     chart, kustomize = objects(render("chart")), objects(render("overlays/gpu-pool"))
     assert chart.keys() == kustomize.keys()
-    for key in (("ServingRuntime", "sherlock"), ("NetworkPolicy", "sherlock-minio"), ("NetworkPolicy", "sherlock-mlflow")):
+    for key in (("ServingRuntime", "sherlock"), ("NetworkPolicy", "sherlock-minio"),
+                ("NetworkPolicy", "sherlock-mlflow")):
         assert chart[key]["spec"] == kustomize[key]["spec"], key
     assert chart[("Role", "sherlock-pipeline")]["rules"] == kustomize[("Role", "sherlock-pipeline")]["rules"]
-    for key in (("StatefulSet", "sherlock-minio"), ("StatefulSet", "sherlock-postgres"), ("Deployment", "sherlock-mlflow")):
+    for key in (("StatefulSet", "sherlock-minio"), ("StatefulSet", "sherlock-postgres"),
+                ("Deployment", "sherlock-mlflow")):
         chart_env, kustomize_env = ({e["name"]: e.get("value") for e in container(side[key])["env"]}
                                     for side in (chart, kustomize))
         hosts = "MLFLOW_SERVER_ALLOWED_HOSTS"  # the same names, in another order
-        assert set((chart_env.pop(hosts, None) or "").split(",")) == set((kustomize_env.pop(hosts, None) or "").split(","))
+        chart_hosts, kustomize_hosts = (chart_env.pop(hosts, None) or ""), (kustomize_env.pop(hosts, None) or "")
+        assert set(chart_hosts.split(",")) == set(kustomize_hosts.split(","))
         assert chart_env == kustomize_env, key
         for field in ("image", "command", "args", "ports", "readinessProbe", "livenessProbe", "securityContext"):
             assert container(chart[key]).get(field) == container(kustomize[key]).get(field), (key, field)

@@ -17,8 +17,10 @@ def test_stage_tags_are_atomic_and_survive_decoding(tiny_tokenizer):
 
 
 def test_chat_template_marks_only_the_assistant_turn(tiny_tokenizer):
-    messages = [{"role": "user", "content": "How many?"}, {"role": "assistant", "content": "<CONCLUSION>2</CONCLUSION>"}]
-    out = tiny_tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    messages = [{"role": "user", "content": "How many?"},
+                {"role": "assistant", "content": "<CONCLUSION>2</CONCLUSION>"}]
+    out = tiny_tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                             return_assistant_tokens_mask=True)
     ids, mask = out["input_ids"], out["assistant_masks"]
     trained = tiny_tokenizer.decode([i for i, m in zip(ids, mask) if m])
     assert trained == "<CONCLUSION>2</CONCLUSION><|eot_id|>"

@@ -11,8 +11,13 @@ from sherlock.diagnostics import caption_shapes
 from sherlock.models.loading import load_vlm
 from sherlock.models.tiny import build_tiny_vlm
 from sherlock.stages import perception
-from sherlock.stages.perception import (EMBEDDED_BASE_DIGEST, PERCEPTION_FILE, PerceptionConfig, embedded_base,
-                                        run_pretrain_perception)
+from sherlock.stages.perception import (
+    EMBEDDED_BASE_DIGEST,
+    PERCEPTION_FILE,
+    PerceptionConfig,
+    embedded_base,
+    run_pretrain_perception,
+)
 from sherlock.storage import IntegrityError, directory_digest
 
 

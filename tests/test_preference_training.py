@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
+from sherlock.config import ConfigError
 from sherlock.data.preferences import read_pairs
 from sherlock.models.loading import load_vlm
-from sherlock.stages.config import ConfigError
 from sherlock.stages.preference_training import PreferenceTrainingConfig, run_train_preferences
 from sherlock.training import preference
 from sherlock.training.preference import (

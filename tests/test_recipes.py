@@ -9,19 +9,37 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sherlock.config import ConfigError
 from sherlock.data.llava_cot import load_llava_cot
 from sherlock.data.preferences import read_pairs
 from sherlock.data.schema import Record
 from sherlock.generation import DecodingConfig, generate
 from sherlock.models.loading import load_vlm
 from sherlock.perturb import stic_corruption
-from sherlock.prompts import (SCL_REVIEW_PROMPTS, STIC_DESCRIPTION_PROMPT, STIC_HALLUCINATION_PROMPTS,
-                              STIC_SIMPLE_PROMPTS, scl_review_turn)
-from sherlock.stages.config import ConfigError
-from sherlock.stages.scl import (SCLPairsConfig, review_conversations, run_scl_pairs, scl_answer, scl_correct,
-                                 scl_pair, scl_type)
-from sherlock.stages.stic import (HALLUCINATION, STICDescribeConfig, STICPairsConfig, draw_dispreferred,
-                                  run_stic_describe, run_stic_pairs)
+from sherlock.prompts import (
+    SCL_REVIEW_PROMPTS,
+    STIC_DESCRIPTION_PROMPT,
+    STIC_HALLUCINATION_PROMPTS,
+    STIC_SIMPLE_PROMPTS,
+    scl_review_turn,
+)
+from sherlock.stages.scl import (
+    SCLPairsConfig,
+    review_conversations,
+    run_scl_pairs,
+    scl_answer,
+    scl_correct,
+    scl_pair,
+    scl_type,
+)
+from sherlock.stages.stic import (
+    HALLUCINATION,
+    STICDescribeConfig,
+    STICPairsConfig,
+    draw_dispreferred,
+    run_stic_describe,
+    run_stic_pairs,
+)
 
 
 def record(answer: str, answer_type: str) -> Record:

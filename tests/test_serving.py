@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from PIL import Image
-
 from servers import free_port, wait_http
 
 QUESTION = "How many red shapes are there?"

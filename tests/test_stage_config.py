@@ -3,9 +3,10 @@ from pathlib import Path
 import pytest
 
 from sherlock.cli import build_parser
-from sherlock.stages.config import ConfigError, config_from_args, dump_config, load_config
+from sherlock.config import ConfigError, config_from_args, dump_config, load_config
 from sherlock.stages.preference_training import PreferenceTrainingConfig
 from sherlock.stages.preferences import PreferenceDataConfig
+from sherlock.stages.registry import stage
 from sherlock.stages.sft import SFTStageConfig
 
 REQUIRED = {"model": "m", "data": "d", "output": "o"}
@@ -75,32 +76,19 @@ def test_cli_flags_override_the_yaml(tmp_path):
     assert (config.alpha, config.batch_size) == (0.1, 2)
 
 
-PRESETS = {
-    "r0": SFTStageConfig, "sherlock_sft": SFTStageConfig, "offline": PreferenceTrainingConfig,
-    "preferences": PreferenceDataConfig,
-}
-
-
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("preset", sorted(REPO.glob("configs/*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_presets_load_and_pass_their_checks(preset, monkeypatch):
+    """Every preset is named ``<stage>[.<variant>]`` and loads into its stage's config (``deploy``: DeployConfig)."""
     monkeypatch.chdir(REPO)  # the presets name DeepSpeed configs relative to the repository root
-    from sherlock.stages.evaluate import EvaluationConfig
-    from sherlock.stages.online import OnlineConfig
-    from sherlock.stages.rejected import SampleRejectedConfig
-
     from sherlock.serving.deploy import DeployConfig
-
+    from sherlock.stages.evaluate import EvaluationConfig
     from sherlock.stages.scl import SCLPairsConfig
-    from sherlock.stages.stic import STICDescribeConfig, STICPairsConfig
 
-    classes = PRESETS | {"online": OnlineConfig, "evaluate": EvaluationConfig, "sample_rejected": SampleRejectedConfig,
-                         "deploy": DeployConfig, "scl_pairs": SCLPairsConfig, "scl": PreferenceTrainingConfig,
-                         "stic_pairs": STICPairsConfig, "stic_stage1": PreferenceTrainingConfig,
-                         "stic_describe": STICDescribeConfig, "stic_stage2": SFTStageConfig}
-    cls = classes[preset.stem]
+    name = preset.stem.split(".")[0]
+    cls = DeployConfig if name == "deploy" else stage(name).config
     required = {"model": "m", "output": "o", "benchmarks": "b=x"} if cls is EvaluationConfig else REQUIRED
     if cls is DeployConfig:
         required = {"model": "models:/m@champion", "output": "o"}
@@ -108,5 +96,5 @@ def test_shipped_presets_load_and_pass_their_checks(preset, monkeypatch):
     for check in ("check_training", "check_perturbation") + (("check",) if cls is SCLPairsConfig else ()):
         if hasattr(config, check):
             getattr(config, check)()
-    if preset.parent.name == "released" and preset.stem == "preferences":
+    if preset.parent.name == "released" and preset.stem == "build-preferences":
         assert (config.scheme, config.legacy_uint8_noise) == ("released", True)

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from sherlock.data.llava_cot import DataQualityError
+from sherlock.data.llava_cot import DataQualityError, load_data
 from sherlock.data.preferences import RELEASED_NOISE_RANGE, draw_perturbation, read_pairs
 from sherlock.data.schema import open_image, read_jsonl
 from sherlock.generation import DecodingConfig, generate
@@ -14,7 +14,6 @@ from sherlock.losses import beta_weight
 from sherlock.models.loading import CheckpointNotFoundError, load_vlm
 from sherlock.prompts import correction_prompt
 from sherlock.reasoning import answers_agree, truncate
-from sherlock.stages.io import load_data
 from sherlock.stages.online import OnlineConfig, load_judge, run_online_iteration, unlabeled_pool
 from sherlock.stages.rejected import SampleRejectedConfig, run_sample_rejected
 from sherlock.stages.sft import SFTStageConfig, run_sft
@@ -132,9 +131,10 @@ def test_offline_pairs_share_the_gold_prefix(preference_dir, subset_dir):
         assert pair.prefix_l == pair.prefix_w == truncate(record.response, pair.truncation_step)[0]
         assert pair.suffix_l != pair.suffix_w
         assert (preference_dir / pair.image).read_bytes() == (subset_dir / record.image).read_bytes()
-    rows = read_jsonl(preference_dir / "pairs.jsonl")
-    assert [row["beta_weight"] for row in rows] == pytest.approx(
-        [float(beta_weight(p.truncation_step, p.noise_level)) for p in pairs])
+    rows = read_jsonl(preference_dir / "pairs.jsonl")  # w(i, n, ε) is computed from (i, ε) where used, not stored
+    assert all("beta_weight" not in row for row in rows)
+    weights = [float(beta_weight(p.truncation_step, p.noise_level)) for p in pairs]
+    assert stats["beta_weight"]["mean"] == pytest.approx(sum(weights) / len(weights))
 
 
 def test_perturbation_schemes():

@@ -4,10 +4,18 @@ import os
 import subprocess
 
 import pytest
-
 from servers import FaultyProxy
-from sherlock.storage import (MANIFEST_FILE, IntegrityError, S3Settings, Storage, StorageError, fetch, publish,
-                              split_s3_uri)
+
+from sherlock.storage import (
+    MANIFEST_FILE,
+    IntegrityError,
+    S3Settings,
+    Storage,
+    StorageError,
+    fetch,
+    publish,
+    split_s3_uri,
+)
 
 BIG = 20 * 1024 * 1024  # over the 16 MiB part size: goes up as a two-part multipart upload
 

@@ -6,8 +6,8 @@ import json
 import mlflow
 import pandas as pd
 import pytest
-
 from servers import start_mlflow_server
+
 from sherlock import tracking
 from sherlock.data.llava_cot import load_llava_cot
 from sherlock.data.sampling import verify_subset
@@ -48,7 +48,8 @@ def test_micro_pipeline_lineage_from_champion_back_to_records(mlflow_server, buc
 
     eval_metrics = tracking.evaluation_metrics(metrics)
     assert {"llava_cot/round_0", "llava_cot/round_1", "llava_cot/greedy_direct", "llava_cot/blank_image",
-            "llava_cot/blind_prior", "llava_cot/sc_minus_direct", "llava_cot/perception/cells_exact"} <= set(eval_metrics)
+            "llava_cot/blind_prior", "llava_cot/sc_minus_direct",
+            "llava_cot/perception/cells_exact"} <= set(eval_metrics)
     assert all(not key.startswith("llava_cot/round_") or key[-1] in "01" for key in eval_metrics)
     version = tracking.register_checkpoint(fetch(f"{root}/r0"), MODEL, eval_metrics,
                                            {"checkpoint_uri": f"{root}/r0", "pipeline_run_id": PIPELINE_RUN})
@@ -63,8 +64,10 @@ def test_micro_pipeline_lineage_from_champion_back_to_records(mlflow_server, buc
     assert client.get_run(parent).data.tags["sherlock.git_commit"] != ""
     assert stages["sft"].data.params["max_steps"] == "3" and "loss" in stages["sft"].data.metrics
     assert [m.step for m in client.get_metric_history(stages["sft"].info.run_id, "loss")] == [1, 2, 3]
-    assert stages["evaluate"].data.metrics["llava_cot/round_1"] == metrics["benchmarks"]["llava_cot"]["rounds"][1]["score"]
-    assert {"loss_curves.png", "stage_config.yaml"} <= {a.path for a in client.list_artifacts(stages["sft"].info.run_id)}
+    round_1 = metrics["benchmarks"]["llava_cot"]["rounds"][1]["score"]
+    assert stages["evaluate"].data.metrics["llava_cot/round_1"] == round_1
+    sft_artifacts = {a.path for a in client.list_artifacts(stages["sft"].info.run_id)}
+    assert {"loss_curves.png", "stage_config.yaml"} <= sft_artifacts
     assert "results.md" in {a.path for a in client.list_artifacts(stages["evaluate"].info.run_id)}
 
     # walk back: champion → version → run → dataset digest → sample manifest → the exact records

@@ -20,6 +20,7 @@ from sherlock.data.schema import Record, write_jsonl
 from sherlock.reasoning import ANSWER_TYPES, ReasoningFormatError, parse_stages
 
 DEFAULT_MAX_BAD_FRACTION = 0.01
+DATA_FILE = "data.jsonl"  # a data set directory: this file and the images it names
 IMAGE_TOKEN = "<image>"
 
 
@@ -165,3 +166,13 @@ def load_llava_cot(
 def write_llava_cot(records: list[Record], jsonl_path: str | Path) -> None:
     """Write records as a LLaVA-CoT-100k style jsonl."""
     write_jsonl((record.to_llava_cot() for record in records), jsonl_path)
+
+
+def load_data(path: str | Path) -> LoadedData:
+    """Load a data set given as a subset directory (``<dir>/data.jsonl`` + images) or a jsonl file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / DATA_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no data set at {path}")
+    return load_llava_cot(path)

@@ -17,12 +17,11 @@ from pathlib import Path
 from PIL import Image
 
 from sherlock.data.sampling import link_or_copy
-from sherlock.data.schema import file_digest, write_jsonl
+from sherlock.data.schema import PAIRS_FILE, file_digest, write_jsonl
 from sherlock.losses import beta_weight
 from sherlock.perturb import gaussian_noise, random_noise_image
 from sherlock.reasoning import NUM_TRUNCATION_STEPS
 
-PAIRS_FILE = "pairs.jsonl"
 # The released code's scheme: k = randint(0, 2) keeps 0, 1 or 2 stages (i = k + 1); ε ~ U(0.15, 0.25)
 # with Gaussian noise for k < 2, the image replaced by uniform noise (ε := 1) for k = 2.
 RELEASED_STEPS = (1, 2, 3)
@@ -97,12 +96,14 @@ class PreferencePair:
 
 
 def write_pairs(pairs: list[PreferencePair], image_root: Path, output_dir: str | Path) -> Path:
-    """Write ``output_dir/pairs.jsonl`` (with each pair's β weight) and link the clean images beside it."""
+    """Write ``output_dir/pairs.jsonl`` and link the clean images beside it.
+
+    w(i, n, ε) is not stored: the trainer and the plots compute it from each pair's (i, ε) (Eq. 8).
+    """
     output_dir = Path(output_dir)
     for pair in pairs:
         link_or_copy(Path(image_root) / pair.image, output_dir / pair.image)
-    return write_jsonl((dataclasses.asdict(pair) | {"beta_weight": pair.beta_weight} for pair in pairs),
-                       output_dir / PAIRS_FILE)
+    return write_jsonl((dataclasses.asdict(pair) for pair in pairs), output_dir / PAIRS_FILE)
 
 
 def read_pairs(directory: str | Path) -> list[PreferencePair]:

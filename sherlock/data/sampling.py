@@ -13,12 +13,11 @@ import random
 import shutil
 from pathlib import Path
 
-from sherlock.data.llava_cot import LoadedData, load_llava_cot, write_llava_cot
+from sherlock.data.llava_cot import DATA_FILE, LoadedData, load_llava_cot, write_llava_cot
 from sherlock.data.schema import Record, file_digest
 
 DEFAULT_SUBSET_SIZES = {"D_A": 10_000, "D_B": 10_000}
 MANIFEST = "manifest.json"
-SUBSET_DATA = "data.jsonl"
 
 
 class ManifestMismatchError(ValueError):
@@ -67,9 +66,10 @@ def write_subsets(
         for record in records:
             link_or_copy(Path(image_root) / record.image, subset_dir / record.image)
             entries.append(
-                {"id": record.id, "record_sha256": record.digest(), "image_sha256": file_digest(subset_dir / record.image)}
+                {"id": record.id, "record_sha256": record.digest(),
+                 "image_sha256": file_digest(subset_dir / record.image)}
             )
-        write_llava_cot(records, subset_dir / SUBSET_DATA)
+        write_llava_cot(records, subset_dir / DATA_FILE)
         manifest["subsets"][name] = entries
     (output_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest
@@ -90,7 +90,7 @@ def verify_subset(subset_root: str | Path, name: str) -> LoadedData:
     manifest = json.loads((subset_root / MANIFEST).read_text())
     if name not in manifest["subsets"]:
         raise KeyError(f"no subset {name!r} in {subset_root / MANIFEST}; has {sorted(manifest['subsets'])}")
-    data = load_llava_cot(subset_root / name / SUBSET_DATA, max_bad_fraction=0.0)
+    data = load_llava_cot(subset_root / name / DATA_FILE, max_bad_fraction=0.0)
     by_id = {r.id: r for r in data.records}
     expected = manifest["subsets"][name]
     if sorted(by_id) != sorted(e["id"] for e in expected):

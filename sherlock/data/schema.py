@@ -11,6 +11,8 @@ from pathlib import Path
 
 from PIL import Image
 
+PAIRS_FILE = "pairs.jsonl"  # a preference set: one PreferencePair per line, images beside it
+
 
 @dataclass(frozen=True)
 class Record:

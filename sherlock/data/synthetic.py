@@ -22,7 +22,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from sherlock.data.llava_cot import write_llava_cot
+from sherlock.data.llava_cot import DATA_FILE, write_llava_cot
 from sherlock.data.schema import Record
 
 COLOURS = {
@@ -40,7 +40,6 @@ TIERS = ("easy", "medium", "hard")
 TIER_SHAPES = {"easy": (2, 5), "medium": (3, 7), "hard": (5, 8)}
 CHOICE_FRACTION = 0.3
 OPTION_LETTERS = "ABCD"
-DATA_FILE = "data.jsonl"
 IMAGE_SIZE = 72  # a 3 x 3 grid of 24-px cells
 
 
@@ -247,7 +246,8 @@ def _is_above(rng, shapes):
     relation = "higher than" if first.row < second.row else "not higher than"
     return _Question(
         f"Is the {first.colour} {first.kind} above the {second.colour} {second.kind}?",
-        f"I will find the rows of the {first.colour} {first.kind} and the {second.colour} {second.kind} and compare them.",
+        f"I will find the rows of the {first.colour} {first.kind} and the {second.colour} {second.kind} "
+        "and compare them.",
         f"The {first.colour} {first.kind} is at {first.cell}, in the {ROWS[first.row]} row. "
         f"The {second.colour} {second.kind} is at {second.cell}, in the {ROWS[second.row]} row. "
         f"The {ROWS[first.row]} row is {relation} the {ROWS[second.row]} row. So the answer is {answer}.",
@@ -290,7 +290,7 @@ def make_item(seed: int, index: int, tier: str, image_size: int = IMAGE_SIZE) ->
         options = distractors + [question.answer]
         rng.shuffle(options)
         letter = OPTION_LETTERS[options.index(question.answer)]
-        text += "\nOptions:\n" + "\n".join(f"{l}. {o}" for l, o in zip(OPTION_LETTERS, options))
+        text += "\nOptions:\n" + "\n".join(f"{key}. {o}" for key, o in zip(OPTION_LETTERS, options))
         reasoning += f" The answer {question.answer} is option {letter}."
         conclusion, answer, answer_type = letter, letter, "choice"
     response = (
@@ -322,7 +322,8 @@ def _what_at(rng, shapes):
 
 def _where_colour(rng, shapes):
     colour = rng.choice(list(COLOURS))
-    return f"Where are the {colour} shapes?", f"The {colour} shapes are: {_listing([s for s in shapes if s.colour == colour])}."
+    found = [s for s in shapes if s.colour == colour]
+    return f"Where are the {colour} shapes?", f"The {colour} shapes are: {_listing(found)}."
 
 
 def _where_kind(rng, shapes):

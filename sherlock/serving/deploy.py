@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 import sherlock
-from sherlock.stages.config import ConfigError, help_field
+from sherlock.config import ConfigError, help_field
 from sherlock.storage import publish
 
 MANIFEST_FILE = "inferenceservice.yaml"

@@ -83,7 +83,8 @@ def decode_image(value, limits: Limits) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         if image.width * image.height > limits.max_image_pixels:
-            raise InvalidInput(f"image has {image.width}x{image.height} pixels, over the {limits.max_image_pixels} limit")
+            raise InvalidInput(f"image has {image.width}x{image.height} pixels, "
+                               f"over the {limits.max_image_pixels} limit")
         return image.convert("RGB")
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
         raise InvalidInput("image is not a readable PNG/JPEG/WebP image") from None
@@ -150,7 +151,7 @@ class SherlockPredictor(kserve.Model):
         if isinstance(payload, InferRequest):
             answers = await self._answer_all(parse_v2(payload, self.limits))
             return InferResponse(model_name=self.name, infer_outputs=[InferOutput(
-                "answer", [len(answers)], "BYTES", [json.dumps(a) for a in answers])], 
+                "answer", [len(answers)], "BYTES", [json.dumps(a) for a in answers])],
                 response_id=payload.id or str(uuid.uuid4()))
         return {"predictions": await self._answer_all(parse_v1(payload, self.limits))}
 

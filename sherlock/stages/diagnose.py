@@ -18,13 +18,15 @@ from pathlib import Path
 import torch
 
 from sherlock.benchmarks import load_benchmark
+from sherlock.config import ConfigError, help_field
+from sherlock.data.llava_cot import load_data
 from sherlock.diagnostics import BlindPrior, leave_one_out_prior_accuracy
 from sherlock.models.loading import load_vlm
-from sherlock.stages.config import ConfigError, help_field
 from sherlock.stages.evaluate import ProtocolSettings, evaluate_benchmark
-from sherlock.stages.io import load_data, record_stage_config
+from sherlock.stages.io import record_stage_config
+from sherlock.stages.registry import STAGES
 
-DIAGNOSTICS_FILE = "diagnostics.json"
+DIAGNOSTICS_FILE = STAGES["diagnose"].outputs["diagnostics"]
 
 
 @dataclass(kw_only=True)

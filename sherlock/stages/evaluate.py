@@ -19,28 +19,25 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import torch
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from sherlock.benchmarks import (BENCHMARKS, BenchmarkItem, item_correct, load_benchmark, paper_average,  # noqa: E402
-                                 score_responses)
-from sherlock.diagnostics import (BlindPrior, departure_histogram, paired_difference,  # noqa: E402
-                                  perception_scores)
-from sherlock.generation import DecodingConfig, answer_with_corrections, generate  # noqa: E402
-from sherlock.models.loading import load_vlm  # noqa: E402
-from sherlock.prompts import STIC_DAR_PROMPT, stic_description_infused  # noqa: E402
-from sherlock.stages.config import ConfigError, SamplingSettings, help_field, parse_named  # noqa: E402
-from sherlock.data.schema import write_jsonl  # noqa: E402
-from sherlock.stages.io import load_data, record_stage_config  # noqa: E402
+from sherlock.benchmarks import BENCHMARKS, BenchmarkItem, item_correct, load_benchmark, paper_average, score_responses
+from sherlock.config import ConfigError, help_field, parse_named
+from sherlock.data.llava_cot import load_data
+from sherlock.data.schema import write_jsonl
+from sherlock.diagnostics import BlindPrior, departure_histogram, paired_difference, perception_scores
+from sherlock.generation import DecodingConfig, SamplingSettings, answer_with_corrections, generate
+from sherlock.models.loading import load_vlm
+from sherlock.plots import plot_rounds
+from sherlock.prompts import STIC_DAR_PROMPT, stic_description_infused
+from sherlock.stages.io import record_stage_config
+from sherlock.stages.registry import STAGES
 
 PAPER_TEMPERATURE, PAPER_TOP_P = 0.6, 0.7  # the direct answer of the official evaluation code
 
 METRICS_FILE, TABLE_FILE, PLOT_FILE, PREDICTIONS_FILE = (
-    "metrics.json", "results.md", "accuracy_by_round.png", "predictions.jsonl")
+    STAGES["evaluate"].outputs[name] for name in ("metrics", "table", "plot", "predictions"))
 
 
 @dataclass(kw_only=True)
@@ -121,33 +118,6 @@ def markdown_table(metrics: dict) -> str:
             notes.append(f"- {name} wrong direct answers depart from the gold at: " + ", ".join(
                 f"{stage} {count}" for stage, count in m["departure"].items()))
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
-
-
-def plot_rounds(metrics: dict, path: Path) -> None:
-    """Accuracy per round with its standard error, integer rounds, and the baselines as lines."""
-    figure, axes = plt.subplots(figsize=(5.5, 3.8))
-    for index, (name, m) in enumerate(metrics["benchmarks"].items()):
-        scores = [r["score"] for r in m["rounds"]]
-        if None in scores:
-            continue
-        colour = f"C{index}"
-        axes.errorbar(range(len(scores)), scores, yerr=[r.get("stderr") or 0 for r in m["rounds"]], marker="o",
-                      capsize=3, color=colour, label=f"{name} (sampled direct, greedy rounds)")
-        if m.get("greedy_direct") and m["greedy_direct"]["score"] is not None:
-            axes.plot([0], [m["greedy_direct"]["score"]], marker="s", linestyle="", color=colour,
-                      label=f"{name} greedy direct")
-        if m.get("blank_image") and m["blank_image"]["score"] is not None:
-            axes.axhline(m["blank_image"]["score"], color=colour, linestyle=":", label=f"{name} blank image")
-        if m.get("blind_prior") is not None:
-            axes.axhline(m["blind_prior"], color=colour, linestyle="--", label=f"{name} blind prior")
-    rounds = max(len(m["rounds"]) for m in metrics["benchmarks"].values())
-    axes.set_xticks(range(rounds))
-    axes.set_xlabel("self-correction round (0 = direct)")
-    axes.set_ylabel("score")
-    axes.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def blank_images(images: list[Image.Image]) -> list[Image.Image]:

@@ -19,18 +19,21 @@ from pathlib import Path
 
 import torch
 
+from sherlock.config import ConfigError, help_field
+from sherlock.data.llava_cot import load_data
 from sherlock.data.preferences import PreferencePair, draw_perturbation
 from sherlock.data.schema import open_image
-from sherlock.generation import generate, self_correct
+from sherlock.generation import SamplingSettings, generate, self_correct
 from sherlock.models.loading import load_vlm
 from sherlock.reasoning import ReasoningFormatError, answers_agree, truncate
-from sherlock.stages.config import ConfigError, SamplingSettings, help_field
-from sherlock.stages.io import load_data, record_stage_config
+from sherlock.stages.io import record_stage_config
 from sherlock.stages.preference_training import PreferenceTrainingConfig, run_train_preferences
 from sherlock.stages.preferences import PerturbationSettings, rejected_suffixes, save_pairs
+from sherlock.stages.registry import STAGES
 
 NUM_CORRECTIONS = 3  # Y², Y³, Y⁴
-PAIRS_DIR, MODEL_DIR = "pairs", "model"
+# inside one iteration's directory (``output/iter_k`` of :func:`run_online`)
+PAIRS_DIR, MODEL_DIR = (Path(STAGES["online"].outputs[name]).name for name in ("pairs", "model"))
 Judge = Callable[[str, list[str]], bool]
 
 
@@ -147,7 +150,7 @@ def run_online(config: OnlineConfig) -> Path:
     """K iterations: ``output/iter_k`` trains π_k from π_{k−1}; returns the last model's directory."""
     model = config.model
     for k in range(config.iteration, config.iteration + config.iterations):
-        step = dataclasses.replace(config, model=str(model), iteration=k, iterations=1,
-                                   output=str(Path(config.output) / f"iter_{k}"))
+        iteration_dir = Path(STAGES["online"].output(config.output, "model", iteration=k)).parent
+        step = dataclasses.replace(config, model=str(model), iteration=k, iterations=1, output=str(iteration_dir))
         model = run_online_iteration(step)
     return Path(model)

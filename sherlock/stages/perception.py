@@ -16,14 +16,15 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from sherlock.config import ConfigError, help_field
 from sherlock.data.synthetic import IMAGE_SIZE, TIERS, make_item, make_perception_item
 from sherlock.models.tiny import PRESETS, build_tiny_vlm, tokenizer_corpus
-from sherlock.stages.config import ConfigError, help_field
 from sherlock.stages.io import record_stage_config
+from sherlock.stages.registry import STAGES
 from sherlock.training.setup import TrainSettings
 from sherlock.training.sft import SFTExample, train_sft
 
-PERCEPTION_FILE = "perception.json"
+PERCEPTION_FILE = STAGES["pretrain-perception"].outputs["perception"]
 # The embedded default's base model: this stage's output with its defaults (seed 0), committed as
 # sherlock/models/embedded/ (rebuild: docs/results.md, "The base model"); its SHA256SUMS digest:
 EMBEDDED_BASE = Path(__file__).resolve().parents[1] / "models" / "embedded"

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import torch
 
+from sherlock.config import ConfigError, help_field
 from sherlock.data.preferences import read_pairs
-from sherlock.losses import DEFAULT_ALPHA_DPO, PAPER_BETA_BASE
 from sherlock.models.loading import load_vlm, require_checkpoint
-from sherlock.stages.config import ConfigError, help_field
 from sherlock.stages.io import record_stage_config
 from sherlock.training.preference import (
     DPO_SEQUENCES,
@@ -42,20 +41,14 @@ REFERENCE_CACHE_DIR = "reference_cache"
 
 
 @dataclass(kw_only=True)
-class PreferenceTrainingConfig(TrainSettings):
+class PreferenceTrainingConfig(SherlockLossConfig, TrainSettings):
+    """Training settings and the loss fields (:class:`SherlockLossConfig`, passed on by :meth:`loss`)."""
+
     model: str = help_field(help="starting checkpoint (Sherlock-SFT offline, π_{k-1} online)", uri="model")
     data: str = help_field(help="preference directory written by build-preferences or online", uri="data")
     output: str = help_field(help="directory for checkpoints and the trained model", uri="output")
     reference: str | None = help_field(None, "reference checkpoint (default: the starting checkpoint)", uri="model")
     reference_cache: str | None = help_field(None, "directory of cached reference log-probs (default: output/)")
-    sc_beta: float = help_field(PAPER_BETA_BASE, "β base of L_SC (paper 0.25, released code 0.025)")
-    dpo_beta: float = help_field(0.1, "β base of L_DPO")
-    alpha: float = help_field(DEFAULT_ALPHA_DPO, "weight α of L_DPO")
-    dynamic_beta: bool = help_field(True, "β(i, n, ε) per sample (false: static β ablation)")
-    use_sc: bool = help_field(True, "include L_SC (false: w/o L_SC ablation)")
-    use_dpo: bool = help_field(True, "include L_DPO (false: w/o L_DPO ablation)")
-    sft_weight: float = help_field(0.0, "weight λ of an SFT term on the preferred response (STIC 1/1024, SCL 0.1)")
-    sft_per_token: bool = help_field(False, "SFT term per token of the batch (TRL/ms-swift form) instead of summed")
     learning_rate: float = help_field(5e-6, "peak learning rate (paper: 5e-6 offline, 5e-7 online)")
     batch_size: int = help_field(4, "pairs per device per step (10 sequences each; 2 without L_SC)")
     warmup_ratio: float = help_field(0.0, "fraction of steps with linear warm-up")
@@ -71,10 +64,6 @@ class PreferenceTrainingConfig(TrainSettings):
             raise ConfigError("sft_weight must be >= 0")
         for checkpoint in (self.model, self.reference or self.model):
             require_checkpoint(checkpoint)
-
-    def loss(self) -> SherlockLossConfig:
-        return SherlockLossConfig(self.sc_beta, self.dpo_beta, self.alpha, self.dynamic_beta, self.use_sc, self.use_dpo,
-                                  self.sft_weight, self.sft_per_token)
 
 
 def run_train_preferences(config: PreferenceTrainingConfig) -> Path:

@@ -16,15 +16,17 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from sherlock.config import ConfigError, help_field
+from sherlock.data.llava_cot import load_data
 from sherlock.data.preferences import Perturbation, PreferencePair, draw_perturbation, write_pairs
 from sherlock.data.schema import open_image
-from sherlock.generation import DecodingConfig, generate
+from sherlock.generation import DecodingConfig, SamplingSettings, generate
 from sherlock.models.loading import load_vlm
 from sherlock.reasoning import truncate
-from sherlock.stages.config import ConfigError, SamplingSettings, help_field
-from sherlock.stages.io import load_data, record_stage_config
+from sherlock.stages.io import record_stage_config
+from sherlock.stages.registry import STAGES
 
-STATS_FILE = "stats.json"
+STATS_FILE = STAGES["build-preferences"].outputs["stats"]
 
 
 @dataclass(kw_only=True)
@@ -41,7 +43,8 @@ class PerturbationSettings:
         try:
             return tuple(int(s) for s in str(self.truncation_steps).split(","))
         except ValueError:
-            raise ConfigError(f"truncation_steps must be comma-separated integers, got {self.truncation_steps!r}")
+            raise ConfigError("truncation_steps must be comma-separated integers, "
+                              f"got {self.truncation_steps!r}") from None
 
     def check_perturbation(self) -> None:
         """Draw once: an unknown scheme or steps outside it raise :class:`ConfigError`."""

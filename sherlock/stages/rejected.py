@@ -8,15 +8,17 @@ from pathlib import Path
 
 import torch
 
+from sherlock.config import help_field
+from sherlock.data.llava_cot import load_data
 from sherlock.data.schema import open_image, write_jsonl
 from sherlock.diagnostics import departure_histogram
-from sherlock.generation import generate
+from sherlock.generation import SamplingSettings, generate
 from sherlock.models.loading import load_vlm
 from sherlock.reasoning import is_correct
-from sherlock.stages.config import SamplingSettings, help_field
-from sherlock.stages.io import load_data, record_stage_config
+from sherlock.stages.io import record_stage_config
+from sherlock.stages.registry import STAGES
 
-REJECTED_FILE, STATS_FILE = "rejected.jsonl", "stats.json"
+REJECTED_FILE, STATS_FILE = (STAGES["sample-rejected"].outputs[name] for name in ("rejected", "stats"))
 
 
 @dataclass(kw_only=True)
@@ -38,8 +40,9 @@ def run_sample_rejected(config: SampleRejectedConfig) -> Path:
     data = load_data(config.data)
     model, processor = load_vlm(config.model, dtype=torch.float32)
     images = [open_image(data.image_root, r) for r in data.records]
-    samples = generate(model, processor, [r.question for r in data.records], images, config=config.decoding(config.seed),
-                       desc="sampling Y^l", stream="Y^l", keys=[r.id for r in data.records])
+    samples = generate(model, processor, [r.question for r in data.records], images,
+                       config=config.decoding(config.seed), desc="sampling Y^l", stream="Y^l",
+                       keys=[r.id for r in data.records])
     rows = [{"id": r.id, "rejected": y, "correct": is_correct(y, r.answer, r.answer_type) if r.answer else None}
             for r, y in zip(data.records, samples)]
     wrong = [(row["rejected"], r.response) for row, r in zip(rows, data.records) if row["correct"] is False]

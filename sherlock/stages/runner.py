@@ -18,43 +18,16 @@ import json
 import time
 from pathlib import Path
 
+from sherlock.config import parse_named, uri_fields
+from sherlock.data.schema import PAIRS_FILE
 from sherlock.plots import BETA_PLOT, LOSS_PLOT
-from sherlock.stages.config import parse_named, uri_fields
-from sherlock.stages.diagnose import DIAGNOSTICS_FILE, DiagnoseConfig, run_diagnose
-from sherlock.stages.evaluate import (METRICS_FILE, PLOT_FILE, TABLE_FILE, EvaluationConfig, run_evaluation)
 from sherlock.stages.io import STAGE_CONFIG
-from sherlock.stages.online import OnlineConfig, run_online
-from sherlock.stages.perception import PerceptionConfig, run_pretrain_perception
-from sherlock.stages.preference_training import PreferenceTrainingConfig, run_train_preferences
-from sherlock.stages.preferences import PreferenceDataConfig, run_build_preferences
-from sherlock.stages.rejected import SampleRejectedConfig, run_sample_rejected
-from sherlock.stages.sample import SampleConfig, run_sample
-from sherlock.stages.scl import SCLPairsConfig, run_scl_pairs
-from sherlock.stages.sft import SFTStageConfig, run_sft
-from sherlock.stages.stic import STICDescribeConfig, STICPairsConfig, run_stic_describe, run_stic_pairs
+from sherlock.stages.registry import STAGES, stage
 from sherlock.storage import cache_root, directory_digest, fetch, is_s3, publish, sha256_file
 
 SECONDS_METRIC = "stage_seconds"  # wall time of the stage function (the run itself may be reopened later)
-# command: (config class, stage function, help)
-STAGES = {
-    "pretrain-perception": (PerceptionConfig, run_pretrain_perception,
-                            "the embedded base model: a tiny Mllama pre-trained on synthetic perception questions"),
-    "sample": (SampleConfig, run_sample, "Stage I data: disjoint seeded subsets D_A, D_B with a manifest"),
-    "sft": (SFTStageConfig, run_sft, "Stage I: vanilla SFT (R0), or Sherlock-SFT with --rejected"),
-    "sample-rejected": (SampleRejectedConfig, run_sample_rejected, "Stage I: sample Y^l from R0 for D_B"),
-    "build-preferences": (PreferenceDataConfig, run_build_preferences,
-                          "Stage II data: truncation + visual perturbation pairs"),
-    "train-preferences": (PreferenceTrainingConfig, run_train_preferences,
-                          "Stage II/III: L_SC + α·L_DPO with dynamic β"),
-    "online": (OnlineConfig, run_online, "Stage III: K label-free self-improvement iterations"),
-    "evaluate": (EvaluationConfig, run_evaluation, "direct and self-correction accuracy per benchmark"),
-    "diagnose": (DiagnoseConfig, run_diagnose,
-                 "accuracy against the blank-image and blind-prior baselines, perception, departure stages"),
-    "scl-pairs": (SCLPairsConfig, run_scl_pairs, "SCL data: two-turn answers typed by correctness, (−,+)/(+,−) pairs"),
-    "stic-pairs": (STICPairsConfig, run_stic_pairs, "STIC stage 1 data: clean vs hallucinated/corrupted descriptions"),
-    "stic-describe": (STICDescribeConfig, run_stic_describe,
-                      "STIC stage 2 data: description-infused prompts from the stage-1 model"),
-}
+METRICS_FILE, TABLE_FILE, PLOT_FILE = (STAGES["evaluate"].outputs[name] for name in ("metrics", "table", "plot"))
+DIAGNOSTICS_FILE = STAGES["diagnose"].outputs["diagnostics"]
 
 
 def data_digest(path: Path) -> str:
@@ -85,14 +58,14 @@ def localize(config) -> tuple[object, list[tuple[str, str, Path]]]:
 
 def write_plots(output: Path) -> None:
     """Loss curves beside every trained model, a β-weight histogram beside every preference set."""
+    from sherlock.data.preferences import read_pairs
     from sherlock.plots import plot_beta_histogram, plot_loss_curves
 
     for state in output.glob("**/trainer_state.json"):
         if "checkpoint-" not in str(state):
             plot_loss_curves(json.loads(state.read_text())["log_history"], state.with_name(LOSS_PLOT))
-    for pairs in output.glob("**/pairs.jsonl"):
-        weights = [json.loads(line)["beta_weight"] for line in pairs.read_text().splitlines()]
-        plot_beta_histogram(weights, pairs.with_name(BETA_PLOT))
+    for pairs in output.glob(f"**/{PAIRS_FILE}"):
+        plot_beta_histogram([pair.beta_weight for pair in read_pairs(pairs.parent)], pairs.with_name(BETA_PLOT))
 
 
 def log_outputs(output: Path, seconds: float) -> None:
@@ -120,7 +93,7 @@ def run_stage(command: str, config, pipeline_run_id: str | None = None):
     """Run stage ``command`` with ``config`` (see the module docstring); returns the stage's result."""
     from sherlock import tracking
 
-    function = STAGES[command][1]
+    function = stage(command).run
     local, data = localize(config)
     (output_field,) = uri_fields(config, "output")
     output = Path(getattr(local, output_field))
@@ -135,7 +108,8 @@ def run_stage(command: str, config, pipeline_run_id: str | None = None):
         write_plots(output)
         if run is not None:
             log_outputs(output, seconds)
-            for model_dir in {output} | {c.parent for c in output.glob("**/config.json") if "checkpoint-" not in str(c)}:
+            models = {c.parent for c in output.glob("**/config.json") if "checkpoint-" not in str(c)}
+            for model_dir in {output} | models:
                 tracking.write_run_file(run, model_dir)
     publish(output, getattr(config, output_field))
     return result

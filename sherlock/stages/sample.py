@@ -11,9 +11,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from sherlock.config import ConfigError, help_field
 from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, load_llava_cot
 from sherlock.data.sampling import sample_to_dir
-from sherlock.stages.config import ConfigError, help_field
 from sherlock.stages.io import record_stage_config
 
 

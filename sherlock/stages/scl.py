@@ -31,17 +31,19 @@ from pathlib import Path
 import torch
 
 from sherlock.chat import assistant_turn, follow_up_turn, user_turn
+from sherlock.config import ConfigError, help_field
+from sherlock.data.llava_cot import load_data
 from sherlock.data.preferences import PreferencePair
 from sherlock.data.schema import Record, open_image, write_jsonl
-from sherlock.generation import generate
+from sherlock.generation import SamplingSettings, generate
 from sherlock.models.loading import load_vlm
 from sherlock.prompts import SCL_DEFAULT_REVIEW_PROMPT, SCL_REVIEW_PROMPTS, scl_first_turn, scl_review_turn
 from sherlock.reasoning import conclusion_text, is_correct
-from sherlock.stages.config import ConfigError, SamplingSettings, help_field
-from sherlock.stages.io import load_data, record_stage_config
+from sherlock.stages.io import record_stage_config
 from sherlock.stages.preferences import save_pairs
+from sherlock.stages.registry import STAGES
 
-RESPONSES_FILE = "responses.jsonl"
+RESPONSES_FILE = STAGES["scl-pairs"].outputs["responses"]
 # The authors' extractor, in order (spec §2); the second pattern already covers the third.
 SCL_ANSWER_PATTERNS = (re.compile(r"##\s*([ABCD])\s*##"), re.compile(r"##(.*?)##"), re.compile(r"##\s*([0-3])\s*##"))
 SCL_LETTER_FALLBACK = re.compile(r"([ABCD])\.")

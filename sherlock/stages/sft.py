@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sherlock.models.loading import require_checkpoint
-from sherlock.stages.config import help_field
+from sherlock.config import help_field
+from sherlock.data.llava_cot import load_data
 from sherlock.data.schema import read_jsonl
-from sherlock.stages.io import load_data, record_stage_config
+from sherlock.models.loading import require_checkpoint
+from sherlock.stages.io import record_stage_config
 from sherlock.training.setup import TrainSettings
 from sherlock.training.sft import correction_examples, examples_from_records, train_sft
 

@@ -27,22 +27,27 @@ from pathlib import Path
 
 import torch
 
-from sherlock.data.llava_cot import write_llava_cot
+from sherlock.config import ConfigError, help_field
+from sherlock.data.llava_cot import DATA_FILE, load_data, write_llava_cot
 from sherlock.data.preferences import PreferencePair
-from sherlock.data.sampling import SUBSET_DATA, link_or_copy
+from sherlock.data.sampling import link_or_copy
 from sherlock.data.schema import open_image, write_jsonl
-from sherlock.generation import generate
+from sherlock.generation import SamplingSettings, generate
 from sherlock.models.loading import load_vlm
 from sherlock.perturb import stic_corruption
-from sherlock.prompts import (STIC_DESCRIPTION_PROMPT, STIC_HALLUCINATION_PROMPTS, STIC_SIMPLE_PROMPTS,
-                              stic_description_infused)
-from sherlock.stages.config import ConfigError, SamplingSettings, help_field
-from sherlock.stages.io import load_data, record_stage_config
+from sherlock.prompts import (
+    STIC_DESCRIPTION_PROMPT,
+    STIC_HALLUCINATION_PROMPTS,
+    STIC_SIMPLE_PROMPTS,
+    stic_description_infused,
+)
+from sherlock.stages.io import record_stage_config
 from sherlock.stages.preferences import save_pairs
+from sherlock.stages.registry import STAGES
 
 STIC_TEMPERATURE = 0.2  # generate_pref.py and generate_des_stage2.py
 HALLUCINATION = "hallucination_prompt"
-DESCRIPTIONS_FILE = "descriptions.jsonl"
+DESCRIPTIONS_FILE = STAGES["stic-describe"].outputs["descriptions"]
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,7 @@ def run_stic_describe(config: STICDescribeConfig) -> Path:
     for record in records:
         link_or_copy(data.image_root / record.image, output / record.image)
     write_llava_cot([dataclasses.replace(r, question=stic_description_infused(r.question, d))
-                     for r, d in zip(records, descriptions)], output / SUBSET_DATA)
+                     for r, d in zip(records, descriptions)], output / DATA_FILE)
     write_jsonl(({"id": r.id, "prompt": p, "description": d} for r, p, d in zip(records, prompts, descriptions)),
                 output / DESCRIPTIONS_FILE)
     record_stage_config(config, output)

@@ -26,6 +26,7 @@ frozen copy of the starting checkpoint, computed once per (model, data) and cach
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections import defaultdict
@@ -39,9 +40,18 @@ from transformers import Trainer
 from trl.trainer.utils import selective_log_softmax
 
 from sherlock.chat import user_turn
+from sherlock.config import help_field
 from sherlock.data.preferences import PreferencePair, pairs_digest
 from sherlock.data.schema import file_digest, open_image
-from sherlock.losses import dpo_loss, dynamic_beta, self_correction_loss, sft_loss, sherlock_loss
+from sherlock.losses import (
+    DEFAULT_ALPHA_DPO,
+    PAPER_BETA_BASE,
+    dpo_loss,
+    dynamic_beta,
+    self_correction_loss,
+    sft_loss,
+    sherlock_loss,
+)
 from sherlock.prompts import correction_prompt
 from sherlock.training.setup import ConvertedCheckpointResume
 
@@ -251,19 +261,27 @@ def cached_reference_logps(path: Path, compute) -> torch.Tensor:
     return logps
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SherlockLossConfig:
     """Loss settings: β bases (Eq. 8), α, the dynamic-β switch, the term switches (ablations) and
-    the weight λ of an SFT term on the preferred response (STIC, SCL; 0 for Sherlock)."""
+    the weight λ of an SFT term on the preferred response (STIC, SCL; 0 for Sherlock).
 
-    sc_beta: float = 0.25
-    dpo_beta: float = 0.1
-    alpha: float = 0.25
-    dynamic_beta: bool = True
-    use_sc: bool = True
-    use_dpo: bool = True
-    sft_weight: float = 0.0
-    sft_per_token: bool = False
+    The one declaration of the loss fields: the training stage's config inherits them and the
+    pipelines check their settings against it at compile time.
+    """
+
+    sc_beta: float = help_field(PAPER_BETA_BASE, "β base of L_SC (paper 0.25, released code 0.025)")
+    dpo_beta: float = help_field(0.1, "β base of L_DPO")
+    alpha: float = help_field(DEFAULT_ALPHA_DPO, "weight α of L_DPO")
+    dynamic_beta: bool = help_field(True, "β(i, n, ε) per sample (false: static β ablation)")
+    use_sc: bool = help_field(True, "include L_SC (false: w/o L_SC ablation)")
+    use_dpo: bool = help_field(True, "include L_DPO (false: w/o L_DPO ablation)")
+    sft_weight: float = help_field(0.0, "weight λ of an SFT term on the preferred response (STIC 1/1024, SCL 0.1)")
+    sft_per_token: bool = help_field(False, "SFT term per token of the batch (TRL/ms-swift form) instead of summed")
+
+    def loss(self) -> SherlockLossConfig:
+        """The loss fields alone (of a config that inherits them)."""
+        return SherlockLossConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(SherlockLossConfig)})
 
 
 def labelled_tokens(batch: dict) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 from transformers import TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from sherlock.stages.config import ConfigError, help_field
+from sherlock.config import ConfigError, help_field
 
 # Sub-modules of the common VLM layouts (Mllama, LLaVA, Qwen2-VL, Idefics3).
 VISION_MODULES = ("vision_model", "vision_tower", "visual")

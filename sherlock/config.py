@@ -11,12 +11,9 @@ import argparse
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-
-from sherlock.generation import DecodingConfig
 
 
 class ConfigError(ValueError):
@@ -64,6 +61,15 @@ def _coerce(name: str, value, annotation):
     return value
 
 
+def check_fields(cls, values: dict) -> dict:
+    """``values`` coerced to the field types of ``cls``; an unknown key or a wrong type is a :class:`ConfigError`."""
+    fields = _field_types(cls)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(fields)}")
+    return {name: _coerce(name, value, fields[name]) for name, value in values.items()}
+
+
 def load_config(cls, path: str | Path | None = None, overrides: dict | None = None):
     """Build ``cls`` from its defaults, the YAML mapping at ``path`` and ``overrides`` (in that order)."""
     values: dict = {}
@@ -73,11 +79,7 @@ def load_config(cls, path: str | Path | None = None, overrides: dict | None = No
             raise ConfigError(f"{path} must hold a mapping of config fields")
         values.update(loaded)
     values.update(overrides or {})
-    fields = _field_types(cls)
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(fields)}")
-    coerced = {name: _coerce(name, value, fields[name]) for name, value in values.items()}
+    coerced = check_fields(cls, values)
     missing = [f.name for f in dataclasses.fields(cls)
                if f.name not in coerced and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
@@ -144,16 +146,3 @@ def parse_named(text: str, field: str) -> dict[str, str]:
 def uri_fields(config, kind: str) -> list[str]:
     """Names of the fields of ``config`` marked with ``uri=kind``."""
     return [f.name for f in dataclasses.fields(config) if f.metadata.get("uri") == kind]
-
-
-@dataclass(kw_only=True)
-class SamplingSettings:
-    """Decoding settings of a stage that samples responses (spec §1: T = 0.7)."""
-
-    temperature: float = help_field(0.7, "sampling temperature (0: greedy)")
-    top_p: float = help_field(1.0, "nucleus sampling threshold")
-    max_new_tokens: int = help_field(512, "longest generated response")
-    generation_batch_size: int = help_field(32, "prompts per generate call")
-
-    def decoding(self, seed: int) -> DecodingConfig:
-        return DecodingConfig(self.max_new_tokens, self.temperature, self.top_p, self.generation_batch_size, seed)

@@ -1,0 +1,108 @@
+"""The stage registry: one :class:`Stage` record per stage.
+
+A stage's name is its command (``sherlock <name>``), the key of its presets
+(``configs/<scale>/<name>.yaml``) and, with ``-`` written ``_``, its Kubeflow component. The
+record names the module that holds its config class and run function (imported only when the
+stage runs, so a step that samples data never imports the trainers) and the outputs it writes
+under its output directory, by name: stages, components, pipelines and the experiment runner all
+resolve output paths here, never by spelling them out.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from sherlock.config import URI_KINDS, ConfigError, check_fields, uri_fields
+from sherlock.data.sampling import MANIFEST
+from sherlock.data.schema import PAIRS_FILE
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    module: str  # sherlock.stages.<module>
+    config_name: str
+    run_name: str
+    help: str
+    outputs: Mapping[str, str] = field(default_factory=dict)  # name -> path under the output ({config field})
+
+    @property
+    def config(self) -> type:
+        """The stage's config dataclass."""
+        return getattr(importlib.import_module(f"sherlock.stages.{self.module}"), self.config_name)
+
+    @property
+    def run(self) -> Callable:
+        """The stage function: ``run(config)``."""
+        return getattr(importlib.import_module(f"sherlock.stages.{self.module}"), self.run_name)
+
+    def output(self, root: str, name: str, **fields) -> str:
+        """Where output ``name`` lies under the output directory (a path or URI) ``root``."""
+        if name not in self.outputs:
+            raise KeyError(f"stage {self.name} has no output {name!r}; it writes {sorted(self.outputs)}")
+        return f"{str(root).rstrip('/')}/{self.outputs[name].format(**fields)}"
+
+
+_STAGES = (
+    Stage("pretrain-perception", "perception", "PerceptionConfig", "run_pretrain_perception",
+          "the embedded base model: a tiny Mllama pre-trained on synthetic perception questions",
+          {"model": "model", "perception": "perception.json"}),
+    Stage("sample", "sample", "SampleConfig", "run_sample",
+          "Stage I data: disjoint seeded subsets D_A, D_B with a manifest",
+          {"D_A": "D_A", "D_B": "D_B", "D_U": "D_U", "manifest": MANIFEST}),
+    Stage("sft", "sft", "SFTStageConfig", "run_sft", "Stage I: vanilla SFT (R0), or Sherlock-SFT with --rejected"),
+    Stage("sample-rejected", "rejected", "SampleRejectedConfig", "run_sample_rejected",
+          "Stage I: sample Y^l from R0 for D_B", {"rejected": "rejected.jsonl", "stats": "stats.json"}),
+    Stage("build-preferences", "preferences", "PreferenceDataConfig", "run_build_preferences",
+          "Stage II data: truncation + visual perturbation pairs", {"pairs": PAIRS_FILE, "stats": "stats.json"}),
+    Stage("train-preferences", "preference_training", "PreferenceTrainingConfig", "run_train_preferences",
+          "Stage II/III: L_SC + α·L_DPO with dynamic β"),
+    Stage("online", "online", "OnlineConfig", "run_online", "Stage III: K label-free self-improvement iterations",
+          {"model": "iter_{iteration}/model", "pairs": "iter_{iteration}/pairs"}),
+    Stage("evaluate", "evaluate", "EvaluationConfig", "run_evaluation",
+          "direct and self-correction accuracy per benchmark",
+          {"metrics": "metrics.json", "table": "results.md", "plot": "accuracy_by_round.png",
+           "predictions": "predictions.jsonl"}),
+    Stage("diagnose", "diagnose", "DiagnoseConfig", "run_diagnose",
+          "accuracy against the blank-image and blind-prior baselines, perception, departure stages",
+          {"diagnostics": "diagnostics.json"}),
+    Stage("scl-pairs", "scl", "SCLPairsConfig", "run_scl_pairs",
+          "SCL data: two-turn answers typed by correctness, (−,+)/(+,−) pairs",
+          {"pairs": PAIRS_FILE, "responses": "responses.jsonl", "stats": "stats.json"}),
+    Stage("stic-pairs", "stic", "STICPairsConfig", "run_stic_pairs",
+          "STIC stage 1 data: clean vs hallucinated/corrupted descriptions", {"pairs": PAIRS_FILE}),
+    Stage("stic-describe", "stic", "STICDescribeConfig", "run_stic_describe",
+          "STIC stage 2 data: description-infused prompts from the stage-1 model",
+          {"data": "data.jsonl", "descriptions": "descriptions.jsonl"}),
+)
+STAGES: Mapping[str, Stage] = {stage.name: stage for stage in _STAGES}
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the presets: configs/<scale>/<stage>[.<variant>].yaml
+
+
+def stage(name: str) -> Stage:
+    """The registered stage ``name``; an unknown name is a :class:`ConfigError` listing the known ones."""
+    if name not in STAGES:
+        raise ConfigError(f"unknown stage {name!r}; known: {sorted(STAGES)}")
+    return STAGES[name]
+
+
+def preset(name: str, scale: str = "paper", config: type | None = None) -> dict:
+    """The preset ``configs/<scale>/<stage>[.<variant>].yaml`` checked against its stage's config class, or
+    against ``config`` for a preset of another command (``deploy``); see :func:`check_settings`."""
+    values = yaml.safe_load((CONFIGS / scale / f"{name}.yaml").read_text()) or {}
+    return check_settings(config or stage(name.split(".")[0]).config, values)
+
+
+def check_settings(config: type, values: dict) -> dict:
+    """``values`` (a pipeline step's settings) checked against ``config``: every key a field, every value of
+    its type, and no input or output location (the pipeline wires those). Returns ``values``."""
+    locations = {field for kind in URI_KINDS for field in uri_fields(config, kind)}
+    if wired := sorted(locations & set(values)):
+        raise ConfigError(f"{config.__name__} settings may not set {wired}: the pipeline passes them between steps")
+    check_fields(config, values)
+    return values
