@@ -48,4 +48,5 @@ compile: install
 	$(BIN)/python -m pipelines.sherlock && $(BIN)/python -m pipelines.scl && $(BIN)/python -m pipelines.stic
 
 test: install $(CHECKOV) $(HELM)
+	$(BIN)/ruff check .
 	$(BIN)/pytest -q

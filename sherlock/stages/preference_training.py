@@ -1,7 +1,8 @@
 """Stage II/III training: the Sherlock objective L_SC + α·L_DPO with dynamic β (Eq. 6–8).
 
-The same stage trains the sibling recipes' preference steps (``configs/*/scl.yaml``,
-``configs/*/stic_stage1.yaml``): DPO with a static β and an SFT term on the preferred response.
+The same stage trains the sibling recipes' preference steps (``configs/*/train-preferences.scl.yaml``,
+``configs/*/train-preferences.stic.yaml``): DPO with a static β and an SFT term on the preferred
+response.
 
 The policy starts from ``model``; the reference is a frozen copy of ``reference`` (default: the same
 checkpoint). Its log-probs are computed once and cached under ``reference_cache`` keyed by the

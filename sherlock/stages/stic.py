@@ -8,7 +8,7 @@ Stage 1 data (:func:`run_stic_pairs`, the authors' ``generate_pref.py``): for ev
   corrupted image (downscaled to a 20-px shorter side, or colour-jittered, 50/50).
 
 Training uses the clean image for both responses: the preference step is DPO (β = 0.1) plus
-α · (−Σ log π_θ(y_w|x)), α = 1/1024 (``configs/*/stic_stage1.yaml``). The rejected log-probability
+α · (−Σ log π_θ(y_w|x)), α = 1/1024 (``configs/*/train-preferences.stic.yaml``). The rejected log-probability
 is the standard one, log π(y_l|x); the authors' ``_get_noisy_batch_logps`` is not reproduced (see
 ``docs/recipes.md``).
 
