@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from sherlock.data.synthetic import PERCEPTION_FAMILIES, make_item, make_perception_item
+from sherlock.data.synthetic import PERCEPTION_FAMILIES, READING_FAMILIES, make_item, make_perception_item
 from sherlock.diagnostics import caption_shapes
 from sherlock.models.loading import load_vlm
 from sherlock.models.tiny import build_tiny_vlm
@@ -32,6 +32,24 @@ def test_perception_items_are_deterministic_cover_every_family_and_never_repeat_
     assert not task_images & {image.tobytes() for _, image in drawn}
 
 
+def test_reading_items_describe_the_scene_then_answer_from_that_description():
+    drawn = [make_perception_item(0, k, families=READING_FAMILIES) for k in range(80)]
+    assert {r.tier for r, _ in drawn} == {f.__name__.strip("_") for f in READING_FAMILIES}
+    for record, _ in drawn:
+        if record.tier.startswith("describe_then"):
+            described = record.response.split(". ", 1)[0] + "."
+            assert caption_shapes(described) and record.response.startswith(described)
+        if record.tier == "describe_then_colour":  # every listed shape is one of the described shapes
+            colour = record.question.split()[-2]
+            listed = record.response.split(f"The {colour} shapes are: ")[1]
+            described_names = {" ".join(shape) for shape in caption_shapes(described).values()}
+            assert listed == "none." or all(n.split(" at ")[0].removeprefix("the ") in described_names
+                                            for n in listed.rstrip(".").split(", "))
+        if record.tier == "pick_option":
+            value, letter = record.response.removesuffix(".").split(" is option ")
+            assert f"\n{letter}. {value}\n" in record.question + "\n"
+
+
 def test_pretraining_trains_scores_held_out_items_and_rejects_bad_settings(tmp_path):
     model_dir = run_pretrain_perception(PerceptionConfig(output=str(tmp_path / "base"), preset="tiny", num_items=24,
                                                          max_steps=2, batch_size=4, validation_items=5))
@@ -42,6 +60,14 @@ def test_pretraining_trains_scores_held_out_items_and_rejects_bad_settings(tmp_p
     assert any(not torch.equal(p, q) for p, q in zip(trained.state_dict().values(), initial.state_dict().values()))
     with pytest.raises(ValueError, match="unknown preset"):
         PerceptionConfig(output="o", preset="huge").check()
+    with pytest.raises(ValueError, match="unknown question families"):
+        PerceptionConfig(output="o", families="perception,copying").check()
+    # a second phase continues from the first model (and its tokenizer) on the reading families too
+    again = run_pretrain_perception(PerceptionConfig(output=str(tmp_path / "phase2"), init=str(model_dir),
+                                                     families="perception,reading", seed=1, num_items=8, max_steps=1,
+                                                     batch_size=4, validation_items=0))
+    assert not (tmp_path / "phase2" / "init").exists()
+    assert (again / "tokenizer.json").read_bytes() == (model_dir / "tokenizer.json").read_bytes()
 
 
 def test_position_embeddings_start_at_the_patch_scale(tmp_path, synthetic_corpus):

@@ -335,20 +335,71 @@ def _how_many(rng, shapes):
     return "How many shapes are there?", f"There are {len(shapes)} shapes."
 
 
+def _describe_then_colour(rng, shapes):
+    colour = rng.choice(list(COLOURS))
+    return (f"Describe the image, then name its {colour} shapes.",
+            f"{caption(shapes)} The {colour} shapes are: {_listing([s for s in shapes if s.colour == colour])}.")
+
+
+def _describe_then_kind(rng, shapes):
+    kind = rng.choice(KINDS)
+    return (f"Describe the image, then name its {kind}s.",
+            f"{caption(shapes)} The {kind}s are: {_listing([s for s in shapes if s.kind == kind])}.")
+
+
+def _describe_then_cell(rng, shapes):
+    row, col = rng.randrange(3), rng.randrange(3)
+    found = [s for s in shapes if (s.row, s.col) == (row, col)]
+    return (f"Describe the image, then say what is at {cell_name(row, col)}.",
+            f"{caption(shapes)} At {cell_name(row, col)} there is " + (f"a {found[0].name}." if found else "nothing."))
+
+
+def _describe_then_row(rng, shapes):
+    row = rng.randrange(3)
+    return (f"Describe the image, then name the shapes in its {ROWS[row]} row.",
+            f"{caption(shapes)} The shapes in the {ROWS[row]} row are: "
+            f"{_listing([s for s in shapes if s.row == row])}.")
+
+
+def _neighbour_cell(rng, shapes):
+    direction, (dr, dc) = rng.choice(list(_DIRECTIONS.items()))
+    row, col = rng.choice([(r, c) for r in range(3) for c in range(3) if 0 <= r + dr < 3 and 0 <= c + dc < 3])
+    return (f"Which cell is directly {direction} {cell_name(row, col)}?",
+            f"Directly {direction} {cell_name(row, col)} is {cell_name(row + dr, col + dc)}.")
+
+
+def _pick_option(rng, shapes):
+    pool = rng.choice((list(COLOURS), list(KINDS) + ["star"], [str(n) for n in range(9)]))
+    options = rng.sample(pool, len(OPTION_LETTERS))
+    value = rng.choice(options)
+    listed = "\n".join(f"{letter}. {option}" for letter, option in zip(OPTION_LETTERS, options))
+    return f"Which option is {value}?\nOptions:\n{listed}", f"{value} is option {OPTION_LETTERS[options.index(value)]}."
+
+
+# what the scene holds: the whole scene, one cell, the shapes of a colour or a kind, how many
 PERCEPTION_FAMILIES = (_describe, _what_at, _where_colour, _where_kind, _how_many)
+# reading what was just written or asked: a description, then the shapes of a colour, a kind or a row, or
+# what is in a cell; the cell next to a cell; the letter of an option
+READING_FAMILIES = (_describe_then_colour, _describe_then_kind, _describe_then_row, _describe_then_cell,
+                    _neighbour_cell, _pick_option)
+FAMILY_GROUPS = {"perception": PERCEPTION_FAMILIES, "reading": READING_FAMILIES}
 
 
-def make_perception_item(seed: int, index: int, image_size: int = IMAGE_SIZE) -> tuple[Record, Image.Image]:
-    """Perception pre-training item ``index`` of seed ``seed``: a scene and one plain-text question about it.
+def make_perception_item(seed: int, index: int, image_size: int = IMAGE_SIZE,
+                         families: tuple = PERCEPTION_FAMILIES) -> tuple[Record, Image.Image]:
+    """Pre-training item ``index`` of seed ``seed``: a scene and one plain-text question about it.
 
-    The question describes the whole scene (the answer is the task's CAPTION text), names what is
-    in one cell, lists the shapes of one colour or kind with their cells, or counts the shapes: what
-    an instruction-tuned VLM can do before it meets the task. Scenes are drawn as in every tier;
-    the random stream is separate from :func:`make_item`'s, so no task item reappears here.
+    :data:`PERCEPTION_FAMILIES` describe the whole scene (the answer is the task's CAPTION text),
+    name what is in one cell, list the shapes of one colour or kind with their cells, or count the
+    shapes. :data:`READING_FAMILIES` describe the scene and then pick facts out of that description,
+    name the cell next to a cell, or give an option's letter. Together they are what an
+    instruction-tuned VLM can do before it meets the task; none is one of the task's questions or
+    uses its 4-stage format. Scenes are drawn as in every tier; the random stream is separate from
+    :func:`make_item`'s, so no task item reappears here.
     """
     rng = random.Random(f"sherlock-perception:{seed}:{index}")
     shapes = _sample_scene(rng, TIERS[index % len(TIERS)])
-    family = rng.choice(PERCEPTION_FAMILIES)
+    family = rng.choice(families)
     question, answer = family(rng, shapes)
     record = Record(id=f"perception-{seed}-{index:06d}", image=f"images/p{seed}-{index:06d}.png",
                     question=question, response=answer, answer_type="text", tier=family.__name__.strip("_"))

@@ -17,7 +17,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from sherlock.config import ConfigError, help_field
-from sherlock.data.synthetic import IMAGE_SIZE, TIERS, make_item, make_perception_item
+from sherlock.data.synthetic import FAMILY_GROUPS, IMAGE_SIZE, TIERS, make_item, make_perception_item
+from sherlock.models.loading import require_checkpoint
 from sherlock.models.tiny import PRESETS, build_tiny_vlm, tokenizer_corpus
 from sherlock.stages.io import record_stage_config
 from sherlock.stages.registry import STAGES
@@ -44,6 +45,10 @@ class PerceptionConfig(TrainSettings):
     learning_rate: float = help_field(2e-3, "peak learning rate")
     epochs: float = help_field(3.0, "number of passes over the perception questions")
     batch_size: int = help_field(32, "examples per device per step")
+    families: str = help_field("perception", "question family groups, comma-separated: perception, reading "
+                                             "(sherlock.data.synthetic.FAMILY_GROUPS)")
+    init: str | None = help_field(None, "continue from this checkpoint (its tokenizer too) instead of a new "
+                                        "tiny model", uri="model")
 
     def check(self) -> None:
         self.check_training()
@@ -51,6 +56,13 @@ class PerceptionConfig(TrainSettings):
             raise ConfigError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
         if self.num_items <= 0:
             raise ConfigError("num_items must be positive")
+        self.question_families()
+
+    def question_families(self) -> tuple:
+        groups = [name.strip() for name in self.families.split(",")]
+        if unknown := sorted(set(groups) - set(FAMILY_GROUPS)):
+            raise ConfigError(f"unknown question families {unknown}; choose from {sorted(FAMILY_GROUPS)}")
+        return tuple(family for name in groups for family in FAMILY_GROUPS[name])
 
 
 def embedded_base() -> Path:
@@ -76,7 +88,7 @@ def perception_validation(model_dir: Path, config: PerceptionConfig) -> dict:
     from sherlock.generation import DecodingConfig, generate
     from sherlock.models.loading import load_vlm
 
-    drawn = [make_perception_item(config.seed, config.num_items + k, config.image_size)
+    drawn = [make_perception_item(config.seed, config.num_items + k, config.image_size, config.question_families())
              for k in range(config.validation_items)]
     model, processor = load_vlm(model_dir, dtype=torch.float32)
     answers = generate(model, processor, [r.question for r, _ in drawn], [image for _, image in drawn],
@@ -101,16 +113,21 @@ def run_pretrain_perception(config: PerceptionConfig) -> Path:
     images = output / "data" / "images"
     images.mkdir(parents=True, exist_ok=True)
     examples, corpus = [], []
+    families = config.question_families()
     for index in tqdm(range(config.num_items), desc="perception items", unit=" items"):
-        record, image = make_perception_item(config.seed, index, config.image_size)
+        record, image = make_perception_item(config.seed, index, config.image_size, families)
         path = output / "data" / record.image
         if not path.is_file():
             image.save(path)
         examples.append(SFTExample(record.question, record.response, str(path)))
         corpus.append(f"{record.question}\n{record.response}")
-    task = [make_item(TOKENIZER_SEED, k, TIERS[k % len(TIERS)], config.image_size)[0] for k in range(TOKENIZER_ITEMS)]
-    base = build_tiny_vlm(output / "init", tokenizer_corpus(task) + corpus, config.preset, config.image_size,
-                          config.vocab_size, config.seed)
+    if config.init is None:
+        task = [make_item(TOKENIZER_SEED, k, TIERS[k % len(TIERS)], config.image_size)[0]
+                for k in range(TOKENIZER_ITEMS)]
+        base = build_tiny_vlm(output / "init", tokenizer_corpus(task) + corpus, config.preset, config.image_size,
+                              config.vocab_size, config.seed)
+    else:
+        base = require_checkpoint(config.init)
     record_stage_config(config, output)
     model = train_sft(base, examples, output / "model", config)
     if config.validation_items:
