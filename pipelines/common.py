@@ -12,6 +12,7 @@ from pathlib import Path
 from kfp import compiler, dsl, kubernetes
 
 from components import deploy, evaluate, prepare_inputs, register_and_gate, sample_data, sft
+from sherlock.config import ConfigError, GPUPlacement, add_config_arguments, config_from_args, help_field
 
 S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 POD_LABELS = ("sherlock.dev/s3-client", "sherlock.dev/mlflow-client")
@@ -22,22 +23,22 @@ def settings_parameter(preset_name: str) -> str:
     return preset_name.replace(".", "_").replace("-", "_") + "_settings"
 
 
-@dataclass
-class ClusterOptions:
-    """Where the steps run on Kubernetes (ignored by kfp.local)."""
+@dataclass(kw_only=True)
+class ClusterOptions(GPUPlacement):
+    """Where the steps run on Kubernetes (fixed at compile time; ignored by kfp.local)."""
 
-    accelerator: str = "nvidia.com/gpu"
-    node_selector: tuple[str, str] = ("nvidia.com/gpu.present", "true")
-    toleration_key: str = "nvidia.com/gpu"
-    gpu_cpu: str = "8"
-    gpu_memory: str = "64Gi"
-    cpu_cpu: str = "2"
-    cpu_memory: str = "8Gi"
-    shm_size: str = "16Gi"
-    cache_size: str = "200Gi"  # ephemeral volume for downloaded checkpoints and data (SHERLOCK_CACHE)
-    checkpoint_pvc: "str | None" = None  # mount this PVC at /checkpoints (then output_root=/checkpoints/…)
-    s3_secret: str = "sherlock-s3"  # keys AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
-    mlflow_secret: str = "sherlock-mlflow"  # key MLFLOW_TRACKING_URI (optional MLFLOW_TRACKING_USERNAME/PASSWORD)
+    gpu_cpu: str = help_field("8", "CPU request of a GPU step")
+    gpu_memory: str = help_field("64Gi", "memory request of a GPU step")
+    cpu_cpu: str = help_field("2", "CPU request of a CPU step")
+    cpu_memory: str = help_field("8Gi", "memory request of a CPU step")
+    shm_size: str = help_field("16Gi", "size of /dev/shm (memory) on GPU steps")
+    cache_size: str = help_field("200Gi", "ephemeral volume for downloaded checkpoints and data (SHERLOCK_CACHE)")
+    checkpoint_pvc: str | None = help_field(None, "PVC mounted at /checkpoints on GPU steps "
+                                                  "(then output_root=/checkpoints/…)")
+    s3_secret: str = help_field("sherlock-s3", "Secret with AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+                                               "AWS_SECRET_ACCESS_KEY")
+    mlflow_secret: str = help_field("sherlock-mlflow", "Secret with MLFLOW_TRACKING_URI (optional "
+                                                       "MLFLOW_TRACKING_USERNAME/PASSWORD)")
 
 
 def with_platform(task: dsl.PipelineTask, options: ClusterOptions, gpus=None, retries: int = 1) -> dsl.PipelineTask:
@@ -54,8 +55,10 @@ def with_platform(task: dsl.PipelineTask, options: ClusterOptions, gpus=None, re
         return task.set_cpu_request(options.cpu_cpu).set_memory_request(options.cpu_memory)
     task.set_accelerator_type(options.accelerator).set_accelerator_limit(gpus)
     task.set_cpu_request(options.gpu_cpu).set_memory_request(options.gpu_memory)
-    kubernetes.add_node_selector(task, *options.node_selector)
-    kubernetes.add_toleration(task, key=options.toleration_key, operator="Exists", effect="NoSchedule")
+    for label, value in options.selector().items():
+        kubernetes.add_node_selector(task, label, value)
+    for key in options.toleration_keys():
+        kubernetes.add_toleration(task, key=key, operator="Exists", effect="NoSchedule")
     kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
                                size_limit=options.shm_size)
     kubernetes.add_ephemeral_volume(task, volume_name="cache", mount_path="/cache", access_modes=["ReadWriteOnce"],
@@ -124,15 +127,15 @@ def compile_command(description: str, default_output: Path, build, argv: list[st
     """``python -m pipelines.<recipe>``: cluster options (+ ``extra_arguments``) → ``build(options, args)``."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--output", type=Path, default=default_output)
-    parser.add_argument("--accelerator", default=ClusterOptions.accelerator, help="resource name of the GPUs")
-    parser.add_argument("--node-selector", default="=".join(ClusterOptions.node_selector), help="LABEL=VALUE")
-    parser.add_argument("--toleration-key", default=ClusterOptions.toleration_key)
-    parser.add_argument("--checkpoint-pvc", default=None, help="PVC mounted at /checkpoints on GPU steps")
+    add_config_arguments(parser, ClusterOptions)
     if extra_arguments is not None:
         extra_arguments(parser)
     args = parser.parse_args(argv)
-    options = ClusterOptions(accelerator=args.accelerator, node_selector=tuple(args.node_selector.split("=", 1)),
-                             toleration_key=args.toleration_key, checkpoint_pvc=args.checkpoint_pvc)
+    try:
+        options = config_from_args(ClusterOptions, args)
+        options.selector()  # a malformed node selector fails here, not on the cluster
+    except ConfigError as error:
+        parser.error(str(error))
     compiler.Compiler().compile(build(options, args), str(args.output))
     print(args.output)
 

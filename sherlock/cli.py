@@ -7,7 +7,6 @@ field; flags override the file, the file overrides the defaults.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -62,8 +61,7 @@ def _build_tiny(args) -> None:
 
 def _dataclass_command(config_class, function):
     def run(args) -> None:
-        fields = {f.name for f in dataclasses.fields(config_class)}
-        result = function(config_class(**{k: v for k, v in vars(args).items() if k in fields}))
+        result = function(config_from_args(config_class, args))
         if isinstance(result, str):
             print(result)
 
@@ -139,8 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
          "all stages and ablations on the synthetic task for several seeds (docs/results.md)"),
     ):
         command = commands.add_parser(name, help=help_text)
-        for field in dataclasses.fields(config_class):
-            command.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
+        add_config_arguments(command, config_class)
         command.set_defaults(func=_dataclass_command(config_class, function))
     return parser
 

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -146,3 +147,23 @@ def parse_named(text: str, field: str) -> dict[str, str]:
 def uri_fields(config, kind: str) -> list[str]:
     """Names of the fields of ``config`` marked with ``uri=kind``."""
     return [f.name for f in dataclasses.fields(config) if f.metadata.get("uri") == kind]
+
+
+@dataclass(kw_only=True)
+class GPUPlacement:
+    """Where GPU work lands on the cluster: the accelerator's resource name, the node selector and the
+    tolerated taints. One declaration for the pipelines' GPU steps and the KServe predictor."""
+
+    accelerator: str = help_field("nvidia.com/gpu", "resource name of the GPUs")
+    node_selector: str = help_field("nvidia.com/gpu.present=true", "LABEL=VALUE[,…] ('' for none)")
+    tolerations: str = help_field("nvidia.com/gpu", "taint keys tolerated (Exists, NoSchedule), comma-separated")
+
+    def selector(self) -> dict[str, str]:
+        """The node selector as a mapping; a malformed entry is a :class:`ConfigError`."""
+        pairs = [part.partition("=") for part in self.node_selector.split(",") if part.strip()]
+        if any(not sep or not key.strip() for key, sep, _ in pairs):
+            raise ConfigError(f"node_selector must be LABEL=VALUE[,…], got {self.node_selector!r}")
+        return {key.strip(): value.strip() for key, _, value in pairs}
+
+    def toleration_keys(self) -> list[str]:
+        return [key.strip() for key in self.tolerations.split(",") if key.strip()]

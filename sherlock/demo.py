@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from sherlock.benchmarks import BenchmarkItem, load_benchmark, score_responses
+from sherlock.config import help_field
 from sherlock.data.llava_cot import load_llava_cot
 from sherlock.data.synthetic import IMAGE_SIZE, generate_synthetic
 from sherlock.generation import DecodingConfig, generate
@@ -25,17 +26,17 @@ TOKENIZER_CORPUS_ITEMS = 3000
 class DemoConfig:
     """Sizes and settings of the embedded run (defaults take a few minutes on 2 CPU cores)."""
 
-    workdir: str = "runs/demo"
-    train_items: int = 8000
-    eval_items: int = 1000
-    preset: str = "tiny"
-    image_size: int = IMAGE_SIZE
-    epochs: float = 2.0
-    learning_rate: float = 3e-3
-    batch_size: int = 16
-    seed: int = 0
-    eval_batch_size: int = 64
-    max_new_tokens: int = 256
+    workdir: str = help_field("runs/demo", "directory of the data, the model and the report")
+    train_items: int = help_field(8000, "synthetic training items")
+    eval_items: int = help_field(1000, "held-out items")
+    preset: str = help_field("tiny", "tiny Mllama preset (sherlock.models.tiny.PRESETS)")
+    image_size: int = help_field(IMAGE_SIZE, "image side in pixels")
+    epochs: float = help_field(2.0, "SFT epochs")
+    learning_rate: float = help_field(3e-3, "SFT learning rate")
+    batch_size: int = help_field(16, "examples per step")
+    seed: int = help_field(0, "seed of the data and the training run")
+    eval_batch_size: int = help_field(64, "prompts per generate call")
+    max_new_tokens: int = help_field(256, "longest generated response")
 
 
 def _report(label: str, result: dict) -> str:

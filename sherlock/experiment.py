@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sherlock.config import load_config
+from sherlock.config import help_field, load_config
 from sherlock.data.llava_cot import load_data, load_llava_cot
 from sherlock.data.sampling import sample_to_dir, write_subsets
 from sherlock.data.schema import read_jsonl
@@ -54,31 +54,34 @@ RECIPE_CHECKPOINTS = {"scl": ("SCL",), "stic": ("STIC stage 1", "STIC"), "dar": 
 CHECKPOINTS = SHERLOCK_CHECKPOINTS + tuple(name for names in RECIPE_CHECKPOINTS.values() for name in names)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExperimentConfig:
-    workdir: str = "runs/results"
-    seeds: str = "0,1,2"
-    subset_size: int = 600  # |D_A| = |D_B|
-    pool_size: int = 600  # |D_U|, unlabeled
-    online_pairs: int = 150
-    eval_items: int = 500
-    validation_items: int = 500
-    base_model: str = "embedded"  # the committed perception-pretrained base (sherlock/models/embedded), or a path
-    sft_epochs: float = 8.0
-    sft_learning_rate: float = 1e-3
-    preference_learning_rate: float = 2e-5
-    online_learning_rate: float = 1e-5
-    preference_epochs: float = 1.0
-    preference_batch_size: int = 8
-    alpha: float = 0.25
-    sc_beta: float = 0.25
-    dpo_beta: float = 0.1
-    correction_rounds: int = 3
-    static_beta_ablation: bool = False  # the paper's 0.2–1.2-point effect is below what 3 seeds resolve here
-    max_new_tokens: int = 160
-    generation_batch_size: int = 128
-    recipes: str = "sherlock,scl,stic,dar"  # SCL and STIC reuse the seed's R0 (configs/embedded settings);
-    # dar: R0 and STIC evaluated with STIC's describe-and-respond prompting
+    workdir: str = help_field("runs/results", "directory of the seeds' outputs and the summary tables")
+    seeds: str = help_field("0,1,2", "comma-separated seeds (one data set and training run each)")
+    subset_size: int = help_field(600, "|D_A| = |D_B|")
+    pool_size: int = help_field(600, "|D_U|, unlabeled")
+    online_pairs: int = help_field(150, "pairs of the online iteration")
+    eval_items: int = help_field(500, "held-out items (one set for every seed)")
+    validation_items: int = help_field(500, "validation items: R0's gate")
+    base_model: str = help_field("embedded", "the committed perception-pretrained base (sherlock/models/embedded), "
+                                             "or a checkpoint path")
+    sft_epochs: float = help_field(8.0, "epochs of R0, Sherlock-SFT and the SFT control")
+    sft_learning_rate: float = help_field(1e-3, "learning rate of the SFT stages")
+    preference_learning_rate: float = help_field(2e-5, "learning rate of offline preference training")
+    online_learning_rate: float = help_field(1e-5, "learning rate of the online iteration")
+    preference_epochs: float = help_field(1.0, "epochs of preference training")
+    preference_batch_size: int = help_field(8, "pairs per step")
+    alpha: float = help_field(0.25, "weight α of L_DPO")
+    sc_beta: float = help_field(0.25, "β base of L_SC")
+    dpo_beta: float = help_field(0.1, "β base of L_DPO")
+    correction_rounds: int = help_field(3, "greedy self-correction rounds of every evaluation")
+    static_beta_ablation: bool = help_field(False, "also train the static-β ablation (the paper's 0.2–1.2-point "
+                                                   "effect is below what 3 seeds resolve here)")
+    max_new_tokens: int = help_field(160, "longest generated response")
+    generation_batch_size: int = help_field(128, "prompts per generate call")
+    recipes: str = help_field("sherlock,scl,stic,dar", "recipes to run: SCL and STIC reuse the seed's R0 "
+                                                       "(configs/embedded settings); dar: R0 and STIC evaluated "
+                                                       "with STIC's describe-and-respond prompting")
 
 
 def _slug(name: str) -> str:

@@ -1,3 +1,4 @@
+import argparse
 import json
 import subprocess
 import sys
@@ -5,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sherlock.cli import main
+from sherlock.cli import build_parser, main
 
 
 def test_synth_then_sample(tmp_path, capsys):
@@ -81,3 +82,21 @@ def test_stage_command_reads_a_yaml_config(tiny_model_dir, subset_dir, tmp_path,
     assert capsys.readouterr().out.strip().endswith("rejected.jsonl")
     assert "seed: 3" in (tmp_path / "out/stage_config.yaml").read_text()
     assert len((tmp_path / "out/rejected.jsonl").read_text().splitlines()) == 16
+
+
+def test_demo_experiment_and_compile_flags_are_parsed_like_the_stages():
+    """One config mechanism: ``--flag false`` is False (``type=bool`` would make it True), bad values fail."""
+    from pipelines.common import ClusterOptions
+    from sherlock.config import ConfigError, add_config_arguments, config_from_args
+    from sherlock.experiment import ExperimentConfig
+
+    args = build_parser().parse_args(["experiment", "--static-beta-ablation", "false", "--sft-epochs", "2"])
+    config = config_from_args(ExperimentConfig, args)
+    assert config.static_beta_ablation is False and config.sft_epochs == 2.0 and config.seeds == "0,1,2"
+    with pytest.raises(ConfigError, match="static_beta_ablation must be true or false"):
+        config_from_args(ExperimentConfig, build_parser().parse_args(["experiment", "--static-beta-ablation", "no!"]))
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, ClusterOptions)
+    options = config_from_args(ClusterOptions, parser.parse_args(["--node-selector", "pool=gpu,zone=a",
+                                                                  "--checkpoint-pvc", "ckpt"]))
+    assert options.selector() == {"pool": "gpu", "zone": "a"} and options.checkpoint_pvc == "ckpt"

@@ -117,7 +117,7 @@ def test_gpu_and_cpu_steps_land_on_the_right_nodes(compiled):
             assert resources["accelerator"]["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--gpus']}}"
             assert resources["resourceCpuRequest"] == options.gpu_cpu
             assert resources["resourceMemoryRequest"] == options.gpu_memory
-            assert platform["nodeSelector"]["labels"] == dict([options.node_selector])
+            assert platform["nodeSelector"]["labels"] == options.selector() == {"nvidia.com/gpu.present": "true"}
             assert platform["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
             assert platform["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm",
                                                    "sizeLimit": options.shm_size, "volumeName": "dshm"}]

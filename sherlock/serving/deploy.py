@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 import sherlock
-from sherlock.config import ConfigError, help_field
+from sherlock.config import ConfigError, GPUPlacement, help_field
 from sherlock.storage import publish
 
 MANIFEST_FILE = "inferenceservice.yaml"
@@ -39,8 +39,8 @@ class DeployError(RuntimeError):
     """The InferenceService could not be created, patched or made Ready."""
 
 
-@dataclass
-class DeployConfig:
+@dataclass(kw_only=True)
+class DeployConfig(GPUPlacement):
     model: str = help_field(help="registered model: models:/NAME@ALIAS or models:/NAME/VERSION")
     output: str = help_field(help="directory (or s3:// prefix) for inferenceservice.yaml and deployment.json",
                              uri="output")
@@ -51,11 +51,8 @@ class DeployConfig:
     image: str = help_field(sherlock.GPU_IMAGE, help="predictor image (the project image)")
     service_account: str = help_field("sherlock-serving", help="ServiceAccount with the S3 credentials Secret")
     gpus: int = help_field(1, help="GPUs per replica (0: CPU only)")
-    accelerator: str = help_field("nvidia.com/gpu", help="resource name of the GPUs")
     cpu: str = help_field("4", help="CPU request")
     memory: str = help_field("32Gi", help="memory request and limit")
-    node_selector: str = help_field("nvidia.com/gpu.present=true", help="LABEL=VALUE[,…] ('' for none)")
-    tolerations: str = help_field("nvidia.com/gpu", help="taint keys tolerated (Exists, NoSchedule), comma-separated")
     min_replicas: int = help_field(1, help="replicas kept running (0 allows scale to zero)")
     max_replicas: int = help_field(1, help="autoscaling limit")
     canary_traffic_percent: int = help_field(100, help="traffic for the new revision when patching (Serverless)")
@@ -76,11 +73,6 @@ class DeployConfig:
             raise ConfigError("need gpus >= 0, min_replicas >= 0 and max_replicas >= max(min_replicas, 1)")
         self.selector()
 
-    def selector(self) -> dict[str, str]:
-        pairs = [part.partition("=") for part in self.node_selector.split(",") if part.strip()]
-        if any(not sep or not key.strip() for key, sep, _ in pairs):
-            raise ConfigError(f"node_selector must be LABEL=VALUE[,…], got {self.node_selector!r}")
-        return {key.strip(): value.strip() for key, _, value in pairs}
 
 
 def inference_service(config: DeployConfig, storage_uri: str, version) -> object:
@@ -115,8 +107,8 @@ def inference_service(config: DeployConfig, storage_uri: str, version) -> object
     predictor = V1beta1PredictorSpec(
         containers=[container], service_account_name=config.service_account,
         node_selector=config.selector() or None,
-        tolerations=[client.V1Toleration(key=key.strip(), operator="Exists", effect="NoSchedule")
-                     for key in config.tolerations.split(",") if key.strip()] or None,
+        tolerations=[client.V1Toleration(key=key, operator="Exists", effect="NoSchedule")
+                     for key in config.toleration_keys()] or None,
         volumes=[client.V1Volume(name="tmp", empty_dir=client.V1EmptyDirVolumeSource())],
         min_replicas=config.min_replicas, max_replicas=config.max_replicas)
     metadata = client.V1ObjectMeta(
