@@ -2,7 +2,7 @@
 
 It checks that the benchmarks work (and that P1/P2's implementations agree), not the numbers:
 those come from the full mode, recorded in docs/benchmarks.md. P4's quick mode is the reduced
-pipeline run of tests/test_pipeline.py.
+pipeline run of tests/pipelines/test_pipeline.py.
 """
 
 import json

@@ -9,7 +9,7 @@ from sherlock.data.sampling import ManifestMismatchError, sample_disjoint, sampl
 from sherlock.data.synthetic import TIERS, generate_synthetic, make_item
 from sherlock.reasoning import is_correct, parse_stages
 
-FIXTURE = Path(__file__).parent / "fixtures" / "llava_cot"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "llava_cot"
 
 
 def test_loader_reads_the_release_layout(tmp_path):

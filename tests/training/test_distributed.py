@@ -12,7 +12,7 @@ import pytest
 
 from sherlock.training.setup import TrainSettings, training_arguments
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONSTANT_LR = ["--lr-scheduler", "constant", "--warmup-ratio", "0", "--logging-steps", "1", "--learning-rate", "2e-5"]
 
 

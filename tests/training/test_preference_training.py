@@ -129,7 +129,7 @@ def test_bad_preference_data(tiny_model_dir, tmp_path):
     with pytest.raises(ConfigError, match="loss would be empty"):
         run_train_preferences(PreferenceTrainingConfig(model=str(tiny_model_dir), data=str(tmp_path),
                                                        output=str(tmp_path / "o"), use_sc=False, use_dpo=False))
-    assert preference.IGNORE_INDEX == -100
+    assert preference.IGNORE_INDEX == torch.nn.CrossEntropyLoss().ignore_index  # the labels' mask is torch's
 
 
 def test_without_sc_only_chosen_and_rejected_are_run(tiny_model_dir, preference_dir):

@@ -177,7 +177,7 @@ def run_locally(recipe: str, workdir: Path) -> dict:
     import sys
 
     command = [sys.executable, "-m", "pipelines.run_local", "--recipe", recipe, "--quick", "--workdir", str(workdir)]
-    result = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    result = subprocess.run(command, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "served champion" in result.stdout and "| llava_cot |" in result.stdout
     return json.loads((workdir / "summary.json").read_text())

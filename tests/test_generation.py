@@ -1,0 +1,46 @@
+"""Batched generation: inputs checked, batches equal to one-at-a-time, per-item random streams."""
+
+import pytest
+
+from sherlock.data.schema import open_image
+from sherlock.generation import DecodingConfig, generate, item_seed
+from sherlock.models.loading import load_vlm
+from sherlock.reasoning import truncate
+
+
+def test_generation_rejects_mismatched_inputs(tiny_model_dir):
+    model, processor = load_vlm(tiny_model_dir)
+    with pytest.raises(ValueError, match="2 prompts, 1 images"):
+        generate(model, processor, ["a", "b"], [None])
+
+
+def test_batched_generation_matches_one_at_a_time(tiny_model_dir, synthetic_data):
+    model, processor = load_vlm(tiny_model_dir)
+    records = synthetic_data.records[:4]
+    images = [open_image(synthetic_data.image_root, r) for r in records]
+    prefixes = [truncate(r.response, 3)[0] for r in records[:2]] + ["", ""]
+    questions = [r.question for r in records]
+    batched = generate(model, processor, questions, images, prefixes, DecodingConfig(max_new_tokens=16, batch_size=4))
+    single = [generate(model, processor, [q], [i], [p], DecodingConfig(max_new_tokens=16, batch_size=1))[0]
+              for q, i, p in zip(questions, images, prefixes)]
+    assert batched == single
+
+
+def test_sampling_streams_are_per_item_and_independent(tiny_model_dir, synthetic_data):
+    """An item's sampled response depends on its seed, stream and key, not on its batch or position."""
+    model, processor = load_vlm(tiny_model_dir)
+    records = synthetic_data.records[:6]
+    questions, keys = [r.question for r in records], [r.id for r in records]
+    images = [open_image(synthetic_data.image_root, r) for r in records]
+    sampled = DecodingConfig(max_new_tokens=10, temperature=1.0, batch_size=4, seed=3)
+    first = generate(model, processor, questions, images, config=sampled, stream="Y1", keys=keys)
+    reordered = generate(model, processor, questions[::-1], images[::-1], stream="Y1", keys=keys[::-1],
+                         config=DecodingConfig(max_new_tokens=10, temperature=1.0, batch_size=2, seed=3))
+    assert reordered[::-1] == first
+    other_stream = generate(model, processor, questions, images, config=sampled, stream="Y2", keys=keys)
+    assert other_stream != first  # six 10-token samples at T = 1 from a random model
+    assert item_seed(3, "Y1", keys[0]) != item_seed(3, "Y2", keys[0]) != item_seed(4, "Y1", keys[0])
+    # top_p so small that only the most likely token survives: sampling is greedy decoding
+    nucleus = DecodingConfig(max_new_tokens=10, temperature=1.0, top_p=1e-6, batch_size=4)
+    assert generate(model, processor, questions, images, config=nucleus) == generate(
+        model, processor, questions, images, config=DecodingConfig(max_new_tokens=10, batch_size=4))
