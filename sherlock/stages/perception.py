@@ -3,9 +3,11 @@
 The paper starts Stage I from an instruction-tuned VLM that already sees. The embedded default
 has no such model, so this stage builds one: a tiny Mllama (preset ``embedded``) trained with
 plain SFT on synthetic perception questions (describe the scene, what is in a cell, where a
-colour is; :func:`sherlock.data.synthetic.make_perception_item`). It never sees the 4-stage
-format, the reasoning families or the correction prompt: Stage I teaches those. The tokenizer
-learns from the task's texts and the perception texts, so every later stage shares it.
+colour is) and, in a second run from that model (``--init``), on reading questions too (describe
+the scene, then pick facts out of the description; the cell next to a cell; an option's letter;
+:func:`sherlock.data.synthetic.make_perception_item`). It never sees the 4-stage format, the
+task's questions or the correction prompt: Stage I teaches those. The tokenizer learns from the
+task's texts and the perception texts, so every later stage shares it.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from sherlock.training.setup import TrainSettings
 from sherlock.training.sft import SFTExample, train_sft
 
 PERCEPTION_FILE = STAGES["pretrain-perception"].outputs["perception"]
-# The embedded default's base model: this stage's output with its defaults (seed 0), committed as
-# sherlock/models/embedded/ (rebuild: docs/results.md, "The base model"); its SHA256SUMS digest:
+# The embedded default's base model, committed as sherlock/models/embedded/: this stage with its defaults
+# (seed 0), then once more from that model with the reading families (docs/results.md, "The base model",
+# gives both commands); its SHA256SUMS digest:
 EMBEDDED_BASE = Path(__file__).resolve().parents[1] / "models" / "embedded"
-EMBEDDED_BASE_DIGEST = "852fa3a58c3bf97f7fd7ad0b7edc42e4ba817907ca01daa37d9a4ca8e4655823"
+EMBEDDED_BASE_DIGEST = "58ea330f48952abd67392cf6802153698caf79117b952db7a96e28f929af63ca"
 TOKENIZER_ITEMS = 3000  # task items (a seed namespace of their own) whose texts train the tokenizer
 TOKENIZER_SEED = 2_000_003
 
