@@ -59,14 +59,14 @@ EMBEDDED_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "embedded"
 class ExperimentConfig:
     workdir: str = "runs/results"
     seeds: str = "0,1,2"
-    subset_size: int = 600  # |D_A| = |D_B|
-    pool_size: int = 600  # |D_U|, unlabeled
+    subset_size: int = 1000  # |D_A| = |D_B| (chosen on the validation split, docs/results.md)
+    pool_size: int = 500  # |D_U|, unlabeled
     online_pairs: int = 150
     eval_items: int = 500
     validation_items: int = 500
     base_model: str = "embedded"  # the committed perception-pretrained base (sherlock/models/embedded), or a path
-    sft_epochs: float = 8.0
-    sft_learning_rate: float = 1e-3
+    sft_epochs: float = 16.0
+    sft_learning_rate: float = 2e-3
     preference_learning_rate: float = 2e-5
     online_learning_rate: float = 1e-5
     preference_epochs: float = 1.0
