@@ -28,11 +28,11 @@ from sherlock.data.sampling import sample_to_dir, write_subsets
 from sherlock.data.schema import read_jsonl
 from sherlock.data.synthetic import generate_synthetic
 from sherlock.diagnostics import paired_difference
+from sherlock.models import embedded_base
 from sherlock.models.loading import require_checkpoint
 from sherlock.stages.diagnose import DiagnoseConfig, run_diagnose
 from sherlock.stages.evaluate import PREDICTIONS_FILE, EvaluationConfig, run_evaluation
 from sherlock.stages.online import PAIRS_DIR, OnlineConfig, run_online_iteration
-from sherlock.stages.perception import embedded_base
 from sherlock.stages.preference_training import PreferenceTrainingConfig, run_train_preferences
 from sherlock.stages.preferences import PreferenceDataConfig, run_build_preferences
 from sherlock.stages.registry import STAGES, preset

@@ -39,10 +39,10 @@ def embedded_inputs(base_model: str, train_data: str, benchmarks: str, output_ro
 
     The embedded default is the synthetic visual-reasoning task (train and held-out sets from
     different seeds) and the committed base model: a tiny Llama-3.2-Vision pre-trained on synthetic
-    perception questions (:func:`sherlock.stages.perception.embedded_base`, checked by its digest).
+    perception questions (:func:`sherlock.models.embedded_base`, checked by its digest).
     """
     from sherlock.data.synthetic import generate_synthetic
-    from sherlock.stages.perception import embedded_base
+    from sherlock.models import embedded_base
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)

@@ -4,7 +4,8 @@ Tracking is on when ``MLFLOW_TRACKING_URI`` is set (``sqlite:///…`` for the em
 ``mlflow server`` URL on a cluster) and this process is rank 0. The registry flow:
 
 1. a training stage's run logs its data sets as inputs (:func:`log_data_input`) and its per-step
-   metrics (:class:`MlflowMetricsCallback`); the stage writes ``mlflow_run.json`` beside its outputs;
+   metrics (:class:`sherlock.training.setup.MlflowMetricsCallback`); the stage writes
+   ``mlflow_run.json`` beside its outputs;
 2. :func:`register_checkpoint` logs an evaluated checkpoint as a model *in the run that trained it*,
    registers it with its eval metrics and lineage as version tags and points ``challenger`` at it;
 3. :func:`gate_champion` moves ``champion`` only when the challenger beats it by a margin.
@@ -27,7 +28,6 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-from transformers import TrainerCallback
 
 import sherlock
 
@@ -104,20 +104,6 @@ def log_data_input(uri: str, local: str | Path, sha256: str, name: str, context:
     dataset = MetaDataset(source=source, name=name, digest=sha256[:DIGEST_LENGTH])
     mlflow.log_input(dataset, context=context)
     mlflow.set_tag(f"sherlock.data.{name}.sha256", sha256)
-
-
-class MlflowMetricsCallback(TrainerCallback):
-    """Logs every ``Trainer`` log line (loss terms, ``rewards/*``, β statistics) to the active run."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and mlflow.active_run() is not None and logs:
-            numbers = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            mlflow.log_metrics(numbers, step=state.global_step)
-
-
-def trainer_callbacks() -> list[TrainerCallback]:
-    """The callbacks a trainer gets: metric logging when a stage run is active."""
-    return [MlflowMetricsCallback()] if mlflow.active_run() is not None else []
 
 
 def evaluation_metrics(metrics: dict) -> dict[str, float]:

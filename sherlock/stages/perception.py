@@ -28,11 +28,6 @@ from sherlock.training.setup import TrainSettings
 from sherlock.training.sft import SFTExample, train_sft
 
 PERCEPTION_FILE = STAGES["pretrain-perception"].outputs["perception"]
-# The embedded default's base model, committed as sherlock/models/embedded/: this stage with its defaults
-# (seed 0), then once more from that model with the reading families (docs/results.md, "The base model",
-# gives both commands); its SHA256SUMS digest:
-EMBEDDED_BASE = Path(__file__).resolve().parents[1] / "models" / "embedded"
-EMBEDDED_BASE_DIGEST = "58ea330f48952abd67392cf6802153698caf79117b952db7a96e28f929af63ca"
 TOKENIZER_ITEMS = 3000  # task items (a seed namespace of their own) whose texts train the tokenizer
 TOKENIZER_SEED = 2_000_003
 
@@ -66,20 +61,6 @@ class PerceptionConfig(TrainSettings):
         if unknown := sorted(set(groups) - set(FAMILY_GROUPS)):
             raise ConfigError(f"unknown question families {unknown}; choose from {sorted(FAMILY_GROUPS)}")
         return tuple(family for name in groups for family in FAMILY_GROUPS[name])
-
-
-def embedded_base() -> Path:
-    """The committed base model's directory, after checking every file against its SHA256SUMS and the
-    manifest against :data:`EMBEDDED_BASE_DIGEST`."""
-    from sherlock.storage import MANIFEST_FILE, IntegrityError, directory_digest, file_sums, parse_manifest
-
-    recorded = parse_manifest((EMBEDDED_BASE / MANIFEST_FILE).read_text())
-    actual = file_sums(EMBEDDED_BASE)
-    if actual != recorded or directory_digest(EMBEDDED_BASE) != EMBEDDED_BASE_DIGEST:
-        changed = sorted(name for name in set(actual) | set(recorded) if actual.get(name) != recorded.get(name))
-        raise IntegrityError(f"the committed base model at {EMBEDDED_BASE} does not match its digest "
-                             f"(files differing from SHA256SUMS: {changed or 'none; the manifest itself changed'})")
-    return EMBEDDED_BASE
 
 
 def perception_validation(model_dir: Path, config: PerceptionConfig) -> dict:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from sherlock.config import ConfigError, help_field
@@ -166,16 +166,27 @@ def resume_checkpoint(settings: TrainSettings, output_dir: str | Path) -> str | 
     return checkpoint
 
 
+class MlflowMetricsCallback(TrainerCallback):
+    """Logs every ``Trainer`` log line (loss terms, ``rewards/*``, β statistics) to the active MLflow run."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        import mlflow
+
+        if state.is_world_process_zero and mlflow.active_run() is not None and logs:
+            numbers = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            mlflow.log_metrics(numbers, step=state.global_step)
+
+
 def train_and_save(trainer, settings: TrainSettings, output_dir: str | Path, processor) -> Path:
     """Train (resuming when asked), then save the final state, merged model and processor.
 
     With ``MLFLOW_TRACKING_URI`` set, every log line also goes to the active MLflow stage run.
     """
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        from sherlock.tracking import trainer_callbacks
+        import mlflow
 
-        for callback in trainer_callbacks():
-            trainer.add_callback(callback)
+        if mlflow.active_run() is not None:
+            trainer.add_callback(MlflowMetricsCallback())
     trainer.train(resume_from_checkpoint=resume_checkpoint(settings, output_dir))
     trainer.save_state()
     output_dir = Path(output_dir)

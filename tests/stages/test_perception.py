@@ -6,18 +6,13 @@ import shutil
 import pytest
 import torch
 
+from sherlock import models
 from sherlock.data.synthetic import PERCEPTION_FAMILIES, READING_FAMILIES, make_item, make_perception_item
 from sherlock.diagnostics import caption_shapes
+from sherlock.models import EMBEDDED_BASE_DIGEST, embedded_base
 from sherlock.models.loading import load_vlm
 from sherlock.models.tiny import build_tiny_vlm
-from sherlock.stages import perception
-from sherlock.stages.perception import (
-    EMBEDDED_BASE_DIGEST,
-    PERCEPTION_FILE,
-    PerceptionConfig,
-    embedded_base,
-    run_pretrain_perception,
-)
+from sherlock.stages.perception import PERCEPTION_FILE, PerceptionConfig, run_pretrain_perception
 from sherlock.storage import IntegrityError, directory_digest
 
 
@@ -89,6 +84,6 @@ def test_committed_base_model_matches_its_digest(tmp_path, monkeypatch):
     copy = tmp_path / "embedded"
     shutil.copytree(embedded_base(), copy)
     (copy / "config.json").write_text((copy / "config.json").read_text().replace("{", "{ ", 1))
-    monkeypatch.setattr(perception, "EMBEDDED_BASE", copy)
+    monkeypatch.setattr(models, "EMBEDDED_BASE", copy)
     with pytest.raises(IntegrityError, match="config.json"):
         embedded_base()
