@@ -335,23 +335,24 @@ def _how_many(rng, shapes):
     return "How many shapes are there?", f"There are {len(shapes)} shapes."
 
 
-def _describe_then_colour(rng, shapes):
-    colour = rng.choice(list(COLOURS))
-    return (f"Describe the image, then name its {colour} shapes.",
-            f"{caption(shapes)} The {colour} shapes are: {_listing([s for s in shapes if s.colour == colour])}.")
+def _describe_then(name: str, family, instruction):
+    """Reading family ``name``: describe the scene, then answer ``family``'s question from that description;
+    ``instruction`` rephrases the question ("Where are the red shapes?" → "name its red shapes")."""
+    def read(rng, shapes):
+        question, answer = family(rng, shapes)
+        return f"Describe the image, then {instruction(question)}.", f"{caption(shapes)} {answer}"
+
+    read.__name__ = f"_{name}"
+    return read
 
 
-def _describe_then_kind(rng, shapes):
-    kind = rng.choice(KINDS)
-    return (f"Describe the image, then name its {kind}s.",
-            f"{caption(shapes)} The {kind}s are: {_listing([s for s in shapes if s.kind == kind])}.")
+def _name_its(question: str) -> str:
+    return "name its " + question.removeprefix("Where are the ").removesuffix("?")
 
 
-def _describe_then_cell(rng, shapes):
-    row, col = rng.randrange(3), rng.randrange(3)
-    found = [s for s in shapes if (s.row, s.col) == (row, col)]
-    return (f"Describe the image, then say what is at {cell_name(row, col)}.",
-            f"{caption(shapes)} At {cell_name(row, col)} there is " + (f"a {found[0].name}." if found else "nothing."))
+_describe_then_colour = _describe_then("describe_then_colour", _where_colour, _name_its)
+_describe_then_kind = _describe_then("describe_then_kind", _where_kind, _name_its)
+_describe_then_cell = _describe_then("describe_then_cell", _what_at, lambda q: "say w" + q[1:].removesuffix("?"))
 
 
 def _describe_then_row(rng, shapes):
