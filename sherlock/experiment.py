@@ -234,7 +234,9 @@ def run_seed(config: ExperimentConfig, seed: int) -> dict:
     base = str(embedded_base() if config.base_model == "embedded" else require_checkpoint(config.base_model))
 
     sampling = dict(max_new_tokens=config.max_new_tokens, generation_batch_size=config.generation_batch_size, seed=seed)
-    sft = dict(learning_rate=config.sft_learning_rate, epochs=config.sft_epochs, seed=seed, logging_steps=50)
+    # checkpoints every 200 steps: an interrupted SFT stage resumes inside the stage, not from its start
+    sft = dict(learning_rate=config.sft_learning_rate, epochs=config.sft_epochs, seed=seed, logging_steps=50,
+               save_steps=200)
     r0 = timed("R0", run_sft, SFTStageConfig(model=base, data=subsets["D_A"], output=str(root / "r0"), **sft))
     gate = timed("diagnose R0 (validation)", run_diagnose, DiagnoseConfig(
         model=str(r0), data=str(Path(config.workdir) / "validation"), output=str(root / "validation_r0"),
