@@ -1,0 +1,3 @@
+from components.build_preferences.component import build_preferences
+
+__all__ = ["build_preferences"]

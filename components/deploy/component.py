@@ -1,0 +1,15 @@
+"""The ``deploy`` component (:mod:`components`)."""
+
+from kfp import dsl
+
+from components.images import CPU
+
+
+@dsl.component(**CPU)
+def deploy(model_name: str, settings: dict, output_root: str, pipeline_run_id: str) -> str:
+    """Serve ``models:/<model_name>@champion`` as a KServe InferenceService (without a cluster: its manifest)."""
+    import json
+
+    from sherlock.pipeline_steps import deploy_step
+
+    return json.dumps(deploy_step(model_name, settings, output_root, pipeline_run_id))

@@ -1,0 +1,3 @@
+from components.prepare_inputs.component import prepare_inputs
+
+__all__ = ["prepare_inputs"]

@@ -1,0 +1,24 @@
+"""The ``register_and_gate`` component (:mod:`components`)."""
+
+from kfp import dsl
+from kfp.dsl import Metrics, Output
+
+from components.images import CPU
+
+
+@dsl.component(**CPU)
+def register_and_gate(checkpoint: str, evaluation: str, model_name: str, metric: str, margin: float,
+                      pipeline_run_id: str, promoted_before: bool, gate: Output[Metrics]) -> bool:
+    """Register the checkpoint in MLflow (alias challenger); move champion only if it wins by ``margin``.
+
+    Returns whether this or an earlier gate of the run (``promoted_before``) moved champion; the
+    decision is on the model version's ``gate.decision`` tag and in the ``gate`` metrics.
+    """
+    from sherlock.pipeline_steps import register_step
+
+    decision = register_step(checkpoint, evaluation, model_name, metric, margin, pipeline_run_id)
+    for key in ("challenger_score", "champion_score"):
+        if decision[key] is not None:
+            gate.log_metric(key, decision[key])
+    gate.log_metric("promoted", float(decision["promoted"]))
+    return promoted_before or decision["promoted"]

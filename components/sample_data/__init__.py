@@ -1,0 +1,3 @@
+from components.sample_data.component import sample_data
+
+__all__ = ["sample_data"]

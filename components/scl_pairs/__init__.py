@@ -1,0 +1,3 @@
+from components.scl_pairs.component import scl_pairs
+
+__all__ = ["scl_pairs"]

@@ -1,0 +1,3 @@
+from components.sft.component import sft
+
+__all__ = ["sft"]

@@ -1,0 +1,3 @@
+from components.stic_describe.component import stic_describe
+
+__all__ = ["stic_describe"]

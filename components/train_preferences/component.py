@@ -1,0 +1,17 @@
+"""The ``train_preferences`` component (:mod:`components`)."""
+
+from kfp import dsl
+
+from components.images import GPU
+
+
+@dsl.component(**GPU)
+def train_preferences(name: str, model: str, data: str, settings: dict, output_root: str,
+                      pipeline_run_id: str) -> str:
+    """Stage II: L_SC + α·L_DPO with the dynamic per-sample β (Eqs. 4–7); β and α are fields of ``settings``.
+
+    The SCL and STIC-stage-1 steps are the same stage with DPO settings (static β, an SFT term).
+    """
+    from sherlock.pipeline_steps import stage_step
+
+    return stage_step("train-preferences", name, settings, output_root, pipeline_run_id, model=model, data=data)

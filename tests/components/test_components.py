@@ -1,0 +1,42 @@
+"""The components as kubeflow/pipelines-components lays them out: a folder each, a README from the code,
+and their Python functions run directly (``.python_func``; kfp.local runs of whole pipelines are in
+tests/pipelines)."""
+
+from pathlib import Path
+
+import components
+from components import readme
+
+ROOT = Path(components.__file__).resolve().parent
+
+
+def test_every_component_has_its_folder_and_an_up_to_date_readme():
+    folders = {path.parent.name for path in ROOT.glob("*/component.py")}
+    assert folders == set(readme.NAMES) and len(folders) == 13
+    assert readme.main(["--check"]) == 0
+    text = readme.readme("sample_rejected")
+    assert "sample Y^l from R0 on D_B" in text and "| `settings` | `dict` |" in text and "Returns: `str`." in text
+    assert "| `d_a` | `str` |" in readme.readme("sample_data")  # a NamedTuple's outputs are listed
+
+
+def test_a_readme_that_drifts_from_its_component_fails_the_check(tmp_path, monkeypatch):
+    for name in readme.NAMES:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "README.md").write_text(readme.readme(name))
+    (tmp_path / "deploy" / "README.md").write_text("# deploy\n")
+    monkeypatch.setattr(readme, "ROOT", tmp_path)
+    assert readme.main(["--check"]) == 1
+
+
+def test_sample_data_runs_as_a_python_function(synthetic_data, tmp_path):
+    d_a, d_b, d_u = components.sample_data.python_func(
+        data=str(synthetic_data.image_root), sizes="D_A=4,D_B=4,D_U=4", seed=0, output_root=str(tmp_path),
+        pipeline_run_id="run")
+    assert [Path(uri).name for uri in (d_a, d_b, d_u)] == ["D_A", "D_B", "D_U"]
+    assert all((Path(uri) / "data.jsonl").is_file() for uri in (d_a, d_b, d_u))
+
+
+def test_prepare_inputs_passes_given_uris_through(tmp_path):
+    given = ("s3://m/base", "s3://d/train", "mmstar=s3://b/MMStar.tsv")
+    assert tuple(components.prepare_inputs.python_func(*given, output_root=str(tmp_path), pipeline_run_id="r",
+                                                       seed=0)) == given
