@@ -40,3 +40,16 @@ def test_prepare_inputs_passes_given_uris_through(tmp_path):
     given = ("s3://m/base", "s3://d/train", "mmstar=s3://b/MMStar.tsv")
     assert tuple(components.prepare_inputs.python_func(*given, output_root=str(tmp_path), pipeline_run_id="r",
                                                        seed=0)) == given
+
+
+def test_sample_data_runs_under_kfp_local(synthetic_data, tmp_path, monkeypatch):
+    """The component as KFP runs it: kfp.local executes its compiled spec in a subprocess."""
+    from kfp import local
+    from kfp.local import config
+
+    monkeypatch.setattr(config.LocalExecutionConfig, "instance", None)  # undone after the test
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
+    task = components.sample_data(data=str(synthetic_data.image_root), sizes="D_A=3,D_B=5", seed=2,
+                                  output_root=str(tmp_path / "out"), pipeline_run_id="local")
+    assert task.outputs["d_a"] == str(tmp_path / "out/local/subsets/D_A")
+    assert len((Path(task.outputs["d_b"]) / "data.jsonl").read_text().splitlines()) == 5
