@@ -1,7 +1,7 @@
 """The stage registry: one :class:`Stage` record per stage.
 
 A stage's name is its command (``sherlock <name>``), the key of its presets
-(``configs/<scale>/<name>.yaml``) and, with ``-`` written ``_``, its Kubeflow component. The
+(``configs/<scale>/<name>[.<variant>].yaml``) and, with ``-`` written ``_``, its Kubeflow component. The
 record names the module that holds its config class and run function (imported only when the
 stage runs, so a step that samples data never imports the trainers) and the outputs it writes
 under its output directory, by name: stages, components, pipelines and the experiment runner all
@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from sherlock.config import URI_KINDS, ConfigError, check_fields, uri_fields
+from sherlock.data.llava_cot import DATA_FILE
 from sherlock.data.sampling import MANIFEST
 from sherlock.data.schema import PAIRS_FILE
 
@@ -78,7 +79,7 @@ _STAGES = (
           "STIC stage 1 data: clean vs hallucinated/corrupted descriptions", {"pairs": PAIRS_FILE}),
     Stage("stic-describe", "stic", "STICDescribeConfig", "run_stic_describe",
           "STIC stage 2 data: description-infused prompts from the stage-1 model",
-          {"data": "data.jsonl", "descriptions": "descriptions.jsonl"}),
+          {"data": DATA_FILE, "descriptions": "descriptions.jsonl"}),
 )
 STAGES: Mapping[str, Stage] = {stage.name: stage for stage in _STAGES}
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the presets: configs/<scale>/<stage>[.<variant>].yaml
