@@ -30,6 +30,7 @@ RUN pip install -c requirements/constraints.txt ${TORCH_EXTRA_INDEX_URL:+--extra
         "torch==2.13.0${TORCH_LOCAL_VERSION}"
 COPY pyproject.toml README.md ./
 COPY sherlock sherlock
+COPY components components
 COPY configs configs
 RUN pip install -c requirements/constraints.txt ".[train,pipelines,tracking,serving]" \
     && pip check

@@ -10,11 +10,9 @@ import sys
 import typing
 from pathlib import Path
 
-import components
-from components import images
+from components import COMPONENTS, component, images
 
 ROOT = Path(__file__).resolve().parent
-NAMES = [name for name in components.__all__ if name not in ("CPU_IMAGE", "IMAGE")]
 
 
 def _type_name(annotation) -> str:
@@ -28,10 +26,9 @@ def _type_name(annotation) -> str:
 
 def readme(name: str) -> str:
     """The README of component ``name``: what it does, where it runs, its inputs and outputs."""
-    component = getattr(components, name)
-    function = component.python_func
+    function = component(name).python_func
     signature = inspect.signature(function)
-    gpu = component.component_spec.implementation.container.image == images.IMAGE
+    gpu = component(name).component_spec.implementation.container.image == images.IMAGE
     image = "the GPU (CUDA) image, `SHERLOCK_IMAGE`" if gpu else "the CPU image, `SHERLOCK_CPU_IMAGE`"
     lines = [f"# `{name}`", "", inspect.getdoc(function) or "", "",
              f"Runs in {image} at compile time; defined in [component.py](component.py).", "",
@@ -53,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="fail if a README is out of date; write nothing")
     args = parser.parse_args(argv)
     stale = []
-    for name in NAMES:
+    for name in COMPONENTS:
         path, text = ROOT / name / "README.md", readme(name)
         if args.check:
             if not path.is_file() or path.read_text() != text:

@@ -11,7 +11,12 @@ from pathlib import Path
 
 from kfp import compiler, dsl, kubernetes
 
-from components import deploy, evaluate, prepare_inputs, register_and_gate, sample_data, sft
+from components.deploy import deploy
+from components.evaluate import evaluate
+from components.prepare_inputs import prepare_inputs
+from components.register_and_gate import register_and_gate
+from components.sample_data import sample_data
+from components.sft import sft
 from sherlock.config import ConfigError, GPUPlacement, add_config_arguments, config_from_args, help_field
 
 S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")

@@ -53,7 +53,7 @@ def model_name(recipe: str) -> str:
 def embedded_arguments(workdir: Path, quick: bool, recipe: str = "sherlock") -> dict:
     """Pipeline arguments of the embedded default (``quick``: the reduced configuration)."""
 
-    from components import CPU_IMAGE
+    from components.images import CPU_IMAGE
     from pipelines.common import settings_parameter
     from sherlock.serving.deploy import DeployConfig
     from sherlock.stages.registry import preset

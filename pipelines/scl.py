@@ -10,7 +10,8 @@ from pathlib import Path
 
 from kfp import dsl
 
-from components import scl_pairs, train_preferences
+from components.scl_pairs import scl_pairs
+from components.train_preferences import train_preferences
 from pipelines.common import (
     ClusterOptions,
     compile_command,

@@ -12,7 +12,11 @@ from pathlib import Path
 
 from kfp import dsl
 
-from components import build_preferences, online_iteration, sample_rejected, sft, train_preferences
+from components.build_preferences import build_preferences
+from components.online_iteration import online_iteration
+from components.sample_rejected import sample_rejected
+from components.sft import sft
+from components.train_preferences import train_preferences
 from pipelines.common import ClusterOptions, compile_command, evaluate_and_deploy, gpu_step, inputs_and_subsets
 from sherlock.stages.registry import preset
 

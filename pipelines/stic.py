@@ -10,7 +10,10 @@ from pathlib import Path
 
 from kfp import dsl
 
-from components import sft, stic_describe, stic_pairs, train_preferences
+from components.sft import sft
+from components.stic_describe import stic_describe
+from components.stic_pairs import stic_pairs
+from components.train_preferences import train_preferences
 from pipelines.common import (
     ClusterOptions,
     compile_command,

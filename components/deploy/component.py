@@ -10,6 +10,6 @@ def deploy(model_name: str, settings: dict, output_root: str, pipeline_run_id: s
     """Serve ``models:/<model_name>@champion`` as a KServe InferenceService (without a cluster: its manifest)."""
     import json
 
-    from sherlock.pipeline_steps import deploy_step
+    from components.steps import deploy_step
 
     return json.dumps(deploy_step(model_name, settings, output_root, pipeline_run_id))

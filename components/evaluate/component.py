@@ -11,7 +11,7 @@ def evaluate(name: str, model: str, benchmarks: str, prior_data: str, settings: 
              pipeline_run_id: str, metrics: Output[Metrics], report: Output[HTML]) -> str:
     """Direct accuracy, accuracy after each self-correction round and the baselines (blank image, the
     blind prior of ``prior_data``), with a report for the KFP UI."""
-    from sherlock.pipeline_steps import evaluation_report, stage_step
+    from components.steps import evaluation_report, stage_step
 
     output = stage_step("evaluate", f"eval-{name}", settings, output_root, pipeline_run_id, model=model,
                         benchmarks=benchmarks, prior_data=prior_data)

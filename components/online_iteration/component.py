@@ -9,7 +9,7 @@ from components.images import GPU
 def online_iteration(model: str, data: str, iteration: int, settings: dict, output_root: str,
                      pipeline_run_id: str) -> str:
     """Stage III iteration k: label-free pairs from π_{k−1}'s self-consistency, then train π_k."""
-    from sherlock.pipeline_steps import stage_step
+    from components.steps import stage_step
     from sherlock.stages.registry import STAGES
 
     output = stage_step("online", f"online-{iteration}", settings | {"iteration": iteration, "iterations": 1},

@@ -14,7 +14,7 @@ def register_and_gate(checkpoint: str, evaluation: str, model_name: str, metric:
     Returns whether this or an earlier gate of the run (``promoted_before``) moved champion; the
     decision is on the model version's ``gate.decision`` tag and in the ``gate`` metrics.
     """
-    from sherlock.pipeline_steps import register_step
+    from components.steps import register_step
 
     decision = register_step(checkpoint, evaluation, model_name, metric, margin, pipeline_run_id)
     for key in ("challenger_score", "champion_score"):

@@ -11,7 +11,7 @@ from components.images import CPU
 def sample_data(data: str, sizes: str, seed: int, output_root: str,
                 pipeline_run_id: str) -> NamedTuple("Subsets", d_a=str, d_b=str, d_u=str):
     """Stage I data: disjoint seeded subsets D_A, D_B and the unlabeled pool D_U, with a manifest."""
-    from sherlock.pipeline_steps import stage_step
+    from components.steps import stage_step
     from sherlock.stages.registry import STAGES
 
     output = stage_step("sample", "subsets", {"sizes": sizes, "seed": seed, "data_file": "data.jsonl"}, output_root,

@@ -8,7 +8,7 @@ from components.images import GPU
 @dsl.component(**GPU)
 def sample_rejected(model: str, data: str, settings: dict, output_root: str, pipeline_run_id: str) -> str:
     """Stage I: sample Y^l from R0 on D_B; returns the URI of rejected.jsonl."""
-    from sherlock.pipeline_steps import stage_step
+    from components.steps import stage_step
     from sherlock.stages.registry import STAGES
 
     output = stage_step("sample-rejected", "rejected", settings, output_root, pipeline_run_id, model=model, data=data)

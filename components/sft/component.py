@@ -9,7 +9,7 @@ from components.images import GPU
 def sft(name: str, model: str, data: str, rejected: str, settings: dict, output_root: str,
         pipeline_run_id: str) -> str:
     """Stage I: R0 (SFT on D_A) or, with ``rejected`` set, Sherlock-SFT on D_B (Eq. 3)."""
-    from sherlock.pipeline_steps import stage_step
+    from components.steps import stage_step
 
     extra = {"rejected": rejected} if rejected else {}
     return stage_step("sft", name, settings, output_root, pipeline_run_id, model=model, data=data, **extra)

@@ -8,7 +8,7 @@ from components.images import GPU
 @dsl.component(**GPU)
 def stic_describe(model: str, data: str, settings: dict, output_root: str, pipeline_run_id: str) -> str:
     """STIC stage 2 data: the stage-1 model's image descriptions put in front of the SFT questions."""
-    from sherlock.pipeline_steps import stage_step
+    from components.steps import stage_step
 
     return stage_step("stic-describe", "stic-described", settings, output_root, pipeline_run_id, model=model,
                       data=data)

@@ -8,6 +8,6 @@ from components.images import GPU
 @dsl.component(**GPU)
 def stic_pairs(model: str, data: str, settings: dict, output_root: str, pipeline_run_id: str) -> str:
     """STIC stage 1 data: a described clean image preferred over a hallucinated or corrupted-image one."""
-    from sherlock.pipeline_steps import stage_step
+    from components.steps import stage_step
 
     return stage_step("stic-pairs", "stic-pairs", settings, output_root, pipeline_run_id, model=model, data=data)

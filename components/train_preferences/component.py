@@ -12,6 +12,6 @@ def train_preferences(name: str, model: str, data: str, settings: dict, output_r
 
     The SCL and STIC-stage-1 steps are the same stage with DPO settings (static β, an SFT term).
     """
-    from sherlock.pipeline_steps import stage_step
+    from components.steps import stage_step
 
     return stage_step("train-preferences", name, settings, output_root, pipeline_run_id, model=model, data=data)

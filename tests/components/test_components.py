@@ -2,25 +2,45 @@
 and their Python functions run directly (``.python_func``; kfp.local runs of whole pipelines are in
 tests/pipelines)."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
 import components
-from components import readme
+from components import COMPONENTS, component, readme
+from components.prepare_inputs import prepare_inputs
+from components.sample_data import sample_data
 
 ROOT = Path(components.__file__).resolve().parent
 
 
 def test_every_component_has_its_folder_and_an_up_to_date_readme():
     folders = {path.parent.name for path in ROOT.glob("*/component.py")}
-    assert folders == set(readme.NAMES) and len(folders) == 13
+    assert folders == set(COMPONENTS) and len(folders) == 13
     assert readme.main(["--check"]) == 0
     text = readme.readme("sample_rejected")
     assert "sample Y^l from R0 on D_B" in text and "| `settings` | `dict` |" in text and "Returns: `str`." in text
     assert "| `d_a` | `str` |" in readme.readme("sample_data")  # a NamedTuple's outputs are listed
 
 
+def test_components_are_found_by_name_and_a_running_step_needs_no_authoring_dsl():
+    """KFP's executor sets ``_KFP_RUNTIME=true`` and then provides only the run-time part of ``kfp.dsl``
+    (no ``dsl.component``): what a component's body imports must not define components."""
+    assert component("sample_data") is sample_data and set(COMPONENTS) >= {"sft", "deploy"}
+    with pytest.raises(KeyError, match="no component 'sfft'"):
+        component("sfft")
+    code = "import components.steps, kfp.dsl, sys; print(hasattr(kfp.dsl, 'component'))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent,
+                         env=os.environ | {"_KFP_RUNTIME": "true"})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False"  # the run-time DSL indeed lacks it
+
+
 def test_a_readme_that_drifts_from_its_component_fails_the_check(tmp_path, monkeypatch):
-    for name in readme.NAMES:
+    for name in COMPONENTS:
         (tmp_path / name).mkdir()
         (tmp_path / name / "README.md").write_text(readme.readme(name))
     (tmp_path / "deploy" / "README.md").write_text("# deploy\n")
@@ -29,7 +49,7 @@ def test_a_readme_that_drifts_from_its_component_fails_the_check(tmp_path, monke
 
 
 def test_sample_data_runs_as_a_python_function(synthetic_data, tmp_path):
-    d_a, d_b, d_u = components.sample_data.python_func(
+    d_a, d_b, d_u = sample_data.python_func(
         data=str(synthetic_data.image_root), sizes="D_A=4,D_B=4,D_U=4", seed=0, output_root=str(tmp_path),
         pipeline_run_id="run")
     assert [Path(uri).name for uri in (d_a, d_b, d_u)] == ["D_A", "D_B", "D_U"]
@@ -38,7 +58,7 @@ def test_sample_data_runs_as_a_python_function(synthetic_data, tmp_path):
 
 def test_prepare_inputs_passes_given_uris_through(tmp_path):
     given = ("s3://m/base", "s3://d/train", "mmstar=s3://b/MMStar.tsv")
-    assert tuple(components.prepare_inputs.python_func(*given, output_root=str(tmp_path), pipeline_run_id="r",
+    assert tuple(prepare_inputs.python_func(*given, output_root=str(tmp_path), pipeline_run_id="r",
                                                        seed=0)) == given
 
 
@@ -49,7 +69,7 @@ def test_sample_data_runs_under_kfp_local(synthetic_data, tmp_path, monkeypatch)
 
     monkeypatch.setattr(config.LocalExecutionConfig, "instance", None)  # undone after the test
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
-    task = components.sample_data(data=str(synthetic_data.image_root), sizes="D_A=3,D_B=5", seed=2,
+    task = sample_data(data=str(synthetic_data.image_root), sizes="D_A=3,D_B=5", seed=2,
                                   output_root=str(tmp_path / "out"), pipeline_run_id="local")
     assert task.outputs["d_a"] == str(tmp_path / "out/local/subsets/D_A")
     assert len((Path(task.outputs["d_b"]) / "data.jsonl").read_text().splitlines()) == 5

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import CPU_IMAGE, IMAGE
+from components.images import CPU_IMAGE, IMAGE
 from pipelines import scl, sherlock, stic
 from pipelines.common import ClusterOptions
 from sherlock.serving.schema import validate_manifest

@@ -32,7 +32,7 @@ def test_outputs_resolve_under_a_path_or_uri_and_unknown_names_are_refused():
 
 def test_a_data_step_imports_no_model_library():
     """A CPU step (sampling subsets) resolves its config without importing torch, transformers or TRL."""
-    code = ("import sys; import sherlock.pipeline_steps; from sherlock.stages.registry import stage; "
+    code = ("import sys; import components.steps; from sherlock.stages.registry import stage; "
             "stage('sample').config; print(sorted({'torch', 'transformers', 'trl'} & set(sys.modules)))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from components.steps import embedded_inputs, evaluation_table_html, stage_step, step_uri
 from sherlock.config import ConfigError
-from sherlock.pipeline_steps import embedded_inputs, evaluation_table_html, stage_step, step_uri
 from sherlock.stages.registry import STAGES
 
 
