@@ -1,14 +1,17 @@
 """Typed stage configs: dataclass defaults < a YAML file < command-line flags.
 
 Every stage takes one config dataclass. :func:`load_config` builds it from a YAML mapping and
-``key=value`` overrides, rejecting unknown keys and wrong types; :func:`add_config_arguments` and
-:func:`config_from_args` give each field a ``--field-name`` flag on the CLI.
+``key=value`` overrides, rejecting unknown keys and wrong types; a YAML file may start from another
+in its folder (``extends: NAME``, :func:`read_settings`), so a preset repeats no key of its base.
+:func:`add_config_arguments` and :func:`config_from_args` give each field a ``--field-name`` flag
+on the CLI.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -71,14 +74,45 @@ def check_fields(cls, values: dict) -> dict:
     return {name: _coerce(name, value, fields[name]) for name, value in values.items()}
 
 
-def load_config(cls, path: str | Path | None = None, overrides: dict | None = None):
-    """Build ``cls`` from its defaults, the YAML mapping at ``path`` and ``overrides`` (in that order)."""
-    values: dict = {}
-    if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
+EXTENDS = "extends"  # the key of a settings file naming the file of its folder it starts from
+_SETTINGS_NAME = re.compile(r"([a-z][a-z0-9_-]*/)?[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)?")  # [FOLDER/]NAME
+
+
+def read_settings(path: str | Path) -> dict:
+    """The YAML mapping of settings at ``path``.
+
+    ``extends: NAME`` starts it from ``NAME.yaml`` in the same folder, ``extends: FOLDER/NAME`` from
+    one in a sibling folder (that file's settings, then this one's on top; chains allowed): a base
+    preset holds what its variants share. A name that is no such file, a circle of files, or a file
+    that is not a mapping is a :class:`ConfigError`.
+    """
+    chain: list[Path] = []
+    path = Path(path)
+    while True:
+        if path in chain:
+            raise ConfigError(f"settings extend each other in a circle: {' -> '.join(p.name for p in chain + [path])}")
+        chain.append(path)
+        loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path} must hold a mapping of config fields")
-        values.update(loaded)
+        base = loaded.get(EXTENDS)
+        if base is None:
+            break
+        named = isinstance(base, str) and _SETTINGS_NAME.fullmatch(base)
+        folder = path.parent.parent if named and "/" in base else path.parent
+        if not named or not (folder / f"{base}.yaml").is_file():
+            raise ConfigError(f"{path}: {EXTENDS}: {base!r} names no settings file of {folder}")
+        path = folder / f"{base}.yaml"
+    values: dict = {}
+    for file in reversed(chain):
+        values |= {key: value for key, value in yaml.safe_load(file.read_text()).items() if key != EXTENDS}
+    return values
+
+
+def load_config(cls, path: str | Path | None = None, overrides: dict | None = None):
+    """Build ``cls`` from its defaults, the settings file at ``path`` (:func:`read_settings`) and
+    ``overrides`` (in that order)."""
+    values = read_settings(path) if path is not None else {}
     values.update(overrides or {})
     coerced = check_fields(cls, values)
     missing = [f.name for f in dataclasses.fields(cls)

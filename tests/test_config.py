@@ -1,9 +1,10 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sherlock.cli import build_parser
-from sherlock.config import ConfigError, config_from_args, dump_config, load_config
+from sherlock.config import EXTENDS, ConfigError, config_from_args, dump_config, load_config, read_settings
 from sherlock.stages.preference_training import PreferenceTrainingConfig
 from sherlock.stages.preferences import PreferenceDataConfig
 from sherlock.stages.registry import stage
@@ -98,3 +99,41 @@ def test_shipped_presets_load_and_pass_their_checks(preset, monkeypatch):
             getattr(config, check)()
     if preset.parent.name == "released" and preset.stem == "build-preferences":
         assert (config.scheme, config.legacy_uint8_noise) == ("released", True)
+
+
+def test_a_settings_file_extends_another_of_its_folder_or_a_sibling_folder(tmp_path):
+    (tmp_path / "paper").mkdir()
+    (tmp_path / "released").mkdir()
+    (tmp_path / "paper" / "train-preferences.offline.yaml").write_text("alpha: 0.25\nbatch_size: 1\nsc_beta: 0.25\n")
+    (tmp_path / "paper" / "online.yaml").write_text("extends: train-preferences.offline\nbatch_size: 4\n")
+    (tmp_path / "released" / "online.yaml").write_text("extends: paper/online\nsc_beta: 0.025\n")
+    assert read_settings(tmp_path / "released" / "online.yaml") == {"alpha": 0.25, "batch_size": 4, "sc_beta": 0.025}
+    config = load_config(PreferenceTrainingConfig, tmp_path / "released" / "online.yaml", REQUIRED)
+    assert (config.alpha, config.batch_size, config.sc_beta) == (0.25, 4, 0.025)
+    args = build_parser().parse_args(["train-preferences", "--config", str(tmp_path / "paper" / "online.yaml")]
+                                     + [f"--{key}={value}" for key, value in REQUIRED.items()])
+    assert config_from_args(PreferenceTrainingConfig, args).batch_size == 4  # the CLI reads the same chain
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("extends: ../../etc/passwd\n", "names no settings file"),  # never a path out of the configs
+    ("extends: missing\n", "names no settings file"),
+    ("extends: 3\n", "names no settings file"),
+    ("extends: b\n", r"circle: a.yaml -> b.yaml -> a.yaml"),
+])
+def test_a_bad_extends_is_refused_with_its_file(tmp_path, text, message):
+    (tmp_path / "a.yaml").write_text(text)
+    (tmp_path / "b.yaml").write_text("extends: a\n")
+    with pytest.raises(ConfigError, match=message):
+        read_settings(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize("preset", sorted(REPO.glob("configs/*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_no_shipped_preset_repeats_what_its_base_already_sets(preset):
+    own = yaml.safe_load(preset.read_text()) or {}
+    if EXTENDS not in own:
+        return
+    base = own[EXTENDS]
+    inherited = read_settings((preset.parent.parent if "/" in base else preset.parent) / f"{base}.yaml")
+    repeated = {key for key, value in own.items() if key in inherited and inherited[key] == value}
+    assert not repeated, f"{preset} repeats {sorted(repeated)} of {base}"

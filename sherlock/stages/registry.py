@@ -15,9 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from sherlock.config import URI_KINDS, ConfigError, check_fields, uri_fields
+from sherlock.config import URI_KINDS, ConfigError, check_fields, read_settings, uri_fields
 from sherlock.data.llava_cot import DATA_FILE
 from sherlock.data.sampling import MANIFEST
 from sherlock.data.schema import PAIRS_FILE
@@ -93,9 +91,10 @@ def stage(name: str) -> Stage:
 
 
 def preset(name: str, scale: str = "paper", config: type | None = None) -> dict:
-    """The preset ``configs/<scale>/<stage>[.<variant>].yaml`` checked against its stage's config class, or
-    against ``config`` for a preset of another command (``deploy``); see :func:`check_settings`."""
-    values = yaml.safe_load((CONFIGS / scale / f"{name}.yaml").read_text()) or {}
+    """The preset ``configs/<scale>/<stage>[.<variant>].yaml`` (with the preset it ``extends``:
+    :func:`sherlock.config.read_settings`) checked against its stage's config class, or against
+    ``config`` for a preset of another command (``deploy``); see :func:`check_settings`."""
+    values = read_settings(CONFIGS / scale / f"{name}.yaml")
     return check_settings(config or stage(name.split(".")[0]).config, values)
 
 
