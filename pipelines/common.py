@@ -6,18 +6,20 @@ training steps between the sampled subsets and the checkpoints they hand to :fun
 """
 
 import argparse
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
 from kfp import compiler, dsl, kubernetes
 
+from components import component
 from components.deploy import deploy
 from components.evaluate import evaluate
 from components.prepare_inputs import prepare_inputs
 from components.register_and_gate import register_and_gate
 from components.sample_data import sample_data
-from components.sft import sft
 from sherlock.config import ConfigError, GPUPlacement, add_config_arguments, config_from_args, help_field
+from sherlock.stages.registry import stage
 
 S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 POD_LABELS = ("sherlock.dev/s3-client", "sherlock.dev/mlflow-client")
@@ -97,13 +99,19 @@ def inputs_and_subsets(options: ClusterOptions, base_model, train_data, benchmar
     return inputs, {name: subsets.outputs[name.lower()] for name in ("D_A", "D_B", "D_U")}
 
 
-def starting_model(gpu, warm_start: bool, base_model, d_a, sft_r0_settings, common: dict) -> tuple[str, object]:
-    """``(name, URI)`` of the model a sibling recipe starts from: R0 (SFT on D_A) or, without the
-    warm start, the base model itself (one that already follows instructions)."""
-    if not warm_start:
-        return "base", base_model
-    return "r0", gpu(sft(name="r0", model=base_model, data=d_a, rejected="", settings=sft_r0_settings, **common),
-                     "R0 (SFT on D_A)").output
+def component_runner(options: ClusterOptions, gpus, settings: dict, common: dict):
+    """The ``run`` callback of :mod:`sherlock.recipes` in a pipeline: each step a cached GPU task of its stage's
+    component, with the preset's pipeline parameter ``settings[preset]`` as its settings; hands on the
+    task's output."""
+    gpu = gpu_step(options, gpus)
+
+    def run(step: str, preset_name: str, title: str, **inputs):
+        task = component(stage(preset_name.split(".")[0]).component)
+        if "name" in inspect.signature(task.python_func).parameters:
+            inputs["name"] = step
+        return gpu(task(**inputs, settings=settings[preset_name], **common), title).output
+
+    return run
 
 
 def evaluate_and_deploy(checkpoints: list, benchmarks, prior_data, options: ClusterOptions, gpus, evaluate_settings,

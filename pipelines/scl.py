@@ -10,17 +10,15 @@ from pathlib import Path
 
 from kfp import dsl
 
-from components.scl_pairs import scl_pairs
-from components.train_preferences import train_preferences
 from pipelines.common import (
     ClusterOptions,
     compile_command,
+    component_runner,
     evaluate_and_deploy,
-    gpu_step,
     inputs_and_subsets,
-    starting_model,
     warm_start_argument,
 )
+from sherlock import recipes
 from sherlock.stages.registry import preset
 
 PIPELINE_FILE = Path(__file__).with_suffix(".yaml")
@@ -50,17 +48,15 @@ def build_pipeline(warm_start: bool = True, options: ClusterOptions | None = Non
     ):
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         common = {"output_root": output_root, "pipeline_run_id": run_id}
-        gpu = gpu_step(options, gpus)
         inputs, subsets = inputs_and_subsets(options, base_model, train_data, benchmarks, subset_sizes, seed, common)
-        start_name, start = starting_model(gpu, warm_start, inputs.outputs["base_model"], subsets["D_A"],
-                                           sft_r0_settings, common)
-        pairs = gpu(scl_pairs(model=start, data=subsets["D_B"], settings=scl_pairs_settings, **common),
-                    "SCL pairs (two turns on D_B)")
-        trained = gpu(train_preferences(name="scl", model=start, data=pairs.output,
-                                        settings=train_preferences_scl_settings, **common), "SCL DPO training")
-        evaluate_and_deploy([(start_name, start), ("scl", trained.output)], inputs.outputs["benchmarks"],
-                            subsets["D_A"], options, gpus, evaluate_settings, model_name, selection_metric,
-                            promotion_margin, deploy_settings, run_id, common)
+        run = component_runner(options, gpus, {
+            "sft.r0": sft_r0_settings, "scl-pairs": scl_pairs_settings,
+            "train-preferences.scl": train_preferences_scl_settings}, common)
+        start_name, start = recipes.starting_model(run, warm_start, inputs.outputs["base_model"], subsets["D_A"])
+        checkpoints = {start_name: start} | recipes.scl(run, start, subsets["D_B"])
+        evaluate_and_deploy(list(checkpoints.items()), inputs.outputs["benchmarks"], subsets["D_A"], options, gpus,
+                            evaluate_settings, model_name, selection_metric, promotion_margin, deploy_settings, run_id,
+                            common)
 
     return scl
 

@@ -12,12 +12,8 @@ from pathlib import Path
 
 from kfp import dsl
 
-from components.build_preferences import build_preferences
-from components.online_iteration import online_iteration
-from components.sample_rejected import sample_rejected
-from components.sft import sft
-from components.train_preferences import train_preferences
-from pipelines.common import ClusterOptions, compile_command, evaluate_and_deploy, gpu_step, inputs_and_subsets
+from pipelines.common import ClusterOptions, compile_command, component_runner, evaluate_and_deploy, inputs_and_subsets
+from sherlock import recipes
 from sherlock.stages.registry import preset
 
 PIPELINE_FILE = Path(__file__).with_suffix(".yaml")
@@ -50,30 +46,17 @@ def build_pipeline(online_iterations: int = 2, options: ClusterOptions | None = 
     ):
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         common = {"output_root": output_root, "pipeline_run_id": run_id}
-        gpu = gpu_step(options, gpus)
         inputs, subsets = inputs_and_subsets(options, base_model, train_data, benchmarks, subset_sizes, seed, common)
-        base = inputs.outputs["base_model"]
-        d_a, d_b, d_u = (subsets[name] for name in ("D_A", "D_B", "D_U"))
-        r0 = gpu(sft(name="r0", model=base, data=d_a, rejected="", settings=sft_r0_settings, **common),
-                 "R0 (SFT on D_A)")
-        rejected = gpu(sample_rejected(model=r0.output, data=d_b, settings=sample_rejected_settings, **common),
-                       "sample Y^l (R0 on D_B)")
-        sherlock_sft = gpu(sft(name="sherlock-sft", model=base, data=d_b, rejected=rejected.output,
-                               settings=sft_sherlock_settings, **common), "Sherlock-SFT")
-        pairs = gpu(build_preferences(model=sherlock_sft.output, data=d_a, settings=build_preferences_settings,
-                                      **common), "offline preference pairs")
-        offline = gpu(train_preferences(name="sherlock-offline", model=sherlock_sft.output, data=pairs.output,
-                                        settings=train_preferences_offline_settings, **common),
-                      "Sherlock offline training")
-        checkpoints = [("sherlock-sft", sherlock_sft.output), ("offline", offline.output)]
-        model = offline
-        for k in range(1, online_iterations + 1):
-            model = gpu(online_iteration(model=model.output, data=d_u, iteration=k, settings=online_settings,
-                                         **common),
-                        f"online iteration {k}")
-            checkpoints.append((f"online-{k}", model.output))
-        evaluate_and_deploy(checkpoints, inputs.outputs["benchmarks"], d_a, options, gpus, evaluate_settings,
-                            model_name, selection_metric, promotion_margin, deploy_settings, run_id, common)
+        run = component_runner(options, gpus, {
+            "sft.r0": sft_r0_settings, "sample-rejected": sample_rejected_settings,
+            "sft.sherlock": sft_sherlock_settings, "build-preferences": build_preferences_settings,
+            "train-preferences.offline": train_preferences_offline_settings, "online": online_settings}, common)
+        checkpoints = recipes.sherlock(run, inputs.outputs["base_model"], subsets["D_A"], subsets["D_B"],
+                                       subsets["D_U"], online_iterations)
+        del checkpoints["r0"]  # no candidate for the champion: a vanilla-SFT model cannot correct itself
+        evaluate_and_deploy(list(checkpoints.items()), inputs.outputs["benchmarks"], subsets["D_A"], options, gpus,
+                            evaluate_settings, model_name, selection_metric, promotion_margin, deploy_settings, run_id,
+                            common)
 
     return sherlock
 

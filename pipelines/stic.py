@@ -10,19 +10,15 @@ from pathlib import Path
 
 from kfp import dsl
 
-from components.sft import sft
-from components.stic_describe import stic_describe
-from components.stic_pairs import stic_pairs
-from components.train_preferences import train_preferences
 from pipelines.common import (
     ClusterOptions,
     compile_command,
+    component_runner,
     evaluate_and_deploy,
-    gpu_step,
     inputs_and_subsets,
-    starting_model,
     warm_start_argument,
 )
+from sherlock import recipes
 from sherlock.stages.registry import preset
 
 PIPELINE_FILE = Path(__file__).with_suffix(".yaml")
@@ -54,22 +50,16 @@ def build_pipeline(warm_start: bool = True, options: ClusterOptions | None = Non
     ):
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         common = {"output_root": output_root, "pipeline_run_id": run_id}
-        gpu = gpu_step(options, gpus)
         inputs, subsets = inputs_and_subsets(options, base_model, train_data, benchmarks, subset_sizes, seed, common)
-        start_name, start = starting_model(gpu, warm_start, inputs.outputs["base_model"], subsets["D_A"],
-                                           sft_r0_settings, common)
-        pairs = gpu(stic_pairs(model=start, data=subsets["D_U"], settings=stic_pairs_settings, **common),
-                    "STIC stage 1 pairs (unlabeled D_U)")
-        stage1 = gpu(train_preferences(name="stic-stage1", model=start, data=pairs.output,
-                                       settings=train_preferences_stic_settings, **common),
-                     "STIC stage 1 (DPO + regulariser)")
-        described = gpu(stic_describe(model=stage1.output, data=subsets["D_A"], settings=stic_describe_settings,
-                                      **common), "STIC stage 2 data (described D_A subset)")
-        stage2 = gpu(sft(name="stic-stage2", model=stage1.output, data=described.output, rejected="",
-                         settings=sft_stic_settings, **common), "STIC stage 2 (description-infused SFT)")
-        evaluate_and_deploy([(start_name, start), ("stic-stage1", stage1.output), ("stic", stage2.output)],
-                            inputs.outputs["benchmarks"], subsets["D_A"], options, gpus, evaluate_settings, model_name,
-                            selection_metric, promotion_margin, deploy_settings, run_id, common)
+        run = component_runner(options, gpus, {
+            "sft.r0": sft_r0_settings, "stic-pairs": stic_pairs_settings,
+            "train-preferences.stic": train_preferences_stic_settings, "stic-describe": stic_describe_settings,
+            "sft.stic": sft_stic_settings}, common)
+        start_name, start = recipes.starting_model(run, warm_start, inputs.outputs["base_model"], subsets["D_A"])
+        checkpoints = {start_name: start} | recipes.stic(run, start, subsets["D_A"], subsets["D_U"])
+        evaluate_and_deploy(list(checkpoints.items()), inputs.outputs["benchmarks"], subsets["D_A"], options, gpus,
+                            evaluate_settings, model_name, selection_metric, promotion_margin, deploy_settings, run_id,
+                            common)
 
     return stic
 

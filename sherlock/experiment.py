@@ -8,7 +8,9 @@ D_A ∪ D_B at the same optimizer steps, paper Table 4) → offline pairs on D_A
 (+ the static-β and w/o-L_SC ablations) → online iteration 1 on D_U. The sibling recipes start
 from the same R0 with the embedded pipeline's settings (``configs/embedded``): SCL (two-turn pairs
 on D_B → DPO + SFT term) and STIC (description pairs on D_U → stage 1 → descriptions of a D_A
-subset → stage 2). R0 is diagnosed on a validation split (the gate of the base model); every
+subset → stage 2). The recipes' steps are the pipelines' own wiring (:mod:`sherlock.recipes`), run
+here as stage functions with the experiment's settings; the control, the ablations and the gate
+are the experiment's additions. R0 is diagnosed on a validation split (the gate of the base model); every
 checkpoint is evaluated on one held-out set with the paper's protocol (sampled direct answer,
 greedy correction rounds) beside its baselines (greedy direct, blank image, blind prior of D_A).
 """
@@ -19,9 +21,11 @@ import dataclasses
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sherlock import recipes
 from sherlock.config import help_field, load_config
 from sherlock.data.llava_cot import load_data, load_llava_cot
 from sherlock.data.sampling import sample_to_dir, write_subsets
@@ -32,14 +36,9 @@ from sherlock.models import embedded_base
 from sherlock.models.loading import require_checkpoint
 from sherlock.stages.diagnose import DiagnoseConfig, run_diagnose
 from sherlock.stages.evaluate import PREDICTIONS_FILE, EvaluationConfig, run_evaluation
-from sherlock.stages.online import PAIRS_DIR, OnlineConfig, run_online_iteration
 from sherlock.stages.preference_training import PreferenceTrainingConfig, run_train_preferences
-from sherlock.stages.preferences import PreferenceDataConfig, run_build_preferences
-from sherlock.stages.registry import STAGES, preset
-from sherlock.stages.rejected import SampleRejectedConfig, run_sample_rejected
-from sherlock.stages.scl import SCLPairsConfig, run_scl_pairs
+from sherlock.stages.registry import STAGES, preset, stage
 from sherlock.stages.sft import SFTStageConfig, run_sft
-from sherlock.stages.stic import STICDescribeConfig, STICPairsConfig, run_stic_describe, run_stic_pairs
 
 EVAL_SEED = 1_000_003  # one held-out set for every seed
 VALIDATION_SEED = 3_000_017  # one validation set: settings and the base-model gate are chosen on it
@@ -60,6 +59,7 @@ class ExperimentConfig:
     seeds: str = help_field("0,1,2", "comma-separated seeds (one data set and training run each)")
     subset_size: int = help_field(1000, "|D_A| = |D_B| (chosen on the validation split, docs/results.md)")
     pool_size: int = help_field(500, "|D_U|, unlabeled")
+    online: bool = help_field(True, "run online iteration 1 (Stage III) from Sherlock offline")
     online_pairs: int = help_field(150, "pairs of the online iteration")
     eval_items: int = help_field(500, "held-out items (one set for every seed)")
     validation_items: int = help_field(500, "validation items: R0's gate")
@@ -148,47 +148,45 @@ def item_hits(predictions: Path) -> dict[str, str]:
             "sc": "".join(str(int(r["correct"][-1])) for r in rows)}
 
 
-def embedded(cls, name: str, **fields):
-    """Stage config ``cls`` from the embedded preset ``name`` (``configs/embedded/<name>.yaml``) with ``fields`` set."""
-    return load_config(cls, overrides=preset(name, "embedded") | fields)
+def stage_runner(root: Path, timed, settings: Callable[[str], dict]):
+    """The ``run`` callback of :mod:`sherlock.recipes` for the experiment: each step its stage function on
+    ``settings(preset)``, its inputs and the output ``root/<step>``, timed and resumable (:func:`timer`);
+    hands on a path (:meth:`Stage.handed_on`)."""
+    def run(step: str, preset_name: str, title: str, **inputs) -> Path:
+        record = stage(preset_name.split(".")[0])
+        fields = {key: str(value) if isinstance(value, Path) else value for key, value in inputs.items()}
+        output = root / step
+        timed(title, record.run, load_config(record.config, overrides=settings(preset_name) | fields
+                                             | {"output": str(output)}))
+        return Path(record.handed_on(output, **fields))
+
+    return run
 
 
-def run_scl(root: Path, seed: int, timed) -> dict[str, Path]:
-    """SCL from the seed's R0: two-turn pairs on D_B, then DPO + SFT term (LoRA)."""
-    r0, subsets = str(root / "r0"), root / "subsets"
-    pairs = timed("SCL pairs", run_scl_pairs, embedded(SCLPairsConfig, "scl-pairs", model=r0,
-                                                       data=str(subsets / "D_B"), output=str(root / "scl_pairs"),
-                                                       seed=seed))
-    trained = timed("SCL", run_train_preferences, embedded(PreferenceTrainingConfig, "train-preferences.scl", model=r0,
-                                                           data=str(pairs.parent), output=str(root / "scl"),
-                                                           seed=seed))
-    return {"SCL": trained}
+def embedded_settings(seed: int) -> Callable[[str], dict]:
+    """The sibling recipes' settings: the embedded pipeline's presets (``configs/embedded``) with the seed."""
+    return lambda name: preset(name, "embedded") | {"seed": seed}
 
 
-def run_stic(root: Path, seed: int, timed) -> dict[str, Path]:
-    """STIC from the seed's R0: description pairs on D_U → stage 1 → a described D_A subset → stage 2."""
-    r0, subsets = str(root / "r0"), root / "subsets"
-    pairs = timed("STIC pairs", run_stic_pairs, embedded(STICPairsConfig, "stic-pairs", model=r0,
-                                                         data=str(subsets / "D_U"), output=str(root / "stic_pairs"),
-                                                         seed=seed))
-    stage1 = timed("STIC stage 1", run_train_preferences, embedded(
-        PreferenceTrainingConfig, "train-preferences.stic", model=r0, data=str(pairs.parent),
-        output=str(root / "stic_stage1"), seed=seed))
-    described = timed("STIC descriptions", run_stic_describe, embedded(
-        STICDescribeConfig, "stic-describe", model=str(stage1), data=str(subsets / "D_A"),
-        output=str(root / "stic_described"), seed=seed))
-    stage2 = timed("STIC stage 2", run_sft, embedded(SFTStageConfig, "sft.stic", model=str(stage1),
-                                                     data=str(described), output=str(root / "stic"), seed=seed))
-    return {"STIC stage 1": stage1, "STIC": stage2}
+def run_scl(run, root: Path, subsets: dict[str, str]) -> dict[str, Path]:
+    """SCL from the seed's R0 (:func:`sherlock.recipes.scl`)."""
+    return recipes.scl(run, root / "r0", subsets["D_B"])
 
 
-def describe_and_respond(root: Path, seed: int, timed) -> dict[str, Path]:
+def run_stic(run, root: Path, subsets: dict[str, str]) -> dict[str, Path]:
+    """STIC from the seed's R0 (:func:`sherlock.recipes.stic`)."""
+    return recipes.stic(run, root / "r0", subsets["D_A"], subsets["D_U"])
+
+
+def describe_and_respond(run, root: Path, subsets: dict[str, str]) -> dict[str, Path]:
     """The STIC model (after the stic recipe) and its starting R0, for evaluation with DaR prompting."""
-    return {"R0 + DaR": root / "r0", "STIC + DaR": root / "stic"}
+    return {"R0 + DaR": root / "r0", "STIC + DaR": root / "stic-stage2"}
 
 
-# recipe -> (checkpoints, extra evaluation settings); dar needs stic's model
+# recipe -> (checkpoints by step, extra evaluation settings); dar needs stic's model
 RECIPES = {"scl": (run_scl, {}), "stic": (run_stic, {}), "dar": (describe_and_respond, {"describe_first": True})}
+LABELS = {"r0": "R0", "sherlock-sft": "Sherlock-SFT", "offline": "Sherlock offline", "online-1": "online iter 1",
+          "scl": "SCL", "stic-stage1": "STIC stage 1", "stic": "STIC"}  # a recipe's checkpoint -> its row here
 
 
 def run_recipes(config: ExperimentConfig, seed: int, summary: dict) -> dict:
@@ -200,7 +198,10 @@ def run_recipes(config: ExperimentConfig, seed: int, summary: dict) -> dict:
         timings: dict[str, float] = {}
         timed = timer(timings)
         train, evaluation = RECIPES[recipe]
-        summary["checkpoints"] |= evaluate_all(config, seed, train(root, seed, timed), timed, **evaluation)
+        subsets = {name: str(root / "subsets" / name) for name in ("D_A", "D_B", "D_U")}
+        models = train(stage_runner(root, timed, embedded_settings(seed)), root, subsets)
+        summary["checkpoints"] |= evaluate_all(config, seed, {LABELS.get(k, k): v for k, v in models.items()}, timed,
+                                               **evaluation)
         summary["seconds"] |= timings
         (root / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -237,41 +238,38 @@ def run_seed(config: ExperimentConfig, seed: int) -> dict:
     # checkpoints every 200 steps: an interrupted SFT stage resumes inside the stage, not from its start
     sft = dict(learning_rate=config.sft_learning_rate, epochs=config.sft_epochs, seed=seed, logging_steps=50,
                save_steps=200)
-    r0 = timed("R0", run_sft, SFTStageConfig(model=base, data=subsets["D_A"], output=str(root / "r0"), **sft))
+    preference = dict(learning_rate=config.preference_learning_rate, epochs=config.preference_epochs,
+                      batch_size=config.preference_batch_size, alpha=config.alpha, sc_beta=config.sc_beta,
+                      dpo_beta=config.dpo_beta, seed=seed, logging_steps=10,
+                      reference_cache=str(root / "reference_cache"))
+    settings = {"sft.r0": sft, "sft.sherlock": sft, "sample-rejected": sampling, "build-preferences": sampling,
+                "train-preferences.offline": preference,
+                "online": preference | sampling | {"num_pairs": config.online_pairs, "reference_cache": None,
+                                                   "learning_rate": config.online_learning_rate}}
+    chain = recipes.sherlock(stage_runner(root, timed, settings.__getitem__), base, subsets["D_A"], subsets["D_B"],
+                             subsets["D_U"], online_iterations=int(config.online))
     gate = timed("diagnose R0 (validation)", run_diagnose, DiagnoseConfig(
-        model=str(r0), data=str(Path(config.workdir) / "validation"), output=str(root / "validation_r0"),
+        model=str(chain["r0"]), data=str(Path(config.workdir) / "validation"), output=str(root / "validation_r0"),
         prior_data=subsets["D_A"], correction_rounds=1, **sampling))
-    rejected = timed("sample Y^l", run_sample_rejected, SampleRejectedConfig(
-        model=str(r0), data=subsets["D_B"], output=str(root / "rejected"), **sampling))
-    sherlock_sft = timed("Sherlock-SFT", run_sft, SFTStageConfig(
-        model=base, data=subsets["D_B"], rejected=str(rejected), output=str(root / "sherlock_sft"), **sft))
     control = timed("SFT control", run_sft, SFTStageConfig(
         model=base, data=str(union), output=str(root / "sft_control"), **sft))  # same sequences per epoch
-    pairs = timed("offline pairs", run_build_preferences, PreferenceDataConfig(
-        model=str(sherlock_sft), data=subsets["D_A"], output=str(root / "pairs"), **sampling))
-
-    preference = dict(model=str(sherlock_sft), data=str(pairs.parent), learning_rate=config.preference_learning_rate,
-                      epochs=config.preference_epochs, batch_size=config.preference_batch_size, alpha=config.alpha,
-                      sc_beta=config.sc_beta, dpo_beta=config.dpo_beta, seed=seed, logging_steps=10,
-                      reference_cache=str(root / "reference_cache"))
-    variants = {"Sherlock offline": {}, "offline, w/o L_SC": {"use_sc": False}} | (
+    models = {LABELS[name]: model for name, model in chain.items()}
+    models["SFT control (D_A ∪ D_B)"] = control
+    ablations = {"offline, w/o L_SC": {"use_sc": False}} | (
         {"offline, static β": {"dynamic_beta": False}} if config.static_beta_ablation else {})
-    models = {"R0": r0, "SFT control (D_A ∪ D_B)": control, "Sherlock-SFT": sherlock_sft}
-    for name, switches in variants.items():
-        output = root / _slug(name)
-        models[name] = timed(name, run_train_preferences,
-                             PreferenceTrainingConfig(**preference | switches, output=str(output)))
-    online = OnlineConfig(**preference | sampling | {
-        "model": str(models["Sherlock offline"]), "data": subsets["D_U"], "output": str(root / "online_iter_1"),
-        "num_pairs": config.online_pairs, "learning_rate": config.online_learning_rate, "reference_cache": None})
-    models["online iter 1"] = timed("online iter 1", run_online_iteration, online)
+    for name, switches in ablations.items():  # the offline step's data and reference cache, one switch changed
+        models[name] = timed(name, run_train_preferences, PreferenceTrainingConfig(
+            **preference | switches, model=str(chain["sherlock-sft"]), data=str(root / "preferences"),
+            output=str(root / _slug(name))))
 
     results = evaluate_all(config, seed, models, timed)
     summary = {"seed": seed, "checkpoints": results, "seconds": timings,
                "r0_validation": gate, "gate": base_gate(gate),
                "rejected": _read(STAGES["sample-rejected"].output(root / "rejected", "stats")),
-               "online_pairs": _read(STAGES["build-preferences"].output(root / "online_iter_1" / PAIRS_DIR, "stats")),
-               "offline_pairs": _read(STAGES["build-preferences"].output(root / "pairs", "stats"))}
+               "offline_pairs": _read(STAGES["build-preferences"].output(root / "preferences", "stats"))}
+    if config.online:
+        summary["online_pairs"] = _read(STAGES["build-preferences"].output(
+            STAGES["online"].output(root / "online-1", "pairs", iteration=1), "stats"))
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

@@ -82,3 +82,32 @@ def test_checkpoint_comparisons_are_paired_per_seed_and_pooled():
     assert row["per_seed"] == {"0": 25.0, "1": 25.0} and row["pooled"]["difference"] == 25.0
     assert (row["pooled"]["fixed"], row["pooled"]["broken"]) == (2, 0)
     assert "| Sherlock-SFT − R0 | direct | +25.0, +25.0 | +25.0 [" in comparisons_table([row])
+
+
+def test_one_seed_runs_the_pipelines_wiring_then_its_own_steps_and_resumes(tmp_path, monkeypatch):
+    """A real seed at toy sizes (the committed base, 8 items, one step per stage): the Sherlock chain of
+    :mod:`sherlock.recipes` in its step folders, the control, the w/o-L_SC ablation, the gate, the
+    summary and tables; a second call reuses the finished seed. The online iteration is left out: at
+    this size no item's answers agree, so it has no pairs (tests/stages runs that stage with a judge
+    that always agrees)."""
+    import json
+
+    from sherlock import experiment
+
+    config = ExperimentConfig(workdir=str(tmp_path), seeds="0", subset_size=8, pool_size=8, online=False,
+                              eval_items=8, validation_items=8, sft_epochs=1.0,
+                              correction_rounds=1, max_new_tokens=24, generation_batch_size=16, recipes="sherlock")
+    experiment.run_experiment(config)
+    root = tmp_path / "seed_0"
+    for step in ("r0", "rejected/rejected.jsonl", "sherlock-sft", "preferences/pairs.jsonl", "sherlock-offline",
+                 "sft_control", "offline_wo_L_SC", "validation_r0/diagnostics.json"):
+        assert (root / step).exists(), step
+    summary = json.loads((root / "summary.json").read_text())
+    assert set(summary["checkpoints"]) == set(experiment.SHERLOCK_CHECKPOINTS) - {"offline, static β", "online iter 1"}
+    assert {"R0 (SFT on D_A)", "Sherlock-SFT", "Sherlock offline training", "SFT control"} <= set(summary["seconds"])
+    assert summary["offline_pairs"]["num_pairs"] >= 1 and "online_pairs" not in summary
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["checkpoints"]["Sherlock offline"]["seeds"]["0"]["sc_rounds"].__len__() == 1
+
+    monkeypatch.setattr(experiment, "run_seed", lambda *args: pytest.fail("a finished seed ran again"))
+    experiment.run_experiment(config)

@@ -14,4 +14,4 @@ def online_iteration(model: str, data: str, iteration: int, settings: dict, outp
 
     output = stage_step("online", f"online-{iteration}", settings | {"iteration": iteration, "iterations": 1},
                         output_root, pipeline_run_id, model=model, data=data)
-    return STAGES["online"].output(output, "model", iteration=iteration)
+    return STAGES["online"].handed_on(output, iteration=iteration)

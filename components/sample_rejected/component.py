@@ -12,4 +12,4 @@ def sample_rejected(model: str, data: str, settings: dict, output_root: str, pip
     from sherlock.stages.registry import STAGES
 
     output = stage_step("sample-rejected", "rejected", settings, output_root, pipeline_run_id, model=model, data=data)
-    return STAGES["sample-rejected"].output(output, "rejected")
+    return STAGES["sample-rejected"].handed_on(output)

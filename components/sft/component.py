@@ -6,8 +6,8 @@ from components.images import GPU
 
 
 @dsl.component(**GPU)
-def sft(name: str, model: str, data: str, rejected: str, settings: dict, output_root: str,
-        pipeline_run_id: str) -> str:
+def sft(name: str, model: str, data: str, settings: dict, output_root: str, pipeline_run_id: str,
+        rejected: str = "") -> str:
     """Stage I: R0 (SFT on D_A) or, with ``rejected`` set, Sherlock-SFT on D_B (Eq. 3)."""
     from components.steps import stage_step
 

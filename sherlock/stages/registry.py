@@ -29,6 +29,13 @@ class Stage:
     run_name: str
     help: str
     outputs: Mapping[str, str] = field(default_factory=dict)  # name -> path under the output ({config field})
+    hands_on: str | None = None  # the output later steps read (None: the output directory itself)
+    component_name: str | None = None  # its Kubeflow component, where not the name with "-" written "_"
+
+    @property
+    def component(self) -> str:
+        """The name of the stage's Kubeflow component (``components/<component>/``)."""
+        return self.component_name or self.name.replace("-", "_")
 
     @property
     def config(self) -> type:
@@ -46,6 +53,10 @@ class Stage:
             raise KeyError(f"stage {self.name} has no output {name!r}; it writes {sorted(self.outputs)}")
         return f"{str(root).rstrip('/')}/{self.outputs[name].format(**fields)}"
 
+    def handed_on(self, root: str, **fields) -> str:
+        """What the stage run under ``root`` hands to later steps: :attr:`hands_on` or ``root`` itself."""
+        return self.output(root, self.hands_on, **fields) if self.hands_on else str(root).rstrip("/")
+
 
 _STAGES = (
     Stage("pretrain-perception", "perception", "PerceptionConfig", "run_pretrain_perception",
@@ -53,16 +64,18 @@ _STAGES = (
           {"model": "model", "perception": "perception.json"}),
     Stage("sample", "sample", "SampleConfig", "run_sample",
           "Stage I data: disjoint seeded subsets D_A, D_B with a manifest",
-          {"D_A": "D_A", "D_B": "D_B", "D_U": "D_U", "manifest": MANIFEST}),
+          {"D_A": "D_A", "D_B": "D_B", "D_U": "D_U", "manifest": MANIFEST}, component_name="sample_data"),
     Stage("sft", "sft", "SFTStageConfig", "run_sft", "Stage I: vanilla SFT (R0), or Sherlock-SFT with --rejected"),
     Stage("sample-rejected", "rejected", "SampleRejectedConfig", "run_sample_rejected",
-          "Stage I: sample Y^l from R0 for D_B", {"rejected": "rejected.jsonl", "stats": "stats.json"}),
+          "Stage I: sample Y^l from R0 for D_B", {"rejected": "rejected.jsonl", "stats": "stats.json"},
+          hands_on="rejected"),
     Stage("build-preferences", "preferences", "PreferenceDataConfig", "run_build_preferences",
           "Stage II data: truncation + visual perturbation pairs", {"pairs": PAIRS_FILE, "stats": "stats.json"}),
     Stage("train-preferences", "preference_training", "PreferenceTrainingConfig", "run_train_preferences",
           "Stage II/III: L_SC + α·L_DPO with dynamic β"),
     Stage("online", "online", "OnlineConfig", "run_online", "Stage III: K label-free self-improvement iterations",
-          {"model": "iter_{iteration}/model", "pairs": "iter_{iteration}/pairs"}),
+          {"model": "iter_{iteration}/model", "pairs": "iter_{iteration}/pairs"}, hands_on="model",
+          component_name="online_iteration"),
     Stage("evaluate", "evaluate", "EvaluationConfig", "run_evaluation",
           "direct and self-correction accuracy per benchmark",
           {"metrics": "metrics.json", "table": "results.md", "plot": "accuracy_by_round.png",
