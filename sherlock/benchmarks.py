@@ -1,8 +1,15 @@
 """Benchmark adapters: VLMEvalKit's TSV files and LLaVA-CoT-style jsonl data, with rule-based scoring.
 
-VLMEvalKit distributes each benchmark as one TSV with a base64 ``image`` column (MMBench_TEST_EN_V11,
-MMStar, AI2D_TEST_NO_MASK, HallusionBench, MMMU_DEV_VAL, MathVista_MINI, MME, MMVet). The scores
-here are rule-based: option letters, yes/no, numbers with the benchmark's precision. Where the
+VLMEvalKit distributes each benchmark as one TSV with a base64 ``image`` column (MMBench_DEV_EN_V11,
+MMStar, AI2D_TEST_NO_MASK, HallusionBench, MMMU_DEV_VAL, MathVista_MINI, MME, MMVet). Read as
+VLMEvalKit reads them: an ``image`` cell of at most 64 characters names the row whose image it
+repeats, a cell may hold a list of images, options come from the letter columns or an ``options``
+list. A row that cannot become a question (an image that does not decode, a reference to no image,
+no gold answer) is quarantined with its line and reason; past a bad fraction the file is refused.
+
+The scores are rule-based (option letters, yes/no, numbers with the benchmark's precision) with each
+benchmark's official aggregation: MMBench circular (a question counts only when every rotation is
+right), HallusionBench aAcc/fAcc/qAcc, MME acc + acc+ per subtask, MMMU per split. Where the
 official metric needs a judge model (MM-Vet's GPT grader, MathVista's GPT answer extraction) the
 result says so: MM-Vet gets no score, MathVista's is marked as rule-extracted.
 """
@@ -11,31 +18,45 @@ from __future__ import annotations
 
 import ast
 import base64
+import binascii
 import csv
+import dataclasses
 import hashlib
 import io
 import math
 import re
 import sys
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from sherlock.data.llava_cot import load_data
-from sherlock.data.schema import open_image
+from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, DataQualityError, load_data
+from sherlock.data.schema import open_image, write_jsonl
 from sherlock.reasoning import conclusion_text, extract_answer, is_correct, normalise_number
 
 OPTION_LETTERS = "ABCDEFGHI"
 MCQ_INSTRUCTION = "Please select the correct answer from the options above."
 MME_CATEGORIES_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 MME_SCALE = 28  # the paper's average divides MME (max 2800) by 28
+IMAGE_REFERENCE_LENGTH = 64  # VLMEvalKit: an image cell this short is the index of the row whose image it repeats
+CIRCULAR_OFFSET = 1_000_000  # MMBench: row index + k·10⁶ is rotation k of question ``index``
+
+
+class BadRow(ValueError):
+    """A benchmark row that cannot become a question (quarantined with its reason)."""
 
 
 @dataclass(frozen=True)
 class BenchmarkItem:
-    """One question: the full prompt text, its image, the gold answer and how to compare it."""
+    """One question: the full prompt text, its image, the gold answer and how to compare it.
+
+    ``groups`` name the items scored together by the benchmark's metric: ``image`` (MME's two
+    questions of an image), ``circular`` (MMBench's rotations of a question), ``figure`` and
+    ``question`` (HallusionBench's fAcc and qAcc), ``split`` (MMMU's dev and validation).
+    """
 
     id: str
     prompt: str
@@ -43,80 +64,182 @@ class BenchmarkItem:
     answer: str
     answer_type: str  # choice, number, text, yesno
     category: str | None = None
-    group: str | None = None  # items scored together (MME: the two questions of an image)
+    groups: Mapping[str, str] = field(default_factory=dict)
     precision: int | None = None
     reference: str | None = None  # the gold 4-stage response, where the data holds one (LLaVA-CoT jsonl)
 
 
-def _decode_image(value: str) -> Image.Image:
-    if value.startswith("["):  # MMMU rows may hold a list of images; the first is the question's
-        value = ast.literal_eval(value)[0]
-    with Image.open(io.BytesIO(base64.b64decode(value))) as image:
-        return image.convert("RGB")
+def _decode_images(value: str) -> list[Image.Image]:
+    """The images of an ``image`` cell: one base64 string, or a Python list of them (MMMU)."""
+    cells = [value]
+    if value.startswith("["):
+        try:
+            cells = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise BadRow("image cell starts with '[' but is not a list of base64 strings") from None
+        if not cells or not all(isinstance(cell, str) for cell in cells):
+            raise BadRow("image cell is an empty list or holds something other than base64 strings")
+    images = []
+    for number, cell in enumerate(cells, 1):
+        try:
+            data = base64.b64decode(cell, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRow(f"image {number} is not base64") from None
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                images.append(image.convert("RGB"))  # decodes every pixel: a truncated file fails here
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+            raise BadRow(f"image {number} does not decode ({type(error).__name__}: {error})") from None
+    return images
 
 
-def read_tsv(path: str | Path) -> list[dict]:
+def _first_image(row: dict) -> Image.Image:
+    """The question's image (the first of a multi-image question: the model takes one image per prompt)."""
+    return _decode_images(row["image"])[0]
+
+
+def read_tsv(path: str | Path) -> list[tuple[int, dict]]:
+    """``(line, row)`` of every data row, with VLMEvalKit's image references resolved.
+
+    An ``image`` cell of at most :data:`IMAGE_REFERENCE_LENGTH` characters is the index of the row
+    whose image it repeats ("for saving space"); the row gets that image and ``image_of`` = the index.
+    A reference to a missing row or to another reference is left in place: the row is then
+    quarantined when it becomes an item.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"benchmark file not found: {path}")
     csv.field_size_limit(sys.maxsize)
-    with open(path, encoding="utf-8", newline="") as source:
-        rows = list(csv.DictReader(source, delimiter="\t"))
+    rows = []
+    try:
+        with open(path, encoding="utf-8", newline="") as source:
+            reader = csv.DictReader(source, delimiter="\t")
+            for row in reader:
+                rows.append((reader.line_num, row))
+            columns = set(reader.fieldnames or ())
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text ({error})") from None
     if not rows:
         raise ValueError(f"{path} holds no rows")
-    missing = {"index", "question", "answer", "image"} - set(rows[0])
+    if "answer" not in columns and {"index", "question", "image"} <= columns:
+        raise ValueError(f"{path} has no 'answer' column: it is a test split whose answers are not public "
+                         "(e.g. MMBench_TEST_EN_V11); evaluate on the split that has them (MMBench_DEV_EN_V11.tsv)")
+    missing = {"index", "question", "answer", "image"} - columns
     if missing:
         raise ValueError(f"{path} is not a VLMEvalKit TSV: missing column(s) {sorted(missing)}")
-    return rows
+    images = {str(row["index"]): row["image"] or "" for _, row in rows}
+    resolved = []
+    for line, row in rows:
+        cell = row["image"] or ""
+        target = images.get(cell.strip()) if len(cell) <= IMAGE_REFERENCE_LENGTH else None
+        if target is not None and len(target) > IMAGE_REFERENCE_LENGTH:
+            row = row | {"image": target, "image_of": cell.strip()}
+        resolved.append((line, row))
+    return resolved
 
 
 def _present(value) -> bool:
     return value is not None and str(value).strip() not in ("", "nan", "None")
 
 
-def mcq_prompt(row: dict) -> tuple[str, str]:
-    """VLMEvalKit's multiple-choice prompt (hint, question, lettered options, instruction) and the gold letter."""
+def _options(row: dict) -> dict[str, str]:
+    """Lettered options: the letter columns A–I, or an ``options`` cell holding a Python list (HF MMMU)."""
     options = {letter: row[letter] for letter in OPTION_LETTERS if _present(row.get(letter))}
+    if options or not _present(row.get("options")):
+        return options
+    try:
+        listed = ast.literal_eval(row["options"])
+    except (ValueError, SyntaxError):
+        raise BadRow("options cell is not a Python list") from None
+    if not isinstance(listed, list) or len(listed) > len(OPTION_LETTERS):
+        raise BadRow(f"options cell must list at most {len(OPTION_LETTERS)} options")
+    return {letter: str(text) for letter, text in zip(OPTION_LETTERS, listed)}
+
+
+def _gold(row: dict) -> str:
+    if not _present(row.get("answer")):
+        raise BadRow("no gold answer")
+    return str(row["answer"]).strip()
+
+
+def mcq_prompt(row: dict) -> tuple[str, str]:
+    """VLMEvalKit's multiple-choice prompt (hint, question, lettered options, instruction) and the gold answer."""
+    options = _options(row)
     lines = [f"Hint: {row['hint']}"] if _present(row.get("hint")) else []
     lines.append(f"Question: {row['question']}")
     if options:
         lines.append("Options:\n" + "\n".join(f"{letter}. {text}" for letter, text in options.items()))
         lines.append(MCQ_INSTRUCTION)
-    return "\n".join(lines), str(row["answer"]).strip()
+    return "\n".join(lines), _gold(row)
 
 
 def _mcq(row: dict) -> BenchmarkItem:
     prompt, answer = mcq_prompt(row)
-    return BenchmarkItem(str(row["index"]), prompt, _decode_image(row["image"]), answer, "choice",
-                         row.get("category"))
+    return BenchmarkItem(str(row["index"]), prompt, _first_image(row), answer, "choice", row.get("category"))
+
+
+def _mmbench(row: dict) -> BenchmarkItem:
+    item = _mcq(row)
+    try:
+        question = int(float(row["index"])) % CIRCULAR_OFFSET
+    except ValueError:
+        raise BadRow(f"index {row['index']!r} is not a number (MMBench's rotations are index + k·10⁶)") from None
+    return dataclasses.replace(item, groups={"circular": str(question)})
+
+
+def _image_group(row: dict) -> str:
+    """The image a row asks about: ``image_path``, else the (resolved) image cell's digest."""
+    if _present(row.get("image_path")):
+        return str(row["image_path"])
+    return hashlib.sha256(row["image"].encode()).hexdigest()[:16]
 
 
 def _yes_no(row: dict) -> BenchmarkItem:
-    group = row.get("image_path") or hashlib.sha256(row["image"].encode()).hexdigest()[:16]
-    return BenchmarkItem(str(row["index"]), row["question"], _decode_image(row["image"]), str(row["answer"]).strip(),
-                         "yesno", row.get("category"), group)
+    return BenchmarkItem(str(row["index"]), row["question"], _first_image(row), _gold(row), "yesno",
+                         row.get("category"), {"image": _image_group(row)})
+
+
+def _hallusionbench(row: dict) -> BenchmarkItem:
+    """fAcc groups by (l2-category, set, figure), qAcc by (l2-category, set, question), as VLMEvalKit does:
+    set, figure and question are the 4th–6th ``_``-separated parts of the index, else columns of those names."""
+    parts = str(row["index"]).split("_")
+    ids = parts[3:6] if len(parts) >= 6 else [row.get(key) for key in ("set_id", "figure_id", "question_id")]
+    if not all(_present(i) for i in ids):
+        raise BadRow("no set/figure/question ids (index parts 4–6 or set_id, figure_id, question_id columns)")
+    l2, (set_id, figure, question) = row.get("l2-category", ""), (str(i) for i in ids)
+    return dataclasses.replace(_yes_no(row), groups={"figure": f"{l2}_{set_id}_{figure}",
+                                                     "question": f"{l2}_{set_id}_{question}"})
 
 
 def _mmmu(row: dict) -> BenchmarkItem:
+    split = {"split": str(row["split"])} if _present(row.get("split")) else {}
     item = _mcq(row)
-    if any(_present(row.get(letter)) for letter in OPTION_LETTERS):
-        return item
+    if _options(row):
+        return dataclasses.replace(item, groups=split)
     answer_type = "number" if normalise_number(item.answer) == item.answer.strip() else "text"
-    return BenchmarkItem(item.id, row["question"], item.image, item.answer, answer_type, item.category)
+    return BenchmarkItem(item.id, row["question"], item.image, item.answer, answer_type, item.category, split)
 
 
 def _mathvista(row: dict) -> BenchmarkItem:
-    image = _decode_image(row["image"])
+    """The ``question`` cell verbatim (it already holds the hint, the question and the choices)."""
+    image, answer = _first_image(row), _gold(row)
     if row.get("question_type") == "multi_choice":
-        choices = ast.literal_eval(row["choices"])
+        try:
+            choices = [str(c).strip() for c in ast.literal_eval(row["choices"])]
+        except (ValueError, SyntaxError, TypeError):
+            raise BadRow("choices cell is not a Python list") from None
         letters = dict(zip(OPTION_LETTERS, choices))
-        prompt, _ = mcq_prompt(row | letters)
-        answer = next(letter for letter, text in letters.items() if str(text).strip() == str(row["answer"]).strip())
-        return BenchmarkItem(str(row["index"]), prompt, image, answer, "choice", row.get("category"))
+        if _present(row.get("answer_option")):
+            gold = str(row["answer_option"]).strip().upper()
+        else:
+            gold = next((letter for letter, text in letters.items() if text.casefold() == answer.casefold()), None)
+        if gold not in letters:
+            raise BadRow(f"the answer {answer!r} is none of the choices {choices}")
+        return BenchmarkItem(str(row["index"]), row["question"], image, gold, "choice", row.get("category"))
     answer_type = "number" if row.get("answer_type") in ("integer", "float") else "text"
     precision = int(float(row["precision"])) if _present(row.get("precision")) else None
-    return BenchmarkItem(str(row["index"]), row["question"], image, str(row["answer"]).strip(), answer_type,
-                         row.get("category"), precision=precision)
+    return BenchmarkItem(str(row["index"]), row["question"], image, answer, answer_type, row.get("category"),
+                         precision=precision)
 
 
 @dataclass(frozen=True)
@@ -125,16 +248,19 @@ class Benchmark:
 
     name: str
     item: callable
-    metric: str  # accuracy, mme, judge
+    metric: str  # accuracy, circular, hallusion, mmmu, mme, judge
     note: str = ""
 
 
 BENCHMARKS = {
-    "mmbench": Benchmark("MMBench_TEST_EN_V11", _mcq, "accuracy", "circular evaluation not applied"),
+    "mmbench": Benchmark("MMBench_DEV_EN_V11", _mmbench, "circular",
+                         "circular: a question counts only when all its rotations are right"),
     "mmstar": Benchmark("MMStar", _mcq, "accuracy"),
     "ai2d": Benchmark("AI2D_TEST_NO_MASK", _mcq, "accuracy"),
-    "hallusionbench": Benchmark("HallusionBench", _yes_no, "accuracy", "question-level accuracy (aAcc)"),
-    "mmmu": Benchmark("MMMU_DEV_VAL", _mmmu, "accuracy"),
+    "hallusionbench": Benchmark("HallusionBench", _hallusionbench, "hallusion",
+                                "score = aAcc (questions); fAcc (figures) and qAcc (questions over figures) beside it"),
+    "mmmu": Benchmark("MMMU_DEV_VAL", _mmmu, "mmmu",
+                      "score = the validation split (dev beside it); the first image of multi-image questions"),
     "mathvista": Benchmark("MathVista_MINI", _mathvista, "accuracy",
                            "rule-based answer extraction; the official metric extracts answers with GPT"),
     "mme": Benchmark("MME", _yes_no, "mme", "perception + cognition score, acc + acc+ per subtask (max 2800)"),
@@ -143,8 +269,14 @@ BENCHMARKS = {
 PAPER_BENCHMARKS = tuple(BENCHMARKS)
 
 
-def load_benchmark(name: str, path: str | Path, limit: int | None = None) -> list[BenchmarkItem]:
-    """Items of benchmark ``name`` (a key of :data:`BENCHMARKS`, or ``llava_cot`` for jsonl data)."""
+def load_benchmark(name: str, path: str | Path, limit: int | None = None, quarantine: str | Path | None = None,
+                   max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION) -> list[BenchmarkItem]:
+    """Items of benchmark ``name`` (a key of :data:`BENCHMARKS`, or ``llava_cot`` for jsonl data).
+
+    TSV rows that cannot become items go to ``quarantine`` (jsonl: ``line``, ``index``, ``reason``;
+    default ``<tsv>.quarantine.jsonl``, written only when there is one); more than
+    ``max_bad_fraction`` of them is a :class:`DataQualityError` naming the file.
+    """
     if name == "llava_cot":
         data = load_data(path)
         records = data.records[:limit]
@@ -156,7 +288,20 @@ def load_benchmark(name: str, path: str | Path, limit: int | None = None) -> lis
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; choose from {sorted(BENCHMARKS) + ['llava_cot']}")
     rows = read_tsv(path)[:limit]
-    return [BENCHMARKS[name].item(row) for row in rows]
+    items, bad = [], []
+    for line, row in rows:
+        try:
+            items.append(BENCHMARKS[name].item(row))
+        except BadRow as error:
+            bad.append({"line": line, "index": row.get("index"), "reason": str(error)})
+    quarantine = Path(quarantine or Path(path).with_suffix(".quarantine.jsonl"))
+    if bad:
+        write_jsonl(bad, quarantine)
+    if len(bad) > max_bad_fraction * len(rows):
+        raise DataQualityError(f"{len(bad)} of {len(rows)} rows of {path} are invalid (limit {max_bad_fraction:.1%}; "
+                               f"first: line {bad[0]['line']}, index {bad[0]['index']}: {bad[0]['reason']}); "
+                               f"every row's reason in {quarantine}")
+    return items
 
 
 def yes_no(text: str) -> str | None:
@@ -177,46 +322,75 @@ def item_correct(item: BenchmarkItem, response: str) -> bool:
     return is_correct(response, item.answer, item.answer_type)
 
 
+def _grouped(items: list[BenchmarkItem], hits: list[bool], key: str) -> dict[str, list[bool]]:
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for item, hit in zip(items, hits):
+        groups[item.groups[key]].append(hit)
+    return groups
+
+
+def _all_right(groups: dict[str, list[bool]]) -> float:
+    """Percent of groups whose every item is right."""
+    return 100 * sum(all(g) for g in groups.values()) / len(groups)
+
+
 def mme_score(items: list[BenchmarkItem], hits: list[bool]) -> dict:
     """MME: per subtask, acc (questions) + acc+ (images with both questions right), each in %, summed."""
-    by_category: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
-    for item, hit in zip(items, hits):
-        by_category[item.category or "all"][item.group].append(hit)
+    by_category: dict[str, list[int]] = defaultdict(list)
+    for k, item in enumerate(items):
+        by_category[item.category or "all"].append(k)
     per_category = {}
-    for category, groups in by_category.items():
-        answers = [h for group in groups.values() for h in group]
-        per_category[category] = (100 * sum(answers) / len(answers)
-                                  + 100 * sum(all(g) for g in groups.values()) / len(groups))
+    for category, members in by_category.items():
+        answers = [hits[k] for k in members]
+        images = _grouped([items[k] for k in members], answers, "image")
+        per_category[category] = 100 * sum(answers) / len(answers) + _all_right(images)
     perception = sum(v for k, v in per_category.items() if k.lower() not in MME_CATEGORIES_COGNITION)
     cognition = sum(v for k, v in per_category.items() if k.lower() in MME_CATEGORIES_COGNITION)
     return {"score": perception + cognition, "perception": perception, "cognition": cognition,
             "per_category": per_category}
 
 
+def _accuracy(hits: list[bool]) -> dict:
+    accuracy = sum(hits) / len(hits)
+    return {"score": 100 * accuracy, "stderr": 100 * math.sqrt(accuracy * (1 - accuracy) / len(hits))}
+
+
 def score_responses(name: str, items: list[BenchmarkItem], responses: list[str]) -> dict:
-    """Score one round of responses: ``score`` (accuracy in %, or the MME total), ``stderr``, per category."""
+    """Score one round of responses: ``score`` (accuracy in %, or the MME total), ``stderr``, per category,
+    and the benchmark's own aggregates (module docstring)."""
     metric = BENCHMARKS[name].metric if name in BENCHMARKS else "accuracy"
     if metric == "judge":
         return {"score": None, "judge_required": True, "n": len(items)}
     hits = [item_correct(item, response) for item, response in zip(items, responses, strict=True)]
     if metric == "mme":
         return mme_score(items, hits) | {"n": len(items)}
-    accuracy = sum(hits) / len(hits)
     categories: dict[str, list[bool]] = defaultdict(list)
     for item, hit in zip(items, hits):
         if item.category:
             categories[item.category].append(hit)
-    return {
-        "score": 100 * accuracy,
-        "stderr": 100 * math.sqrt(accuracy * (1 - accuracy) / len(hits)),
-        "n": len(hits),
-        "per_category": {k: 100 * sum(v) / len(v) for k, v in sorted(categories.items())},
-    }
+    result = _accuracy(hits) | {"n": len(hits),
+                                "per_category": {k: 100 * sum(v) / len(v) for k, v in sorted(categories.items())}}
+    if metric == "circular":
+        questions = _grouped(items, hits, "circular")
+        result |= _accuracy([all(g) for g in questions.values()]) | {"n": len(questions), "rows": len(hits),
+                                                                    "vanilla": 100 * sum(hits) / len(hits)}
+    elif metric == "hallusion":
+        result |= {"aAcc": result["score"], "fAcc": _all_right(_grouped(items, hits, "figure")),
+                   "qAcc": _all_right(_grouped(items, hits, "question"))}
+    elif metric == "mmmu" and any("split" in item.groups for item in items):
+        splits = _grouped([i for i in items if "split" in i.groups], [h for i, h in zip(items, hits)
+                                                                       if "split" in i.groups], "split")
+        result["per_split"] = {split: 100 * sum(v) / len(v) for split, v in sorted(splits.items())}
+        if "validation" in splits:
+            result |= _accuracy(splits["validation"]) | {"n": len(splits["validation"])}
+    return result
 
 
-def paper_average(scores: dict[str, float | None]) -> float | None:
-    """Mean of the 8 benchmark scores with MME divided by 28 (paper Table 2); None unless all 8 are scored."""
-    values = [scores.get(name) for name in PAPER_BENCHMARKS]
-    if any(v is None for v in values):
-        return None
-    return sum(v / MME_SCALE if name == "mme" else v for name, v in zip(PAPER_BENCHMARKS, values)) / len(values)
+def paper_average(scores: dict[str, float | None]) -> tuple[float | None, list[str]]:
+    """Mean of the paper's benchmark scores with MME divided by 28 (paper Table 2), and the benchmarks it
+    lacks: the paper's average when none is missing, else the mean of those present (None if none is)."""
+    present = {name: scores[name] for name in PAPER_BENCHMARKS if scores.get(name) is not None}
+    missing = [name for name in PAPER_BENCHMARKS if name not in present]
+    if not present:
+        return None, missing
+    return sum(v / MME_SCALE if name == "mme" else v for name, v in present.items()) / len(present), missing

@@ -108,8 +108,10 @@ def log_data_input(uri: str, local: str | Path, sha256: str, name: str, context:
 
 def evaluation_metrics(metrics: dict) -> dict[str, float]:
     """Flat metrics of evaluate's metrics.json: ``<benchmark>/round_<k>`` (0 = direct),
-    ``paper_average/round_<k>``, and per benchmark the baselines (``greedy_direct``, ``blank_image``,
-    ``blind_prior``), ``sc_minus_direct`` with its CI bounds and the ``perception/<check>`` fractions."""
+    ``paper_average/round_<k>`` (when every paper benchmark is scored), and per benchmark the baselines
+    (``greedy_direct``, ``blank_image``, ``blind_prior``), ``sc_minus_direct`` with its CI bounds, the
+    ``perception/<check>`` fractions and the direct answer's aAcc/fAcc/qAcc, circular ``vanilla`` and
+    per-split scores."""
     flat = {f"{name}/round_{k}": r["score"] for name, m in metrics["benchmarks"].items()
             for k, r in enumerate(m["rounds"]) if r["score"] is not None}
     for name, m in metrics["benchmarks"].items():
@@ -123,7 +125,11 @@ def evaluation_metrics(metrics: dict) -> dict[str, float]:
                      f"{name}/sc_minus_direct_ci_low": paired["ci_low"],
                      f"{name}/sc_minus_direct_ci_high": paired["ci_high"]}
         flat |= {f"{name}/perception/{key}": value for key, value in m.get("perception", {}).items()}
-    flat |= {f"paper_average/round_{k}": v for k, v in enumerate(metrics.get("paper_average") or [])}
+        direct = m["rounds"][0]  # the benchmark's own aggregates, named as VLMEvalKit names them
+        flat |= {f"{name}/{key}": direct[key] for key in ("aAcc", "fAcc", "qAcc", "vanilla") if key in direct}
+        flat |= {f"{name}/{split}": value for split, value in direct.get("per_split", {}).items()}
+    if not metrics.get("paper_average_missing"):  # the paper's average only over all of its benchmarks
+        flat |= {f"paper_average/round_{k}": v for k, v in enumerate(metrics.get("paper_average") or [])}
     return flat
 
 

@@ -8,9 +8,10 @@ import json
 import pytest
 from PIL import Image
 
-from sherlock.benchmarks import MCQ_INSTRUCTION, load_benchmark, mme_score, paper_average, score_responses
+from sherlock.benchmarks import BENCHMARKS, MCQ_INSTRUCTION, load_benchmark, mme_score, paper_average, score_responses
 from sherlock.config import ConfigError
-from sherlock.stages.evaluate import EvaluationConfig, run_evaluation
+from sherlock.data.llava_cot import DataQualityError
+from sherlock.stages.evaluate import EvaluationConfig, EvaluationError, run_evaluation
 
 
 def _image(colour) -> str:
@@ -117,8 +118,9 @@ def test_mmvet_needs_a_judge(tsv_dir):
 def test_paper_average_divides_mme_by_28():
     scores = {"mmbench": 70, "mmstar": 50, "ai2d": 80, "hallusionbench": 40, "mmmu": 45, "mathvista": 50,
               "mme": 2100, "mmvet": 60}
-    assert paper_average(scores) == pytest.approx((70 + 50 + 80 + 40 + 45 + 50 + 75 + 60) / 8)
-    assert paper_average(scores | {"mmvet": None}) is None
+    assert paper_average(scores) == (pytest.approx((70 + 50 + 80 + 40 + 45 + 50 + 75 + 60) / 8), [])
+    assert paper_average(scores | {"mmvet": None}) == (pytest.approx((70 + 50 + 80 + 40 + 45 + 50 + 75) / 7), ["mmvet"])
+    assert paper_average({"llava_cot": 50.0}) == (None, list(scores))
 
 
 def test_bad_benchmark_files(tmp_path):
@@ -173,3 +175,127 @@ def test_describe_and_respond_prefixes_the_models_own_description(tiny_model_dir
     for prediction, item, description in zip(predictions, items, descriptions):
         assert prediction["prompt"] == f"Image description:\n{description}\n\n{item.prompt}"
         assert len(prediction["responses"]) == 2
+
+
+def _rows(rows):
+    """Rows with the columns every row of a TSV shares (the union, blank where a row lacks one)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return [{key: row.get(key, "") for key in columns} for row in rows]
+
+
+def test_an_image_cell_naming_another_row_repeats_its_image_and_groups_mme_pairs(tmp_path):
+    """VLMEvalKit stores a repeated image as the index of the row that holds it (cells of <= 64 characters)."""
+    rows = [{"index": 10, "question": "Is there red?", "answer": "Yes", "category": "existence", "image": RED},
+            {"index": 11, "question": "Is there blue?", "answer": "No", "category": "existence", "image": "10"},
+            {"index": 12, "question": "Is there red?", "answer": "No", "category": "existence", "image": BLUE},
+            {"index": 13, "question": "Is there blue?", "answer": "Yes", "category": "existence", "image": "12"}]
+    items = load_benchmark("mme", _tsv(tmp_path / "MME.tsv", rows))
+    assert [i.image.getpixel((0, 0)) for i in items] == [(255, 0, 0), (255, 0, 0), (0, 0, 255), (0, 0, 255)]
+    assert items[0].groups["image"] == items[1].groups["image"] != items[2].groups["image"]
+    # image 10 both right (acc+), image 12 one wrong: acc 75 + acc+ 50
+    result = score_responses("mme", items, [_conclude(a) for a in ("Yes", "No", "No", "No")])
+    assert result["score"] == pytest.approx(125.0)
+
+
+def test_bad_rows_are_quarantined_with_line_and_reason_and_too_many_refuse_the_file(tmp_path):
+    truncated = base64.b64encode(base64.b64decode(RED)[:40]).decode()
+    rows = [MCQ[0] | {"index": i} for i in range(200)]
+    rows[3] |= {"image": "999"}  # names no row
+    rows[7] |= {"image": "not base64 at all, and longer than sixty-four characters so not a reference!"}
+    rows[9] |= {"image": truncated}
+    rows[12] |= {"answer": "nan"}
+    path = _tsv(tmp_path / "MMStar.tsv", rows)
+    items = load_benchmark("mmstar", path, quarantine=tmp_path / "q.jsonl", max_bad_fraction=0.05)
+    assert len(items) == 196 and {i.id for i in items}.isdisjoint({"3", "7", "9", "12"})
+    bad = [json.loads(line) for line in (tmp_path / "q.jsonl").read_text().splitlines()]
+    assert [(b["line"], b["index"]) for b in bad] == [(5, "3"), (9, "7"), (11, "9"), (14, "12")]
+    assert [b["reason"].split(" (")[0] for b in bad] == ["image 1 is not base64", "image 1 is not base64",
+                                                         "image 1 does not decode", "no gold answer"]
+    with pytest.raises(DataQualityError, match=r"4 of 200 rows of .*MMStar.tsv.*line 5, index 3"):
+        load_benchmark("mmstar", path, quarantine=tmp_path / "q2.jsonl")  # the default limit: 1 %
+
+
+def test_a_test_split_without_answers_is_refused_naming_the_split_that_has_them(tmp_path):
+    rows = [{k: v for k, v in row.items() if k != "answer"} for row in MCQ]
+    with pytest.raises(ValueError, match=r"MMBench_TEST_EN_V11.tsv has no 'answer' column.*MMBench_DEV_EN_V11"):
+        load_benchmark("mmbench", _tsv(tmp_path / "MMBench_TEST_EN_V11.tsv", rows))
+
+
+def test_mmbench_counts_a_question_only_when_every_rotation_is_right(tmp_path):
+    rotations = [{"index": 0 + k * 1_000_000, "question": "What colour?", "A": o[0], "B": o[1], "C": o[2],
+                  "answer": "ABC"[o.index("red")], "category": "colour", "image": RED}
+                 for k, o in enumerate([("red", "blue", "green"), ("blue", "green", "red"), ("green", "red", "blue")])]
+    other = {"index": 1, "question": "What colour?", "A": "red", "B": "blue", "C": "green", "answer": "B",
+             "category": "colour", "image": "0"}
+    items = load_benchmark("mmbench", _tsv(tmp_path / "MMBench_DEV_EN_V11.tsv", rotations + [other]))
+    assert [i.answer for i in items] == ["A", "C", "B", "B"] and [i.groups["circular"] for i in items] == list("0001")
+    one_rotation_wrong = score_responses("mmbench", items, [_conclude(a) for a in ("A", "C", "A", "B")])
+    assert (one_rotation_wrong["score"], one_rotation_wrong["vanilla"], one_rotation_wrong["n"]) == (50.0, 75.0, 2)
+    assert score_responses("mmbench", items, [_conclude(a) for a in ("A", "C", "B", "B")])["score"] == 100.0
+
+
+def test_hallusionbench_reports_aacc_facc_and_qacc_as_vlmevalkit_groups_them(tmp_path):
+    """Set, figure and question ids are the 4th-6th parts of the index; fAcc needs every question on a figure
+    right, qAcc every figure of a question."""
+    rows = [{"index": f"VS_chart_0_{s}_{f}_{q}", "question": "Is it red?", "answer": a, "category": "VS",
+             "l2-category": "chart", "image": RED if f == 0 else BLUE}
+            for s, f, q, a in [(0, 0, 0, "Yes"), (0, 0, 1, "No"), (0, 1, 0, "No"), (0, 1, 1, "Yes")]]
+    items = load_benchmark("hallusionbench", _tsv(tmp_path / "HallusionBench.tsv", rows))
+    result = score_responses("hallusionbench", items, [_conclude(a) for a in ("Yes", "No", "Yes", "Yes")])
+    # right: (f0,q0) (f0,q1) (f1,q1); figures: f0 all right, f1 not -> 50; questions: q0 not, q1 all right -> 50
+    assert (result["aAcc"], result["fAcc"], result["qAcc"], result["score"]) == (75.0, 50.0, 50.0, 75.0)
+
+
+def test_mmmu_reads_an_options_list_keeps_the_first_image_and_scores_the_validation_split(tmp_path):
+    rows = [{"index": 1, "question": "Which?", "options": "['red', 'blue']", "answer": "A", "split": "dev",
+             "category": "Art", "image": f"['{RED}', '{BLUE}']"},
+            {"index": 2, "question": "Which?", "options": "['red', 'blue']", "answer": "B", "split": "validation",
+             "category": "Art", "image": BLUE},
+            {"index": 3, "question": "Which?", "options": "['red', 'blue']", "answer": "A", "split": "validation",
+             "category": "Art", "image": RED}]
+    items = load_benchmark("mmmu", _tsv(tmp_path / "MMMU_DEV_VAL.tsv", rows))
+    assert items[0].prompt.endswith(f"Options:\nA. red\nB. blue\n{MCQ_INSTRUCTION}")
+    assert items[0].answer_type == "choice"
+    assert items[0].image.getpixel((0, 0)) == (255, 0, 0)
+    result = score_responses("mmmu", items, [_conclude(a) for a in ("A", "B", "B")])
+    assert result["per_split"] == {"dev": 100.0, "validation": 50.0} and (result["score"], result["n"]) == (50.0, 2)
+
+
+def test_mathvista_uses_its_question_verbatim_and_finds_the_gold_choice(tmp_path):
+    question = "Hint: Please answer.\nQuestion: Which colour?\nChoices:\n(A) Red\n(B) Blue"
+    rows = [{"index": 1, "question": question, "answer": "blue", "question_type": "multi_choice",
+             "answer_type": "text", "choices": "['Red', 'Blue']", "image": BLUE},
+            {"index": 2, "question": question, "answer": "Red", "answer_option": "A", "question_type": "multi_choice",
+             "answer_type": "text", "choices": "['Red', 'Blue']", "image": RED},
+            {"index": 3, "question": question, "answer": "green", "question_type": "multi_choice",
+             "answer_type": "text", "choices": "['Red', 'Blue']", "image": RED}]
+    items = load_benchmark("mathvista", _tsv(tmp_path / "MathVista_MINI.tsv", _rows(rows)),
+                           quarantine=tmp_path / "q.jsonl", max_bad_fraction=0.5)
+    assert [(i.prompt, i.answer) for i in items] == [(question, "B"), (question, "A")]
+    assert "none of the choices" in json.loads((tmp_path / "q.jsonl").read_text())["reason"]
+
+
+def test_a_failing_benchmark_keeps_the_finished_ones(tiny_model_dir, subset_dir, tsv_dir, tmp_path):
+    config = EvaluationConfig(model=str(tiny_model_dir), output=str(tmp_path / "eval"), correction_rounds=1,
+                              benchmarks=f"mmstar={tsv_dir / 'mmstar.tsv'},mme={tmp_path / 'missing.tsv'}",
+                              max_new_tokens=4, greedy_direct=False, blank_image=False)
+    with pytest.raises(EvaluationError, match=r"1 benchmark\(s\) failed.*mme.*FileNotFoundError"):
+        run_evaluation(config)
+    metrics = json.loads((tmp_path / "eval/metrics.json").read_text())
+    assert set(metrics["benchmarks"]) == {"mmstar"} and "FileNotFoundError" in metrics["errors"]["mme"]
+    assert metrics["paper_average_missing"] == [name for name in BENCHMARKS if name != "mmstar"]
+    table = (tmp_path / "eval/results.md").read_text()
+    assert "| mmstar | 2 |" in table and "missing: mmbench, ai2d" in table and "| mme | failed: " in table
+
+
+def test_mlflow_gets_each_benchmarks_own_aggregates_and_the_paper_average_only_over_all_eight():
+    from sherlock.tracking import evaluation_metrics
+
+    metrics = {"benchmarks": {
+        "hallusionbench": {"rounds": [{"score": 75.0, "aAcc": 75.0, "fAcc": 50.0, "qAcc": 25.0}]},
+        "mmmu": {"rounds": [{"score": 50.0, "per_split": {"dev": 100.0, "validation": 50.0}}]}},
+        "paper_average": [40.0], "paper_average_missing": ["mmbench"]}
+    flat = evaluation_metrics(metrics)
+    assert (flat["hallusionbench/fAcc"], flat["hallusionbench/qAcc"], flat["mmmu/dev"]) == (50.0, 25.0, 100.0)
+    assert "paper_average/round_0" not in flat
+    assert evaluation_metrics(metrics | {"paper_average_missing": []})["paper_average/round_0"] == 40.0

@@ -9,13 +9,16 @@ the perception checks and where wrong answers depart from the gold (:mod:`sherlo
 With ``describe_first`` (STIC's describe-and-respond, spec §3 DaR) the model first describes the
 image (greedy) and Q is the question prefixed with that description.
 Outputs: ``metrics.json``, ``results.md``, ``accuracy_by_round.png`` and ``predictions.jsonl``
-(every response, for auditing or an external judge).
+(every response, for auditing or an external judge), rewritten as each benchmark finishes; a
+benchmark that fails is recorded under ``errors`` and the others still run and report (the stage
+then fails, naming it). Quarantined benchmark rows: ``quarantine/<benchmark>.jsonl``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +27,7 @@ from PIL import Image
 
 from sherlock.benchmarks import BENCHMARKS, BenchmarkItem, item_correct, load_benchmark, paper_average, score_responses
 from sherlock.config import ConfigError, help_field, parse_named
-from sherlock.data.llava_cot import load_data
+from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, load_data
 from sherlock.data.schema import write_jsonl
 from sherlock.diagnostics import BlindPrior, departure_histogram, paired_difference, perception_scores
 from sherlock.generation import DecodingConfig, SamplingSettings, answer_with_corrections, generate
@@ -65,6 +68,8 @@ class EvaluationConfig(ProtocolSettings):
                                   uri="named_data")
     output: str = help_field(help="directory for metrics.json, results.md and the plot", uri="output")
     limit: int | None = help_field(None, "evaluate only the first N items of each benchmark")
+    max_bad_fraction: float = help_field(DEFAULT_MAX_BAD_FRACTION, "refuse a benchmark file when more of its rows "
+                                                                   "than this are quarantined")
     describe_first: bool = help_field(False, "describe the image first and prefix the question with it (STIC DaR)")
 
     def parsed_benchmarks(self) -> dict[str, str]:
@@ -108,7 +113,11 @@ def markdown_table(metrics: dict) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     if metrics.get("paper_average") is not None:
-        lines.append("| paper average (MME/28) | | " + " | ".join(f"{v:.1f}" for v in metrics["paper_average"]) + " |")
+        missing = metrics.get("paper_average_missing")
+        label = f"mean of the paper's benchmarks here (MME/28; missing: {', '.join(missing)})" if missing else \
+            "paper average (MME/28)"
+        lines.append(f"| {label} | | " + " | ".join(f"{v:.1f}" for v in metrics["paper_average"]) + " |")
+    lines += [f"| {name} | failed: {error} |" for name, error in metrics.get("errors", {}).items()]
     notes = [f"- {name}: {BENCHMARKS[name].note}" for name in metrics["benchmarks"] if name in BENCHMARKS
              and BENCHMARKS[name].note]
     for name, m in metrics["benchmarks"].items():
@@ -159,35 +168,61 @@ def evaluate_benchmark(model, processor, name: str, items: list[BenchmarkItem], 
     return result, rounds, hits
 
 
+class EvaluationError(RuntimeError):
+    """A benchmark failed; the others' results are written."""
+
+
 def run_evaluation(config: EvaluationConfig) -> dict:
-    """Evaluate ``config.model`` on every benchmark; writes the outputs and returns the metrics."""
+    """Evaluate ``config.model`` on every benchmark; writes the outputs as each one finishes and returns
+    the metrics. A benchmark that fails is recorded in ``metrics["errors"]``; the others still run, and
+    :class:`EvaluationError` names the failed ones at the end."""
     config.check()
     model, processor = load_vlm(config.model, dtype=torch.float32)
     prior = BlindPrior(load_data(config.prior_data).records) if config.prior_data else None
     output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    record_stage_config(config, output)
     metrics: dict = {"model": config.model, "benchmarks": {}}
     predictions = []
     for name, path in config.parsed_benchmarks().items():
-        items = load_benchmark(name, path, config.limit)
-        questions = [i.prompt for i in items]
-        if config.describe_first:
-            greedy = DecodingConfig(config.max_new_tokens, batch_size=config.generation_batch_size)
-            descriptions = generate(model, processor, [STIC_DAR_PROMPT] * len(items), [i.image for i in items],
-                                    config=greedy, desc=f"{name} descriptions")
-            questions = [stic_description_infused(q, d) for q, d in zip(questions, descriptions)]
-        result, rounds, hits = evaluate_benchmark(model, processor, name, items, config, prior, questions)
+        try:
+            items = load_benchmark(name, path, config.limit, output / "quarantine" / f"{name}.jsonl",
+                                   config.max_bad_fraction)
+            questions = [i.prompt for i in items]
+            if config.describe_first:
+                greedy = DecodingConfig(config.max_new_tokens, batch_size=config.generation_batch_size)
+                descriptions = generate(model, processor, [STIC_DAR_PROMPT] * len(items), [i.image for i in items],
+                                        config=greedy, desc=f"{name} descriptions")
+                questions = [stic_description_infused(q, d) for q, d in zip(questions, descriptions)]
+            result, rounds, hits = evaluate_benchmark(model, processor, name, items, config, prior, questions)
+        except Exception as error:  # one benchmark's failure must not lose the others
+            metrics.setdefault("errors", {})[name] = f"{type(error).__name__}: {error}"
+            traceback.print_exc()
+            continue
         metrics["benchmarks"][name] = {"path": path} | result
         predictions += [{"benchmark": name, "id": item.id, "answer": item.answer, "prompt": questions[j],
                          "responses": [r[j] for r in rounds], "correct": hits and [h[j] for h in hits]}
                         for j, item in enumerate(items)]
+        write_outputs(metrics, predictions, output, config.correction_rounds)
+    if metrics.get("errors"):
+        if metrics["benchmarks"]:
+            write_outputs(metrics, predictions, output, config.correction_rounds)
+        else:
+            (output / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        raise EvaluationError(f"{len(metrics['errors'])} benchmark(s) failed: {metrics['errors']}; the others' "
+                              f"results are in {output}")
+    return metrics
+
+
+def write_outputs(metrics: dict, predictions: list[dict], output: Path, correction_rounds: int) -> None:
+    """The metrics (with the paper average over the benchmarks so far), table, predictions and plot."""
     per_round = [{name: m["rounds"][k]["score"] for name, m in metrics["benchmarks"].items()}
-                 for k in range(config.correction_rounds + 1)]
+                 for k in range(correction_rounds + 1)]
     averages = [paper_average(scores) for scores in per_round]
-    metrics["paper_average"] = None if None in averages else averages
-    output.mkdir(parents=True, exist_ok=True)
-    record_stage_config(config, output)
+    metrics["paper_average"] = None if any(value is None for value, _ in averages) else [v for v, _ in averages]
+    if metrics["paper_average"] is not None:
+        metrics["paper_average_missing"] = averages[0][1]
     (output / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     (output / TABLE_FILE).write_text(markdown_table(metrics))
     write_jsonl(predictions, output / PREDICTIONS_FILE)
     plot_rounds(metrics, output / PLOT_FILE)
-    return metrics
