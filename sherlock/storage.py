@@ -22,7 +22,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -48,12 +48,26 @@ def is_s3(uri: str | Path) -> bool:
     return str(uri).startswith("s3://")
 
 
+def check_relative(name: str, what: str) -> str:
+    """``name`` if it is a relative POSIX path that stays where it is put: no absolute path, no ``..``
+    or ``.`` part, no empty part, no backslash or NUL; otherwise a :class:`StorageError` naming ``what``."""
+    parts = name.split("/")
+    if (not name or name.startswith("/") or "\\" in name or "\0" in name
+            or any(part in ("", ".", "..") for part in parts)):
+        raise StorageError(f"{what}: {name!r} is not a relative path inside its directory")
+    return name
+
+
 def split_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/some/key`` → ``("bucket", "some/key")`` (no trailing slash)."""
+    """``s3://bucket/some/key`` → ``("bucket", "some/key")`` (no trailing slash; a key with ``..`` or
+    ``.`` parts, backslashes or empty parts is refused: it would name another place in a local cache)."""
     parsed = urlparse(uri)
     if parsed.scheme != "s3" or not parsed.netloc:
         raise ValueError(f"not an s3://bucket/key URI: {uri!r}")
-    return parsed.netloc, parsed.path.strip("/")
+    key = parsed.path.strip("/")
+    if key:
+        check_relative(key, f"key of {uri}")
+    return parsed.netloc, key
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -92,12 +106,17 @@ def write_manifest(root: str | Path) -> dict[str, str]:
 
 
 def parse_manifest(text: str) -> dict[str, str]:
+    """``{relative path: sha256}`` of a SHA256SUMS text; every path must stay inside its directory
+    (:func:`check_relative`): a manifest from storage never chooses where a download is written."""
     sums = {}
     for number, line in enumerate(text.splitlines(), 1):
         digest, sep, name = line.partition("  ")
-        if not sep or len(digest) != 64:
+        if not sep or len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
             raise IntegrityError(f"{MANIFEST_FILE} line {number} is not '<sha256>  <path>': {line!r}")
-        sums[name] = digest
+        try:
+            sums[check_relative(name, f"{MANIFEST_FILE} line {number}")] = digest
+        except StorageError as error:
+            raise IntegrityError(str(error)) from None
     return sums
 
 
@@ -107,8 +126,8 @@ class S3Settings:
 
     endpoint: str = "https://s3.amazonaws.com"
     access_key: str | None = None
-    secret_key: str | None = None
-    session_token: str | None = None
+    secret_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
     region: str | None = None
     ca_bundle: str | None = None
     verify_tls: bool = True
@@ -260,9 +279,17 @@ class Storage:
                                "or its upload did not finish")
         local = Path(local)
         for name, digest in tqdm(sums.items(), desc=f"download {uri}", unit="file", leave=False):
-            self.download_file(f"{uri.rstrip('/')}/{name}", local / name, expected_sha256=digest)
+            self.download_file(f"{uri.rstrip('/')}/{name}", confined(local, name), expected_sha256=digest)
         (local / MANIFEST_FILE).write_text(manifest_text(sums))
         return local
+
+
+def confined(root: Path, name: str) -> Path:
+    """``root / name``, refused unless it resolves inside ``root`` (symbolic links followed)."""
+    path = root / check_relative(name, f"a file under {root}")
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise StorageError(f"{name!r} resolves outside {root}")
+    return path
 
 
 def cache_root() -> Path:
@@ -320,8 +347,9 @@ def _fetch_s3(uri: str, target: Path, storage: Storage, covering) -> Path:
         if not sums:
             raise FileNotFoundError(f"{uri} is not listed in {base}/{MANIFEST_FILE}")
     cached = target / MANIFEST_FILE
-    if cached.is_file() and parse_manifest(cached.read_text()) == sums:
-        return target
+    if cached.is_file() and parse_manifest(cached.read_text()) == sums and all(
+            (target / name).is_file() and sha256_file(target / name) == digest for name, digest in sums.items()):
+        return target  # reused only when every cached file still hashes to the manifest
     shutil.rmtree(target, ignore_errors=True)
     return storage.download_dir(uri, target, sums)
 

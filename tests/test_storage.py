@@ -133,3 +133,38 @@ def test_make_buckets_is_idempotent(s3_env, capsys):
     main(["make-buckets", "made-twice"])
     assert capsys.readouterr().out.splitlines() == ["made-once: created", "made-twice: created", "made-twice: exists"]
     assert Storage().client.bucket_exists("made-once")
+
+
+@pytest.mark.parametrize("name", ["/etc/cron.d/x", "../outside.txt", "a/../../outside.txt", "a\\..\\b", "a//b", "./a"])
+def test_a_hostile_manifest_never_chooses_where_a_download_is_written(tree, bucket, tmp_path, name):
+    """A SHA256SUMS replaced on the object store names a path outside the destination: refused before
+    any download, nothing written outside."""
+    storage = Storage()
+    storage.upload_dir(tree, f"s3://{bucket}/model")
+    hostile = tmp_path / "SHA256SUMS"
+    hostile.write_text(f"{'0' * 64}  config.json\n{'0' * 64}  {name}\n")
+    storage.client.fput_object(bucket, f"model/{MANIFEST_FILE}", str(hostile))
+    with pytest.raises(IntegrityError, match=f"{MANIFEST_FILE} line 2.*not a relative path"):
+        storage.download_dir(f"s3://{bucket}/model", tmp_path / "dest" / "back")
+    assert not (tmp_path / "dest").exists() and not (tmp_path / "outside.txt").exists()
+
+
+def test_a_key_with_dot_dot_parts_cannot_name_a_place_outside_the_cache(bucket, tmp_path, monkeypatch):
+    monkeypatch.setenv("SHERLOCK_CACHE", str(tmp_path / "cache"))
+    for uri in (f"s3://{bucket}/../../escape", f"s3://{bucket}/a/./b", f"s3://{bucket}/a\\b"):
+        with pytest.raises(StorageError, match="not a relative path"):
+            fetch(uri)
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "escape.lock").exists()
+
+
+def test_a_cached_file_changed_on_disk_is_downloaded_again(tree, bucket, tmp_path, monkeypatch):
+    monkeypatch.setenv("SHERLOCK_CACHE", str(tmp_path / "cache"))
+    uri = publish(tree, f"s3://{bucket}/data/subset")
+    local = fetch(uri)
+    (local / "config.json").write_text('{"a": "tampered"}')
+    assert (fetch(uri) / "config.json").read_text() == '{"a": 1}'
+
+
+def test_secrets_stay_out_of_the_settings_repr():
+    text = repr(S3Settings(access_key="AKIAEXAMPLE", secret_key="s3cr3t-value", session_token="t0ken-value"))
+    assert "AKIAEXAMPLE" in text and "s3cr3t-value" not in text and "t0ken-value" not in text
