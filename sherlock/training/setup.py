@@ -6,14 +6,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from sherlock.config import ConfigError, help_field
 
@@ -24,6 +27,8 @@ LANGUAGE_MODULES = ("language_model", "lm_head")
 # LoRA on the language model's attention and MLP projections (cross-attention layers included).
 DEFAULT_LORA_TARGET = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 FINETUNING_MODES = ("full", "lora")
+CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")  # the Trainer's periodic saves
+TRAINER_STATE = "trainer_state.json"
 
 
 @dataclass(kw_only=True)
@@ -155,15 +160,47 @@ class ConvertedCheckpointResume:
         model.load_state_dict(saved.state_dict(), strict=True)
 
 
+def incomplete(checkpoint: Path) -> str | None:
+    """Why ``checkpoint`` cannot be resumed from (a save cut short), or None when it is complete: a
+    readable ``trainer_state.json``, every safetensors file whole (and every shard of an index), the
+    optimizer and scheduler states (torch's zip format) whole where present."""
+    try:
+        json.loads((checkpoint / TRAINER_STATE).read_text())["global_step"]
+    except (OSError, ValueError, KeyError) as error:
+        return f"{TRAINER_STATE} unreadable ({type(error).__name__})"
+    index = checkpoint / "model.safetensors.index.json"
+    try:
+        shards = set(json.loads(index.read_text())["weight_map"].values()) if index.is_file() else set()
+    except (ValueError, KeyError):
+        return f"{index.name} unreadable"
+    if missing := sorted(name for name in shards if not (checkpoint / name).is_file()):
+        return f"shards missing: {missing}"
+    for weights in sorted(checkpoint.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), "pt"):
+                pass
+        except (OSError, SafetensorError) as error:
+            return f"{weights.name} unreadable ({error})"
+    for state in ("optimizer.pt", "scheduler.pt"):
+        if (checkpoint / state).exists() and not zipfile.is_zipfile(checkpoint / state):
+            return f"{state} is not whole"
+    return None
+
+
 def resume_checkpoint(settings: TrainSettings, output_dir: str | Path) -> str | None:
-    """The last ``checkpoint-N`` in ``output_dir`` when resuming is on and one exists."""
+    """The newest complete ``checkpoint-N`` in ``output_dir`` when resuming is on (:func:`incomplete`:
+    a checkpoint whose save was cut short is skipped, with its reason, for the one before it)."""
     output_dir = Path(output_dir)
     if not settings.resume or not output_dir.is_dir():
         return None
-    checkpoint = get_last_checkpoint(str(output_dir))
-    if checkpoint:
-        print(f"resuming from {checkpoint}", file=sys.stderr)
-    return checkpoint
+    numbered = [(int(m.group(1)), path) for path in output_dir.iterdir()
+                if path.is_dir() and (m := CHECKPOINT_NAME.fullmatch(path.name))]
+    for _, checkpoint in sorted(numbered, reverse=True):
+        if (reason := incomplete(checkpoint)) is None:
+            print(f"resuming from {checkpoint}", file=sys.stderr)
+            return str(checkpoint)
+        print(f"warning: skipping {checkpoint}: incomplete, {reason}", file=sys.stderr)
+    return None
 
 
 class MlflowMetricsCallback(TrainerCallback):

@@ -1,7 +1,9 @@
-"""Training stages under torchrun (2 CPU processes, gloo), resume after a kill, shipped DeepSpeed configs."""
+"""Training stages under torchrun (2 CPU processes, gloo), resume after a kill and past half-written
+checkpoints, shipped DeepSpeed configs."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,6 +69,21 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_model_dir, preference_
     resumed = _run(_command(tiny_model_dir, preference_dir, interrupted, *args))
     assert "resuming from" in resumed.stderr and "checkpoint-4" in resumed.stderr
     assert _losses(interrupted) == pytest.approx(_losses(tmp_path / "straight"), rel=1e-5)
+
+    # saves cut short (a kill while writing): checkpoint-6's weights half written, a checkpoint-5 without
+    # its trainer state; the run resumes from checkpoint-4, the newest complete one, with the same losses
+    cut = tmp_path / "cut"
+    for step in (4, 6):
+        shutil.copytree(tmp_path / "straight" / f"checkpoint-{step}", cut / f"checkpoint-{step}")
+    shutil.copytree(cut / "checkpoint-4", cut / "checkpoint-5")
+    (cut / "checkpoint-5" / "trainer_state.json").unlink()
+    weights = cut / "checkpoint-6" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    resumed = _run(_command(tiny_model_dir, preference_dir, cut, *args))
+    assert "checkpoint-6: incomplete, model.safetensors unreadable" in resumed.stderr
+    assert "checkpoint-5: incomplete, trainer_state.json unreadable" in resumed.stderr
+    assert f"resuming from {cut / 'checkpoint-4'}" in resumed.stderr
+    assert _losses(cut) == pytest.approx(_losses(tmp_path / "straight"), rel=1e-5)
 
 
 @pytest.mark.parametrize("name, stage", [("zero2.json", 2), ("zero3.json", 3), ("zero3_offload.json", 3)])
