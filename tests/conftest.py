@@ -86,3 +86,19 @@ def bucket(s3_env, request):
     name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-") + f"-{os.getpid()}"
     Storage().client.make_bucket(name)
     return name
+
+
+@pytest.fixture
+def register_judge(tmp_path, monkeypatch):
+    """``register_judge(name, body)``: an installed distribution (a dist-info on ``sys.path``) that registers
+    ``def judge(question, responses): <body>`` under the ``sherlock.judges`` entry-point group."""
+    def register(name: str, body: str) -> None:
+        package = f"judge_{name}"
+        (tmp_path / f"{package}.py").write_text(f"def judge(question, responses):\n    {body}\n")
+        info = tmp_path / f"{package}-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 1.0\n")
+        (info / "entry_points.txt").write_text(f"[sherlock.judges]\n{name} = {package}:judge\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+
+    return register

@@ -10,11 +10,11 @@ responses and gold answers are dropped on loading.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import random
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import torch
@@ -34,6 +34,7 @@ from sherlock.stages.registry import STAGES
 NUM_CORRECTIONS = 3  # Y², Y³, Y⁴
 # inside one iteration's directory (``output/iter_k`` of :func:`run_online`)
 PAIRS_DIR, MODEL_DIR = (Path(STAGES["online"].outputs[name]).name for name in ("pairs", "model"))
+JUDGES = "sherlock.judges"  # the entry-point group of answer-equivalence judges
 Judge = Callable[[str, list[str]], bool]
 
 
@@ -54,7 +55,8 @@ class OnlineConfig(PreferenceTrainingConfig, PerturbationSettings, SamplingSetti
     iteration: int = help_field(1, "k of the first iteration run: selects fresh pool items and seeds")
     iterations: int = help_field(1, "K: iterations to run, each from the previous one's model")
     num_pairs: int = help_field(5000, "pairs to collect (paper: 5k per iteration)")
-    judge: str = help_field("rule", "answer-equivalence check: rule, or module:function(question, conclusions)")
+    judge: str = help_field("rule", "answer-equivalence check: rule, or the name of a judge registered under the "
+                                    "entry-point group sherlock.judges")
     learning_rate: float = help_field(5e-7, "peak learning rate (paper: 5e-7 online)")
 
     def check(self) -> None:
@@ -68,14 +70,18 @@ class OnlineConfig(PreferenceTrainingConfig, PerturbationSettings, SamplingSetti
         super().check()
 
 
-def load_judge(spec: str) -> Judge:
-    """``rule`` (option / number / normalised-text equivalence) or an importable ``module:function``."""
-    if spec == "rule":
+def load_judge(name: str) -> Judge:
+    """``rule`` (option / number / normalised-text equivalence) or a judge an installed package registers
+    under the entry-point group :data:`JUDGES` (``name = "module:function"``, the function taking
+    ``(question, responses)``). A run parameter only chooses among registered names: it never names a
+    module to import."""
+    if name == "rule":
         return lambda question, responses: answers_agree(responses)
-    module, _, name = spec.partition(":")
-    if not name:
-        raise ConfigError(f"judge must be 'rule' or 'module:function', got {spec!r}")
-    return getattr(importlib.import_module(module), name)
+    registered = {point.name: point for point in entry_points(group=JUDGES)}
+    if name not in registered:
+        raise ConfigError(f"unknown judge {name!r}: 'rule' or one registered under the entry-point group "
+                          f"{JUDGES!r} ({sorted(registered) or 'none installed'})")
+    return registered[name].load()
 
 
 def unlabeled_pool(path: str | Path) -> tuple[list[UnlabeledItem], Path]:

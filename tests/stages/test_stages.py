@@ -6,6 +6,7 @@ import random
 import pytest
 import torch
 
+from sherlock.config import ConfigError
 from sherlock.data.llava_cot import DataQualityError, load_data
 from sherlock.data.preferences import RELEASED_NOISE_RANGE, draw_perturbation, read_pairs
 from sherlock.data.schema import read_jsonl
@@ -154,18 +155,17 @@ def test_agreement_needs_a_conclusion_in_every_response():
     assert not answers_agree(["<CONCLUSION>B</CONCLUSION>", "no conclusion", "<CONCLUSION>B</CONCLUSION>"])
 
 
-def test_judge_hook_is_importable(tmp_path, monkeypatch):
-    (tmp_path / "my_judge.py").write_text("def same(question, responses):\n    return len(responses) == 3\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    assert load_judge("my_judge:same")("q", ["a", "b", "c"]) is True
-    with pytest.raises(ValueError, match="module:function"):
-        load_judge("my_judge")
+def test_a_judge_is_chosen_among_registered_entry_points_never_imported_by_name(register_judge):
+    register_judge("three", "return len(responses) == 3")
+    assert load_judge("three")("q", ["a", "b", "c"]) is True and load_judge("rule")("q", ["x"]) is False
+    for name in ("judge_three:judge", "os:system", "subprocess:run"):  # a module:function run parameter
+        with pytest.raises(ConfigError, match=r"unknown judge .*'sherlock.judges' \(\['three'\]\)"):
+            load_judge(name)
 
 
-def test_online_stage_never_reads_gold_answers(tiny_model_dir, subset_dir, tmp_path, monkeypatch):
+def test_online_stage_never_reads_gold_answers(tiny_model_dir, subset_dir, tmp_path, register_judge):
     """Scrambling every gold answer and response of the pool leaves the iteration's pairs unchanged."""
-    (tmp_path / "agree.py").write_text("def always(question, responses):\n    return True\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    register_judge("always", "return True")
     scrambled = tmp_path / "scrambled"
     scrambled.mkdir()
     rows = read_jsonl(subset_dir / "data.jsonl")
@@ -183,7 +183,7 @@ def test_online_stage_never_reads_gold_answers(tiny_model_dir, subset_dir, tmp_p
 
     def iteration(pool, name):
         config = OnlineConfig(model=str(tiny_model_dir), data=str(pool), output=str(tmp_path / name),
-                              num_pairs=3, judge="agree:always", truncation_steps="1",
+                              num_pairs=3, judge="always", truncation_steps="1",
                               max_new_tokens=16, max_steps=1, batch_size=2)
         model_dir = run_online_iteration(config)
         assert (model_dir / "config.json").is_file()
