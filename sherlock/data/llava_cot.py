@@ -44,17 +44,31 @@ class _BadLine(ValueError):
     pass
 
 
-def _check_image(image_root: Path, relative: str, cache: dict[str, str | None]) -> None:
+def image_path(image_root: Path, relative: object) -> Path:
+    """``image_root / relative`` for a relative path that stays under ``image_root`` (symbolic links
+    followed); anything else is a bad line: a record never names a file outside its image root."""
+    if not isinstance(relative, str) or not relative.strip():
+        raise _BadLine("image must be a non-empty string")
+    path = image_root / relative
+    if Path(relative).is_absolute() or ".." in Path(relative).parts or "\\" in relative:
+        raise _BadLine(f"image path {relative!r} leaves the image root")
+    if not path.resolve().is_relative_to(image_root.resolve()):
+        raise _BadLine(f"image path {relative!r} resolves outside the image root")
+    return path
+
+
+def _check_image(image_root: Path, relative: object, cache: dict[str, str | None]) -> None:
+    """The image decodes completely (``verify()`` decodes nothing: a truncated file would pass it)."""
+    path = image_path(image_root, relative)
     if relative not in cache:
-        path = image_root / relative
         try:
             with Image.open(path) as image:
-                image.verify()
+                image.load()
             cache[relative] = None
         except FileNotFoundError:
             cache[relative] = f"image not found: {path}"
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            cache[relative] = f"image unreadable: {path} ({error})"
+        except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
+            cache[relative] = f"image unreadable: {path} ({type(error).__name__}: {error})"
     if cache[relative]:
         raise _BadLine(cache[relative])
 
@@ -70,7 +84,9 @@ def _records_from_line(row: object, check_image) -> list[Record]:
         raise _BadLine("conversations must be a non-empty list of human/gpt pairs")
     if row.get("answer_type") not in (None, *ANSWER_TYPES):
         raise _BadLine(f"answer_type must be one of {ANSWER_TYPES}")
-    check_image(str(row["image"]))
+    if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
+        raise _BadLine("id must be a string or an integer")
+    check_image(row["image"])
     records = []
     for turn in range(len(turns) // 2):
         human, gpt = turns[2 * turn], turns[2 * turn + 1]
@@ -78,6 +94,8 @@ def _records_from_line(row: object, check_image) -> list[Record]:
             raise _BadLine(f"turn {turn}: conversation entries must be objects")
         if (human.get("from"), gpt.get("from")) != ("human", "gpt"):
             raise _BadLine(f"turn {turn}: expected a human then a gpt message")
+        if not (isinstance(human.get("value"), str) and isinstance(gpt.get("value"), str)):
+            raise _BadLine(f"turn {turn}: message values must be strings")
         try:
             parse_stages(gpt.get("value") or "")
         except ReasoningFormatError as error:
@@ -130,12 +148,17 @@ def load_llava_cot(
     records: list[Record] = []
     seen_ids: set[str] = set()
     num_lines, quarantined = 0, []
-    with open(jsonl_path, encoding="utf-8") as source:
-        for line_number, raw in enumerate(tqdm(source, desc=f"loading {jsonl_path.name}", unit=" lines"), 1):
+    with open(jsonl_path, "rb") as source:
+        for line_number, data in enumerate(tqdm(source, desc=f"loading {jsonl_path.name}", unit=" lines"), 1):
+            raw = data.decode("utf-8", errors="replace")
             if not raw.strip():
                 continue
             num_lines += 1
             try:
+                try:
+                    data.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise _BadLine(f"not UTF-8 text (byte {error.start}: {error.reason})") from None
                 try:
                     row = json.loads(raw)
                 except json.JSONDecodeError as error:

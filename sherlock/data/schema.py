@@ -9,7 +9,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageOps
 
 PAIRS_FILE = "pairs.jsonl"  # a preference set: one PreferencePair per line, images beside it
 
@@ -80,6 +81,11 @@ def file_digest(path: Path) -> str:
 
 
 def open_image(image_root: Path, record: Record) -> Image.Image:
-    """The record's image as RGB."""
+    """The record's image as RGB, upright (its EXIF orientation applied), 16-bit and 32-bit integer
+    images scaled to 8 bits (PIL's own conversion clips them, which turns most of a 16-bit image white)."""
     with Image.open(Path(image_root) / record.image) as image:
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("I", "I;16", "I;16B", "I;16L"):
+            pixels = np.asarray(image, dtype=np.float64)
+            image = Image.fromarray(np.clip(pixels / 257.0, 0, 255).round().astype(np.uint8), mode="L")
         return image.convert("RGB")

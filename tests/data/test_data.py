@@ -118,3 +118,73 @@ def test_synthetic_generator_writes_loadable_files(synthetic):
     assert {r.answer_type for r in synthetic.records} == {"number", "text", "choice"}
     with pytest.raises(ValueError, match="tiers"):
         generate_synthetic("unused", 5, tiers=("impossible",))
+
+
+def _png_header_only(path, width, height):
+    """A PNG whose IHDR declares ``width`` × ``height`` (a decompression bomb's header), with no pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IEND", b""))
+
+
+def test_hostile_lines_and_images_are_quarantined_with_their_line_never_a_crash(tmp_path):
+    """Invalid UTF-8, non-string values, paths out of the image root (``..``, absolute, a symbolic link),
+    a truncated JPEG (which ``verify()`` passes) and a decompression bomb's header: each line is
+    quarantined with its number and reason; the good lines load."""
+    from PIL import Image
+
+    root = tmp_path / "release"
+    shutil.copytree(FIXTURE, root)
+    images = root / "coco/train2017"
+    whole = (images / "000000391895.jpg").read_bytes()
+    (images / "truncated.jpg").write_bytes(whole[: int(len(whole) * 0.9)])  # cut inside the scan data
+    with Image.open(images / "truncated.jpg") as image:
+        image.verify()  # what the loader used to check: it passes
+    _png_header_only(images / "bomb.png", 20000, 20000)
+    (tmp_path / "outside.jpg").write_bytes(whole)
+    (images / "link.jpg").symlink_to(tmp_path / "outside.jpg")
+    good = json.loads((FIXTURE / "train.jsonl").read_text().splitlines()[0])
+    lines = [json.dumps({**good, "id": name, "image": image}) for name, image in [
+        ("truncated", "coco/train2017/truncated.jpg"), ("bomb", "coco/train2017/bomb.png"),
+        ("dotdot", "../outside.jpg"), ("absolute", str(tmp_path / "outside.jpg")), ("link", "coco/train2017/link.jpg"),
+        ("not-a-string", 7)]]
+    lines.append(json.dumps({**good, "id": "number-value", "conversations": [
+        good["conversations"][0], {"from": "gpt", "value": 42}]}))
+    with open(root / "train.jsonl", "ab") as out:
+        out.write(("\n".join(lines) + "\n").encode())
+        out.write(json.dumps({**good, "id": "latin-1"}).encode()[:-2] + b'\xe9"}\n')  # one invalid UTF-8 byte
+    data = load_llava_cot(root / "train.jsonl", max_bad_fraction=1.0)
+    assert data.num_lines == 14 and len(data.records) == 7
+    rows = [json.loads(line) for line in data.quarantine_path.read_text().splitlines()]
+    reasons = {row["line"]: row["reason"] for row in rows}
+    assert sorted(reasons) == list(range(7, 15))
+    assert reasons[7].startswith("image unreadable") and "truncated" in reasons[7]
+    assert "DecompressionBombError" in reasons[8]
+    assert "leaves the image root" in reasons[9] and "leaves the image root" in reasons[10]
+    assert "resolves outside the image root" in reasons[11]
+    assert reasons[12] == "image must be a non-empty string" and reasons[13] == "turn 0: message values must be strings"
+    assert reasons[14].startswith("not UTF-8 text") and "\ufffd" in rows[-1]["raw"]
+
+
+def test_images_are_read_upright_and_16_bit_ones_keep_their_tones(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from sherlock.data.schema import Record, open_image
+
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)  # 0 … 63,000 of 65,535
+    Image.fromarray(ramp).save(tmp_path / "deep.png")  # a 16-bit greyscale PNG
+    deep = open_image(tmp_path, Record(id="d", image="deep.png", question="q", response="r"))
+    assert deep.getpixel((0, 0)) == (0, 0, 0) and deep.getpixel((7, 7))[0] == round(63000 / 257)
+    assert deep.getpixel((4, 2))[0] == round(20000 / 257)  # not clipped to white
+    wide = Image.new("RGB", (40, 10), (255, 0, 0))
+    exif = wide.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    wide.save(tmp_path / "rotated.jpg", exif=exif)
+    upright = open_image(tmp_path, Record(id="r", image="rotated.jpg", question="q", response="r"))
+    assert upright.size == (10, 40)
