@@ -86,13 +86,12 @@ def read_settings(path: str | Path) -> dict:
     preset holds what its variants share. A name that is no such file, a circle of files, or a file
     that is not a mapping is a :class:`ConfigError`.
     """
-    chain: list[Path] = []
+    chain: dict[Path, dict] = {}  # file -> its own settings, from ``path`` to the last base
     path = Path(path)
     while True:
         if path in chain:
-            raise ConfigError(f"settings extend each other in a circle: {' -> '.join(p.name for p in chain + [path])}")
-        chain.append(path)
-        loaded = yaml.safe_load(path.read_text()) or {}
+            raise ConfigError(f"settings extend each other in a circle: {' -> '.join(p.name for p in [*chain, path])}")
+        loaded = chain[path] = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path} must hold a mapping of config fields")
         base = loaded.get(EXTENDS)
@@ -104,8 +103,8 @@ def read_settings(path: str | Path) -> dict:
             raise ConfigError(f"{path}: {EXTENDS}: {base!r} names no settings file of {folder}")
         path = folder / f"{base}.yaml"
     values: dict = {}
-    for file in reversed(chain):
-        values |= {key: value for key, value in yaml.safe_load(file.read_text()).items() if key != EXTENDS}
+    for own in reversed(chain.values()):
+        values |= {key: value for key, value in own.items() if key != EXTENDS}
     return values
 
 

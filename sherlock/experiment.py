@@ -163,6 +163,11 @@ def stage_runner(root: Path, timed, settings: Callable[[str], dict]):
     return run
 
 
+def subset_dirs(root: Path) -> dict[str, str]:
+    """The seed's D_A, D_B and D_U directories."""
+    return {name: str(root / "subsets" / name) for name in ("D_A", "D_B", "D_U")}
+
+
 def embedded_settings(seed: int) -> Callable[[str], dict]:
     """The sibling recipes' settings: the embedded pipeline's presets (``configs/embedded``) with the seed."""
     return lambda name: preset(name, "embedded") | {"seed": seed}
@@ -198,7 +203,7 @@ def run_recipes(config: ExperimentConfig, seed: int, summary: dict) -> dict:
         timings: dict[str, float] = {}
         timed = timer(timings)
         train, evaluation = RECIPES[recipe]
-        subsets = {name: str(root / "subsets" / name) for name in ("D_A", "D_B", "D_U")}
+        subsets = subset_dirs(root)
         models = train(stage_runner(root, timed, embedded_settings(seed)), root, subsets)
         summary["checkpoints"] |= evaluate_all(config, seed, {LABELS.get(k, k): v for k, v in models.items()}, timed,
                                                **evaluation)
@@ -228,7 +233,7 @@ def run_seed(config: ExperimentConfig, seed: int) -> dict:
     pool = load_llava_cot(pool_file)
     sample_to_dir(pool, root / "subsets",
                   {"D_A": config.subset_size, "D_B": config.subset_size, "D_U": config.pool_size}, seed)
-    subsets = {name: str(root / "subsets" / name) for name in ("D_A", "D_B", "D_U")}
+    subsets = subset_dirs(root)
     union = root / "control" / "D_AB"  # the direct-only control's data
     write_subsets({"D_AB": load_data(subsets["D_A"]).records + load_data(subsets["D_B"]).records},
                   pool_file.parent, union.parent, seed=seed, source="D_A + D_B")
