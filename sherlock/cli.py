@@ -19,6 +19,7 @@ from sherlock.experiment import ExperimentConfig, run_experiment
 from sherlock.models.loading import CheckpointNotFoundError
 from sherlock.models.tiny import PRESETS, build_tiny_vlm, tokenizer_corpus
 from sherlock.serving.deploy import DeployConfig, DeployError, run_deploy
+from sherlock.serving.settings import ServeConfig
 from sherlock.stages.registry import STAGES
 from sherlock.stages.runner import run_stage
 from sherlock.storage import Storage, StorageError, fetch, publish
@@ -44,9 +45,12 @@ def _download(args) -> None:
 
 
 def _serve(args) -> None:
-    from sherlock.serving.server import serve
+    from sherlock.serving.server import ServeError, serve
 
-    serve(args.model, args.name, args.http_port, args.grpc_port, args.max_batch_size, args.batch_wait_ms)
+    try:
+        serve(config_from_args(ServeConfig, args))
+    except ServeError as error:
+        sys.exit(f"sherlock serve: error: {error}")
 
 
 def _deploy(args) -> None:
@@ -101,13 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("uri")
     download.set_defaults(func=_download)
 
-    serve = commands.add_parser("serve", help="serve a checkpoint with KServe (v1 and v2 protocols)")
-    serve.add_argument("--model", required=True, help="checkpoint path, s3:// URI or models:/NAME@ALIAS")
-    serve.add_argument("--name", default="sherlock", help="model name in the URLs")
-    serve.add_argument("--http-port", type=int, default=8080)
-    serve.add_argument("--grpc-port", type=int, default=0, help="0: no gRPC")
-    serve.add_argument("--max-batch-size", type=int, default=8, help="requests answered by one generate call")
-    serve.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch waits to fill")
+    serve = commands.add_parser("serve", help="serve a checkpoint with KServe (v1, v2, OpenAI chat completions)")
+    add_config_arguments(serve, ServeConfig)
     serve.set_defaults(func=_serve)
 
     deploy = commands.add_parser("deploy", help="deploy a registered model as a KServe InferenceService "

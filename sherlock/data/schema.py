@@ -81,11 +81,16 @@ def file_digest(path: Path) -> str:
 
 
 def open_image(image_root: Path, record: Record) -> Image.Image:
-    """The record's image as RGB, upright (its EXIF orientation applied), 16-bit and 32-bit integer
-    images scaled to 8 bits (PIL's own conversion clips them, which turns most of a 16-bit image white)."""
+    """The record's image, as :func:`to_rgb` makes it."""
     with Image.open(Path(image_root) / record.image) as image:
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("I", "I;16", "I;16B", "I;16L"):
-            pixels = np.asarray(image, dtype=np.float64)
-            image = Image.fromarray(np.clip(pixels / 257.0, 0, 255).round().astype(np.uint8), mode="L")
-        return image.convert("RGB")
+        return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An opened image as RGB, upright (its EXIF orientation applied), 16-bit and 32-bit integer
+    images scaled to 8 bits (PIL's own conversion clips them, which turns most of a 16-bit image white)."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I", "I;16", "I;16B", "I;16L"):
+        pixels = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(pixels / 257.0, 0, 255).round().astype(np.uint8), mode="L")
+    return image.convert("RGB")

@@ -31,6 +31,7 @@ MANIFEST_FILE = "inferenceservice.yaml"
 RESULT_FILE = "deployment.json"
 MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts STORAGE_URI
 PORT = 8080
+CACHE_DIR = "/cache"  # SHERLOCK_CACHE in the image
 MODES = ("auto", "cluster", "manifest")
 CLUSTER_SCHEMES = ("s3://", "gs://", "pvc://", "https://", "hf://")  # what the storage initializer can fetch
 
@@ -88,10 +89,11 @@ def inference_service(config: DeployConfig, storage_uri: str, version) -> object
     http = client.V1HTTPGetAction(path=f"/v1/models/{config.name}", port=PORT)
     container = client.V1Container(
         name="kserve-container", image=config.image, command=["sherlock", "serve"],
-        args=["--model", MODEL_DIR, "--name", config.name, "--http-port", str(PORT),
+        args=["--model", MODEL_DIR, "--name", config.name, "--host", "0.0.0.0", "--http-port", str(PORT),
               "--max-batch-size", str(config.max_batch_size), "--batch-wait-ms", str(config.batch_wait_ms)],
         env=[client.V1EnvVar(name="STORAGE_URI", value=storage_uri),
-             client.V1EnvVar(name="HF_HUB_OFFLINE", value="1"), client.V1EnvVar(name="HOME", value="/tmp")],
+             client.V1EnvVar(name="HF_HUB_OFFLINE", value="1"), client.V1EnvVar(name="HOME", value="/tmp"),
+             client.V1EnvVar(name="SHERLOCK_CACHE", value=CACHE_DIR)],
         ports=[client.V1ContainerPort(container_port=PORT, name="http1", protocol="TCP")],
         resources=client.V1ResourceRequirements(requests=requests, limits=limits),
         # the server listens only once the model is loaded: not ready (and not yet probed for liveness) until then
@@ -103,13 +105,15 @@ def inference_service(config: DeployConfig, storage_uri: str, version) -> object
             run_as_non_root=True, run_as_user=1000, allow_privilege_escalation=False, read_only_root_filesystem=True,
             capabilities=client.V1Capabilities(drop=["ALL"]), seccomp_profile=client.V1SeccompProfile(
                 type="RuntimeDefault")),
-        volume_mounts=[client.V1VolumeMount(name="tmp", mount_path="/tmp")])
+        # a read-only root: every path the server writes is an emptyDir, writable by whatever user the pod runs as
+        volume_mounts=[client.V1VolumeMount(name="tmp", mount_path="/tmp"),
+                       client.V1VolumeMount(name="cache", mount_path=CACHE_DIR)])
     predictor = V1beta1PredictorSpec(
         containers=[container], service_account_name=config.service_account,
         node_selector=config.selector() or None,
         tolerations=[client.V1Toleration(key=key, operator="Exists", effect="NoSchedule")
                      for key in config.toleration_keys()] or None,
-        volumes=[client.V1Volume(name="tmp", empty_dir=client.V1EmptyDirVolumeSource())],
+        volumes=[client.V1Volume(name=name, empty_dir=client.V1EmptyDirVolumeSource()) for name in ("tmp", "cache")],
         min_replicas=config.min_replicas, max_replicas=config.max_replicas)
     metadata = client.V1ObjectMeta(
         name=config.name, namespace=config.namespace,

@@ -1,24 +1,148 @@
-"""``sherlock serve``: the predictor in KServe's ModelServer (v1 and v2 REST; gRPC when given a port)."""
+"""``sherlock serve``: the predictor in KServe's REST server (v1, v2 and OpenAI-compatible chat).
+
+The socket is bound before the model loads, so a taken port fails at once with its reason, and
+listens only once the model is loaded (readiness probes fail until then). :class:`RequestGuard`
+bounds the body and cancels a request whose client went away. gRPC is not served: the limits and
+cancellation here are enforced on HTTP only.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import signal
+import socket
 import sys
 
-from sherlock.serving.predictor import Limits, SherlockPredictor
+from sherlock.serving.settings import Limits, ServeConfig
 
 
-def serve(model_uri: str, name: str = "sherlock", http_port: int = 8080, grpc_port: int = 0,
-          max_batch_size: int = 8, batch_wait_ms: float = 10.0, limits: Limits | None = None) -> None:
-    """Load ``model_uri`` (path, ``s3://`` or ``models:/<name>@<alias>``), then serve until SIGTERM/SIGINT.
+class ServeError(RuntimeError):
+    """The server cannot start (e.g. its address is taken)."""
 
-    The server starts listening only once the model is loaded, so readiness probes fail until
-    then. KServe binds HTTP on all interfaces; ``grpc_port=0`` turns gRPC off.
-    """
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (not yet listening); a clear :class:`ServeError` when it cannot be."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as error:
+        raise ServeError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    return sock
+
+
+def error_body(path: str, prefix: str, message: str, kind: str) -> bytes:
+    """An error in the route's own shape: OpenAI's ``{"error": {…}}`` under the prefix, KServe's otherwise."""
+    if path.startswith(prefix + "/v1/"):
+        return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": None}}).encode()
+    return json.dumps({"error": message}).encode()
+
+
+class RequestGuard:
+    """ASGI middleware: reads an HTTP body whole, up to ``max_body_bytes`` (413 past it, from the
+    Content-Length when there is one), then runs the app; when the client disconnects before the
+    response is complete, the app's task is cancelled (the predictor drops its queued queries)."""
+
+    def __init__(self, app, max_body_bytes: int, openai_prefix: str):
+        self.app, self.max_body_bytes, self.openai_prefix = app, max_body_bytes, openai_prefix
+
+    async def _refuse(self, scope, send, status: int, message: str, kind: str) -> None:
+        body = error_body(scope["path"], self.openai_prefix, message, kind)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = f"the request body is over the {self.max_body_bytes}-byte limit"
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.max_body_bytes:
+            return await self._refuse(scope, send, 413, too_large, "invalid_request_error")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                return await self._refuse(scope, send, 413, too_large, "invalid_request_error")
+            if not message.get("more_body"):
+                break
+        body, delivered, complete = b"".join(chunks), False, False
+        disconnected = asyncio.Event()
+
+        async def replay():
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await disconnected.wait()
+            return {"type": "http.disconnect"}
+
+        async def tracked_send(message):
+            nonlocal complete
+            await send(message)
+            complete = complete or (message["type"] == "http.response.body" and not message.get("more_body"))
+
+        app = asyncio.ensure_future(self.app(scope, replay, tracked_send))
+
+        async def watch():
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected.set()
+            if not complete:
+                app.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await app
+        except asyncio.CancelledError:
+            if not disconnected.is_set():
+                raise
+        finally:
+            watcher.cancel()
+
+
+def serve(config: ServeConfig) -> None:
+    """Bind, load ``config.model`` (path, ``s3://`` or ``models:/<name>@<alias>``), then serve until SIGTERM."""
+    sock = bind(config.host, config.http_port)
     sys.argv = sys.argv[:1]  # kserve parses sys.argv when imported
-    import kserve
+    from fastapi.responses import ORJSONResponse
+    from kserve import logging as kserve_logging
+    from kserve.model_repository import ModelRepository
+    from kserve.model_server import app
+    from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+    from kserve.protocol.rest.server import RESTServer
 
-    predictor = SherlockPredictor(name, model_uri, limits, max_batch_size, batch_wait_ms)
+    from sherlock.serving.openai_api import openai_router
+    from sherlock.serving.predictor import DeadlineExceeded, Overloaded, RawBytesDataPlane, SherlockPredictor
+
+    kserve_logging.configure_logging()
+    limits = Limits(**{name: getattr(config, name) for name in Limits.__dataclass_fields__})
+    predictor = SherlockPredictor(config.name, config.model, limits, config.max_batch_size, config.batch_wait_ms)
     predictor.load()
-    print(f"model {name} loaded from {model_uri}; serving on port {http_port}", flush=True)
-    kserve.ModelServer(http_port=http_port, grpc_port=grpc_port or 8081, enable_grpc=bool(grpc_port),
-                       workers=1).start([predictor])
+    repository = ModelRepository()
+    repository.update(predictor)
+    server = RESTServer("kserve.model_server:app", RawBytesDataPlane(model_registry=repository),
+                        ModelRepositoryExtension(model_registry=repository), config.http_port, workers=1)
+
+    def refuse(status: int, headers: dict | None = None):
+        return lambda request, error: ORJSONResponse({"error": str(error)}, status_code=status, headers=headers)
+
+    app.add_exception_handler(Overloaded, refuse(429, {"Retry-After": "1"}))
+    app.add_exception_handler(DeadlineExceeded, refuse(504))
+    app.include_router(openai_router(predictor, config.openai_route_prefix))
+    app.add_middleware(RequestGuard, max_body_bytes=config.max_body_bytes, openai_prefix=config.openai_route_prefix)
+    host, port = sock.getsockname()[:2]
+    print(f"model {config.name} loaded from {config.model}; serving on http://{host}:{port} (v1, v2 and "
+          f"{config.openai_route_prefix}/v1/chat/completions)", flush=True)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again under the handler
+    # it found: with this one the process then exits 0 instead of dying by the signal
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, lambda number, frame: None)
+    server.run(sockets=[sock])

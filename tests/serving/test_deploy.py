@@ -63,6 +63,26 @@ def test_manifest_without_a_cluster(registry, tmp_path):
     assert "serving.url" not in tags
 
 
+def test_every_path_the_server_writes_is_an_empty_dir_on_the_read_only_root(registry, tmp_path):
+    """The image's SHERLOCK_CACHE, HOME and /tmp are emptyDir mounts: writable by any uid the pod runs as."""
+    import re
+    from pathlib import Path
+
+    deploy(tmp_path)
+    predictor = yaml.safe_load((tmp_path / "deploy" / MANIFEST_FILE).read_text())["spec"]["predictor"]
+    (container,) = predictor["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    empty_dirs = {volume["name"] for volume in predictor["volumes"] if "emptyDir" in volume}
+    mounts = [m["mountPath"] for m in container["volumeMounts"] if m["name"] in empty_dirs]
+    env = {variable["name"]: variable["value"] for variable in container["env"]}
+    dockerfile = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+    image_env = dict(re.findall(r"^\s+(SHERLOCK_CACHE|MPLCONFIGDIR)=(\S+)", dockerfile, re.MULTILINE))
+    assert env["SHERLOCK_CACHE"] == image_env["SHERLOCK_CACHE"]
+    for path in (env["SHERLOCK_CACHE"], env["HOME"], image_env["MPLCONFIGDIR"], "/tmp"):
+        assert any(path == mount or path.startswith(mount + "/") for mount in mounts), (path, mounts)
+    assert container["args"][container["args"].index("--host") + 1] == "0.0.0.0"
+
+
 def test_cpu_only_manifest_has_no_gpu_scheduling(registry, tmp_path):
     deploy(tmp_path, gpus=0, node_selector="", tolerations="")
     predictor = yaml.safe_load((tmp_path / "deploy" / MANIFEST_FILE).read_text())["spec"]["predictor"]

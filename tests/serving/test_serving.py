@@ -1,42 +1,21 @@
-"""A real KServe ModelServer subprocess serving the tiny model on 127.0.0.1."""
+"""``sherlock serve`` as KServe's clients call it: a real server subprocess on 127.0.0.1 with the tiny model."""
 
+import asyncio
 import base64
 import io
+import json
 import os
 import signal
-import statistics
+import socket
 import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
+from served import QUESTION, png, png_bytes
 from servers import free_port, wait_http
-
-QUESTION = "How many red shapes are there?"
-
-
-def png(size=(72, 72), color=(200, 30, 30)) -> str:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model_dir, tmp_path_factory):
-    port, log = free_port(), tmp_path_factory.mktemp("serve") / "server.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sherlock.cli", "serve", "--model", str(tiny_model_dir), "--http-port", str(port),
-         "--max-batch-size", "8", "--batch-wait-ms", "20"],
-        stdout=log.open("w"), stderr=subprocess.STDOUT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/v2/models/sherlock/ready", process, timeout=120, log=log)
-    yield url, process
-    if process.poll() is None:
-        process.terminate()
-        process.wait(30)
 
 
 def predict_v1(url, instance, timeout=120):
@@ -44,82 +23,151 @@ def predict_v1(url, instance, timeout=120):
 
 
 def test_ready_and_v1_answers_with_rounds_in_order(server):
-    url, _ = server
-    assert httpx.get(f"{url}/v2/models/sherlock/ready").json()["ready"] is True
-    response = predict_v1(url, {"image": png(), "question": QUESTION, "self_correction_rounds": 2,
-                                "max_new_tokens": 8})
+    assert httpx.get(f"{server.url}/v2/models/sherlock/ready").json()["ready"] is True
+    response = predict_v1(server.url, {"image": png(), "question": QUESTION, "self_correction_rounds": 2,
+                                       "max_new_tokens": 8})
     assert response.status_code == 200, response.text
     (answer,) = response.json()["predictions"]
     assert len(answer["rounds"]) == 3  # direct + 2 corrections, in order
     assert answer["reasoning"] == answer["rounds"][-1]["response"]
     assert answer["answer"] == answer["rounds"][-1]["answer"]
+    assert answer["usage"]["completion_tokens"] > 0 and answer["usage"]["prompt_tokens"] > 0
 
 
-def test_v2_infer(server):
-    url, _ = server
-    body = {"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES", "data": [png(), png(color=(0, 0, 200))]},
-                       {"name": "question", "shape": [2], "datatype": "BYTES", "data": [QUESTION, QUESTION]}],
-            "parameters": {"self_correction_rounds": 1, "max_new_tokens": 6}}
-    response = httpx.post(f"{url}/v2/models/sherlock/infer", json=body, timeout=120)
-    assert response.status_code == 200, response.text
-    (output,) = response.json()["outputs"]
-    assert output["name"] == "answer" and output["shape"] == [2] and len(output["data"]) == 2
+def test_v1_json_without_a_content_type_and_data_uris(server):
+    """``curl -d`` sends JSON as application/x-www-form-urlencoded; images may be data URIs."""
+    body = json.dumps({"instances": [{"image": f"data:image/png;base64,{png()}", "question": QUESTION,
+                                      "max_new_tokens": 4}]})
+    for headers in ({}, {"content-type": "application/x-www-form-urlencoded"}):
+        response = httpx.post(f"{server.url}/v1/models/sherlock:predict", content=body, headers=headers, timeout=120)
+        assert response.status_code == 200, response.text
+
+
+def test_kserve_sdk_clients_v1_v2_json_and_binary(server):
+    """KServe's own REST client: v1, v2 with JSON tensors, v2 with binary tensors holding raw PNG bytes."""
+    from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+
+    async def calls():
+        v1 = InferenceRESTClient(RESTConfig(protocol="v1", timeout=120))
+        v2 = InferenceRESTClient(RESTConfig(protocol="v2", timeout=120))
+        answers = await v1.infer(server.url, {"instances": [{"image": png(), "question": QUESTION,
+                                                              "max_new_tokens": 4}]}, model_name="sherlock")
+        results = [answers["predictions"][0]]
+        for binary in (False, True):
+            image, question = InferInput("image", [2], "BYTES"), InferInput("question", [2], "BYTES")
+            images = [png_bytes(), png_bytes(color=(0, 0, 200))] if binary else [png(), png(color=(0, 0, 200))]
+            image.set_data_from_numpy(np.array(images, dtype=np.object_), binary_data=binary)
+            question.set_data_from_numpy(np.array([QUESTION.encode()] * 2, dtype=np.object_), binary_data=binary)
+            response = await v2.infer(server.url, InferRequest("sherlock", [image, question],
+                                                               parameters={"max_new_tokens": 4}),
+                                      model_name="sherlock")
+            (output,) = response.outputs
+            assert output.name == "answer" and output.shape == [2]
+            results += [json.loads(answer) for answer in output.data]
+        await v1.close()
+        await v2.close()
+        return results
+
+    results = asyncio.run(calls())
+    assert len(results) == 5 and all("rounds" in answer for answer in results)
+    metadata = httpx.get(f"{server.url}/v2/models/sherlock").json()  # what the model takes and returns
+    assert [(i["name"], i["datatype"]) for i in metadata["inputs"]] == [("image", "BYTES"), ("question", "BYTES")]
+    assert [o["name"] for o in metadata["outputs"]] == ["answer"]
+
+
+def test_sampling_settings_and_seed(server):
+    """temperature/top_p/seed per instance: the same seed gives the same sample in any batch."""
+    instance = {"image": png(), "question": QUESTION, "max_new_tokens": 12, "temperature": 1.5, "seed": 7}
+    first, second = (predict_v1(server.url, instance).json()["predictions"][0]["reasoning"] for _ in range(2))
+    assert first == second
+    greedy = predict_v1(server.url, {"image": png(), "question": QUESTION, "max_new_tokens": 12}).json()
+    assert greedy["predictions"][0]["finish_reason"] in ("stop", "length")
+
+
+def tiff() -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="TIFF")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def truncated_png() -> str:
+    """A PNG cut in half: its header reads, its pixels do not."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()[:len(buffer.getvalue()) // 2]).decode()
 
 
 @pytest.mark.parametrize("instance, message", [
     ({"image": "%%%not-base64", "question": QUESTION}, "not valid base64"),
     ({"image": base64.b64encode(b"plain text").decode(), "question": QUESTION}, "not a readable"),
+    ({"image": tiff(), "question": QUESTION}, "not a readable PNG, JPEG or WebP"),
     ({"image": png(size=(3000, 3000)), "question": QUESTION}, "pixels"),
+    ({"image": truncated_png(), "question": QUESTION}, "truncated or corrupt"),
+    ({"image": "s3://bucket/images/a.png", "question": QUESTION}, "fetches no URLs"),
+    ({"image": "https://example.com/a.png", "question": QUESTION}, "fetches no URLs"),
+    ({"image": "data:text/html;base64,PGI+", "question": QUESTION}, "data:image/png|jpeg|webp"),
     ({"image": png(), "question": ""}, "question must be a non-empty"),
     ({"image": png(), "question": "x" * 5000}, "over the 4000 limit"),
     ({"image": png(), "question": QUESTION, "self_correction_rounds": 9}, "self_correction_rounds"),
     ({"image": png(), "question": QUESTION, "max_new_tokens": 100000}, "max_new_tokens"),
+    ({"image": png(), "question": QUESTION, "temperature": "hot"}, "temperature"),
+    ({"image": png(), "question": QUESTION, "seed": 1.5}, "seed"),
     ({"question": QUESTION}, "image must be"),
     ("just a string", "each instance must be an object"),
 ])
 def test_bad_input_is_a_400_with_a_message(server, instance, message):
-    url, _ = server
-    response = predict_v1(url, instance)
+    response = predict_v1(server.url, instance)
     assert response.status_code == 400 and message in response.json()["error"], response.text
 
 
+def test_request_level_limits(server):
+    """Too many instances, too many pixels in one request, a body over the limit (413, before it is read)."""
+    many = httpx.post(f"{server.url}/v1/models/sherlock:predict",
+                      json={"instances": [{"image": png(), "question": QUESTION}] * 65})
+    assert many.status_code == 400 and "over the 64 limit" in many.json()["error"]
+    big = png(size=(2048, 2048), color=(10, 200, 10))
+    pixels = httpx.post(f"{server.url}/v1/models/sherlock:predict",
+                        json={"instances": [{"image": big, "question": QUESTION}] * 5}, timeout=60)
+    assert pixels.status_code == 400 and "pixels" in pixels.json()["error"]
+    body = httpx.post(f"{server.url}/v1/models/sherlock:predict", content=b"{" * (33 * 2**20), timeout=60)
+    assert body.status_code == 413 and "byte limit" in body.json()["error"]
+
+
 def test_malformed_json_and_payloads_are_4xx(server):
-    url, _ = server
-    bad_json = httpx.post(f"{url}/v1/models/sherlock:predict", content=b"{not json",
+    bad_json = httpx.post(f"{server.url}/v1/models/sherlock:predict", content=b"{not json",
                           headers={"content-type": "application/json"})
     assert 400 <= bad_json.status_code < 500
-    assert httpx.post(f"{url}/v1/models/sherlock:predict", json={"rows": []}).status_code == 400
+    assert httpx.post(f"{server.url}/v1/models/sherlock:predict", json={"rows": []}).status_code == 400
     v2_bad = {"inputs": [{"name": "image", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
-    assert httpx.post(f"{url}/v2/models/sherlock/infer", json=v2_bad).status_code == 400
+    assert httpx.post(f"{server.url}/v2/models/sherlock/infer", json=v2_bad).status_code == 400
 
 
-def test_bounded_concurrent_load_has_no_errors(server):
-    url, _ = server
-    instance = {"image": png(), "question": QUESTION, "max_new_tokens": 4}
-
-    def call(_):
-        start = time.perf_counter()
-        response = predict_v1(url, instance)
-        return response.status_code, time.perf_counter() - start
-
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(call, range(200)))
-    latencies = sorted(seconds for _, seconds in results)
-    p50, p99 = statistics.median(latencies), latencies[int(0.99 * len(latencies)) - 1]
-    print(f"200 requests, 8 concurrent: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
-    assert [status for status, _ in results] == [200] * 200
+def test_v2_binary_question_that_is_not_utf8_is_a_400(server):
+    """A binary tensor (KServe's binary extension) whose question bytes are not UTF-8."""
+    image, question = png_bytes(), b"\xff\xfe bad"
+    header = {"inputs": [
+        {"name": "image", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 4 + len(image)}},
+        {"name": "question", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 4 + len(question)}}]}
+    head = json.dumps(header).encode()
+    body = head + len(image).to_bytes(4, "little") + image + len(question).to_bytes(4, "little") + question
+    response = httpx.post(f"{server.url}/v2/models/sherlock/infer", content=body, timeout=60,
+                          headers={"inference-header-content-length": str(len(head)),
+                                   "content-type": "application/octet-stream"})
+    assert response.status_code == 400 and "UTF-8" in response.text, response.text
 
 
-def test_sigterm_shuts_down_gracefully(server):
-    url, process = server
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(30) == 0
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{url}/v2/models/sherlock/ready")
+def test_listens_on_loopback_by_default_and_a_taken_port_fails_before_loading(server, tiny_model_dir, tmp_path):
+    assert f"serving on http://127.0.0.1:{server.port}" in server.log.read_text()
+    with socket.create_connection(("127.0.0.1", server.port)) as connection:
+        assert connection.getpeername()[0] == "127.0.0.1"
+    taken = subprocess.run([sys.executable, "-m", "sherlock.cli", "serve", "--model", str(tiny_model_dir),
+                            "--http-port", str(server.port)], capture_output=True, text=True, timeout=120)
+    assert taken.returncode == 1 and "Address already in use" in taken.stderr
+    assert "loaded" not in taken.stdout  # refused before the model loads
 
 
-def test_the_deployed_command_line_serves_and_answers_its_probes(tiny_model_dir, tmp_path):
-    """The InferenceService's container command, run here: its readiness and liveness paths answer 200."""
+def test_the_deployed_command_line_serves_answers_its_probes_and_stops_on_sigterm(tiny_model_dir, tmp_path):
+    """The InferenceService's container command, run here: both probe paths answer, then SIGTERM stops it."""
     from types import SimpleNamespace
 
     from sherlock.serving.deploy import MODEL_DIR, PORT, DeployConfig, inference_service, to_manifest
@@ -127,6 +175,7 @@ def test_the_deployed_command_line_serves_and_answers_its_probes(tiny_model_dir,
     config = DeployConfig(model="models:/sherlock@champion", output=str(tmp_path), name="vlm")
     (container,) = to_manifest(inference_service(config, "s3://b/k", SimpleNamespace(name="m", version="1")))[
         "spec"]["predictor"]["containers"]
+    assert container["args"][container["args"].index("--host") + 1] == "0.0.0.0"  # a pod serves its own IP
     port, log = free_port(), tmp_path / "server.log"
     argv = [str(tiny_model_dir) if arg == MODEL_DIR else str(port) if arg == str(PORT) else arg
             for arg in container["command"] + container["args"]]
@@ -139,6 +188,40 @@ def test_the_deployed_command_line_serves_and_answers_its_probes(tiny_model_dir,
             assert container[probe]["httpGet"]["port"] == PORT
             assert httpx.get(url + container[probe]["httpGet"]["path"]).status_code == 200, probe
         assert httpx.get(f"{url}/v1/models/not-{config.name}").status_code == 404
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{url}/v2/models/vlm/ready")
     finally:
-        process.terminate()
-        process.wait(30)
+        if process.poll() is None:
+            process.kill()
+
+
+def test_raw_bytes_data_plane_against_kserves_own():
+    """KServe's own decoding fails (500) on a binary BYTES tensor of raw PNG bytes; ours keeps the bytes,
+    and on UTF-8 text it reads what KServe reads."""
+    from kserve import InferInput, InferRequest
+    from kserve.errors import InferenceError
+    from kserve.model_repository import ModelRepository
+    from kserve.protocol.dataplane import DataPlane
+
+    from sherlock.serving.predictor import RawBytesDataPlane
+
+    def binary(values):
+        tensor = InferInput("image", [len(values)], "BYTES")
+        tensor.set_data_from_numpy(np.array(values, dtype=np.object_), binary_data=True)
+        body, json_length = InferRequest("m", [tensor]).to_rest()
+        return body, {"inference-header-content-length": str(json_length)}
+
+    kserves, ours = DataPlane(ModelRepository()), RawBytesDataPlane(ModelRepository())
+    body, headers = binary([png_bytes(), b"\xff\xfe"])
+    with pytest.raises(InferenceError, match="UTF-8"):
+        kserves.decode_inference_request(body, headers, "m")
+    assert ours.decode_inference_request(body, headers, "m").inputs[0].data == [png_bytes(), b"\xff\xfe"]
+    body, headers = binary([b"two words", "naïve".encode()])
+    theirs = kserves.decode_inference_request(body, headers, "m").inputs[0].data
+    assert [value.decode() for value in ours.decode_inference_request(body, headers, "m").inputs[0].data] == theirs
+    from kserve.errors import InvalidInput
+    for bad in (body[:-3], b"{" + body[1:]):
+        with pytest.raises(InvalidInput):
+            ours.decode_inference_request(bad, headers, "m")
