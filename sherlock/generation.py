@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
-from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from sherlock.chat import user_turn
 from sherlock.config import help_field
@@ -77,6 +85,16 @@ class PerItemSampler(LogitsProcessor):
         return chosen.scatter_(1, tokens.to(scores.device), 0.0)
 
 
+class Abandoned(StoppingCriteria):
+    """Ends a generate call early once ``abandoned()`` is true (e.g. every caller of a served batch left)."""
+
+    def __init__(self, abandoned: Callable[[], bool]):
+        self.abandoned = abandoned
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.abandoned(), dtype=torch.bool, device=input_ids.device)
+
+
 def generate(
     model,
     processor,
@@ -87,6 +105,7 @@ def generate(
     desc: str = "generating",
     stream: str = "",
     keys: list[str] | None = None,
+    abandoned: Callable[[], bool] | None = None,
 ) -> list[str]:
     """Generate one response per (prompt, image); with ``prefixes``, continue each assistant turn.
 
@@ -96,7 +115,7 @@ def generate(
     (the item's id; its position when ``keys`` is None).
 
     Returns the generated continuations only (the prefix is not repeated), cut after the first
-    ``</CONCLUSION>``.
+    ``</CONCLUSION>``; cut short when ``abandoned()`` turns true (:class:`Abandoned`).
     """
     config = config or DecodingConfig()
     prefixes = prefixes if prefixes is not None else [""] * len(prompts)
@@ -113,6 +132,7 @@ def generate(
         "stop_strings": [CONCLUSION_END],
         "tokenizer": tokenizer,
         "pad_token_id": tokenizer.pad_token_id,
+        "stopping_criteria": StoppingCriteriaList([Abandoned(abandoned)]) if abandoned else None,
     }
     outputs: list[str] = []
     was_training = model.training
@@ -139,7 +159,8 @@ def generate(
 
 
 def self_correct(model, processor, questions: list[str], images, first: list[str], rounds: int, decoding,
-                 desc: str = "self-correction", keys: list[str] | None = None) -> list[list[str]]:
+                 desc: str = "self-correction", keys: list[str] | None = None,
+                 abandoned: Callable[[], bool] | None = None) -> list[list[str]]:
     """Responses of ``rounds`` correction rounds, each prompted with R(Q, previous response).
 
     Round k samples from the stream ``correction round k`` (independent of the direct answer's).
@@ -148,15 +169,16 @@ def self_correct(model, processor, questions: list[str], images, first: list[str
     for round_number in range(1, rounds + 1):
         prompts = [correction_prompt(q, previous) for q, previous in zip(questions, history[-1])]
         history.append(generate(model, processor, prompts, images, config=decoding, desc=f"{desc} {round_number}",
-                                stream=f"correction round {round_number}", keys=keys))
+                                stream=f"correction round {round_number}", keys=keys, abandoned=abandoned))
     return history[1:]
 
 
 def answer_with_corrections(model, processor, questions: list[str], images, rounds: int, direct: DecodingConfig,
-                            desc: str = "answer", keys: list[str] | None = None) -> list[list[str]]:
+                            desc: str = "answer", keys: list[str] | None = None,
+                            abandoned: Callable[[], bool] | None = None) -> list[list[str]]:
     """Responses of round 0 (``direct`` decoding) and of ``rounds`` greedy correction rounds, round-major."""
     first = generate(model, processor, questions, images, config=direct, desc=f"{desc} direct", stream="direct",
-                     keys=keys)
+                     keys=keys, abandoned=abandoned)
     greedy = dataclasses.replace(direct, temperature=0.0, top_p=1.0)
     return [first] + self_correct(model, processor, questions, images, first, rounds, greedy, desc=f"{desc} round",
-                                  keys=keys)
+                                  keys=keys, abandoned=abandoned)

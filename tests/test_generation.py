@@ -44,3 +44,24 @@ def test_sampling_streams_are_per_item_and_independent(tiny_model_dir, synthetic
     nucleus = DecodingConfig(max_new_tokens=10, temperature=1.0, top_p=1e-6, batch_size=4)
     assert generate(model, processor, questions, images, config=nucleus) == generate(
         model, processor, questions, images, config=DecodingConfig(max_new_tokens=10, batch_size=4))
+
+
+def test_an_abandoned_generate_call_stops_early(tiny_model_dir, synthetic_data):
+    """``abandoned`` turning true ends the call at the next token; until then nothing changes."""
+    model, processor = load_vlm(tiny_model_dir)
+    records = synthetic_data.records[:2]
+    images = [open_image(synthetic_data.image_root, r) for r in records]
+    prompts = [r.question for r in records]
+    config = DecodingConfig(max_new_tokens=24)
+    steps = []
+
+    def after_three_tokens() -> bool:
+        steps.append(1)
+        return len(steps) >= 3
+
+    full = generate(model, processor, prompts, images, config=config)
+    never = generate(model, processor, prompts, images, config=config, abandoned=lambda: False)
+    cut = generate(model, processor, prompts, images, config=config, abandoned=after_three_tokens)
+    assert never == full
+    length = [len(processor.tokenizer(text, add_special_tokens=False).input_ids) for text in cut + full]
+    assert 3 * max(length[:2]) < min(length[2:]), length  # 3 of 24 tokens (re-tokenized text: about)

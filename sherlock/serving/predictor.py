@@ -56,9 +56,11 @@ MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")  # raw PNG and JPEG (WebP: RIFF.
 
 
 # Prometheus metrics, served with KServe's own on /metrics
-QUERIES = Counter("sherlock_queries_total", "queries by outcome: answered, failed, or dropped (their request was "
-                  "cancelled before they reached a batch)", ["outcome"])
+QUERIES = Counter("sherlock_queries_total", "queries by outcome: answered, failed, dropped (their request was "
+                  "cancelled before they reached a batch) or cancelled (while their batch ran)", ["outcome"])
 OVERLOADED = Counter("sherlock_requests_overloaded_total", "requests answered 429 (pending-work limits)")
+CANCELLED = Counter("sherlock_requests_cancelled_total", "requests cancelled: their client left or their deadline "
+                    "passed")
 PENDING = Gauge("sherlock_pending_instances", "instances admitted and not yet answered")
 
 
@@ -315,7 +317,11 @@ class SherlockPredictor(kserve.Model):
     async def answer_request(self, parse: Callable[[], list[Query]]) -> list[dict]:
         """Parse (off the loop), admit, decode (off the loop), queue, and return the answers within the deadline."""
         loop = asyncio.get_running_loop()
-        queries = await loop.run_in_executor(self._decoder, parse)
+        try:
+            queries = await loop.run_in_executor(self._decoder, parse)
+        except asyncio.CancelledError:
+            CANCELLED.inc()
+            raise
         pixels = sum(q.pixels for q in queries)
         if (self.pending_instances + len(queries) > self.limits.max_pending_instances
                 or self.pending_pixels + pixels > self.limits.max_pending_pixels):
@@ -328,7 +334,11 @@ class SherlockPredictor(kserve.Model):
         try:
             return await asyncio.wait_for(self._answer(queries), self.limits.request_timeout_s)
         except TimeoutError:
+            CANCELLED.inc()
             raise DeadlineExceeded(f"not answered within {self.limits.request_timeout_s} s") from None
+        except asyncio.CancelledError:
+            CANCELLED.inc()
+            raise
         finally:
             self.pending_instances -= len(queries)
             self.pending_pixels -= pixels
@@ -366,21 +376,26 @@ class SherlockPredictor(kserve.Model):
                 QUERIES.labels("dropped").inc(len(group) - len(live))
                 if not live:
                     continue
+                def abandoned(futures=tuple(future for _, future in live)) -> bool:
+                    return all(future.done() for future in futures)  # every request of the batch was cancelled
+
                 try:
-                    answers = await loop.run_in_executor(self._generator, self.answer, [q for q, _ in live])
+                    answers = await loop.run_in_executor(self._generator, self.answer, [q for q, _ in live], abandoned)
                 except Exception as error:
                     answers = [error] * len(live)
                 for (_, future), answer in zip(live, answers):
-                    QUERIES.labels("failed" if isinstance(answer, Exception) else "answered").inc()
-                    if future.done():  # cancelled while its batch ran
+                    if future.done():  # cancelled while its batch ran (generation stops once all are)
+                        QUERIES.labels("cancelled").inc()
                         continue
+                    QUERIES.labels("failed" if isinstance(answer, Exception) else "answered").inc()
                     if isinstance(answer, Exception):
                         future.set_exception(answer)
                     else:
                         future.set_result(answer)
 
-    def answer(self, queries: list[Query]) -> list[dict]:
-        """Answer queries that share their :class:`Decoding` with one generate call per round.
+    def answer(self, queries: list[Query], abandoned: Callable[[], bool] | None = None) -> list[dict]:
+        """Answer queries that share their :class:`Decoding` with one generate call per round, cut short
+        once ``abandoned()`` is true.
 
         ``usage`` counts the tokens of every round's prompt and response (the texts re-tokenized;
         the image as its placeholder tokens in the prompt); ``finish_reason`` is ``length`` when
@@ -395,7 +410,7 @@ class SherlockPredictor(kserve.Model):
         config = DecodingConfig(decoding.max_new_tokens, decoding.temperature, decoding.top_p, len(queries))
         rounds = answer_with_corrections(self.model, self.processor, [q.question for q in queries],
                                          [q.image for q in queries], decoding.rounds, config,
-                                         keys=[q.key for q in queries])
+                                         keys=[q.key for q in queries], abandoned=abandoned)
         tokenizer = self.processor.tokenizer
 
         def tokens(text: str) -> int:

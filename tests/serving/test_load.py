@@ -3,8 +3,9 @@
 One burst on 16 client threads mixes normal requests, maximal ones (4 images of 2048² pixels, the
 per-request pixel limit), clients that disconnect while their request waits, and malformed input of
 every class. Meanwhile readiness and liveness are polled and the server's RSS is sampled. Asserted:
-no 5xx, probes answer within 1 s, RSS growth bounded, abandoned queries dropped (the server's
-Prometheus counter), and the server answers normally afterwards. The figures printed go to
+no 5xx, probes answer within 1 s, RSS growth bounded, every abandoned request cancelled and none of
+its queries generated to its end (the server's Prometheus counters), and the server answers
+normally afterwards. The figures printed go to
 docs/serving.md.
 """
 
@@ -56,8 +57,11 @@ def test_burst_of_normal_maximal_abandoned_and_malformed_requests(server):
     maximal = {"instances": [{"image": image, "question": QUESTION, "max_new_tokens": 4} for image in big]}
     slow = {"instances": [{"image": png(), "question": QUESTION, "max_new_tokens": 256, "self_correction_rounds": 3}]}
     assert httpx.post(predict, json={"instances": [small]}, timeout=120).status_code == 200  # warm
-    dropped = '{outcome="dropped"}'
-    baseline, dropped_before = rss(pid), counter(url, "sherlock_queries_total", dropped)
+    def answered() -> float:
+        return counter(url, "sherlock_queries_total", '{outcome="answered"}')
+
+    cancelled = "sherlock_requests_cancelled_total"
+    baseline, answered_before, cancelled_before = rss(pid), answered(), counter(url, cancelled)
 
     def post(body, timeout=300.0, **options):
         return httpx.post(predict, json=body, timeout=timeout, **options).status_code
@@ -130,13 +134,16 @@ def test_burst_of_normal_maximal_abandoned_and_malformed_requests(server):
     deadline = time.time() + 300  # abandoned queries still queued are dropped, not run
     while counter(url, "sherlock_pending_instances") > 0 and time.time() < deadline:
         time.sleep(0.5)
-    dropped_now = counter(url, "sherlock_queries_total", dropped) - dropped_before
-    assert dropped_now > 0
+    # the abandoned requests were cancelled, and none of their queries generated to its end
+    assert counter(url, cancelled) - cancelled_before == 6
+    assert answered() - answered_before == statuses["normal"].count(200) + 4 * statuses["maximal"].count(200)
     after = httpx.post(predict, json={"instances": [small]}, timeout=120)
     assert after.status_code == 200 and json.loads(after.text)["predictions"][0]["rounds"]
 
+    outcomes = re.findall(r'^sherlock_queries_total\{outcome="(\w+)"\} (\S+)', httpx.get(f"{url}/metrics").text,
+                          re.MULTILINE)
     normal = sorted(t for k, status, t in results if k == "normal" and status == 200)
     print(f"\nburst of {len(work)} requests on 16 threads in {seconds:.1f} s: "
           f"normal p50 {statistics.median(normal):.2f} s, max {normal[-1]:.2f} s; statuses {statuses}; "
           f"probes {len(probes)}, worst {worst_probe * 1000:.0f} ms; RSS {baseline / GiB:.2f} GiB "
-          f"+ {growth / GiB:.2f} GiB at most; {dropped_now:.0f} abandoned queries dropped")
+          f"+ {growth / GiB:.2f} GiB at most; queries dropped / cut short in all: {outcomes}")
