@@ -14,9 +14,12 @@ Tracking is on when ``MLFLOW_TRACKING_URI`` is set (``sqlite:///…`` for the em
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,7 +89,32 @@ def stage_run(stage: str, config, pipeline_run_id: str | None = None, experiment
     with mlflow.start_run(run_name=run_name or stage, parent_run_id=parent, nested=parent is not None,
                           tags=tags) as run:
         mlflow.log_params(_flatten(config))
-        yield run
+        if parent:
+            follow_stages(parent, "RUNNING")
+        try:
+            yield run
+        except BaseException:
+            if parent:
+                follow_stages(parent, "FAILED")
+            raise
+    if parent:
+        follow_stages(parent, "FINISHED")
+
+
+def follow_stages(parent: str, stage_status: str) -> None:
+    """The pipeline's parent run follows its stages: RUNNING while one runs, FINISHED once none does,
+    FAILED for good once one failed (KFP has no step that outlives a failure to close it)."""
+    client = mlflow.MlflowClient()
+    if client.get_run(parent).info.status == "FAILED":
+        return
+    if stage_status == "RUNNING":
+        client.update_run(parent, status="RUNNING")
+        return
+    running = client.search_runs([client.get_run(parent).info.experiment_id], max_results=1,
+                                 filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and "
+                                               "attributes.status = 'RUNNING'")
+    if stage_status == "FAILED" or not running:
+        client.set_terminated(parent, stage_status)
 
 
 def write_run_file(run, output_dir: str | Path) -> None:
@@ -96,14 +124,17 @@ def write_run_file(run, output_dir: str | Path) -> None:
          "tracking_uri": mlflow.get_tracking_uri()}))
 
 
-def log_data_input(uri: str, local: str | Path, sha256: str, name: str, context: str) -> None:
-    """Log a data set as a run input: its source URI and the first 32 hex digits of its sha256."""
+def log_data_input(uri: str, sha256: str, field: str) -> None:
+    """Log the data set of config field ``field`` as a run input, named after the field (one name per
+    input): its source as an absolute URI and the first 32 hex digits of its sha256."""
+    if "://" not in str(uri):
+        uri = Path(uri).resolve().as_uri()
     with warnings.catch_warnings():  # MLflow registers the local-path source twice and warns about it
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
         source = resolve_dataset_source(str(uri))
-    dataset = MetaDataset(source=source, name=name, digest=sha256[:DIGEST_LENGTH])
-    mlflow.log_input(dataset, context=context)
-    mlflow.set_tag(f"sherlock.data.{name}.sha256", sha256)
+    dataset = MetaDataset(source=source, name=field, digest=sha256[:DIGEST_LENGTH])
+    mlflow.log_input(dataset, context=field)
+    mlflow.set_tag(f"sherlock.data.{field}.sha256", sha256)
 
 
 def evaluation_metrics(metrics: dict) -> dict[str, float]:
@@ -138,37 +169,18 @@ PYFUNC_SIGNATURE = ModelSignature(
     params=ParamSchema([ParamSpec("self_correction_rounds", "long", 0), ParamSpec("max_new_tokens", "long", 512)]))
 
 
-class SherlockModel(mlflow.pyfunc.PythonModel):
-    """A registered checkpoint as an MLflow pyfunc: ``question`` + ``image`` (base64) → answers per round."""
-
-    def load_context(self, context):
-        import torch
-
-        from sherlock.models.loading import load_vlm
-
-        self.model, self.processor = load_vlm(context.artifacts["checkpoint"], dtype=torch.float32)
-
-    def predict(self, context, model_input, params=None):
-        import base64
-        import io
-
-        from PIL import Image
-
-        from sherlock.generation import DecodingConfig, answer_with_corrections
-        from sherlock.reasoning import conclusion_text
-
-        rounds = int((params or {}).get("self_correction_rounds", 0))
-        questions = list(model_input["question"])
-        images = [Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB") for data in model_input["image"]]
-        config = DecodingConfig(max_new_tokens=int((params or {}).get("max_new_tokens", 512)))
-        responses = answer_with_corrections(self.model, self.processor, questions, images, rounds, config)
-        return [{"answer": conclusion_text(per_item[-1]), "responses": list(per_item)}
-                for per_item in zip(*responses)]
+def runtime_requirements() -> list[str]:
+    """The pinned requirements of the registered model: the package's own (no extras) and this MLflow."""
+    required = [r for r in importlib.metadata.requires("sherlock-vlm") if "extra ==" not in r]
+    return [*required, f"mlflow=={mlflow.__version__}"]
 
 
 def register_checkpoint(checkpoint: str | Path, model_name: str, eval_metrics: dict[str, float],
                         lineage: dict[str, str]):
     """Log ``checkpoint`` as a model in the run that trained it, register it and alias it ``challenger``.
+
+    The model is logged as code (:mod:`sherlock.mlflow_model`) with the ``sherlock`` package beside it
+    and :func:`runtime_requirements`, so ``mlflow models serve`` can build it an environment anywhere.
 
     The version's tags hold the eval metrics (``eval.<metric>``), ``lineage`` (e.g. checkpoint URI,
     pipeline run id), the training run's id and its data sets' digests and sources
@@ -176,11 +188,13 @@ def register_checkpoint(checkpoint: str | Path, model_name: str, eval_metrics: d
     """
     source = json.loads(Path(checkpoint, RUN_FILE).read_text())
     client = mlflow.MlflowClient()
-    with mlflow.start_run(run_id=source["run_id"]):
+    with mlflow.start_run(run_id=source["run_id"]), tempfile.TemporaryDirectory() as code:
+        package = shutil.copytree(Path(sherlock.__file__).parent, Path(code) / "sherlock",
+                                  ignore=shutil.ignore_patterns("__pycache__", "embedded", "crds"))
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=SherlockModel(), artifacts={"checkpoint": str(checkpoint)},
-            pip_requirements=[f"sherlock-vlm=={sherlock.__version__}"], registered_model_name=model_name,
-            signature=PYFUNC_SIGNATURE)
+            name="model", python_model=str(Path(sherlock.__file__).with_name("mlflow_model.py")),
+            artifacts={"checkpoint": str(checkpoint)}, code_paths=[str(package)],
+            pip_requirements=runtime_requirements(), registered_model_name=model_name, signature=PYFUNC_SIGNATURE)
     version = str(info.registered_model_version)
     lineage = dict(lineage, source_run_id=source["run_id"])
     for item in client.get_run(source["run_id"]).inputs.dataset_inputs:  # the data the checkpoint was trained on

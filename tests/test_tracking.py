@@ -62,6 +62,7 @@ def test_micro_pipeline_lineage_from_champion_back_to_records(mlflow_server, buc
         filter_string=f"tags.`mlflow.parentRunId` = '{parent}'", output_format="list", search_all_experiments=True)}
     assert set(stages) == {"sample", "sft", "evaluate"}
     assert client.get_run(parent).data.tags["sherlock.git_commit"] != ""
+    assert client.get_run(parent).info.status == "FINISHED"  # no stage of the pipeline is running
     assert stages["sft"].data.params["max_steps"] == "3" and "loss" in stages["sft"].data.metrics
     assert [m.step for m in client.get_metric_history(stages["sft"].info.run_id, "loss")] == [1, 2, 3]
     round_1 = metrics["benchmarks"]["llava_cot"]["rounds"][1]["score"]
@@ -76,11 +77,11 @@ def test_micro_pipeline_lineage_from_champion_back_to_records(mlflow_server, buc
     assert float(champion.tags["eval.llava_cot/round_0"]) == eval_metrics["llava_cot/round_0"]
     training_run = client.get_run(champion.run_id)
     assert training_run.info.run_id == stages["sft"].info.run_id
-    (dataset,) = [d.dataset for d in training_run.inputs.dataset_inputs if d.dataset.name == "D_A"]
+    (dataset,) = [d.dataset for d in training_run.inputs.dataset_inputs if d.dataset.name == "data"]  # the field
     subset_uri = json.loads(dataset.source)["uri"]
     assert subset_uri == f"{root}/subsets/D_A"
     assert data_digest(fetch(subset_uri)).startswith(dataset.digest)
-    assert champion.tags["data.D_A.digest"] == dataset.digest and champion.tags["data.D_A.source"] == subset_uri
+    assert champion.tags["data.data.digest"] == dataset.digest and champion.tags["data.data.source"] == subset_uri
     subsets = fetch(subset_uri.rsplit("/", 1)[0])
     records = verify_subset(subsets, "D_A").records  # every record and image hash checked
     manifest = json.loads((subsets / "manifest.json").read_text())
@@ -122,3 +123,30 @@ def test_champion_moves_only_for_a_better_challenger(tiny_model_dir, tmp_path, m
     assert json.loads(client.get_model_version("gate-model", "2").tags["gate.decision"])["promoted"] is False
     with pytest.raises(KeyError, match="no tag eval.f1"):
         tracking.gate_champion("gate-model", "4", "f1")
+
+
+def test_pipeline_run_follows_its_stages_and_datasets_have_absolute_sources(tmp_path, monkeypatch):
+    """The parent run is RUNNING while a stage runs, FINISHED when none does, FAILED for good after a
+    failure; a data set typed as a relative path is logged with an absolute file URI, named by its field."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "subsets" / "D_A").mkdir(parents=True)
+    client = mlflow.MlflowClient()
+    config = SampleConfig(data="data", output="out")
+
+    with tracking.stage_run("sample", config, "kfp-run-2") as run:
+        parent = run.data.tags["mlflow.parentRunId"]
+        assert client.get_run(parent).info.status == "RUNNING"
+        tracking.log_data_input("subsets/D_A", "ab" * 32, field="data")
+    assert client.get_run(parent).info.status == "FINISHED"
+    (dataset,) = client.get_run(run.info.run_id).inputs.dataset_inputs
+    assert dataset.dataset.name == "data"
+    assert json.loads(dataset.dataset.source)["uri"] == (tmp_path / "subsets" / "D_A").resolve().as_uri()
+
+    with pytest.raises(RuntimeError):
+        with tracking.stage_run("sft", config, "kfp-run-2"):
+            raise RuntimeError("out of memory")
+    assert client.get_run(parent).info.status == "FAILED"
+    with tracking.stage_run("evaluate", config, "kfp-run-2"):
+        pass
+    assert client.get_run(parent).info.status == "FAILED"  # a later stage does not hide the failure

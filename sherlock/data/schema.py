@@ -80,6 +80,9 @@ def file_digest(path: Path) -> str:
     return sha.hexdigest()
 
 
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")  # what a served model decodes from a caller's bytes
+
+
 def open_image(image_root: Path, record: Record) -> Image.Image:
     """The record's image, as :func:`to_rgb` makes it."""
     with Image.open(Path(image_root) / record.image) as image:

@@ -26,6 +26,7 @@ import base64
 import binascii
 import io
 import json
+import logging
 import re
 import uuid
 from collections.abc import Callable
@@ -45,11 +46,10 @@ from PIL import Image, UnidentifiedImageError
 from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
-from sherlock.data.schema import to_rgb
+from sherlock.data.schema import IMAGE_FORMATS, to_rgb
 from sherlock.serving.settings import Limits
 from sherlock.storage import fetch
 
-FORMATS = ("PNG", "JPEG", "WEBP")  # the only decoders run on a caller's bytes
 DATA_URI = re.compile(r"data:image/(?:png|jpeg|jpg|webp);base64,", re.IGNORECASE)
 URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")  # raw PNG and JPEG (WebP: RIFF....WEBP)
@@ -147,7 +147,7 @@ def image_bytes(value, limits: Limits) -> bytes:
 def image_pixels(data: bytes, limits: Limits) -> int:
     """Width x height from the image's header (nothing decoded); only PNG, JPEG and WebP are opened."""
     try:
-        with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
             width, height = image.size
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         raise InvalidInput("image is not a readable PNG, JPEG or WebP image") from None
@@ -159,7 +159,7 @@ def image_pixels(data: bytes, limits: Limits) -> int:
 def decode_image(query: Query) -> None:
     """Decode a checked query's image (RGB, upright) and drop its encoded bytes."""
     try:
-        with Image.open(io.BytesIO(query.data), formats=FORMATS) as image:
+        with Image.open(io.BytesIO(query.data), formats=IMAGE_FORMATS) as image:
             query.image = to_rgb(image)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         raise InvalidInput("image is not a readable PNG, JPEG or WebP image (truncated or corrupt)") from None
@@ -350,11 +350,18 @@ class SherlockPredictor(kserve.Model):
             await loop.run_in_executor(self._decoder, decode_image, query)
         if self._queue is None:
             self._queue = asyncio.Queue()
-            loop.create_task(self._batcher())
+            self._batcher_task = loop.create_task(self._batcher())  # held: the loop keeps only weak references
+            self._batcher_task.add_done_callback(self._batcher_ended)
         futures = [loop.create_future() for _ in queries]
         for query, future in zip(queries, futures):
             self._queue.put_nowait((query, future))
         return list(await asyncio.gather(*futures))  # cancelled: gather cancels the futures, the batcher skips them
+
+    def _batcher_ended(self, task: asyncio.Task) -> None:
+        """Should the batcher ever end, nothing would answer: readiness turns false, and the reason is logged."""
+        self.ready = False
+        if not task.cancelled() and task.exception() is not None:
+            logging.getLogger(__name__).error("the batcher stopped", exc_info=task.exception())
 
     async def _batcher(self) -> None:
         """Collect queued queries for ``batch_wait`` (up to ``max_batch_size``) and answer them together.

@@ -101,7 +101,7 @@ def run_stage(command: str, config, pipeline_run_id: str | None = None):
     with tracking.stage_run(command, config, pipeline_run_id, run_name=run_name) as run:
         if run is not None:
             for name, uri, path in data:
-                tracking.log_data_input(uri, path, data_digest(path), name=Path(uri).name or name, context=name)
+                tracking.log_data_input(uri, data_digest(path), field=name)
         start = time.perf_counter()
         result = function(local)
         seconds = time.perf_counter() - start
