@@ -10,6 +10,7 @@ quarantine jsonl; nothing is dropped silently. Loading fails when the bad fracti
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,24 +41,24 @@ class LoadedData:
     quarantine_path: Path
 
 
-class _BadLine(ValueError):
-    pass
+class BadLine(ValueError):
+    """A line that cannot become valid data: quarantined with this reason."""
 
 
 def image_path(image_root: Path, relative: object) -> Path:
     """``image_root / relative`` for a relative path that stays under ``image_root`` (symbolic links
     followed); anything else is a bad line: a record never names a file outside its image root."""
     if not isinstance(relative, str) or not relative.strip():
-        raise _BadLine("image must be a non-empty string")
+        raise BadLine("image must be a non-empty string")
     path = image_root / relative
     if Path(relative).is_absolute() or ".." in Path(relative).parts or "\\" in relative:
-        raise _BadLine(f"image path {relative!r} leaves the image root")
+        raise BadLine(f"image path {relative!r} leaves the image root")
     if not path.resolve().is_relative_to(image_root.resolve()):
-        raise _BadLine(f"image path {relative!r} resolves outside the image root")
+        raise BadLine(f"image path {relative!r} resolves outside the image root")
     return path
 
 
-def _check_image(image_root: Path, relative: object, cache: dict[str, str | None]) -> None:
+def check_image(image_root: Path, relative: object, cache: dict[str, str | None]) -> None:
     """The image decodes completely (``verify()`` decodes nothing: a truncated file would pass it)."""
     path = image_path(image_root, relative)
     if relative not in cache:
@@ -70,39 +71,39 @@ def _check_image(image_root: Path, relative: object, cache: dict[str, str | None
         except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
             cache[relative] = f"image unreadable: {path} ({type(error).__name__}: {error})"
     if cache[relative]:
-        raise _BadLine(cache[relative])
+        raise BadLine(cache[relative])
 
 
 def _records_from_line(row: object, check_image) -> list[Record]:
     if not isinstance(row, dict):
-        raise _BadLine("line is not a JSON object")
+        raise BadLine("line is not a JSON object")
     for key in ("id", "image", "conversations"):
         if key not in row:
-            raise _BadLine(f"missing field {key!r}")
+            raise BadLine(f"missing field {key!r}")
     turns = row["conversations"]
     if not isinstance(turns, list) or not turns or len(turns) % 2:
-        raise _BadLine("conversations must be a non-empty list of human/gpt pairs")
+        raise BadLine("conversations must be a non-empty list of human/gpt pairs")
     if row.get("answer_type") not in (None, *ANSWER_TYPES):
-        raise _BadLine(f"answer_type must be one of {ANSWER_TYPES}")
+        raise BadLine(f"answer_type must be one of {ANSWER_TYPES}")
     if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
-        raise _BadLine("id must be a string or an integer")
+        raise BadLine("id must be a string or an integer")
     check_image(row["image"])
     records = []
     for turn in range(len(turns) // 2):
         human, gpt = turns[2 * turn], turns[2 * turn + 1]
         if not (isinstance(human, dict) and isinstance(gpt, dict)):
-            raise _BadLine(f"turn {turn}: conversation entries must be objects")
+            raise BadLine(f"turn {turn}: conversation entries must be objects")
         if (human.get("from"), gpt.get("from")) != ("human", "gpt"):
-            raise _BadLine(f"turn {turn}: expected a human then a gpt message")
+            raise BadLine(f"turn {turn}: expected a human then a gpt message")
         if not (isinstance(human.get("value"), str) and isinstance(gpt.get("value"), str)):
-            raise _BadLine(f"turn {turn}: message values must be strings")
+            raise BadLine(f"turn {turn}: message values must be strings")
         try:
             parse_stages(gpt.get("value") or "")
         except ReasoningFormatError as error:
-            raise _BadLine(f"turn {turn}: {error}") from None
+            raise BadLine(f"turn {turn}: {error}") from None
         question = str(human.get("value") or "").replace(IMAGE_TOKEN, "").strip()
         if not question:
-            raise _BadLine(f"turn {turn}: empty question")
+            raise BadLine(f"turn {turn}: empty question")
         records.append(
             Record(
                 id=str(row["id"]) if len(turns) == 2 else f"{row['id']}#{turn}",
@@ -144,12 +145,34 @@ def load_llava_cot(
         raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
 
     image_status: dict[str, str | None] = {}
-    check = (lambda rel: _check_image(image_root, rel, image_status)) if check_images else (lambda rel: None)
-    records: list[Record] = []
+    check = (lambda rel: check_image(image_root, rel, image_status)) if check_images else (lambda rel: None)
     seen_ids: set[str] = set()
+
+    def records_of(row: object) -> list[Record]:
+        new = _records_from_line(row, check)
+        if (duplicate := next((r.id for r in new if r.id in seen_ids), None)) is not None:
+            raise BadLine(f"duplicate id {duplicate!r}")
+        seen_ids.update(r.id for r in new)
+        return new
+
+    records, num_lines, num_bad = read_checked_jsonl(jsonl_path, records_of, quarantine_path, max_bad_fraction,
+                                                     "records")
+    return LoadedData(jsonl_path, records, image_root, num_lines, num_bad, quarantine_path)
+
+
+def read_checked_jsonl(path: Path, parse: Callable[[object], list], quarantine_path: Path, max_bad_fraction: float,
+                       what: str) -> tuple[list, int, int]:
+    """The items of a jsonl whose lines are UTF-8 JSON that ``parse`` turns into a list of items.
+
+    A line that is not UTF-8 or not JSON, or for which ``parse`` raises :class:`BadLine`, goes to
+    ``quarantine_path`` with its line number, reason and text (the file is written only when a line
+    is bad). Returns (items, non-empty lines, bad lines); raises :class:`DataQualityError` when the
+    file holds no line or more than ``max_bad_fraction`` of its lines are bad.
+    """
+    items: list = []
     num_lines, quarantined = 0, []
-    with open(jsonl_path, "rb") as source:
-        for line_number, data in enumerate(tqdm(source, desc=f"loading {jsonl_path.name}", unit=" lines"), 1):
+    with open(path, "rb") as source:
+        for line_number, data in enumerate(tqdm(source, desc=f"loading {path.name}", unit=" lines"), 1):
             raw = data.decode("utf-8", errors="replace")
             if not raw.strip():
                 continue
@@ -158,32 +181,26 @@ def load_llava_cot(
                 try:
                     data.decode("utf-8")
                 except UnicodeDecodeError as error:
-                    raise _BadLine(f"not UTF-8 text (byte {error.start}: {error.reason})") from None
+                    raise BadLine(f"not UTF-8 text (byte {error.start}: {error.reason})") from None
                 try:
                     row = json.loads(raw)
                 except json.JSONDecodeError as error:
-                    raise _BadLine(f"malformed JSON: {error}") from None
-                new = _records_from_line(row, check)
-                duplicate = next((r.id for r in new if r.id in seen_ids), None)
-                if duplicate is not None:
-                    raise _BadLine(f"duplicate id {duplicate!r}")
-            except _BadLine as bad:
+                    raise BadLine(f"malformed JSON: {error}") from None
+                items.extend(parse(row))
+            except BadLine as bad:
                 quarantined.append({"line": line_number, "reason": str(bad), "raw": raw.rstrip("\n")})
-                continue
-            seen_ids.update(r.id for r in new)
-            records.extend(new)
 
     num_bad = len(quarantined)
     if quarantined:  # written only when there is something to report: inputs stay untouched otherwise
         write_jsonl(quarantined, quarantine_path)
     if num_lines == 0:
-        raise DataQualityError(f"{jsonl_path} holds no records")
+        raise DataQualityError(f"{path} holds no {what}")
     if num_bad / num_lines > max_bad_fraction:
         raise DataQualityError(
-            f"{num_bad} of {num_lines} lines of {jsonl_path} are invalid "
+            f"{num_bad} of {num_lines} lines of {path} are invalid "
             f"({num_bad / num_lines:.1%} > limit {max_bad_fraction:.1%}); reasons per line in {quarantine_path}"
         )
-    return LoadedData(jsonl_path, records, image_root, num_lines, num_bad, quarantine_path)
+    return items, num_lines, num_bad
 
 
 def write_llava_cot(records: list[Record], jsonl_path: str | Path) -> None:

@@ -9,13 +9,13 @@ four parts avoids the released code's prefix duplication (spec §1, data-format 
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
+from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, BadLine, check_image, read_checked_jsonl
 from sherlock.data.sampling import link_or_copy
 from sherlock.data.schema import PAIRS_FILE, file_digest, write_jsonl
 from sherlock.losses import beta_weight
@@ -106,25 +106,47 @@ def write_pairs(pairs: list[PreferencePair], image_root: Path, output_dir: str |
     return write_jsonl((dataclasses.asdict(pair) for pair in pairs), output_dir / PAIRS_FILE)
 
 
-def read_pairs(directory: str | Path) -> list[PreferencePair]:
-    """Read the pairs of a preference directory; fails on an empty or malformed file."""
-    path = Path(directory) / PAIRS_FILE
+PAIR_TEXT_FIELDS = ("id", "image", "question", "prefix_w", "suffix_w", "prefix_l", "suffix_l")
+
+
+def read_pairs(directory: str | Path, max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION) -> list[PreferencePair]:
+    """Read and check the pairs of a preference directory, as the data loader checks records.
+
+    A line that is not UTF-8 JSON, lacks a field, has a field of the wrong type (texts strings,
+    ``truncation_step`` an integer in 1..4, ``noise_level`` a number in [0, 1]), repeats a pair id,
+    or names an image outside the directory or one that does not decode is quarantined in
+    ``pairs.quarantine.jsonl`` with its line number and reason; past ``max_bad_fraction`` (or with
+    no pair) a :class:`DataQualityError`.
+    """
+    directory = Path(directory)
+    path = directory / PAIRS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no preference pairs at {path}")
-    names = {f.name for f in dataclasses.fields(PreferencePair)}
-    pairs = []
-    with open(path, encoding="utf-8") as source:
-        for number, line in enumerate(source, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            missing = names - set(row) - {"perturbation"}
-            if missing:
-                raise ValueError(f"{path}:{number}: missing field(s) {sorted(missing)}")
-            pairs.append(PreferencePair(**{k: v for k, v in row.items() if k in names}))
-    if not pairs:
-        raise ValueError(f"{path} holds no preference pairs")
-    return pairs
+    images: dict[str, str | None] = {}
+    seen: set[str] = set()
+
+    def pair_of(row: object) -> list[PreferencePair]:
+        if not isinstance(row, dict):
+            raise BadLine("line is not a JSON object")
+        if missing := sorted(set(PAIR_TEXT_FIELDS + ("truncation_step", "noise_level")) - set(row)):
+            raise BadLine(f"missing field(s) {missing}")
+        texts = PAIR_TEXT_FIELDS + ("perturbation",)
+        if wrong := [key for key in texts if key in row and not isinstance(row[key], str)]:
+            raise BadLine(f"field(s) {wrong} must be strings")
+        step, noise = row["truncation_step"], row["noise_level"]
+        if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= NUM_TRUNCATION_STEPS:
+            raise BadLine(f"truncation_step must be an integer in 1..{NUM_TRUNCATION_STEPS}, got {step!r}")
+        if isinstance(noise, bool) or not isinstance(noise, int | float) or not 0 <= noise <= 1:
+            raise BadLine(f"noise_level must be a number in [0, 1], got {noise!r}")
+        if row["id"] in seen:
+            raise BadLine(f"duplicate pair id {row['id']!r}")
+        check_image(directory, row["image"], images)
+        seen.add(row["id"])
+        return [PreferencePair(**{key: row[key] for key in PAIR_TEXT_FIELDS + ("truncation_step", "perturbation")
+                                  if key in row}, noise_level=float(noise))]
+
+    return read_checked_jsonl(path, pair_of, directory / "pairs.quarantine.jsonl", max_bad_fraction,
+                              "preference pairs")[0]
 
 
 def pairs_digest(directory: str | Path) -> str:

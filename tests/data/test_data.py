@@ -3,6 +3,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from sherlock.data.llava_cot import DataQualityError, load_llava_cot
 from sherlock.data.sampling import ManifestMismatchError, sample_disjoint, sample_to_dir, verify_subset
@@ -188,3 +189,36 @@ def test_images_are_read_upright_and_16_bit_ones_keep_their_tones(tmp_path):
     wide.save(tmp_path / "rotated.jpg", exif=exif)
     upright = open_image(tmp_path, Record(id="r", image="rotated.jpg", question="q", response="r"))
     assert upright.size == (10, 40)
+
+
+def test_preference_files_are_checked_and_quarantined_like_data_files(tmp_path):
+    """Every malformed pair line is quarantined with its line number and reason; the good ones load."""
+    import json
+
+    from sherlock.data.preferences import PreferencePair, read_pairs, write_pairs
+
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "ok.png")
+    good = PreferencePair("p0", "ok.png", "q", "<SUMMARY>a</SUMMARY>", "w", "<SUMMARY>a</SUMMARY>", "l", 2, 0.5)
+    directory = tmp_path / "pairs"
+    write_pairs([good], tmp_path, directory)
+    row = json.loads((directory / "pairs.jsonl").read_text())
+    truncated = directory / "cut.png"
+    Image.new("RGB", (64, 64)).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    bad = [row | {"truncation_step": "2"}, row | {"truncation_step": 9}, row | {"noise_level": True},
+           row | {"noise_level": 1.5}, row | {"question": 7}, {k: v for k, v in row.items() if k != "suffix_l"},
+           row,  # the same pair id again
+           row | {"id": "p1", "image": "../ok.png"}, row | {"id": "p2", "image": "cut.png"},
+           row | {"id": "p3", "image": "missing.png"}, ["not", "an", "object"]]
+    with open(directory / "pairs.jsonl", "a") as lines:
+        lines.writelines(json.dumps(b) + "\n" for b in bad)
+        lines.write("{broken\n")
+    with pytest.raises(DataQualityError, match="12 of 13 lines"):
+        read_pairs(directory)
+    assert read_pairs(directory, max_bad_fraction=1.0) == [good]
+    reasons = [json.loads(line) for line in (directory / "pairs.quarantine.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in reasons] == list(range(2, 14))
+    expected = ["truncation_step must be an integer", "truncation_step must be an integer", "noise_level must be",
+                "noise_level must be", "must be strings", "missing field(s) ['suffix_l']", "duplicate pair id",
+                "leaves the image root", "image unreadable", "image not found", "not a JSON object", "malformed JSON"]
+    assert all(text in r["reason"] for text, r in zip(expected, reasons)), reasons
