@@ -80,8 +80,9 @@ def deploy_step(model_name: str, settings: dict, output_root: str, pipeline_run_
     """
     from sherlock.serving.deploy import DeployConfig, run_deploy
 
-    overrides = {"name": model_name} | dict(settings) | {"model": f"models:/{model_name}@champion",
-                                  "output": step_uri(output_root, pipeline_run_id, "deploy")}
+    overrides = {"name": model_name} | dict(settings) | {  # only this pipeline's outputs are deployed
+        "model": f"models:/{model_name}@champion", "output": step_uri(output_root, pipeline_run_id, "deploy"),
+        "checkpoint_roots": output_root}
     return run_deploy(load_config(DeployConfig, overrides=overrides))
 
 

@@ -33,14 +33,20 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 import sherlock
+from sherlock.storage import directory_digest
 
 RUN_FILE = "mlflow_run.json"  # written into a stage's output directory: which run produced it
 PIPELINE_RUN_TAG, STAGE_TAG = "sherlock.pipeline_run_id", "sherlock.stage"
 DIGEST_LENGTH = 32  # MLflow stores dataset digests in 36 characters: the first 32 hex digits of a sha256
+DIGEST_TAG = "checkpoint_sha256sums"  # a version's tag: sha256 of its checkpoint's SHA256SUMS listing
 CHALLENGER, CHAMPION = "challenger", "champion"
 # Proxied artifacts: MLflow 3 clients otherwise fetch files through presigned URLs of the artifact
 # store, which name its in-cluster address (unreachable from outside) and time out in retries.
 os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint is not the one its registered version recorded."""
 
 
 def enabled() -> bool:
@@ -196,7 +202,7 @@ def register_checkpoint(checkpoint: str | Path, model_name: str, eval_metrics: d
             artifacts={"checkpoint": str(checkpoint)}, code_paths=[str(package)],
             pip_requirements=runtime_requirements(), registered_model_name=model_name, signature=PYFUNC_SIGNATURE)
     version = str(info.registered_model_version)
-    lineage = dict(lineage, source_run_id=source["run_id"])
+    lineage = dict(lineage, source_run_id=source["run_id"], **{DIGEST_TAG: directory_digest(checkpoint)})
     for item in client.get_run(source["run_id"]).inputs.dataset_inputs:  # the data the checkpoint was trained on
         lineage[f"data.{item.dataset.name}.digest"] = item.dataset.digest
         lineage[f"data.{item.dataset.name}.source"] = json.loads(item.dataset.source)["uri"]
@@ -206,11 +212,31 @@ def register_checkpoint(checkpoint: str | Path, model_name: str, eval_metrics: d
     return client.get_model_version(model_name, version)
 
 
+def verify_checkpoint(version, checkpoint: str | Path) -> None:
+    """Refuse a checkpoint (local directory or ``s3://`` URI) whose SHA256SUMS digest is not the one
+    its version recorded at registration (:data:`DIGEST_TAG`)."""
+    expected = version.tags.get(DIGEST_TAG)
+    if not expected:
+        raise CheckpointMismatchError(f"version {version.version} of {version.name} records no {DIGEST_TAG}: "
+                                      "register checkpoints with sherlock.tracking.register_checkpoint")
+    if (found := directory_digest(checkpoint)) != expected:
+        raise CheckpointMismatchError(f"{checkpoint} is not the checkpoint registered as version {version.version} "
+                                      f"of {version.name}: SHA256SUMS digest {found[:16]}…, registered "
+                                      f"{expected[:16]}…")
+
+
 def download_checkpoint(model_uri: str) -> Path:
-    """The checkpoint directory of a model registered by :func:`register_checkpoint` (``models:/…``)."""
-    model = Path(mlflow.artifacts.download_artifacts(model_uri))
+    """The checkpoint directory of a model registered by :func:`register_checkpoint` (``models:/…``),
+    verified against the digest its version recorded (:func:`verify_checkpoint`)."""
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    client = mlflow.MlflowClient()
+    version = client.get_model_version(*get_model_name_and_version(client, model_uri))
+    model = Path(mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}"))
     flavor = yaml.safe_load((model / "MLmodel").read_text())["flavors"]["python_function"]
-    return model / flavor["artifacts"]["checkpoint"]["path"]
+    checkpoint = model / flavor["artifacts"]["checkpoint"]["path"]
+    verify_checkpoint(version, checkpoint)
+    return checkpoint
 
 
 def gate_champion(model_name: str, version: str, metric: str, margin: float = 0.0) -> dict:

@@ -1,4 +1,6 @@
+import hashlib
 import os
+import re
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -83,7 +85,8 @@ def bucket(s3_env, request):
     """A fresh bucket per test."""
     from sherlock.storage import Storage
 
-    name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-") + f"-{os.getpid()}"
+    unique = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:8]  # parametrized tests differ here
+    name = f"t-{re.sub(r'[^a-z0-9]+', '-', request.node.name.lower())[:32].strip('-')}-{unique}-{os.getpid()}"
     Storage().client.make_bucket(name)
     return name
 

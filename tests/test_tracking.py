@@ -150,3 +150,22 @@ def test_pipeline_run_follows_its_stages_and_datasets_have_absolute_sources(tmp_
     with tracking.stage_run("evaluate", config, "kfp-run-2"):
         pass
     assert client.get_run(parent).info.status == "FAILED"  # a later stage does not hide the failure
+
+
+def test_a_registered_checkpoint_changed_in_the_artifact_store_is_refused(tiny_model_dir, tmp_path, monkeypatch):
+    """``download_checkpoint`` (what ``sherlock serve --model models:/…`` loads) checks the version's digest."""
+    import shutil
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.create_experiment("digest", artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.set_experiment("digest")
+    checkpoint = shutil.copytree(tiny_model_dir, tmp_path / "checkpoint")
+    with mlflow.start_run() as run:
+        tracking.write_run_file(run, checkpoint)
+    version = tracking.register_checkpoint(checkpoint, "digest-model", {}, {})
+    assert version.tags[tracking.DIGEST_TAG] == tracking.directory_digest(checkpoint)
+    assert tracking.download_checkpoint("models:/digest-model/1").is_dir()
+    (stored,) = (tmp_path / "artifacts").glob("**/artifacts/checkpoint/model.safetensors")
+    stored.write_bytes(stored.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(tracking.CheckpointMismatchError, match="not the checkpoint registered as version 1"):
+        tracking.download_checkpoint("models:/digest-model@challenger")

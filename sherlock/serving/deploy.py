@@ -25,7 +25,7 @@ import yaml
 
 import sherlock
 from sherlock.config import ConfigError, GPUPlacement, help_field
-from sherlock.storage import publish
+from sherlock.storage import StorageError, publish
 
 MANIFEST_FILE = "inferenceservice.yaml"
 RESULT_FILE = "deployment.json"
@@ -62,6 +62,8 @@ class DeployConfig(GPUPlacement):
     load_seconds: int = help_field(600, help="allowed model load time before liveness checks begin")
     timeout_seconds: int = help_field(900, help="how long to wait for Ready")
     poll_seconds: float = help_field(10.0, help="status polling interval while waiting")
+    checkpoint_roots: str = help_field("s3://sherlock/", help="comma-separated URI prefixes a deployed checkpoint "
+                                                              "must live under (the pipelines' output roots)")
 
     def __post_init__(self) -> None:
         if not self.model.startswith("models:/"):
@@ -175,6 +177,7 @@ def run_deploy(config: DeployConfig) -> dict:
     from mlflow.store.artifact.utils.models import get_model_name_and_version
 
     from sherlock.serving.schema import validate_manifest
+    from sherlock.tracking import CheckpointMismatchError, verify_checkpoint
 
     client = mlflow.MlflowClient()
     version = client.get_model_version(*get_model_name_and_version(client, config.model))
@@ -182,6 +185,14 @@ def run_deploy(config: DeployConfig) -> dict:
     if not storage_uri:
         raise DeployError(f"{config.model} (version {version.version}) has no checkpoint_uri tag: "
                           "register checkpoints with sherlock.tracking.register_checkpoint")
+    roots = [root.rstrip("/") + "/" for root in config.checkpoint_roots.split(",") if root.strip()]
+    if not any(storage_uri.rstrip("/").startswith(root) for root in roots) or ".." in storage_uri.split("/"):
+        raise DeployError(f"version {version.version} names checkpoint {storage_uri!r}, outside the checkpoint roots "
+                          f"{roots}: refused before anything is created")
+    try:
+        verify_checkpoint(version, storage_uri)  # the checkpoint is the one that was evaluated and registered
+    except (CheckpointMismatchError, StorageError, FileNotFoundError) as error:
+        raise DeployError(f"{config.model}: {error}") from None
     isvc = inference_service(config, storage_uri, version)
     manifest = to_manifest(isvc)
     validate_manifest(manifest)

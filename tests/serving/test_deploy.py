@@ -12,27 +12,49 @@ import yaml
 from sherlock.config import ConfigError, load_config
 from sherlock.serving.deploy import MANIFEST_FILE, DeployConfig, DeployError, run_deploy
 from sherlock.serving.schema import KSERVE_KINDS, ManifestError, generate_schema, schema_file, validate_manifest
+from sherlock.storage import directory_digest, publish, split_s3_uri
+from sherlock.tracking import DIGEST_TAG
 from tests.kube_api import KubeAPI
 
-CHECKPOINT = "s3://models/runs/run-1/sherlock-offline"
+
+def published_checkpoint(tmp_path, uri: str, weights: bytes = b"w" * 64) -> str:
+    """A small checkpoint directory published (with its SHA256SUMS) to ``uri`` on the S3 server."""
+    local = tmp_path / uri.rsplit("/", 1)[-1]
+    local.mkdir()
+    (local / "config.json").write_text("{}")
+    (local / "model.safetensors").write_bytes(weights)
+    return publish(local, uri)
+
+
+def register(client, uri: str) -> str:
+    """A version registered the way the pipeline registers checkpoints: its URI and SHA256SUMS digest."""
+    tags = {"checkpoint_uri": uri, DIGEST_TAG: directory_digest(uri)}
+    return client.create_model_version("sherlock", source=uri, tags=tags).version
 
 
 @pytest.fixture
-def registry(tmp_path, monkeypatch):
-    """Real MLflow (sqlite) with one version registered the way the pipeline registers checkpoints."""
+def checkpoint(bucket, tmp_path):
+    return published_checkpoint(tmp_path, f"s3://{bucket}/runs/run-1/sherlock-offline")
+
+
+@pytest.fixture
+def registry(checkpoint, tmp_path, monkeypatch):
+    """Real MLflow (sqlite) with one version of a checkpoint on moto's S3 server, registered as the
+    pipeline registers it."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     client = mlflow.MlflowClient()
     client.create_registered_model("sherlock")
-    version = client.create_model_version("sherlock", source=str(tmp_path), tags={"checkpoint_uri": CHECKPOINT})
-    client.set_registered_model_alias("sherlock", "champion", version.version)
+    client.set_registered_model_alias("sherlock", "champion", register(client, checkpoint))
     return client
 
 
 def deploy(tmp_path, **overrides) -> dict:
+    bucket = split_s3_uri(mlflow.MlflowClient().get_model_version_by_alias("sherlock", "champion").source)[0]
     config = load_config(DeployConfig, overrides={"model": "models:/sherlock@champion",
-                                                  "output": str(tmp_path / "deploy"), **overrides})
+                                                  "output": str(tmp_path / "deploy"),
+                                                  "checkpoint_roots": f"s3://{bucket}/runs/", **overrides})
     return run_deploy(config)
 
 
@@ -41,7 +63,7 @@ def test_committed_schemas_match_the_generator(kind):
     assert json.loads(schema_file(kind).read_text()) == generate_schema(kind)
 
 
-def test_manifest_without_a_cluster(registry, tmp_path):
+def test_manifest_without_a_cluster(registry, checkpoint, tmp_path):
     result = deploy(tmp_path, node_selector="pool=gpu,nvidia.com/gpu.present=true", tolerations="nvidia.com/gpu,spot")
     assert result["mode"] == "manifest" and result["action"] == "manifest" and result["url"] is None
     manifest = yaml.safe_load((tmp_path / "deploy" / MANIFEST_FILE).read_text())
@@ -49,7 +71,7 @@ def test_manifest_without_a_cluster(registry, tmp_path):
     predictor = manifest["spec"]["predictor"]
     container = predictor["containers"][0]
     assert manifest["metadata"] == manifest["metadata"] | {"name": "sherlock", "namespace": "sherlock"}
-    assert {"name": "STORAGE_URI", "value": CHECKPOINT} in container["env"]
+    assert {"name": "STORAGE_URI", "value": checkpoint} in container["env"]
     assert container["args"][:2] == ["--model", "/mnt/models"] and container["image"].endswith("-cuda")
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert predictor["nodeSelector"] == {"pool": "gpu", "nvidia.com/gpu.present": "true"}
@@ -131,7 +153,7 @@ def cluster(tmp_path, monkeypatch):
     api.close()
 
 
-def test_create_then_canary_patch_waits_for_the_new_generation(registry, cluster, tmp_path):
+def test_create_then_canary_patch_waits_for_the_new_generation(registry, checkpoint, cluster, tmp_path):
     first = deploy(tmp_path, poll_seconds=0.05)
     assert first["mode"] == "cluster" and first["action"] == "created"
     assert first["url"] == "http://sherlock.sherlock.example.com"
@@ -144,8 +166,7 @@ def test_create_then_canary_patch_waits_for_the_new_generation(registry, cluster
     tags = registry.get_model_version("sherlock", first["version"]).tags
     assert tags["serving.url"] == first["url"] and tags["serving.action"] == "created"
 
-    second_version = registry.create_model_version("sherlock", source=str(tmp_path),
-                                                   tags={"checkpoint_uri": CHECKPOINT + "-v2"}).version
+    second_version = register(registry, published_checkpoint(tmp_path, checkpoint + "-v2", b"v" * 64))
     registry.set_registered_model_alias("sherlock", "champion", second_version)
     cluster.requests.clear()
     second = deploy(tmp_path, canary_traffic_percent=20, poll_seconds=0.05)
@@ -155,7 +176,7 @@ def test_create_then_canary_patch_waits_for_the_new_generation(registry, cluster
     assert patch["body"]["spec"]["predictor"]["canaryTrafficPercent"] == 20
     patched = cluster.objects[("sherlock", "sherlock")]
     assert patched["metadata"]["generation"] == 2 and patched["status"]["observedGeneration"] == 2
-    assert {"name": "STORAGE_URI", "value": CHECKPOINT + "-v2"} in patched["spec"]["predictor"]["containers"][0]["env"]
+    assert {"name": "STORAGE_URI", "value": checkpoint + "-v2"} in patched["spec"]["predictor"]["containers"][0]["env"]
     # the old generation's Ready status (still there after the patch) was not taken for the new one:
     # it polled until generation 2 was observed (3 polls), then read the endpoint
     after_patch = cluster.requests[cluster.requests.index(patch) + 1:]
@@ -183,9 +204,37 @@ def test_forbidden_and_unfetchable_checkpoints_are_named(registry, tmp_path, mon
             deploy(tmp_path)
     finally:
         api.close()
-    local = registry.create_model_version("sherlock", source=str(tmp_path), tags={"checkpoint_uri": str(tmp_path)})
+    (tmp_path / "local").mkdir()
+    local = register(registry, str(tmp_path / "local"))
     with pytest.raises(DeployError, match="which a cluster cannot fetch"):
-        deploy(tmp_path, model=f"models:/sherlock/{local.version}", mode="cluster")
+        deploy(tmp_path, model=f"models:/sherlock/{local}", mode="cluster", checkpoint_roots=str(tmp_path))
     unregistered = registry.create_model_version("sherlock", source=str(tmp_path))
     with pytest.raises(DeployError, match="no checkpoint_uri tag"):
         deploy(tmp_path, model=f"models:/sherlock/{unregistered.version}")
+
+
+def test_a_checkpoint_outside_the_roots_or_not_the_registered_one_is_refused(registry, checkpoint, cluster, tmp_path):
+    """Refused before anything reaches the cluster: a URI outside the roots (or climbing out of them),
+    a checkpoint replaced after registration (objects and SHA256SUMS together), a version without a digest."""
+    import shutil
+
+    def champion(uri: str, digest: str | None = "0" * 64) -> None:
+        tags = {"checkpoint_uri": uri} | ({DIGEST_TAG: digest} if digest else {})
+        version = registry.create_model_version("sherlock", source=checkpoint, tags=tags).version
+        registry.set_registered_model_alias("sherlock", "champion", version)
+
+    champion("https://attacker.invalid/evil-model")
+    with pytest.raises(DeployError, match="outside the checkpoint roots"):
+        deploy(tmp_path)
+    champion(checkpoint + "/../../../elsewhere/model")
+    with pytest.raises(DeployError, match="outside the checkpoint roots"):
+        deploy(tmp_path)
+    champion(checkpoint, digest=None)
+    with pytest.raises(DeployError, match="records no checkpoint_sha256sums"):
+        deploy(tmp_path)
+    registry.set_registered_model_alias("sherlock", "champion", "1")
+    shutil.rmtree(tmp_path / "sherlock-offline")
+    published_checkpoint(tmp_path, checkpoint, b"e" * 64)  # consistent with its own SHA256SUMS, not the registered one
+    with pytest.raises(DeployError, match="is not the checkpoint registered as version 1"):
+        deploy(tmp_path)
+    assert cluster.requests == []
