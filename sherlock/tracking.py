@@ -111,12 +111,13 @@ def follow_stages(parent: str, stage_status: str) -> None:
     """The pipeline's parent run follows its stages: RUNNING while one runs, FINISHED once none does,
     FAILED for good once one failed (KFP has no step that outlives a failure to close it)."""
     client = mlflow.MlflowClient()
-    if client.get_run(parent).info.status == "FAILED":
+    info = client.get_run(parent).info
+    if info.status == "FAILED":
         return
     if stage_status == "RUNNING":
         client.update_run(parent, status="RUNNING")
         return
-    running = client.search_runs([client.get_run(parent).info.experiment_id], max_results=1,
+    running = client.search_runs([info.experiment_id], max_results=1,
                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and "
                                                "attributes.status = 'RUNNING'")
     if stage_status == "FAILED" or not running:
