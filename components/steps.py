@@ -69,7 +69,7 @@ def register_step(checkpoint: str, evaluation: str, model_name: str, metric: str
     local = fetch(checkpoint)
     version = tracking.register_checkpoint(local, model_name, metrics, {
         "checkpoint_uri": checkpoint, "evaluation_uri": evaluation, "pipeline_run_id": pipeline_run_id})
-    return tracking.gate_champion(model_name, version.version, metric, margin)
+    return tracking.gate_champion(model_name, version.version, metric, pipeline_run_id, margin)
 
 
 def deploy_step(model_name: str, settings: dict, output_root: str, pipeline_run_id: str) -> dict:

@@ -16,6 +16,7 @@ from sherlock.data.llava_cot import DataQualityError, load_llava_cot
 from sherlock.data.synthetic import IMAGE_SIZE, TIERS, generate_synthetic
 from sherlock.demo import DemoConfig, run_demo
 from sherlock.experiment import ExperimentConfig, run_experiment
+from sherlock.mlflow_access import AccessConfig, grant_access
 from sherlock.models.loading import CheckpointNotFoundError
 from sherlock.models.tiny import PRESETS, build_tiny_vlm, tokenizer_corpus
 from sherlock.serving.deploy import DeployConfig, DeployError, run_deploy
@@ -66,8 +67,8 @@ def _build_tiny(args) -> None:
 def _dataclass_command(config_class, function):
     def run(args) -> None:
         result = function(config_from_args(config_class, args))
-        if isinstance(result, str):
-            print(result)
+        if isinstance(result, str | dict):
+            print(result if isinstance(result, str) else json.dumps(result, indent=2))
 
     return run
 
@@ -134,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("demo", DemoConfig, run_demo, "embedded end-to-end job: data, tiny model, SFT, accuracy before/after"),
         ("experiment", ExperimentConfig, run_experiment,
          "all stages and ablations on the synthetic task for several seeds (docs/results.md)"),
+        ("mlflow-access", AccessConfig, grant_access,
+         "as MLflow's admin: the pipeline's and the reader's users, the experiment, the models and their grants"),
     ):
         command = commands.add_parser(name, help=help_text)
         add_config_arguments(command, config_class)

@@ -8,7 +8,11 @@ Tracking is on when ``MLFLOW_TRACKING_URI`` is set (``sqlite:///…`` for the em
    ``mlflow_run.json`` beside its outputs;
 2. :func:`register_checkpoint` logs an evaluated checkpoint as a model *in the run that trained it*,
    registers it with its eval metrics and lineage as version tags and points ``challenger`` at it;
-3. :func:`gate_champion` moves ``champion`` only when the challenger beats it by a margin.
+3. :func:`gate_champion` moves ``champion`` only when the challenger, registered by the asking
+   pipeline run (:func:`check_provenance`), beats it by a margin.
+
+On the platform MLflow runs its auth app and the steps log in as a non-admin pipeline user
+(:mod:`sherlock.mlflow_access`).
 """
 
 from __future__ import annotations
@@ -240,15 +244,41 @@ def download_checkpoint(model_uri: str) -> Path:
     return checkpoint
 
 
-def gate_champion(model_name: str, version: str, metric: str, margin: float = 0.0) -> dict:
+class ProvenanceError(ValueError):
+    """A registry version that the pipeline run asking about it did not register."""
+
+
+def check_provenance(client, version, pipeline_run_id: str) -> None:
+    """Refuse ``version`` unless pipeline run ``pipeline_run_id`` registered it: its ``pipeline_run_id``
+    tag names the run, and it was logged in a stage run nested under that pipeline run's parent run.
+
+    With MLflow's auth app only the pipeline's user may write these runs and tags (:mod:`sherlock.mlflow_access`).
+    """
+    where = f"version {version.version} of {version.name}"
+    if version.tags.get("pipeline_run_id") != pipeline_run_id:
+        raise ProvenanceError(f"{where} was not registered by pipeline run {pipeline_run_id!r} "
+                              f"(its pipeline_run_id tag is {version.tags.get('pipeline_run_id')!r})")
+    if not version.run_id:
+        raise ProvenanceError(f"{where} names no run: it was not logged by a stage of {pipeline_run_id!r}")
+    stage = client.get_run(version.run_id).data.tags
+    parent = client.get_run(stage["mlflow.parentRunId"]).data.tags if "mlflow.parentRunId" in stage else {}
+    if stage.get(PIPELINE_RUN_TAG) != pipeline_run_id or parent.get(PIPELINE_RUN_TAG) != pipeline_run_id \
+            or parent.get(STAGE_TAG) != "pipeline":
+        raise ProvenanceError(f"{where} was logged in run {version.run_id}, which is not a stage run of "
+                              f"pipeline run {pipeline_run_id!r}")
+
+
+def gate_champion(model_name: str, version: str, metric: str, pipeline_run_id: str, margin: float = 0.0) -> dict:
     """Point ``champion`` at ``version`` if its ``eval.<metric>`` beats the champion's by more than ``margin``.
 
+    Only a version registered by pipeline run ``pipeline_run_id`` is considered (:func:`check_provenance`).
     With no champion yet the version becomes champion. Returns the decision with both scores; the
     decision is also written to the version's tags.
     """
     client = mlflow.MlflowClient()
     version = str(version)
     challenger = client.get_model_version(model_name, version)
+    check_provenance(client, challenger, pipeline_run_id)
     key = f"eval.{metric}"
     if key not in challenger.tags:
         raise KeyError(f"version {version} of {model_name} has no tag {key}; has {sorted(challenger.tags)}")

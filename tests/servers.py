@@ -1,9 +1,11 @@
-"""Real servers for the tests: moto's S3 endpoint (with IAM auth on), an `mlflow server`, a faulty TCP proxy."""
+"""Real servers for the tests: moto's S3 endpoint (with IAM auth on), an `mlflow server` with MLflow's auth
+app, a faulty TCP proxy."""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -68,18 +70,38 @@ def start_s3_server() -> S3Server:
     return S3Server(url, key["AccessKeyId"], key["SecretAccessKey"], process)
 
 
-def start_mlflow_server(workdir: Path, s3: S3Server, bucket: str) -> tuple[str, subprocess.Popen]:
-    """``mlflow server`` (sqlite backend, one worker) proxying artifacts to ``s3://bucket/mlflow``."""
-    port = free_port()
+@dataclass
+class MlflowServer:
+    url: str
+    admin_password: str
+    process: subprocess.Popen
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(20)
+
+
+def start_mlflow_server(workdir: Path, s3: S3Server, bucket: str) -> MlflowServer:
+    """``mlflow server --app-name basic-auth`` as the platform runs it (``manifests/base/mlflow.yaml``):
+    sqlite backend and user store, ``default_permission = NO_PERMISSIONS``, admin ``admin`` with a
+    random password, one worker, artifacts proxied to ``s3://bucket/mlflow``."""
+    port, admin_password = free_port(), secrets.token_urlsafe(16)
     log = workdir / "mlflow-server.log"
+    (workdir / "basic_auth.ini").write_text(
+        "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+        f"database_uri = sqlite:///{workdir / 'basic_auth.db'}\nadmin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "auth_cache_ttl_seconds = 30\n")
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
          "--artifacts-destination", f"s3://{bucket}/mlflow"],
-        env=dict(os.environ, **s3.env()), cwd=workdir, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        env=dict(os.environ, **s3.env(), MLFLOW_AUTH_CONFIG_PATH=str(workdir / "basic_auth.ini"),
+                 MLFLOW_AUTH_ADMIN_PASSWORD=admin_password, MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16)),
+        cwd=workdir, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/health", process, timeout=120, log=log)
-    return url, process
+    return MlflowServer(url, admin_password, process)
 
 
 class FaultyProxy:

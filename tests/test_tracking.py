@@ -1,4 +1,5 @@
-"""MLflow lineage and registry against a real `mlflow server` whose artifacts live on a real S3 endpoint."""
+"""MLflow lineage and registry against a real `mlflow server` with MLflow's auth app whose artifacts live on
+a real S3 endpoint: the steps run as the non-admin pipeline user that `sherlock mlflow-access` makes."""
 
 import base64
 import json
@@ -6,12 +7,15 @@ import json
 import mlflow
 import pandas as pd
 import pytest
+import requests
+from mlflow.exceptions import MlflowException
 from servers import start_mlflow_server
 
 from sherlock import tracking
 from sherlock.data.llava_cot import load_llava_cot
 from sherlock.data.sampling import verify_subset
 from sherlock.data.synthetic import generate_synthetic
+from sherlock.mlflow_access import PIPELINE_PASSWORD_ENV, READER_PASSWORD_ENV, AccessConfig, grant_access
 from sherlock.stages.evaluate import EvaluationConfig
 from sherlock.stages.runner import data_digest, run_stage
 from sherlock.stages.sample import SampleConfig
@@ -22,14 +26,27 @@ MODEL = "sherlock-tiny"
 PIPELINE_RUN = "kfp-run-0001"
 
 
+PASSWORDS = {"sherlock-pipeline": "pipeline-password-0001", "sherlock-reader": "reader-password-0001"}
+
+
+def log_in(monkeypatch, user: str, password: str) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+
+
 @pytest.fixture
 def mlflow_server(bucket, tmp_path, monkeypatch, s3_env):
-    url, process = start_mlflow_server(tmp_path, s3_env, bucket)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    """The platform's MLflow after its access Job ran; this process is logged in as the pipeline user."""
+    server = start_mlflow_server(tmp_path, s3_env, bucket)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
     monkeypatch.setenv("SHERLOCK_CACHE", str(tmp_path / "cache"))
-    yield url
-    process.terminate()
-    process.wait(20)
+    monkeypatch.setenv(PIPELINE_PASSWORD_ENV, PASSWORDS["sherlock-pipeline"])
+    monkeypatch.setenv(READER_PASSWORD_ENV, PASSWORDS["sherlock-reader"])
+    log_in(monkeypatch, "admin", server.admin_password)
+    grant_access(AccessConfig(models=MODEL))
+    log_in(monkeypatch, "sherlock-pipeline", PASSWORDS["sherlock-pipeline"])
+    yield server
+    server.stop()
 
 
 def test_micro_pipeline_lineage_from_champion_back_to_records(mlflow_server, bucket, tiny_model_dir, tmp_path):
@@ -53,7 +70,7 @@ def test_micro_pipeline_lineage_from_champion_back_to_records(mlflow_server, buc
     assert all(not key.startswith("llava_cot/round_") or key[-1] in "01" for key in eval_metrics)
     version = tracking.register_checkpoint(fetch(f"{root}/r0"), MODEL, eval_metrics,
                                            {"checkpoint_uri": f"{root}/r0", "pipeline_run_id": PIPELINE_RUN})
-    assert tracking.gate_champion(MODEL, version.version, "llava_cot/round_1")["promoted"]
+    assert tracking.gate_champion(MODEL, version.version, "llava_cot/round_1", PIPELINE_RUN)["promoted"]
 
     # every stage is a nested run of the pipeline's parent run, with params, metrics and artifacts
     client = mlflow.MlflowClient()
@@ -99,17 +116,68 @@ def test_micro_pipeline_lineage_from_champion_back_to_records(mlflow_server, buc
     assert len(answer) == 1 and len(answer[0]["responses"]) == 2
 
 
+def test_mlflow_refuses_anonymous_and_ungranted_writes_and_the_gate_foreign_versions(mlflow_server, monkeypatch):
+    """MLflow's auth app as the platform configures it: anonymous calls get 401; a user without grants
+    gets 403 on the registry; the reader reads; the pipeline user registers and gates; the gate refuses
+    a version that this pipeline run did not register, whoever could write it."""
+    from mlflow.server import get_app_client
+
+    api = f"{mlflow_server.url}/api/2.0/mlflow"
+    for path, body in (("experiments/create", {"name": "anonymous"}),
+                       ("model-versions/create", {"name": MODEL, "source": "https://attacker.invalid/evil-model"}),
+                       ("registered-models/alias", {"name": MODEL, "alias": "champion", "version": "1"})):
+        assert requests.post(f"{api}/{path}", json=body, timeout=30).status_code == 401, path
+    assert requests.get(f"{api}/registered-models/alias", params={"name": MODEL, "alias": "champion"},
+                        timeout=30).status_code == 401
+
+    client = mlflow.MlflowClient()  # the pipeline user
+
+    def register(pipeline_run: str, score: float) -> str:
+        with tracking.stage_run("sft", SampleConfig(data="d", output="o"), pipeline_run) as run:
+            pass
+        return client.create_model_version(MODEL, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id,
+                                           tags={"pipeline_run_id": pipeline_run, "eval.acc": str(score)}).version
+
+    ours, foreign = register(PIPELINE_RUN, 50.0), register("kfp-run-0002", 99.0)
+    assert tracking.gate_champion(MODEL, ours, "acc", PIPELINE_RUN)["promoted"]
+    with pytest.raises(tracking.ProvenanceError, match="not registered by pipeline run 'kfp-run-0001'"):
+        tracking.gate_champion(MODEL, foreign, "acc", PIPELINE_RUN)
+
+    log_in(monkeypatch, "admin", mlflow_server.admin_password)
+    get_app_client("basic-auth", tracking_uri=mlflow_server.url).create_user("intruder", "intruder-password-1")
+    by_hand = client.create_model_version(MODEL, "s3://sherlock/elsewhere", tags={
+        "pipeline_run_id": PIPELINE_RUN, "eval.acc": "100"}).version  # right tag, but no stage run logged it
+    log_in(monkeypatch, "sherlock-pipeline", PASSWORDS["sherlock-pipeline"])
+    with pytest.raises(tracking.ProvenanceError, match="names no run"):
+        tracking.gate_champion(MODEL, by_hand, "acc", PIPELINE_RUN)
+
+    log_in(monkeypatch, "intruder", "intruder-password-1")
+    for write in (lambda: client.set_registered_model_alias(MODEL, "champion", foreign),
+                  lambda: client.set_model_version_tag(MODEL, ours, "eval.acc", "0"),
+                  lambda: client.create_model_version(MODEL, "https://attacker.invalid/evil-model"),
+                  lambda: client.get_model_version_by_alias(MODEL, "champion")):
+        with pytest.raises(MlflowException, match="403"):
+            write()
+    log_in(monkeypatch, "sherlock-reader", PASSWORDS["sherlock-reader"])
+    assert client.get_model_version_by_alias(MODEL, "champion").version == ours
+    with pytest.raises(MlflowException, match="403"):
+        client.set_registered_model_alias(MODEL, "champion", foreign)
+
+
 def test_champion_moves_only_for_a_better_challenger(tiny_model_dir, tmp_path, monkeypatch):
     """The gate on the embedded default's backend: local sqlite, artifacts on disk."""
+    import shutil
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow.create_experiment("gate", artifact_location=(tmp_path / "artifacts").as_uri())
-    mlflow.set_experiment("gate")
-    with mlflow.start_run() as run:
-        tracking.write_run_file(run, tiny_model_dir)
+    mlflow.create_experiment("sherlock", artifact_location=(tmp_path / "artifacts").as_uri())
+    checkpoint = shutil.copytree(tiny_model_dir, tmp_path / "checkpoint")
 
     def arrive(score):
-        version = tracking.register_checkpoint(tiny_model_dir, "gate-model", {"acc": score}, {})
-        return tracking.gate_champion("gate-model", version.version, "acc", margin=1.0)
+        with tracking.stage_run("sft", SampleConfig(data="d", output="o"), "kfp-run-gate") as run:
+            tracking.write_run_file(run, checkpoint)
+        version = tracking.register_checkpoint(checkpoint, "gate-model", {"acc": score},
+                                               {"pipeline_run_id": "kfp-run-gate"})
+        return tracking.gate_champion("gate-model", version.version, "acc", "kfp-run-gate", margin=1.0)
 
     client = mlflow.MlflowClient()
     assert arrive(40.0)["promoted"]
@@ -122,7 +190,12 @@ def test_champion_moves_only_for_a_better_challenger(tiny_model_dir, tmp_path, m
     assert str(client.get_model_version_by_alias("gate-model", "champion").version) == "4"
     assert json.loads(client.get_model_version("gate-model", "2").tags["gate.decision"])["promoted"] is False
     with pytest.raises(KeyError, match="no tag eval.f1"):
-        tracking.gate_champion("gate-model", "4", "f1")
+        tracking.gate_champion("gate-model", "4", "f1", "kfp-run-gate")
+    with mlflow.start_run() as run:  # a run outside any pipeline run
+        tracking.write_run_file(run, checkpoint)
+    stray = tracking.register_checkpoint(checkpoint, "gate-model", {"acc": 99.0}, {"pipeline_run_id": "kfp-run-gate"})
+    with pytest.raises(tracking.ProvenanceError, match="not a stage run of pipeline run 'kfp-run-gate'"):
+        tracking.gate_champion("gate-model", stray.version, "acc", "kfp-run-gate")
 
 
 def test_pipeline_run_follows_its_stages_and_datasets_have_absolute_sources(tmp_path, monkeypatch):
