@@ -92,6 +92,17 @@ def file_sums(root: str | Path) -> dict[str, str]:
     return {path.as_posix(): sha256_file(Path(root) / path) for path in directory_files(Path(root))}
 
 
+def sums_digest(sums: dict[str, str]) -> str:
+    """sha256 of a SHA256SUMS listing: one digest for every file's name and content."""
+    return hashlib.sha256(manifest_text(sums).encode()).hexdigest()
+
+
+def previous_version_uri(uri: str, digest: str) -> str:
+    """Where :meth:`Storage.upload_dir` keeps the complete version (SHA256SUMS digest ``digest``) that
+    a new upload to ``uri`` replaces: the sibling prefix ``<uri>@<first 16 hex digits>``."""
+    return f"{uri.rstrip('/')}@{digest[:16]}"
+
+
 def directory_digest(root: str | Path, storage: Storage | None = None) -> str:
     """sha256 of the SHA256SUMS listing of ``root``: one digest for every file's name and content.
 
@@ -104,7 +115,7 @@ def directory_digest(root: str | Path, storage: Storage | None = None) -> str:
             raise StorageError(f"{root} has no {MANIFEST_FILE}: not a directory written by upload_dir")
     else:
         sums = file_sums(root)
-    return hashlib.sha256(manifest_text(sums).encode()).hexdigest()
+    return sums_digest(sums)
 
 
 def write_manifest(root: str | Path) -> dict[str, str]:
@@ -261,16 +272,57 @@ class Storage:
             response.release_conn()
 
     # directories ---------------------------------------------------------------------------------
+    def remove(self, uri: str) -> None:
+        bucket, key = self._locate(uri)
+        self._call(f"remove {uri}", self.client.remove_object, bucket, key)
+
+    def list_names(self, uri: str) -> list[str]:
+        """Names (relative to the prefix ``uri``) of every object under the directory ``uri``."""
+        bucket, key = self._locate(uri)
+        prefix = f"{key.rstrip('/')}/"
+        objects = self._call(f"list {uri}", lambda: list(self.client.list_objects(bucket, prefix, recursive=True)))
+        return [item.object_name[len(prefix):] for item in objects]
+
+    def copy_dir(self, uri: str, target: str, sums: dict[str, str]) -> None:
+        """Server-side copy of the complete directory ``uri`` (files ``sums``) to ``target``, manifest last."""
+        from minio.commonconfig import CopySource
+
+        for name in [*sums, MANIFEST_FILE]:
+            bucket, key = self._locate(f"{uri}/{name}")
+            target_bucket, target_key = self._locate(f"{target}/{name}")
+            self._call(f"copy {uri}/{name} -> {target}/{name}", self.client.copy_object, target_bucket, target_key,
+                       CopySource(bucket, key))
+
     def upload_dir(self, local: str | Path, uri: str) -> dict[str, str]:
-        """Upload every file under ``local`` to the prefix ``uri``, manifest last; returns the sums."""
-        local = Path(local)
+        """Upload every file under ``local`` to the prefix ``uri``, manifest last; returns the sums.
+
+        Never destroys a complete version: when ``uri`` already holds one with other contents, it is
+        first copied (server-side) to :func:`previous_version_uri` and its manifest removed, so an
+        upload cut short leaves ``uri`` visibly incomplete (no SHA256SUMS: refused by every reader)
+        and the previous version whole beside it. Objects under ``uri`` that the new manifest does not
+        list (the previous version's, a cut upload's) are removed before the manifest goes up, so the
+        prefix holds exactly the new version (KServe's storage initializer copies every key under it).
+        The same contents again is a no-op (a retried step).
+        """
+        local, uri = Path(local), uri.rstrip("/")
         sums = write_manifest(local)
+        previous = self.manifest(uri)
+        if previous == sums:
+            return sums
+        if previous is not None:
+            kept = previous_version_uri(uri, sums_digest(previous))
+            if self.manifest(kept) != previous:
+                self.copy_dir(uri, kept, previous)
+            print(f"upload {uri}: the version it held is kept at {kept}", file=sys.stderr)
+            self.remove(f"{uri}/{MANIFEST_FILE}")
         total = sum((local / name).stat().st_size for name in sums)
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload {uri}", leave=False) as bar:
             for name in sums:
-                self.upload_file(local / name, f"{uri.rstrip('/')}/{name}")
+                self.upload_file(local / name, f"{uri}/{name}")
                 bar.update((local / name).stat().st_size)
-        self.upload_file(local / MANIFEST_FILE, f"{uri.rstrip('/')}/{MANIFEST_FILE}")
+        for stale in set(self.list_names(uri)) - set(sums) - {MANIFEST_FILE}:
+            self.remove(f"{uri}/{stale}")
+        self.upload_file(local / MANIFEST_FILE, f"{uri}/{MANIFEST_FILE}")
         return sums
 
     def manifest(self, uri: str) -> dict[str, str] | None:
@@ -346,6 +398,8 @@ def _covering_manifest(uri: str, storage: Storage) -> tuple[str, str, dict[str, 
 def _fetch_s3(uri: str, target: Path, storage: Storage, covering) -> Path:
     if covering is None:
         if not storage.exists(uri):
+            if storage.list_names(uri):
+                raise StorageError(f"{uri} has no {MANIFEST_FILE}: an upload that did not finish; not served")
             raise FileNotFoundError(f"nothing at {uri} (neither an object nor inside a directory with {MANIFEST_FILE})")
         print(f"warning: no {MANIFEST_FILE} covers {uri}; downloaded unverified", file=sys.stderr)
         return storage.download_file(uri, target)

