@@ -268,3 +268,70 @@ def test_values_validate_against_the_schema():
             target = target[key]
         target[path[-1]] = bad
         assert list(validator.iter_errors(broken)), path
+
+
+def admission(isvc: dict) -> list[str]:
+    """The messages of the validations of manifests/cluster-policy that refuse ``isvc``, evaluated by a
+    real CEL implementation (variables first, in order, as the API server does). There is no API
+    server here: this checks the policy's logic, not its registration."""
+    import cel
+
+    (policy,) = [d for d in render("cluster-policy") if d["kind"] == "ValidatingAdmissionPolicy"]
+    context = {"object": isvc, "variables": {}}
+    for variable in policy["spec"]["variables"]:
+        context["variables"][variable["name"]] = cel.evaluate(variable["expression"], context)
+    return [check["message"] for check in policy["spec"]["validations"]
+            if cel.evaluate(check["expression"], context) is not True]
+
+
+def test_cluster_policy_validates_strictly_and_binds_the_namespace():
+    documents = render("cluster-policy")
+    assert {d["kind"] for d in documents} == {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+    for document in documents:
+        assert "namespace" not in document["metadata"]  # cluster-scoped
+        validate_manifest(document)
+    (binding,) = [d for d in documents if d["kind"] == "ValidatingAdmissionPolicyBinding"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "sherlock"}
+
+
+def test_admission_policy_admits_what_deploy_writes_and_refuses_tampered_services():
+    import copy
+    from types import SimpleNamespace
+
+    from sherlock.config import load_config
+    from sherlock.serving.deploy import DeployConfig, inference_service, to_manifest
+
+    version = SimpleNamespace(name="sherlock", version="3")
+    deployed = {name: to_manifest(inference_service(load_config(DeployConfig, overrides={
+        "model": "models:/sherlock@champion", "output": "/tmp/unused", "name": name}), "s3://sherlock/r/ckpt", version))
+        for name in ("sherlock", "sherlock-scl", "sherlock-stic")}
+    for name, isvc in deployed.items():
+        assert admission(isvc) == [], name
+
+    def tampered(change) -> list[str]:
+        isvc = copy.deepcopy(deployed["sherlock"])
+        change(isvc)
+        return admission(isvc)
+
+    predictor = lambda isvc: isvc["spec"]["predictor"]  # noqa: E731
+    container = lambda isvc: predictor(isvc)["containers"][0]  # noqa: E731
+    cases = {
+        "one of the names": lambda i: i["metadata"].update(name="mine"),
+        "only a predictor": lambda i: i["spec"].update(transformer={"containers": [{"image": "evil:1"}]}),
+        "project image": lambda i: container(i).update(image="docker.io/attacker/miner:1"),
+        "`sherlock serve`": lambda i: container(i).update(command=["sh", "-c", "cat /var/run/secrets/*"]),
+        "nothing from a Secret": lambda i: container(i).update(envFrom=[{"secretRef": {"name": "sherlock-minio"}}]),
+        "serving ServiceAccount": lambda i: predictor(i).update(serviceAccountName="default-editor"),
+        "only emptyDir": lambda i: predictor(i)["volumes"].append({"name": "s",
+                                                                   "secret": {"secretName": "sherlock-minio"}}),
+    }
+    cases["project image (model)"] = lambda i: predictor(i).update(model={"modelFormat": {"name": "sherlock"},
+                                                                          "image": "docker.io/attacker/x:1"})
+    cases["nothing from a Secret (env)"] = lambda i: container(i)["env"].append(
+        {"name": "K", "valueFrom": {"secretKeyRef": {"name": "sherlock-minio", "key": "MINIO_ROOT_PASSWORD"}}})
+    for expected, change in cases.items():
+        refused = tampered(change)
+        assert len(refused) == 1 and expected.split(" (")[0] in refused[0], (expected, refused)
+    assert tampered(lambda i: container(i).update(image="ghcr.io/sherlock-vlm/sherlock@sha256:" + "0" * 64)) == []
