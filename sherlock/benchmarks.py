@@ -9,9 +9,11 @@ no gold answer) is quarantined with its line and reason; past a bad fraction the
 
 The scores are rule-based (option letters, yes/no, numbers with the benchmark's precision) with each
 benchmark's official aggregation: MMBench circular (a question counts only when every rotation is
-right), HallusionBench aAcc/fAcc/qAcc, MME acc + acc+ per subtask, MMMU per split. Where the
-official metric needs a judge model (MM-Vet's GPT grader, MathVista's GPT answer extraction) the
-result says so: MM-Vet gets no score, MathVista's is marked as rule-extracted.
+right), HallusionBench aAcc/fAcc/qAcc, MME acc + acc+ per subtask, MMMU per split. MM-Vet's
+open-ended answers are graded 0–1 by a grader (:func:`load_grader`): the rule-based default
+(:func:`mmvet_rule_grade`, MM-Vet's ``<AND>``/``<OR>`` answer syntax without its GPT-4 grader) or a
+model judge an installed package registers. MathVista's score is marked as rule-extracted (the
+official metric extracts answers with GPT).
 """
 
 from __future__ import annotations
@@ -27,15 +29,23 @@ import math
 import re
 import sys
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from sherlock.config import registered
 from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, DataQualityError, load_data
 from sherlock.data.schema import open_image, write_jsonl
-from sherlock.reasoning import conclusion_text, extract_answer, is_correct, normalise_number
+from sherlock.reasoning import (
+    conclusion_text,
+    extract_answer,
+    infer_answer_type,
+    is_correct,
+    normalise_number,
+    normalise_text,
+)
 
 OPTION_LETTERS = "ABCDEFGHI"
 MCQ_INSTRUCTION = "Please select the correct answer from the options above."
@@ -43,6 +53,8 @@ MME_CATEGORIES_COGNITION = ("commonsense_reasoning", "numerical_calculation", "t
 MME_SCALE = 28  # the paper's average divides MME (max 2800) by 28
 IMAGE_REFERENCE_LENGTH = 64  # VLMEvalKit: an image cell this short is the index of the row whose image it repeats
 CIRCULAR_OFFSET = 1_000_000  # MMBench: row index + k·10⁶ is rotation k of question ``index``
+GRADERS = "sherlock.graders"  # entry-point group of MM-Vet graders: grade(question, gold, response) -> 0..1
+Grader = Callable[[str, str, str], float]
 
 
 class BadRow(ValueError):
@@ -62,7 +74,7 @@ class BenchmarkItem:
     prompt: str
     image: Image.Image = field(repr=False)
     answer: str
-    answer_type: str  # choice, number, text, yesno
+    answer_type: str  # choice, number, text, yesno, open (graded 0–1)
     category: str | None = None
     groups: Mapping[str, str] = field(default_factory=dict)
     precision: int | None = None
@@ -242,13 +254,20 @@ def _mathvista(row: dict) -> BenchmarkItem:
                          precision=precision)
 
 
+def _mmvet(row: dict) -> BenchmarkItem:
+    """The question verbatim, graded against the gold answer; ``category`` lists its capabilities
+    (``rec,ocr,…``)."""
+    return BenchmarkItem(str(row["index"]), row["question"], _first_image(row), _gold(row), "open",
+                         row.get("category"))
+
+
 @dataclass(frozen=True)
 class Benchmark:
     """How a benchmark's rows become items and how its score is computed."""
 
     name: str
     item: callable
-    metric: str  # accuracy, circular, hallusion, mmmu, mme, judge
+    metric: str  # accuracy, circular, hallusion, mmmu, mme, graded
     note: str = ""
 
 
@@ -264,7 +283,8 @@ BENCHMARKS = {
     "mathvista": Benchmark("MathVista_MINI", _mathvista, "accuracy",
                            "rule-based answer extraction; the official metric extracts answers with GPT"),
     "mme": Benchmark("MME", _yes_no, "mme", "perception + cognition score, acc + acc+ per subtask (max 2800)"),
-    "mmvet": Benchmark("MMVet", _mcq, "judge", "needs the GPT-4 grader; predictions saved, no rule-based score"),
+    "mmvet": Benchmark("MMVet", _mmvet, "graded", "mean 0–1 grade ×100 and per capability; the grader is a "
+                       "setting (rule-based by default; the official one is GPT-4)"),
 }
 PAPER_BENCHMARKS = tuple(BENCHMARKS)
 
@@ -311,6 +331,43 @@ def yes_no(text: str) -> str | None:
     return match.group(1) if match else None
 
 
+_NUMBERS = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def mmvet_rule_grade(question: str, gold: str, response: str) -> float:
+    """MM-Vet's answer syntax without its GPT-4 grader: the gold answer's ``<OR>`` alternatives, each
+    a list of ``<AND>`` elements; the grade is the best alternative's fraction of elements found in the
+    response's CONCLUSION (numbers compared as numbers, text as a normalised word sequence). A lower
+    bound of the GPT grader, which also credits paraphrases."""
+    inner = conclusion_text(response)
+    text = inner if inner is not None else response
+    words = f" {normalise_text(text)} "
+    numbers = {normalise_number(match) for match in _NUMBERS.findall(text)}
+    grade = 0.0
+    for alternative in gold.split("<OR>"):
+        elements = [element.strip() for element in alternative.split("<AND>") if element.strip()]
+        found = [normalise_number(e) in numbers if infer_answer_type(e) == "number"
+                 else f" {normalise_text(e)} " in words for e in elements]
+        grade = max(grade, sum(found) / len(found)) if found else grade
+    return grade
+
+
+def load_grader(name: str) -> Grader:
+    """``rule`` (:func:`mmvet_rule_grade`) or a grader registered under the entry-point group
+    :data:`GRADERS` by an installed package (a model judge: ``grade(question, gold, response)`` → 0–1)."""
+    return registered(GRADERS, name, {"rule": mmvet_rule_grade}, "grader")
+
+
+def item_score(item: BenchmarkItem, response: str, grader: Grader = mmvet_rule_grade) -> float:
+    """1.0 or 0.0 by the rules, or the grader's 0–1 grade of an open-ended answer."""
+    if item.answer_type == "open":
+        grade = float(grader(item.prompt, item.answer, response))
+        if not 0.0 <= grade <= 1.0:
+            raise ValueError(f"the grader gave {grade} for item {item.id}: grades are in [0, 1]")
+        return grade
+    return float(item_correct(item, response))
+
+
 def item_correct(item: BenchmarkItem, response: str) -> bool:
     """Rule-based correctness of one response."""
     if item.answer_type == "yesno":
@@ -355,12 +412,26 @@ def _accuracy(hits: list[bool]) -> dict:
     return {"score": 100 * accuracy, "stderr": 100 * math.sqrt(accuracy * (1 - accuracy) / len(hits))}
 
 
-def score_responses(name: str, items: list[BenchmarkItem], responses: list[str]) -> dict:
-    """Score one round of responses: ``score`` (accuracy in %, or the MME total), ``stderr``, per category,
-    and the benchmark's own aggregates (module docstring)."""
+def _graded(items: list[BenchmarkItem], grades: list[float]) -> dict:
+    """Mean grade in %, its standard error, and per capability (an item counts for each it lists)."""
+    mean = sum(grades) / len(grades)
+    spread = math.sqrt(max(sum(g * g for g in grades) / len(grades) - mean * mean, 0.0))
+    capabilities: dict[str, list[float]] = defaultdict(list)
+    for item, grade in zip(items, grades):
+        for capability in (item.category or "").split(","):
+            if capability.strip():
+                capabilities[capability.strip()].append(grade)
+    return {"score": 100 * mean, "stderr": 100 * spread / math.sqrt(len(grades)), "n": len(grades),
+            "per_category": {k: 100 * sum(v) / len(v) for k, v in sorted(capabilities.items())}}
+
+
+def score_responses(name: str, items: list[BenchmarkItem], responses: list[str],
+                    grader: Grader = mmvet_rule_grade) -> dict:
+    """Score one round of responses: ``score`` (accuracy or mean grade in %, or the MME total), ``stderr``,
+    per category, and the benchmark's own aggregates (module docstring)."""
     metric = BENCHMARKS[name].metric if name in BENCHMARKS else "accuracy"
-    if metric == "judge":
-        return {"score": None, "judge_required": True, "n": len(items)}
+    if metric == "graded":
+        return _graded(items, [item_score(item, r, grader) for item, r in zip(items, responses, strict=True)])
     hits = [item_correct(item, response) for item, response in zip(items, responses, strict=True)]
     if metric == "mme":
         return mme_score(items, hits) | {"n": len(items)}

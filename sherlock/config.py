@@ -24,6 +24,20 @@ class ConfigError(ValueError):
     """A stage config is malformed or inconsistent."""
 
 
+def registered(group: str, name: str, builtins: dict, what: str):
+    """``builtins[name]``, or the object an installed package registers as ``name`` under the entry-point
+    group ``group``. A setting only chooses among these names: it never names a module to import."""
+    from importlib.metadata import entry_points
+
+    if name in builtins:
+        return builtins[name]
+    points = {point.name: point for point in entry_points(group=group)}
+    if name not in points:
+        raise ConfigError(f"unknown {what} {name!r}: {' or '.join(map(repr, builtins))} or one registered under "
+                          f"the entry-point group {group!r} ({sorted(points) or 'none installed'})")
+    return points[name].load()
+
+
 def _field_types(cls) -> dict[str, type]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}

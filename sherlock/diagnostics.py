@@ -151,19 +151,20 @@ def mcnemar_p(fixed: int, broken: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def paired_difference(after: list[bool], before: list[bool], seed: int = 0,
+def paired_difference(after: list[float], before: list[float], seed: int = 0,
                       resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, float]:
-    """Accuracy of ``after`` − ``before`` on the same items, in points, with a paired bootstrap 95 % CI.
+    """Score of ``after`` − ``before`` on the same items (hits, or 0–1 grades), in points, with a paired
+    bootstrap 95 % CI.
 
-    ``fixed``: items right after and wrong before; ``broken``: the reverse; ``p_mcnemar`` tests
-    whether they differ.
+    ``fixed``: items that scored higher after; ``broken``: lower (for hits: right after and wrong
+    before, and the reverse); ``p_mcnemar`` tests whether they differ.
     """
     if len(after) != len(before) or not after:
         raise ValueError(f"paired statistics need equal, non-empty hit lists (got {len(after)} and {len(before)})")
-    deltas = np.asarray(after, dtype=np.int8) - np.asarray(before, dtype=np.int8)
+    deltas = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
     n = len(deltas)
     means = deltas[np.random.default_rng(seed).integers(0, n, (resamples, n))].mean(axis=1)
     low, high = np.quantile(means, [0.025, 0.975])
-    fixed, broken = int((deltas == 1).sum()), int((deltas == -1).sum())
+    fixed, broken = int((deltas > 0).sum()), int((deltas < 0).sum())
     return {"difference": 100 * float(deltas.mean()), "ci_low": 100 * float(low), "ci_high": 100 * float(high),
             "fixed": fixed, "broken": broken, "p_mcnemar": mcnemar_p(fixed, broken), "n": n}

@@ -92,16 +92,22 @@ def bucket(s3_env, request):
 
 
 @pytest.fixture
-def register_judge(tmp_path, monkeypatch):
-    """``register_judge(name, body)``: an installed distribution (a dist-info on ``sys.path``) that registers
-    ``def judge(question, responses): <body>`` under the ``sherlock.judges`` entry-point group."""
-    def register(name: str, body: str) -> None:
-        package = f"judge_{name}"
-        (tmp_path / f"{package}.py").write_text(f"def judge(question, responses):\n    {body}\n")
+def register_entry_point(tmp_path, monkeypatch):
+    """``register_entry_point(group, name, signature, body)``: an installed distribution (a dist-info on
+    ``sys.path``) that registers ``def function(<signature>): <body>`` as ``name`` under ``group``."""
+    def register(group: str, name: str, signature: str, body: str) -> None:
+        package = f"plugin_{name}"
+        (tmp_path / f"{package}.py").write_text(f"def function({signature}):\n    {body}\n")
         info = tmp_path / f"{package}-1.0.dist-info"
         info.mkdir()
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 1.0\n")
-        (info / "entry_points.txt").write_text(f"[sherlock.judges]\n{name} = {package}:judge\n")
+        (info / "entry_points.txt").write_text(f"[{group}]\n{name} = {package}:function\n")
         monkeypatch.syspath_prepend(str(tmp_path))
 
     return register
+
+
+@pytest.fixture
+def register_judge(register_entry_point):
+    """``register_judge(name, body)``: ``def judge(question, responses): <body>`` under ``sherlock.judges``."""
+    return lambda name, body: register_entry_point("sherlock.judges", name, "question, responses", body)

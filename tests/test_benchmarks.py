@@ -8,7 +8,15 @@ import json
 import pytest
 from PIL import Image
 
-from sherlock.benchmarks import BENCHMARKS, MCQ_INSTRUCTION, load_benchmark, mme_score, paper_average, score_responses
+from sherlock.benchmarks import (
+    BENCHMARKS,
+    MCQ_INSTRUCTION,
+    load_benchmark,
+    load_grader,
+    mme_score,
+    paper_average,
+    score_responses,
+)
 from sherlock.config import ConfigError
 from sherlock.data.llava_cot import DataQualityError
 from sherlock.stages.evaluate import EvaluationConfig, EvaluationError, run_evaluation
@@ -55,7 +63,11 @@ FIXTURES = {
                 ("existence", 0, "Is there red?", "Yes"), ("existence", 0, "Is there blue?", "No"),
                 ("existence", 1, "Is there red?", "Yes"), ("existence", 1, "Is there green?", "No"),
                 ("code_reasoning", 2, "Does it print 1?", "Yes"), ("code_reasoning", 2, "Does it print 2?", "No")])],
-    "mmvet": [{"index": 0, "question": "Describe the image.", "answer": "A red square.", "category": "rec",
+    "mmvet": [{"index": "v1", "question": "What year was this built?", "answer": "2004<OR>2005",
+               "category": "ocr,know", "image": RED},
+              {"index": "v2", "question": "Which colours are shown?", "answer": "red<AND>blue", "category": "rec",
+               "image": BLUE},
+              {"index": "v3", "question": "Describe the image.", "answer": "A red square.", "category": "rec,gen",
                "image": RED}],
 }
 
@@ -110,9 +122,26 @@ def test_mme_counts_acc_and_acc_plus_per_subtask(tsv_dir):
     assert mme_score(items, [False] * 6)["score"] == 0
 
 
-def test_mmvet_needs_a_judge(tsv_dir):
+def test_mmvet_is_graded_by_its_and_or_answers_or_by_a_registered_model_judge(tsv_dir, register_entry_point):
     items = load_benchmark("mmvet", tsv_dir / "mmvet.tsv")
-    assert score_responses("mmvet", items, ["A red square."]) == {"score": None, "judge_required": True, "n": 1}
+    assert [(i.prompt, i.answer_type) for i in items][0] == ("What year was this built?", "open")
+    responses = [_conclude("It was finished in 2005."), _conclude("Red and green."), _conclude("a red square")]
+    result = score_responses("mmvet", items, responses)
+    assert result["score"] == pytest.approx(100 * (1 + 0.5 + 1) / 3) and result["n"] == 3
+    assert result["per_category"] == pytest.approx({"gen": 100.0, "know": 100.0, "ocr": 100.0, "rec": 75.0})
+    assert score_responses("mmvet", items, [_conclude("1999"), _conclude("blue"), _conclude("a cat")])["score"] == \
+        pytest.approx(100 * 0.5 / 3)
+
+    register_entry_point("sherlock.graders", "lenient", "question, gold, response", "return 0.8")
+    assert score_responses("mmvet", items, responses, load_grader("lenient"))["score"] == pytest.approx(80.0)
+    register_entry_point("sherlock.graders", "broken", "question, gold, response", "return 7")
+    with pytest.raises(ValueError, match="grades are in"):
+        score_responses("mmvet", items, responses, load_grader("broken"))
+    for name in ("plugin_lenient:function", "os:system"):
+        with pytest.raises(ConfigError, match=r"unknown grader .*'sherlock.graders'"):
+            load_grader(name)
+    with pytest.raises(ConfigError, match="unknown grader"):
+        EvaluationConfig(model="m", output="o", benchmarks="mmvet=x", grader="os:system").check()
 
 
 def test_paper_average_divides_mme_by_28():

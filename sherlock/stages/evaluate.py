@@ -25,7 +25,17 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from sherlock.benchmarks import BENCHMARKS, BenchmarkItem, item_correct, load_benchmark, paper_average, score_responses
+from sherlock.benchmarks import (
+    BENCHMARKS,
+    BenchmarkItem,
+    Grader,
+    item_score,
+    load_benchmark,
+    load_grader,
+    mmvet_rule_grade,
+    paper_average,
+    score_responses,
+)
 from sherlock.config import ConfigError, help_field, parse_named
 from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, load_data
 from sherlock.data.schema import write_jsonl
@@ -71,6 +81,8 @@ class EvaluationConfig(ProtocolSettings):
     max_bad_fraction: float = help_field(DEFAULT_MAX_BAD_FRACTION, "refuse a benchmark file when more of its rows "
                                                                    "than this are quarantined")
     describe_first: bool = help_field(False, "describe the image first and prefix the question with it (STIC DaR)")
+    grader: str = help_field("rule", "MM-Vet's grader: 'rule' (its <AND>/<OR> answers matched in the CONCLUSION) "
+                                     "or a model judge registered under the entry-point group sherlock.graders")
 
     def parsed_benchmarks(self) -> dict[str, str]:
         return parse_named(self.benchmarks, "benchmarks")
@@ -80,13 +92,12 @@ class EvaluationConfig(ProtocolSettings):
         unknown = set(self.parsed_benchmarks()) - set(BENCHMARKS) - {"llava_cot"}
         if unknown:
             raise ConfigError(f"unknown benchmark(s) {sorted(unknown)}; known: llava_cot, {', '.join(BENCHMARKS)}")
+        load_grader(self.grader)
 
 
 def _score(result: dict | None) -> str:
     if result is None:
         return "–"
-    if result["score"] is None:
-        return "judge needed"
     stderr = result.get("stderr")
     return f"{result['score']:.1f}" + (f" ± {stderr:.1f}" if stderr is not None else "")
 
@@ -136,28 +147,26 @@ def blank_images(images: list[Image.Image]) -> list[Image.Image]:
 
 def evaluate_benchmark(model, processor, name: str, items: list[BenchmarkItem], config: ProtocolSettings,
                        prior: BlindPrior | None, questions: list[str] | None = None,
-                       ) -> tuple[dict, list[list[str]], list[list[bool]] | None]:
+                       grader: Grader = mmvet_rule_grade) -> tuple[dict, list[list[str]], list[list[float]]]:
     """Metrics of one benchmark (see the module docstring), the responses of every round and their
-    correctness (None where a judge scores the benchmark)."""
+    per-item scores (1/0 by the rules; the grader's 0–1 grade for open-ended answers)."""
     images, keys = [i.image for i in items], [i.id for i in items]
     questions = questions or [i.prompt for i in items]
     direct = config.decoding(config.seed)
     rounds = answer_with_corrections(model, processor, questions, images, config.correction_rounds, direct,
                                      desc=name, keys=keys)
-    result: dict = {"rounds": [score_responses(name, items, r) for r in rounds]}
-    if result["rounds"][0]["score"] is None:  # a judge scores it: nothing to compare here
-        return result, rounds, None
-    hits = [[item_correct(item, response) for item, response in zip(items, responses)] for responses in rounds]
+    result: dict = {"rounds": [score_responses(name, items, r, grader) for r in rounds]}
+    hits = [[item_score(item, response, grader) for item, response in zip(items, responses)] for responses in rounds]
     if config.correction_rounds:
         result["sc_minus_direct"] = paired_difference(hits[-1], hits[0], seed=config.seed)
     if config.greedy_direct:
         greedy = dataclasses.replace(direct, temperature=0.0, top_p=1.0)
         result["greedy_direct"] = score_responses(name, items, generate(
-            model, processor, questions, images, config=greedy, desc=f"{name} greedy direct"))
+            model, processor, questions, images, config=greedy, desc=f"{name} greedy direct"), grader)
     if config.blank_image:  # the direct answer's random stream: only the image differs from round 0
         result["blank_image"] = score_responses(name, items, generate(
             model, processor, questions, blank_images(images), config=direct, desc=f"{name} blank image",
-            stream="direct", keys=keys))
+            stream="direct", keys=keys), grader)
     if prior is not None:
         result["blind_prior"] = 100 * prior.accuracy([i.prompt for i in items], [i.answer for i in items])
     if all(i.reference for i in items):
@@ -177,6 +186,7 @@ def run_evaluation(config: EvaluationConfig) -> dict:
     the metrics. A benchmark that fails is recorded in ``metrics["errors"]``; the others still run, and
     :class:`EvaluationError` names the failed ones at the end."""
     config.check()
+    grader = load_grader(config.grader)
     model, processor = load_vlm(config.model, dtype=torch.float32)
     prior = BlindPrior(load_data(config.prior_data).records) if config.prior_data else None
     output = Path(config.output)
@@ -194,14 +204,16 @@ def run_evaluation(config: EvaluationConfig) -> dict:
                 descriptions = generate(model, processor, [STIC_DAR_PROMPT] * len(items), [i.image for i in items],
                                         config=greedy, desc=f"{name} descriptions")
                 questions = [stic_description_infused(q, d) for q, d in zip(questions, descriptions)]
-            result, rounds, hits = evaluate_benchmark(model, processor, name, items, config, prior, questions)
+            result, rounds, hits = evaluate_benchmark(model, processor, name, items, config, prior, questions, grader)
+            if BENCHMARKS.get(name) and BENCHMARKS[name].metric == "graded":
+                result["grader"] = config.grader
         except Exception as error:  # one benchmark's failure must not lose the others
             metrics.setdefault("errors", {})[name] = f"{type(error).__name__}: {error}"
             traceback.print_exc()
             continue
         metrics["benchmarks"][name] = {"path": path} | result
         predictions += [{"benchmark": name, "id": item.id, "answer": item.answer, "prompt": questions[j],
-                         "responses": [r[j] for r in rounds], "correct": hits and [h[j] for h in hits]}
+                         "responses": [r[j] for r in rounds], "correct": [h[j] for h in hits]}
                         for j, item in enumerate(items)]
         write_outputs(metrics, predictions, output, config.correction_rounds)
     if metrics.get("errors"):
