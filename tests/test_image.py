@@ -27,7 +27,7 @@ def lock() -> dict[str, str]:
 
 def test_every_pip_call_is_constrained_by_the_lock():
     calls = re.findall(r"pip install[^\n]*", DOCKERFILE)
-    assert len(calls) == 2 and all("-c requirements/constraints.txt" in call for call in calls)
+    assert len(calls) == 4 and all("-c requirements/constraints.txt" in call for call in calls)
     torch = re.search(r'"torch==([\d.]+)\$\{TORCH_LOCAL_VERSION\}"', DOCKERFILE)
     assert torch and torch.group(1) == lock()["torch"]
 
