@@ -14,12 +14,11 @@ import random
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import torch
 
-from sherlock.config import ConfigError, help_field
+from sherlock.config import ConfigError, help_field, registered
 from sherlock.data.llava_cot import load_data
 from sherlock.data.preferences import PreferencePair, draw_perturbation
 from sherlock.data.schema import open_image
@@ -75,13 +74,7 @@ def load_judge(name: str) -> Judge:
     under the entry-point group :data:`JUDGES` (``name = "module:function"``, the function taking
     ``(question, responses)``). A run parameter only chooses among registered names: it never names a
     module to import."""
-    if name == "rule":
-        return lambda question, responses: answers_agree(responses)
-    registered = {point.name: point for point in entry_points(group=JUDGES)}
-    if name not in registered:
-        raise ConfigError(f"unknown judge {name!r}: 'rule' or one registered under the entry-point group "
-                          f"{JUDGES!r} ({sorted(registered) or 'none installed'})")
-    return registered[name].load()
+    return registered(JUDGES, name, {"rule": lambda question, responses: answers_agree(responses)}, "judge")
 
 
 def unlabeled_pool(path: str | Path) -> tuple[list[UnlabeledItem], Path]:
