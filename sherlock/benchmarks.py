@@ -429,10 +429,14 @@ def score_responses(name: str, items: list[BenchmarkItem], responses: list[str],
                     grader: Grader = mmvet_rule_grade) -> dict:
     """Score one round of responses: ``score`` (accuracy or mean grade in %, or the MME total), ``stderr``,
     per category, and the benchmark's own aggregates (module docstring)."""
+    return score_items(name, items, [item_score(item, r, grader) for item, r in zip(items, responses, strict=True)])
+
+
+def score_items(name: str, items: list[BenchmarkItem], hits: list[float]) -> dict:
+    """:func:`score_responses` from the items' :func:`item_score` values (each response graded once)."""
     metric = BENCHMARKS[name].metric if name in BENCHMARKS else "accuracy"
     if metric == "graded":
-        return _graded(items, [item_score(item, r, grader) for item, r in zip(items, responses, strict=True)])
-    hits = [item_correct(item, response) for item, response in zip(items, responses, strict=True)]
+        return _graded(items, hits)
     if metric == "mme":
         return mme_score(items, hits) | {"n": len(items)}
     categories: dict[str, list[bool]] = defaultdict(list)

@@ -34,6 +34,7 @@ from sherlock.benchmarks import (
     load_grader,
     mmvet_rule_grade,
     paper_average,
+    score_items,
     score_responses,
 )
 from sherlock.config import ConfigError, help_field, parse_named
@@ -155,8 +156,9 @@ def evaluate_benchmark(model, processor, name: str, items: list[BenchmarkItem], 
     direct = config.decoding(config.seed)
     rounds = answer_with_corrections(model, processor, questions, images, config.correction_rounds, direct,
                                      desc=name, keys=keys)
-    result: dict = {"rounds": [score_responses(name, items, r, grader) for r in rounds]}
-    hits = [[item_score(item, response, grader) for item, response in zip(items, responses)] for responses in rounds]
+    hits = [[item_score(item, response, grader) for item, response in zip(items, responses, strict=True)]
+            for responses in rounds]
+    result: dict = {"rounds": [score_items(name, items, h) for h in hits]}
     if config.correction_rounds:
         result["sc_minus_direct"] = paired_difference(hits[-1], hits[0], seed=config.seed)
     if config.greedy_direct:
