@@ -35,17 +35,11 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from sherlock.answers import extract_answer, infer_answer_type, is_correct, normalise_number, normalise_text, options_in
 from sherlock.config import registered
 from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, DataQualityError, load_data
 from sherlock.data.schema import open_image, write_jsonl
-from sherlock.reasoning import (
-    conclusion_text,
-    extract_answer,
-    infer_answer_type,
-    is_correct,
-    normalise_number,
-    normalise_text,
-)
+from sherlock.reasoning import conclusion_text
 
 OPTION_LETTERS = "ABCDEFGHI"
 MCQ_INSTRUCTION = "Please select the correct answer from the options above."
@@ -79,6 +73,7 @@ class BenchmarkItem:
     groups: Mapping[str, str] = field(default_factory=dict)
     precision: int | None = None
     reference: str | None = None  # the gold 4-stage response, where the data holds one (LLaVA-CoT jsonl)
+    options: Mapping[str, str] = field(default_factory=dict)  # letter -> option text (multiple choice)
 
 
 def _decode_images(value: str) -> list[Image.Image]:
@@ -187,7 +182,8 @@ def mcq_prompt(row: dict) -> tuple[str, str]:
 
 def _mcq(row: dict) -> BenchmarkItem:
     prompt, answer = mcq_prompt(row)
-    return BenchmarkItem(str(row["index"]), prompt, _first_image(row), answer, "choice", row.get("category"))
+    return BenchmarkItem(str(row["index"]), prompt, _first_image(row), answer, "choice", row.get("category"),
+                         options=_options(row))
 
 
 def _mmbench(row: dict) -> BenchmarkItem:
@@ -247,7 +243,8 @@ def _mathvista(row: dict) -> BenchmarkItem:
             gold = next((letter for letter, text in letters.items() if text.casefold() == answer.casefold()), None)
         if gold not in letters:
             raise BadRow(f"the answer {answer!r} is none of the choices {choices}")
-        return BenchmarkItem(str(row["index"]), row["question"], image, gold, "choice", row.get("category"))
+        return BenchmarkItem(str(row["index"]), row["question"], image, gold, "choice", row.get("category"),
+                             options=letters)
     answer_type = "number" if row.get("answer_type") in ("integer", "float") else "text"
     precision = int(float(row["precision"])) if _present(row.get("precision")) else None
     return BenchmarkItem(str(row["index"]), row["question"], image, answer, answer_type, row.get("category"),
@@ -304,7 +301,8 @@ def load_benchmark(name: str, path: str | Path, limit: int | None = None, quaran
         if missing:
             raise ValueError(f"{len(missing)} records of {path} have no gold answer (first: {missing[0]})")
         return [BenchmarkItem(r.id, r.question, open_image(data.image_root, r), r.answer,
-                              r.answer_type or "text", r.tier, reference=r.response) for r in records]
+                              r.answer_type or "text", r.tier, reference=r.response, options=options_in(r.question))
+                for r in records]
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; choose from {sorted(BENCHMARKS) + ['llava_cot']}")
     rows = read_tsv(path)[:limit]
@@ -322,13 +320,6 @@ def load_benchmark(name: str, path: str | Path, limit: int | None = None, quaran
                                f"first: line {bad[0]['line']}, index {bad[0]['index']}: {bad[0]['reason']}); "
                                f"every row's reason in {quarantine}")
     return items
-
-
-def yes_no(text: str) -> str | None:
-    """The first yes/no word of the CONCLUSION (or of the text when there is none)."""
-    inner = conclusion_text(text)
-    match = re.search(r"\b(yes|no)\b", (inner if inner is not None else text).lower())
-    return match.group(1) if match else None
 
 
 _NUMBERS = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -369,14 +360,13 @@ def item_score(item: BenchmarkItem, response: str, grader: Grader = mmvet_rule_g
 
 
 def item_correct(item: BenchmarkItem, response: str) -> bool:
-    """Rule-based correctness of one response."""
-    if item.answer_type == "yesno":
-        return yes_no(response) == item.answer.lower()
+    """Rule-based correctness of one response (:mod:`sherlock.answers`; MathVista's numbers to the
+    item's precision)."""
     if item.answer_type == "number" and item.precision is not None:
         predicted, gold = extract_answer(response, "number"), normalise_number(item.answer)
         return predicted is not None and gold is not None and math.isclose(
             round(float(predicted), item.precision), round(float(gold), item.precision))
-    return is_correct(response, item.answer, item.answer_type)
+    return is_correct(response, item.answer, item.answer_type, item.options)
 
 
 def _grouped(items: list[BenchmarkItem], hits: list[bool], key: str) -> dict[str, list[bool]]:

@@ -103,7 +103,8 @@ def test_multiple_choice_prompt_and_gold_letter(tsv_dir):
         ("hallusionbench", ["Yes, it is red.", "Yes"], 50.0),
         ("mmmu", ["A", "1"], 100.0),
         ("mathvista", ["B", "0.333"], 100.0),
-        ("mathvista", ["blue", "0.34"], 0.0),
+        ("mathvista", ["blue", "0.34"], 50.0),  # an option's text is its letter; 0.34 ≠ 0.333 at 3 digits
+        ("mathvista", ["A blue one", "0.3"], 50.0),  # "A" before a word is an article: option B by its text
     ],
 )
 def test_rule_based_scores(tsv_dir, name, responses, expected):

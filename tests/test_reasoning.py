@@ -1,14 +1,6 @@
 import pytest
 
-from sherlock.reasoning import (
-    ReasoningFormatError,
-    cut_after_conclusion,
-    extract_answer,
-    infer_answer_type,
-    is_correct,
-    parse_stages,
-    truncate,
-)
+from sherlock.reasoning import ReasoningFormatError, cut_after_conclusion, parse_stages, truncate
 
 RESPONSE = (
     "<SUMMARY>Count the red shapes.</SUMMARY>\n\n"
@@ -61,30 +53,3 @@ def test_truncation_rejects_out_of_range_step():
 def test_cut_after_conclusion_drops_trailing_text():
     assert cut_after_conclusion(RESPONSE + "<SUMMARY>again") == RESPONSE
     assert cut_after_conclusion("no end") == "no end"
-
-
-@pytest.mark.parametrize(
-    "conclusion, answer_type, expected",
-    [
-        ("B", "choice", "B"),
-        ("(C) 12 apples", "choice", "C"),
-        ("The answer is D.", "choice", "D"),
-        ("There are 1,000 people.", "number", "1000"),
-        ("2.0", "number", "2"),
-        ("3.5 metres", "number", "3.5"),
-        ("The Red Square!", "text", "red square"),
-        ("no number here", "number", None),
-    ],
-)
-def test_extract_answer(conclusion, answer_type, expected):
-    response = RESPONSE.replace("<CONCLUSION>2</CONCLUSION>", f"<CONCLUSION>{conclusion}</CONCLUSION>")
-    assert extract_answer(response, answer_type) == expected
-
-
-def test_is_correct_uses_the_conclusion_and_type():
-    assert is_correct(RESPONSE, "2")
-    assert not is_correct(RESPONSE, "3")
-    assert infer_answer_type("A") == "choice"
-    assert infer_answer_type("12") == "number"
-    assert infer_answer_type("circle") == "text"
-    assert not is_correct("<CONCLUSION>maybe</CONCLUSION>", "B", "choice")

@@ -18,7 +18,8 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from sherlock.data.schema import Record, write_jsonl
-from sherlock.reasoning import ANSWER_TYPES, ReasoningFormatError, parse_stages
+from sherlock.answers import ANSWER_TYPES
+from sherlock.reasoning import ReasoningFormatError, parse_stages
 
 DEFAULT_MAX_BAD_FRACTION = 0.01
 DATA_FILE = "data.jsonl"  # a data set directory: this file and the images it names

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import torch
 
+from sherlock.answers import answers_agree, options_in
 from sherlock.config import ConfigError, help_field, registered
 from sherlock.data.llava_cot import load_data
 from sherlock.data.preferences import PreferencePair, draw_perturbation
 from sherlock.data.schema import open_image
 from sherlock.generation import SamplingSettings, generate, self_correct
 from sherlock.models.loading import load_vlm
-from sherlock.reasoning import ReasoningFormatError, answers_agree, truncate
+from sherlock.reasoning import ReasoningFormatError, truncate
 from sherlock.stages.io import record_stage_config
 from sherlock.stages.preference_training import PreferenceTrainingConfig, run_train_preferences
 from sherlock.stages.preferences import PerturbationSettings, rejected_suffixes, save_pairs
@@ -69,12 +70,17 @@ class OnlineConfig(PreferenceTrainingConfig, PerturbationSettings, SamplingSetti
         super().check()
 
 
+def rule_judge(question: str, responses: list[str]) -> bool:
+    """The default judge: the same option, yes/no, number or normalised text in every response
+    (:func:`sherlock.answers.answers_agree`, with the question's options)."""
+    return answers_agree(responses, options_in(question))
+
+
 def load_judge(name: str) -> Judge:
-    """``rule`` (option / number / normalised-text equivalence) or a judge an installed package registers
-    under the entry-point group :data:`JUDGES` (``name = "module:function"``, the function taking
-    ``(question, responses)``). A run parameter only chooses among registered names: it never names a
-    module to import."""
-    return registered(JUDGES, name, {"rule": lambda question, responses: answers_agree(responses)}, "judge")
+    """``rule`` (:func:`rule_judge`) or a judge an installed package registers under the entry-point
+    group :data:`JUDGES` (``name = "module:function"``, the function taking ``(question, responses)``).
+    A run parameter only chooses among registered names: it never names a module to import."""
+    return registered(JUDGES, name, {"rule": rule_judge}, "judge")
 
 
 def unlabeled_pool(path: str | Path) -> tuple[list[UnlabeledItem], Path]:

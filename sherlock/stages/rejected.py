@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
+from sherlock.answers import is_correct, options_in
 from sherlock.config import help_field
 from sherlock.data.llava_cot import load_data
 from sherlock.data.schema import open_image, write_jsonl
 from sherlock.diagnostics import departure_histogram
 from sherlock.generation import SamplingSettings, generate
 from sherlock.models.loading import load_vlm
-from sherlock.reasoning import is_correct
 from sherlock.stages.io import record_stage_config
 from sherlock.stages.registry import STAGES
 
@@ -43,7 +43,8 @@ def run_sample_rejected(config: SampleRejectedConfig) -> Path:
     samples = generate(model, processor, [r.question for r in data.records], images,
                        config=config.decoding(config.seed), desc="sampling Y^l", stream="Y^l",
                        keys=[r.id for r in data.records])
-    rows = [{"id": r.id, "rejected": y, "correct": is_correct(y, r.answer, r.answer_type) if r.answer else None}
+    rows = [{"id": r.id, "rejected": y, "correct": is_correct(y, r.answer, r.answer_type, options_in(r.question))
+             if r.answer else None}
             for r, y in zip(data.records, samples)]
     wrong = [(row["rejected"], r.response) for row, r in zip(rows, data.records) if row["correct"] is False]
     labelled = [row["correct"] for row in rows if row["correct"] is not None]

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from sherlock.answers import is_correct, options_in
 from sherlock.chat import assistant_turn, follow_up_turn, user_turn
 from sherlock.config import ConfigError, help_field
 from sherlock.data.llava_cot import load_data
@@ -38,7 +39,7 @@ from sherlock.data.schema import Record, open_image, write_jsonl
 from sherlock.generation import SamplingSettings, generate
 from sherlock.models.loading import load_vlm
 from sherlock.prompts import SCL_DEFAULT_REVIEW_PROMPT, SCL_REVIEW_PROMPTS, scl_first_turn, scl_review_turn
-from sherlock.reasoning import conclusion_text, is_correct
+from sherlock.reasoning import conclusion_text
 from sherlock.stages.io import record_stage_config
 from sherlock.stages.preferences import save_pairs
 from sherlock.stages.registry import STAGES
@@ -72,7 +73,7 @@ def scl_answer(response: str, answer_type: str) -> str | None:
 def scl_correct(response: str, record: Record) -> bool:
     """Whether the response's extracted answer matches the record's gold answer (rule-based)."""
     answer = scl_answer(response, record.answer_type or "text")
-    return answer is not None and is_correct(answer, record.answer, record.answer_type)
+    return answer is not None and is_correct(answer, record.answer, record.answer_type, options_in(record.question))
 
 
 def scl_type(initial_correct: bool, refined_correct: bool) -> int:

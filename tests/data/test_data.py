@@ -5,10 +5,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from sherlock.answers import is_correct
 from sherlock.data.llava_cot import DataQualityError, load_llava_cot
 from sherlock.data.sampling import ManifestMismatchError, sample_disjoint, sample_to_dir, verify_subset
 from sherlock.data.synthetic import TIERS, generate_synthetic, make_item
-from sherlock.reasoning import is_correct, parse_stages
+from sherlock.reasoning import parse_stages
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "llava_cot"
 

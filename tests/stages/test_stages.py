@@ -13,7 +13,7 @@ from sherlock.data.schema import read_jsonl
 from sherlock.losses import beta_weight
 from sherlock.models.loading import CheckpointNotFoundError, load_vlm
 from sherlock.prompts import correction_prompt
-from sherlock.reasoning import answers_agree, truncate
+from sherlock.reasoning import truncate
 from sherlock.stages.online import OnlineConfig, load_judge, run_online_iteration, unlabeled_pool
 from sherlock.stages.rejected import SampleRejectedConfig, run_sample_rejected
 from sherlock.stages.sft import SFTStageConfig, run_sft
@@ -140,19 +140,6 @@ def test_perturbation_schemes():
         else:
             assert p.kind == "gaussian" and RELEASED_NOISE_RANGE[0] <= p.noise_level <= RELEASED_NOISE_RANGE[1]
     assert {draw_perturbation(rng, steps=(1,)).truncation_step for _ in range(20)} == {1}
-
-
-@pytest.mark.parametrize(
-    "conclusions, agree",
-    [(["B", "B.", "(B) three"], True), (["B", "B", "C"], False), (["3", "3.0", "three: 3"], True),
-     (["a red circle", "Red circle.", "the red circle"], True), (["red", "blue", "red"], False)],
-)
-def test_rule_based_agreement(conclusions, agree):
-    assert answers_agree([f"<CONCLUSION>{c}</CONCLUSION>" for c in conclusions]) is agree
-
-
-def test_agreement_needs_a_conclusion_in_every_response():
-    assert not answers_agree(["<CONCLUSION>B</CONCLUSION>", "no conclusion", "<CONCLUSION>B</CONCLUSION>"])
 
 
 def test_a_judge_is_chosen_among_registered_entry_points_never_imported_by_name(register_judge):
