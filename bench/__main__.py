@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ("P1", "P2", "P3", "P4", "P5", "serving")
+BENCHMARKS = ("P1", "P2", "P3", "P4", "P5", "P6", "serving")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +35,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from bench import p1_preference_step, p2_dpo, p3_preference_data, p4_pipeline, p5_training_efficiency, serving
+    from bench import (
+        p1_preference_step,
+        p2_dpo,
+        p3_preference_data,
+        p4_pipeline,
+        p5_training_efficiency,
+        p6_sherlock_sft,
+        serving,
+    )
     from bench.common import build_workspace, machine, write_results
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -43,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     workspace = None
     results, failures = [], []
     runners = {"P1": p1_preference_step.run, "P2": p2_dpo.run, "P3": p3_preference_data.run,
-               "P5": p5_training_efficiency.run, "serving": serving.run}
+               "P5": p5_training_efficiency.run, "P6": p6_sherlock_sft.run, "serving": serving.run}
     for name in selected:
         start = time.perf_counter()
         try:

@@ -36,8 +36,8 @@ QUICK_SUBSETS = {"sherlock": "D_A=12,D_B=12,D_U=12", "scl": "D_A=24,D_B=24", "st
 # answers differ in correctness, so its R0 trains long enough (80 steps) to answer some questions
 # right, and its answers are long enough to reach a conclusion.
 QUICK = {"all": {"max_new_tokens": 12, "generation_batch_size": 32, "logging_steps": 1},
-         "sft.r0": {"epochs": 1, "max_steps": 2, "batch_size": 4},
-         "sft.sherlock": {"epochs": 1, "max_steps": 2, "batch_size": 4},
+         "sft.r0": {"epochs": 1, "max_steps": 2, "batch_size": 4, "grad_accum": 1},
+         "sft.sherlock": {"epochs": 1, "max_steps": 2, "batch_size": 4, "grad_accum": 1},
          "train-preferences.offline": {"max_steps": 2, "batch_size": 2},
          "online": {"num_pairs": 4, "max_steps": 1, "batch_size": 2},
          "train-preferences.scl": {"max_steps": 2, "batch_size": 2},

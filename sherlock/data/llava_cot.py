@@ -17,8 +17,8 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from sherlock.data.schema import Record, write_jsonl
 from sherlock.answers import ANSWER_TYPES
+from sherlock.data.schema import Record, write_jsonl
 from sherlock.reasoning import ReasoningFormatError, parse_stages
 
 DEFAULT_MAX_BAD_FRACTION = 0.01

@@ -26,6 +26,8 @@ class SFTStageConfig(TrainSettings):
     output: str = help_field(help="directory for checkpoints and the trained model", uri="output")
     rejected: str | None = help_field(None, "jsonl of R0 samples Y^l (id, rejected): turns on Sherlock-SFT",
                                       uri="data")
+    length_balanced: bool = help_field(True, "split each step's batch_size × grad_accum examples into grad_accum "
+                                       "micro-batches of similar length (no effect at grad_accum 1)")
 
     def check(self) -> None:
         self.check_training()
@@ -41,4 +43,4 @@ def run_sft(config: SFTStageConfig) -> Path:
         rejected = {row["id"]: row["rejected"] for row in read_jsonl(config.rejected)}
         examples += correction_examples(data.records, rejected, data.image_root)
     record_stage_config(config, config.output)
-    return train_sft(config.model, examples, config.output, config)
+    return train_sft(config.model, examples, config.output, config, config.length_balanced)
