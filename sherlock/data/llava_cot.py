@@ -2,14 +2,19 @@
 
 The release is a ``train.jsonl`` whose lines are ``{"id", "image", "conversations": [{"from":
 "human", "value": question}, {"from": "gpt", "value": response}, ...]}`` with ``image`` relative
-to an image root. A line with several human/gpt turns yields one record per turn (ids
-``<id>#<turn>``). Every line that cannot become a valid record is written, with its reason, to a
-quarantine jsonl; nothing is dropped silently. Loading fails when the bad fraction exceeds a limit.
+to an image root whose first folder names the source data set (``coco/…``, ``sqa/…``, ``chartqa/…``).
+Ids are namespaced by that source (``coco/<id>``): the release reuses ids across sources. A line
+with several human/gpt turns yields one record per turn (ids ``<source>/<id>#<turn>``); the turns
+of a line are one conversation (:func:`conversation_of`), kept together by subset sampling. A line
+is one unit: any bad turn quarantines the line. Every line that cannot become valid records is
+written, with its line number and reason, to a quarantine jsonl; nothing is dropped silently.
+Loading fails when the bad fraction exceeds a limit.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +49,20 @@ class LoadedData:
 
 class BadLine(ValueError):
     """A line that cannot become valid data: quarantined with this reason."""
+
+
+def namespaced_id(line_id: str, image: str) -> str:
+    """``<source>/<id>``, the source being the first folder of the image path (none: the id as is);
+    an id that already carries its source's prefix (a subset written back) is kept."""
+    parts = Path(image).parts
+    if len(parts) < 2 or line_id.startswith(f"{parts[0]}/"):
+        return line_id
+    return f"{parts[0]}/{line_id}"
+
+
+def conversation_of(record_id: str) -> str:
+    """The conversation (LLaVA-CoT line) a record is a turn of: its id without the ``#<turn>`` suffix."""
+    return re.sub(r"#\d+$", "", record_id)
 
 
 def image_path(image_root: Path, relative: object) -> Path:
@@ -89,6 +108,7 @@ def _records_from_line(row: object, check_image) -> list[Record]:
     if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
         raise BadLine("id must be a string or an integer")
     check_image(row["image"])
+    base_id = namespaced_id(str(row["id"]), str(row["image"]))
     records = []
     for turn in range(len(turns) // 2):
         human, gpt = turns[2 * turn], turns[2 * turn + 1]
@@ -107,7 +127,7 @@ def _records_from_line(row: object, check_image) -> list[Record]:
             raise BadLine(f"turn {turn}: empty question")
         records.append(
             Record(
-                id=str(row["id"]) if len(turns) == 2 else f"{row['id']}#{turn}",
+                id=base_id if len(turns) == 2 else f"{base_id}#{turn}",
                 image=str(row["image"]),
                 question=question,
                 response=gpt["value"],

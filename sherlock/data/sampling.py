@@ -13,7 +13,7 @@ import random
 import shutil
 from pathlib import Path
 
-from sherlock.data.llava_cot import DATA_FILE, LoadedData, load_llava_cot, write_llava_cot
+from sherlock.data.llava_cot import DATA_FILE, LoadedData, conversation_of, load_llava_cot, write_llava_cot
 from sherlock.data.schema import Record, file_digest
 
 DEFAULT_SUBSET_SIZES = {"D_A": 10_000, "D_B": 10_000}
@@ -24,24 +24,57 @@ class ManifestMismatchError(ValueError):
     """A subset directory no longer matches its manifest."""
 
 
-def sample_disjoint(records: list[Record], sizes: dict[str, int], seed: int) -> dict[str, list[Record]]:
-    """Draw disjoint random subsets of the given sizes.
+def units(records: list[Record]) -> list[list[Record]]:
+    """Records that must share a subset: the turns of a conversation, and every record of an image
+    (connected components over both), each unit ordered by id, the units by their first id."""
+    parent = list(range(len(records)))
 
-    Records are ordered by id before drawing, so the subsets depend on the seed and the set of
-    records, not on the order of the source file.
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[tuple[str, str], int] = {}
+    for index, record in enumerate(records):
+        for key in (("conversation", conversation_of(record.id)), ("image", record.image)):
+            other = first.setdefault(key, index)
+            parent[root(index)] = root(other)
+    groups: dict[int, list[Record]] = {}
+    for index, record in enumerate(records):
+        groups.setdefault(root(index), []).append(record)
+    return sorted((sorted(group, key=lambda r: r.id) for group in groups.values()), key=lambda g: g[0].id)
+
+
+def sample_disjoint(records: list[Record], sizes: dict[str, int], seed: int) -> dict[str, list[Record]]:
+    """Draw disjoint random subsets of the given sizes (in records), whole units at a time.
+
+    A conversation's turns and the records of one image form a unit (:func:`units`) that lands in one
+    subset only, so no subset trains on a turn or an image another is evaluated or paired on. Units
+    are ordered by their first id and drawn at random (seeded); each fills the first subset with room
+    for it. With one record per unit (the synthetic task) this is a seeded draw of records ordered by
+    id, independent of the source file's order.
     """
     if any(size < 0 for size in sizes.values()):
         raise ValueError(f"subset sizes must be non-negative: {sizes}")
     total = sum(sizes.values())
     if total > len(records):
         raise ValueError(f"subsets need {total} records ({sizes}) but the source holds {len(records)}")
-    ordered = sorted(records, key=lambda r: r.id)
-    drawn = random.Random(seed).sample(range(len(ordered)), total)
-    subsets, start = {}, 0
-    for name, size in sizes.items():
-        subsets[name] = [ordered[i] for i in drawn[start : start + size]]
-        start += size
-    return subsets
+    grouped = units(records)
+    rng = random.Random(seed)
+    drawn = rng.sample(range(len(grouped)), min(total, len(grouped)))
+    rest = sorted(set(range(len(grouped))) - set(drawn))
+    rng.shuffle(rest)
+    subsets: dict[str, list[Record]] = {name: [] for name in sizes}
+    for index in drawn + rest:
+        unit = grouped[index]
+        name = next((n for n, size in sizes.items() if len(subsets[n]) + len(unit) <= size), None)
+        if name is not None:
+            subsets[name] += unit
+        if all(len(subsets[n]) == size for n, size in sizes.items()):
+            return subsets
+    raise ValueError(f"cannot fill subsets of {sizes} records with whole conversations and images: "
+                     f"{len(records)} records in {len(grouped)} units fill {({n: len(v) for n, v in subsets.items()})}")
 
 
 def link_or_copy(source: Path, target: Path) -> None:

@@ -41,6 +41,7 @@ TIER_SHAPES = {"easy": (2, 5), "medium": (3, 7), "hard": (5, 8)}
 CHOICE_FRACTION = 0.3
 OPTION_LETTERS = "ABCD"
 IMAGE_SIZE = 72  # a 3 x 3 grid of 24-px cells
+SOURCE = "synthetic"  # the images' folder, and so the records' id namespace (sherlock.data.llava_cot)
 
 
 def cell_name(row: int, col: int) -> str:
@@ -298,8 +299,8 @@ def make_item(seed: int, index: int, tier: str, image_size: int = IMAGE_SIZE) ->
         f"<REASONING>{reasoning}</REASONING>\n\n<CONCLUSION>{conclusion}</CONCLUSION>"
     )
     record = Record(
-        id=f"synth-{seed}-{index:06d}",
-        image=f"images/{seed}-{index:06d}.png",
+        id=f"{SOURCE}/{seed}-{index:06d}",
+        image=f"{SOURCE}/{seed}-{index:06d}.png",
         question=text,
         response=response,
         answer=answer,
@@ -414,7 +415,7 @@ def generate_synthetic(
     tiers: tuple[str, ...] = TIERS,
     image_size: int = IMAGE_SIZE,
 ) -> Path:
-    """Write ``num_items`` items (tiers in rotation) as ``output_dir/data.jsonl`` + ``images/``.
+    """Write ``num_items`` items (tiers in rotation) as ``output_dir/data.jsonl`` + ``synthetic/`` (images).
 
     Returns the jsonl path; load it with :func:`sherlock.data.load_llava_cot`.
     """
@@ -424,7 +425,7 @@ def generate_synthetic(
     if num_items <= 0:
         raise ValueError(f"num_items must be positive, got {num_items}")
     output_dir = Path(output_dir)
-    (output_dir / "images").mkdir(parents=True, exist_ok=True)
+    (output_dir / SOURCE).mkdir(parents=True, exist_ok=True)
     records = []
     for index in tqdm(range(num_items), desc="synthetic items", unit=" items"):
         record, image = make_item(seed, index, tiers[index % len(tiers)], image_size)

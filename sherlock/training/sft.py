@@ -115,6 +115,7 @@ def train_sft(model_dir: str | Path, examples: list[SFTExample], output_dir: str
     """
     model, processor = load_vlm(model_dir, dtype=torch.float32)
     model = prepare_model(model, settings)
+    length_balanced = length_balanced and settings.grad_accum > 1  # one micro-batch per step: nothing to balance
     args = training_arguments(settings, output_dir, SFTConfig, assistant_only_loss=True, max_length=None,
                               train_sampling_strategy="batch_rebalance" if length_balanced else "random")
     dataset = sft_dataset(examples, token_lengths(examples, processor) if length_balanced else None)

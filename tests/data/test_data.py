@@ -6,8 +6,9 @@ import pytest
 from PIL import Image
 
 from sherlock.answers import is_correct
-from sherlock.data.llava_cot import DataQualityError, load_llava_cot
+from sherlock.data.llava_cot import DataQualityError, conversation_of, load_llava_cot, write_llava_cot
 from sherlock.data.sampling import ManifestMismatchError, sample_disjoint, sample_to_dir, verify_subset
+from sherlock.data.schema import Record
 from sherlock.data.synthetic import TIERS, generate_synthetic, make_item
 from sherlock.reasoning import parse_stages
 
@@ -19,7 +20,8 @@ def test_loader_reads_the_release_layout(tmp_path):
     ids = [r.id for r in data.records]
     assert data.num_lines == 6 and data.num_quarantined == 0
     assert not (tmp_path / "q.jsonl").exists()  # nothing to report: nothing written
-    assert "ai2d-1017#0" in ids and "ai2d-1017#1" in ids and len(ids) == 7  # one two-turn line
+    assert "ai2d/ai2d-1017#0" in ids and "ai2d/ai2d-1017#1" in ids and len(ids) == 7  # one two-turn line
+    assert all(i.startswith(r.image.split("/")[0] + "/") for i, r in zip(ids, data.records))  # source namespaces
     first = data.records[0]
     assert first.question == "What is the man riding?"  # <image> placeholder removed
     assert parse_stages(first.response).conclusion.strip() == "Motorcycle"
@@ -90,6 +92,46 @@ def test_sampling_is_disjoint_reproducible_and_order_independent(synthetic):
     assert ids != {name: [r.id for r in recs] for name, recs in other.items()}
     with pytest.raises(ValueError, match="need 70 records"):
         sample_disjoint(synthetic.records, {"D_A": 40, "D_B": 30}, seed=0)
+
+
+def test_the_same_id_from_two_sources_is_two_records(tmp_path):
+    root = tmp_path / "release"
+    shutil.copytree(FIXTURE, root)
+    line = json.loads((FIXTURE / "train.jsonl").read_text().splitlines()[1])
+    other = {**line, "image": "sqa/train/1342/image.png"}  # chartqa's id again, from ScienceQA
+    with open(root / "train.jsonl", "a") as f:
+        f.write(json.dumps(other) + "\n" + json.dumps(line) + "\n")  # and a true duplicate
+    data = load_llava_cot(root / "train.jsonl", max_bad_fraction=0.5)
+    ids = [r.id for r in data.records]
+    assert f"chartqa/{line['id']}" in ids and f"sqa/{line['id']}" in ids
+    assert data.num_quarantined == 1 and "duplicate id" in data.quarantine_path.read_text()
+    write_llava_cot(data.records, tmp_path / "again.jsonl")  # written back, the ids stay as they are
+    assert [r.id for r in load_llava_cot(tmp_path / "again.jsonl", image_root=root).records] == ids
+
+
+def _conversations(name: str, num: int, turns: int, shared_images: int) -> list[Record]:
+    """``num`` conversations of ``turns`` turns; odd ones share an image ``shared_images`` at a time."""
+    records = []
+    for c in range(num):
+        image = f"coco/{name}{c // shared_images if c % 2 else 1000 + c}.jpg"
+        records += [Record(f"coco/{name}{c}#{t}" if turns > 1 else f"coco/{name}{c}", image, f"q{t}", "r")
+                    for t in range(turns)]
+    return records
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_subsets_are_disjoint_by_conversation_and_by_image(seed):
+    records = _conversations("c", 60, 3, shared_images=4) + _conversations("s", 40, 1, shared_images=2)[::-1]
+    subsets = sample_disjoint(records, {"D_A": 50, "D_B": 50, "D_U": 30}, seed)
+    assert {name: len(recs) for name, recs in subsets.items()} == {"D_A": 50, "D_B": 50, "D_U": 30}
+    for key in (lambda r: conversation_of(r.id), lambda r: r.image):
+        owners = {}
+        for name, recs in subsets.items():
+            for record in recs:
+                assert owners.setdefault(key(record), name) == name  # one subset per conversation and image
+    assert sample_disjoint(list(reversed(records)), {"D_A": 50, "D_B": 50, "D_U": 30}, seed) == subsets
+    with pytest.raises(ValueError, match="whole conversations and images"):
+        sample_disjoint(_conversations("c", 4, 3, shared_images=1), {"D_A": 2, "D_B": 10}, seed)
 
 
 def test_manifest_traces_records_and_images(synthetic, tmp_path):
