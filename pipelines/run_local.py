@@ -8,10 +8,15 @@ registered champion, served from the MLflow registry by ``sherlock serve`` (a KS
     python -m pipelines.run_local                 # the full embedded Sherlock run
     python -m pipelines.run_local --recipe scl    # the SCL (or stic) pipeline
     python -m pipelines.run_local --quick         # a reduced configuration (the test suite's)
+
+Tasks run as kfp.local's subprocesses, forked from a warm interpreter that imported torch,
+transformers, TRL and MLflow once (:mod:`pipelines.warm_tasks`; ``--cold-tasks``: a fresh
+interpreter per task, as kfp.local starts them).
 """
 
 import argparse
 import base64
+import contextlib
 import io
 import json
 import os
@@ -19,6 +24,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from pipelines.warm_tasks import warm_tasks
 
 PIPELINES = Path(__file__).resolve().parent
 RECIPES = ("sherlock", "scl", "stic")
@@ -95,6 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="a reduced configuration (seconds per stage)")
     parser.add_argument("--online-iterations", type=int, default=None,
                         help="recompile with this K instead of running the committed pipelines/sherlock.yaml")
+    parser.add_argument("--cold-tasks", action="store_true",
+                        help="start every task in a fresh interpreter instead of forking a warm one")
     args = parser.parse_args(argv)
     if args.online_iterations is not None and args.recipe != "sherlock":
         parser.error("--online-iterations applies to the Sherlock recipe only")
@@ -120,7 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "kfp"))
     pipeline = components.load_component_from_file(str(package))
     start = time.perf_counter()
-    pipeline(**embedded_arguments(workdir, args.quick, args.recipe))
+    with contextlib.nullcontext() if args.cold_tasks else warm_tasks():
+        pipeline(**embedded_arguments(workdir, args.quick, args.recipe))
     total = time.perf_counter() - start
     return report(workdir, total, model_name(args.recipe))
 
