@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ("P1", "P2", "P3", "P4", "P5", "P6", "serving")
+BENCHMARKS = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "serving")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         p4_pipeline,
         p5_training_efficiency,
         p6_sherlock_sft,
+        p7_task_startup,
         serving,
     )
     from bench.common import build_workspace, machine, write_results
@@ -51,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     workspace = None
     results, failures = [], []
     runners = {"P1": p1_preference_step.run, "P2": p2_dpo.run, "P3": p3_preference_data.run,
-               "P5": p5_training_efficiency.run, "P6": p6_sherlock_sft.run, "serving": serving.run}
+               "P5": p5_training_efficiency.run, "P6": p6_sherlock_sft.run,
+               "P7": p7_task_startup.run, "serving": serving.run}
     for name in selected:
         start = time.perf_counter()
         try:
