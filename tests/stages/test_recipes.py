@@ -14,6 +14,7 @@ from sherlock.config import ConfigError
 from sherlock.data.llava_cot import load_llava_cot
 from sherlock.data.preferences import read_pairs
 from sherlock.data.schema import Record
+from sherlock.data.synthetic import SOURCE
 from sherlock.generation import DecodingConfig, generate
 from sherlock.models.loading import load_vlm
 from sherlock.perturb import stic_corruption
@@ -111,7 +112,7 @@ def test_scl_pairs_need_gold_answers_and_a_valid_review_prompt(tiny_model_dir, s
     rows = [json.loads(line) for line in (subset_dir / "data.jsonl").read_text().splitlines()]
     (unlabelled / "data.jsonl").write_text("".join(json.dumps({k: v for k, v in row.items() if k != "answer"}) + "\n"
                                                    for row in rows))
-    shutil.copytree(subset_dir / "images", unlabelled / "images")  # a symbolic link out of the root is refused
+    shutil.copytree(subset_dir / SOURCE, unlabelled / SOURCE)  # a symbolic link out of the root is refused
     with pytest.raises(ValueError, match="have no gold answer"):
         run_scl_pairs(SCLPairsConfig(model=str(tiny_model_dir), data=str(unlabelled), output=str(tmp_path / "o")))
 
