@@ -159,8 +159,10 @@ def warm_tasks(preload: tuple[str, ...] = PRELOAD):
         launcher = Path(scratch) / "python3"
         launcher.write_text(LAUNCHER.format(python=python, socket=path))
         launcher.chmod(0o700)
-        server = subprocess.Popen([python, __file__, path, *preload], stdout=subprocess.PIPE,
-                                  text=True)
+        # run from the checkout's root, where `pipelines` is a package (as file, its folder would come
+        # first on sys.path, and pipelines/sherlock.py would hide the sherlock package)
+        server = subprocess.Popen([python, "-m", "pipelines.warm_tasks", path, *preload], stdout=subprocess.PIPE,
+                                  text=True, cwd=Path(__file__).resolve().parents[1])
         try:
             if server.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"the warm task server did not start (exit status {server.wait()})")

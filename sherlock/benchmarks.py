@@ -74,6 +74,12 @@ class BenchmarkItem:
     precision: int | None = None
     reference: str | None = None  # the gold 4-stage response, where the data holds one (LLaVA-CoT jsonl)
     options: Mapping[str, str] = field(default_factory=dict)  # letter -> option text (multiple choice)
+    extra_images: tuple[Image.Image, ...] = field(default=(), repr=False)  # MMMU: the question's further images
+
+    @property
+    def images(self) -> list[Image.Image]:
+        """Every image of the question, in order: what the model is given."""
+        return [self.image, *self.extra_images]
 
 
 def _decode_images(value: str) -> list[Image.Image]:
@@ -101,7 +107,7 @@ def _decode_images(value: str) -> list[Image.Image]:
 
 
 def _first_image(row: dict) -> Image.Image:
-    """The question's image (the first of a multi-image question: the model takes one image per prompt)."""
+    """The question's image (the first of a list: the single-image benchmarks hold one)."""
     return _decode_images(row["image"])[0]
 
 
@@ -220,12 +226,15 @@ def _hallusionbench(row: dict) -> BenchmarkItem:
 
 
 def _mmmu(row: dict) -> BenchmarkItem:
+    """Every image of the row goes to the model (the first, then the rest), as MMMU's questions
+    refer to ``<image 1>``, ``<image 2>`` …; a free-form question is a number or text."""
     split = {"split": str(row["split"])} if _present(row.get("split")) else {}
-    item = _mcq(row)
+    first, *rest = _decode_images(row["image"])
+    item = dataclasses.replace(_mcq(row), image=first, extra_images=tuple(rest), groups=split)
     if _options(row):
-        return dataclasses.replace(item, groups=split)
+        return item
     answer_type = "number" if normalise_number(item.answer) == item.answer.strip() else "text"
-    return BenchmarkItem(item.id, row["question"], item.image, item.answer, answer_type, item.category, split)
+    return dataclasses.replace(item, prompt=row["question"], answer_type=answer_type, options={})
 
 
 def _mathvista(row: dict) -> BenchmarkItem:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 
-def user_turn(text: str) -> dict:
-    """One user turn holding the image, then ``text`` (the Sherlock training layout, spec §1)."""
-    return {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}
+def user_turn(text: str, num_images: int = 1) -> dict:
+    """One user turn holding the image (or ``num_images`` images), then ``text`` (the Sherlock
+    training layout, spec §1)."""
+    return {"role": "user", "content": [{"type": "image"}] * num_images + [{"type": "text", "text": text}]}
 
 
 def follow_up_turn(text: str) -> dict:

@@ -99,7 +99,7 @@ def generate(
     model,
     processor,
     prompts: list[str | list[dict]],
-    images: list[Image.Image],
+    images: list[Image.Image | list[Image.Image]],
     prefixes: list[str] | None = None,
     config: DecodingConfig | None = None,
     desc: str = "generating",
@@ -109,10 +109,11 @@ def generate(
 ) -> list[str]:
     """Generate one response per (prompt, image); with ``prefixes``, continue each assistant turn.
 
-    A ``str`` prompt is a single user turn holding the image; a list is a conversation (messages)
-    whose one image is ``images[k]``. Sampling draws item ``k`` from its own stream, seeded by
-    ``config.seed``, ``stream`` (name every round, turn and stage differently) and ``keys[k]``
-    (the item's id; its position when ``keys`` is None).
+    A ``str`` prompt is a single user turn holding the image — or the images, when ``images[k]`` is
+    a list (MMMU); a list is a conversation (messages) whose image placeholders ``images[k]`` fills.
+    Sampling draws item ``k`` from its own stream, seeded by ``config.seed``, ``stream`` (name every
+    round, turn and stage differently) and ``keys[k]`` (the item's id; its position when ``keys``
+    is None).
 
     Returns the generated continuations only (the prefix is not repeated), cut after the first
     ``</CONCLUSION>``; cut short when ``abandoned()`` turns true (:class:`Abandoned`).
@@ -123,6 +124,7 @@ def generate(
     if not len(prompts) == len(images) == len(prefixes) == len(keys):
         raise ValueError(f"got {len(prompts)} prompts, {len(images)} images, {len(prefixes)} prefixes "
                          f"and {len(keys)} keys")
+    images = [[image] if isinstance(image, Image.Image) else list(image) for image in images]
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"
     sampling = config.temperature > 0
@@ -140,13 +142,11 @@ def generate(
     for start in tqdm(range(0, len(prompts), config.batch_size), desc=desc, unit=" batches"):
         stop = start + config.batch_size
         texts = [
-            processor.apply_chat_template(prompt if isinstance(prompt, list) else [user_turn(prompt)],
+            processor.apply_chat_template(prompt if isinstance(prompt, list) else [user_turn(prompt, len(shown))],
                                           add_generation_prompt=True) + prefix
-            for prompt, prefix in zip(prompts[start:stop], prefixes[start:stop])
+            for prompt, prefix, shown in zip(prompts[start:stop], prefixes[start:stop], images[start:stop])
         ]
-        batch = processor(
-            images=[[image] for image in images[start:stop]], text=texts, padding=True, return_tensors="pt"
-        ).to(model.device)
+        batch = processor(images=images[start:stop], text=texts, padding=True, return_tensors="pt").to(model.device)
         sampler = LogitsProcessorList([PerItemSampler(
             [item_seed(config.seed, stream, key) for key in keys[start:stop]], config.temperature, config.top_p)]
         ) if sampling else None

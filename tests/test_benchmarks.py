@@ -276,7 +276,7 @@ def test_hallusionbench_reports_aacc_facc_and_qacc_as_vlmevalkit_groups_them(tmp
     assert (result["aAcc"], result["fAcc"], result["qAcc"], result["score"]) == (75.0, 50.0, 50.0, 75.0)
 
 
-def test_mmmu_reads_an_options_list_keeps_the_first_image_and_scores_the_validation_split(tmp_path):
+def test_mmmu_reads_an_options_list_keeps_every_image_and_scores_the_validation_split(tmp_path):
     rows = [{"index": 1, "question": "Which?", "options": "['red', 'blue']", "answer": "A", "split": "dev",
              "category": "Art", "image": f"['{RED}', '{BLUE}']"},
             {"index": 2, "question": "Which?", "options": "['red', 'blue']", "answer": "B", "split": "validation",
@@ -286,7 +286,8 @@ def test_mmmu_reads_an_options_list_keeps_the_first_image_and_scores_the_validat
     items = load_benchmark("mmmu", _tsv(tmp_path / "MMMU_DEV_VAL.tsv", rows))
     assert items[0].prompt.endswith(f"Options:\nA. red\nB. blue\n{MCQ_INSTRUCTION}")
     assert items[0].answer_type == "choice"
-    assert items[0].image.getpixel((0, 0)) == (255, 0, 0)
+    assert [image.getpixel((0, 0)) for image in items[0].images] == [(255, 0, 0), (0, 0, 255)]
+    assert len(items[1].images) == 1
     result = score_responses("mmmu", items, [_conclude(a) for a in ("A", "B", "B")])
     assert result["per_split"] == {"dev": 100.0, "validation": 50.0} and (result["score"], result["n"]) == (50.0, 2)
 

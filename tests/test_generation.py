@@ -65,3 +65,25 @@ def test_an_abandoned_generate_call_stops_early(tiny_model_dir, synthetic_data):
     assert never == full
     length = [len(processor.tokenizer(text, add_special_tokens=False).input_ids) for text in cut + full]
     assert 3 * max(length[:2]) < min(length[2:]), length  # 3 of 24 tokens (re-tokenized text: about)
+
+
+def test_a_question_with_several_images_gives_the_model_every_one(tiny_model_dir, synthetic_data):
+    """MMMU's questions hold several images: one placeholder each in the user turn, all of them encoded."""
+    model, processor = load_vlm(tiny_model_dir)
+    records = synthetic_data.records[:3]
+    images = [open_image(synthetic_data.image_root, r) for r in records]
+    shown = []
+    original = type(processor).__call__
+
+    def observe(self, *args, **kwargs):  # the real processor, its inputs recorded
+        shown.append([len(question) for question in kwargs["images"]])
+        return original(self, *args, **kwargs)
+
+    type(processor).__call__ = observe
+    try:
+        config = DecodingConfig(max_new_tokens=8, batch_size=2)
+        both = generate(model, processor, ["q", "q"], [images[:2], images[2]], config=config)
+        swapped = generate(model, processor, ["q"], [[images[0], images[2]]], config=config)
+    finally:
+        type(processor).__call__ = original
+    assert shown == [[2, 1], [2]] and all(isinstance(text, str) for text in both + swapped)

@@ -141,9 +141,9 @@ def markdown_table(metrics: dict) -> str:
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
-def blank_images(images: list[Image.Image]) -> list[Image.Image]:
-    """A white image of each image's size."""
-    return [Image.new("RGB", image.size, (255, 255, 255)) for image in images]
+def blank_images(images: list[list[Image.Image]]) -> list[list[Image.Image]]:
+    """A white image of each image's size (every image of each question)."""
+    return [[Image.new("RGB", image.size, (255, 255, 255)) for image in question] for question in images]
 
 
 def evaluate_benchmark(model, processor, name: str, items: list[BenchmarkItem], config: ProtocolSettings,
@@ -151,7 +151,7 @@ def evaluate_benchmark(model, processor, name: str, items: list[BenchmarkItem], 
                        grader: Grader = mmvet_rule_grade) -> tuple[dict, list[list[str]], list[list[float]]]:
     """Metrics of one benchmark (see the module docstring), the responses of every round and their
     per-item scores (1/0 by the rules; the grader's 0–1 grade for open-ended answers)."""
-    images, keys = [i.image for i in items], [i.id for i in items]
+    images, keys = [i.images for i in items], [i.id for i in items]
     questions = questions or [i.prompt for i in items]
     direct = config.decoding(config.seed)
     rounds = answer_with_corrections(model, processor, questions, images, config.correction_rounds, direct,
@@ -203,7 +203,7 @@ def run_evaluation(config: EvaluationConfig) -> dict:
             questions = [i.prompt for i in items]
             if config.describe_first:
                 greedy = DecodingConfig(config.max_new_tokens, batch_size=config.generation_batch_size)
-                descriptions = generate(model, processor, [STIC_DAR_PROMPT] * len(items), [i.image for i in items],
+                descriptions = generate(model, processor, [STIC_DAR_PROMPT] * len(items), [i.images for i in items],
                                         config=greedy, desc=f"{name} descriptions")
                 questions = [stic_description_infused(q, d) for q, d in zip(questions, descriptions)]
             result, rounds, hits = evaluate_benchmark(model, processor, name, items, config, prior, questions, grader)

@@ -33,7 +33,7 @@ def _run(executable, directory, exit_code="0"):
 
 def test_a_warm_task_has_the_arguments_environment_streams_and_status_of_a_cold_one(probe):
     cold = _run(sys.executable, probe, exit_code="3")
-    with warm_tasks(preload=("torch",)) as launcher:
+    with warm_tasks() as launcher:  # every module a task imports, preloaded
         assert sys.executable == launcher != cold.args[0]
         warm = [_run(launcher, probe, exit_code="3") for _ in range(2)]
         server_side = _run(launcher, probe.parent)  # a working directory without the module: the task fails
