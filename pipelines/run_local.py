@@ -37,7 +37,7 @@ PRESETS = {
     "scl": ("sft.r0", "scl-pairs", "train-preferences.scl"),
     "stic": ("sft.r0", "stic-pairs", "train-preferences.stic", "stic-describe", "sft.stic"),
 }
-SUBSETS = {"sherlock": "D_A=300,D_B=300,D_U=300", "scl": "D_A=400,D_B=400", "stic": "D_A=400,D_U=400"}
+SUBSETS = {"sherlock": "D_A=250,D_B=250,D_U=100", "scl": "D_A=400,D_B=400", "stic": "D_A=400,D_U=400"}
 QUICK_SUBSETS = {"sherlock": "D_A=12,D_B=12,D_U=12", "scl": "D_A=24,D_B=24", "stic": "D_A=12,D_U=12"}
 # --quick: the same pipeline with a few items and steps per stage. SCL keeps only pairs whose two
 # answers differ in correctness, so its R0 trains long enough (80 steps) to answer some questions
