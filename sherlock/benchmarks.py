@@ -187,9 +187,11 @@ def mcq_prompt(row: dict) -> tuple[str, str]:
 
 
 def _mcq(row: dict) -> BenchmarkItem:
+    """A lettered question with every image of its row (one for all but MMMU's multi-image rows)."""
     prompt, answer = mcq_prompt(row)
-    return BenchmarkItem(str(row["index"]), prompt, _first_image(row), answer, "choice", row.get("category"),
-                         options=_options(row))
+    first, *rest = _decode_images(row["image"])
+    return BenchmarkItem(str(row["index"]), prompt, first, answer, "choice", row.get("category"),
+                         options=_options(row), extra_images=tuple(rest))
 
 
 def _mmbench(row: dict) -> BenchmarkItem:
@@ -229,9 +231,8 @@ def _mmmu(row: dict) -> BenchmarkItem:
     """Every image of the row goes to the model (the first, then the rest), as MMMU's questions
     refer to ``<image 1>``, ``<image 2>`` …; a free-form question is a number or text."""
     split = {"split": str(row["split"])} if _present(row.get("split")) else {}
-    first, *rest = _decode_images(row["image"])
-    item = dataclasses.replace(_mcq(row), image=first, extra_images=tuple(rest), groups=split)
-    if _options(row):
+    item = dataclasses.replace(_mcq(row), groups=split)
+    if item.options:
         return item
     answer_type = "number" if normalise_number(item.answer) == item.answer.strip() else "text"
     return dataclasses.replace(item, prompt=row["question"], answer_type=answer_type, options={})

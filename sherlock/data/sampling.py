@@ -66,13 +66,19 @@ def sample_disjoint(records: list[Record], sizes: dict[str, int], seed: int) -> 
     rest = sorted(set(range(len(grouped))) - set(drawn))
     rng.shuffle(rest)
     subsets: dict[str, list[Record]] = {name: [] for name in sizes}
+
+    def full() -> bool:
+        return all(len(subsets[n]) == size for n, size in sizes.items())
+
     for index in drawn + rest:
+        if full():
+            break
         unit = grouped[index]
         name = next((n for n, size in sizes.items() if len(subsets[n]) + len(unit) <= size), None)
         if name is not None:
             subsets[name] += unit
-        if all(len(subsets[n]) == size for n, size in sizes.items()):
-            return subsets
+    if full():
+        return subsets
     raise ValueError(f"cannot fill subsets of {sizes} records with whole conversations and images: "
                      f"{len(records)} records in {len(grouped)} units fill {({n: len(v) for n, v in subsets.items()})}")
 

@@ -69,8 +69,9 @@ class VLMSFTTrainer(ConvertedCheckpointResume, SFTTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        if self.args.train_sampling_strategy == "batch_rebalance":
-            self._signature_columns = [*self._signature_columns, self.args.length_column_name]
+        length = self.args.length_column_name
+        if self.args.train_sampling_strategy == "batch_rebalance" and length not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, length]
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
