@@ -7,6 +7,7 @@ of similar length (:mod:`sherlock.training.sft`, ``length_balanced``); the basel
 without it, one random batch of that size per step. Both run ``train_sft`` (TRL's ``SFTTrainer``)
 for the same optimiser steps on the same examples, alternating; the metric is examples per second.
 The correction sequences quote another record's response as Y^l (a sampled Y^l has that length).
+Beside the rate it reports each arm's padded tokens over real tokens for one epoch of its sampler.
 """
 
 from __future__ import annotations
@@ -35,6 +36,21 @@ def sherlock_sft_examples(workspace: Workspace):
     return examples_from_records(records, data.image_root) + correction_examples(records, rejected, data.image_root)
 
 
+def padding(workspace: Workspace, examples) -> dict[str, float]:
+    """Padded tokens / real tokens over one epoch: random batches of 16 against balanced micro-batches."""
+    from transformers.trainer_pt_utils import BatchRebalanceSampler
+
+    from sherlock.models.loading import load_vlm
+    from sherlock.training.sft import token_lengths
+
+    lengths = token_lengths(examples, load_vlm(workspace.model)[1])
+    order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0)).tolist()
+    batches = {"random": [order[k:k + STEP_EXAMPLES] for k in range(0, len(order), STEP_EXAMPLES)],
+               "balanced": list(BatchRebalanceSampler(lengths, STEP_EXAMPLES, 1, MICRO_BATCHES, drop_last=False))}
+    return {name: sum(len(b) * max(lengths[i] for i in b) for b in chunks) / sum(lengths)
+            for name, chunks in batches.items()}
+
+
 def run(workspace: Workspace, quick: bool, device: torch.device) -> Result:
     from sherlock.training.setup import TrainSettings
     from sherlock.training.sft import train_sft
@@ -55,4 +71,5 @@ def run(workspace: Workspace, quick: bool, device: torch.device) -> Result:
     return Result("P6 Sherlock-SFT throughput", "examples/s", rates["balanced"], rates["random"],
                   rates["balanced"] / rates["random"], TARGET,
                   {"steps": steps, "examples_per_step": STEP_EXAMPLES, "micro_batches": MICRO_BATCHES,
-                   "examples": len(examples), "round_seconds": seconds})
+                   "examples": len(examples), "round_seconds": seconds,
+                   "padded_over_real_tokens": padding(workspace, examples)})

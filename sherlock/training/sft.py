@@ -4,12 +4,12 @@ Only the assistant turn is trained (``assistant_only_loss``; the chat template m
 ``{% generation %}``). Images are referenced by path and decoded lazily by ``datasets``.
 
 Sherlock-SFT mixes direct sequences (~150 tokens) with correction sequences that quote a whole
-response (~450): in random batches of 16 the padding is ~0.75 of the real tokens. With
+response (~450), so random batches pad most sequences to a correction sequence's length. With
 ``length_balanced`` each optimiser step draws its ``batch_size × grad_accum`` examples at random as
 before, and transformers' ``BatchRebalanceSampler`` splits them into ``grad_accum`` micro-batches of
 similar length (variable sizes, about ``batch_size`` on average). The loss is the token mean over the
 whole step (TRL's ``num_items_in_batch``), so a step's gradient is that of one batch of the same
-examples, with ~0.1 padding at 4 micro-batches.
+examples, with less padding (bench P6 reports both arms' padded/real tokens).
 """
 
 from __future__ import annotations
