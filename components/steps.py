@@ -12,7 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sherlock.config import load_config
+from sherlock.config import dump_config, load_config
+from sherlock.distributed import launch
 from sherlock.stages.registry import stage
 from sherlock.stages.runner import run_stage
 from sherlock.storage import MANIFEST_FILE, fetch, publish
@@ -24,12 +25,22 @@ def step_uri(output_root: str, pipeline_run_id: str, name: str) -> str:
     return f"{output_root.rstrip('/')}/{pipeline_run_id}/{name}"
 
 
-def stage_step(name: str, step: str, settings: dict, output_root: str, pipeline_run_id: str, **uris) -> str:
-    """Run stage ``name`` as step ``step`` with ``settings`` (config fields) and the given input URIs;
-    returns the step's output URI (its outputs by name: :meth:`sherlock.stages.registry.Stage.output`)."""
+def stage_step(name: str, step: str, settings: dict, output_root: str, pipeline_run_id: str,
+               nproc_per_node: int = 1, **uris) -> str:
+    """Run stage ``name`` as step ``step`` with ``settings`` (config fields) and the given input URIs, on
+    ``nproc_per_node`` ranks (one per GPU of the step: ``sherlock <stage> --nproc-per-node``); returns
+    the step's output URI (its outputs by name: :meth:`sherlock.stages.registry.Stage.output`)."""
     output = step_uri(output_root, pipeline_run_id, step)
     config = load_config(stage(name).config, overrides=dict(settings) | uris | {"output": output})
-    run_stage(name, config, pipeline_run_id)
+    if nproc_per_node == 1:
+        run_stage(name, config, pipeline_run_id)
+        return output
+    if not stage(name).multi_rank:
+        raise ValueError(f"stage {name} runs on one process; got nproc_per_node={nproc_per_node}")
+    with tempfile.TemporaryDirectory() as scratch:
+        dump_config(config, Path(scratch) / "config.yaml")
+        launch(nproc_per_node, "sherlock.cli", [name, "--config", f"{scratch}/config.yaml",
+                                                "--pipeline-run-id", pipeline_run_id])
     return output
 
 

@@ -101,15 +101,15 @@ def inputs_and_subsets(options: ClusterOptions, base_model, train_data, benchmar
 
 def component_runner(options: ClusterOptions, gpus, settings: dict, common: dict):
     """The ``run`` callback of :mod:`sherlock.recipes` in a pipeline: each step a cached GPU task of its stage's
-    component, with the preset's pipeline parameter ``settings[preset]`` as its settings; hands on the
-    task's output."""
+    component, with the preset's pipeline parameter ``settings[preset]`` as its settings and one rank per
+    GPU; hands on the task's output."""
     gpu = gpu_step(options, gpus)
 
     def run(step: str, preset_name: str, title: str, **inputs):
         task = component(stage(preset_name.split(".")[0]).component)
         if "name" in inspect.signature(task.python_func).parameters:
             inputs["name"] = step
-        return gpu(task(**inputs, settings=settings[preset_name], **common), title).output
+        return gpu(task(**inputs, settings=settings[preset_name], nproc_per_node=gpus, **common), title).output
 
     return run
 
@@ -122,7 +122,7 @@ def evaluate_and_deploy(checkpoints: list, benchmarks, prior_data, options: Clus
     previous = None
     for name, checkpoint in checkpoints:
         scores = gpu(evaluate(name=name, model=checkpoint, benchmarks=benchmarks, prior_data=prior_data,
-                              settings=evaluate_settings, **common), f"evaluate {name}")
+                              settings=evaluate_settings, nproc_per_node=gpus, **common), f"evaluate {name}")
         # one version at a time, in checkpoint order: each gate sees the champion the previous one left
         gate = with_platform(register_and_gate(
             checkpoint=checkpoint, evaluation=scores.outputs["Output"], model_name=model_name,

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
+
+from sherlock import distributed
 from sherlock.config import ConfigError, add_config_arguments, config_from_args
 from sherlock.data.llava_cot import DataQualityError, load_llava_cot
 from sherlock.data.synthetic import IMAGE_SIZE, TIERS, generate_synthetic
@@ -24,6 +28,12 @@ from sherlock.serving.settings import ServeConfig
 from sherlock.stages.registry import STAGES
 from sherlock.stages.runner import run_stage
 from sherlock.storage import Storage, StorageError, fetch, publish
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def _synth(args) -> None:
@@ -75,8 +85,13 @@ def _dataclass_command(config_class, function):
 
 def _stage(command, config_class):
     def run(args) -> None:
-        result = run_stage(command, config_from_args(config_class, args), args.pipeline_run_id)
-        print(json.dumps(result, indent=2) if isinstance(result, dict) else result)
+        config = config_from_args(config_class, args)
+        if getattr(args, "nproc_per_node", 1) > 1 and "RANK" not in os.environ:  # start the ranks, each reruns argv
+            distributed.launch(args.nproc_per_node, "sherlock.cli", args.argv)
+            return
+        result = run_stage(command, config, args.pipeline_run_id)
+        if distributed.is_main():
+            print(json.dumps(result, indent=2) if isinstance(result, dict) else result)
 
     return run
 
@@ -129,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_arguments(command, stage.config)
         command.add_argument("--pipeline-run-id", default=None,
                              help="nest the MLflow run under this pipeline run's parent run (MLFLOW_TRACKING_URI)")
+        if stage.multi_rank:
+            command.add_argument("--nproc-per-node", type=_positive, default=1,
+                                 help="run on this many local ranks with torchrun (one per GPU; gloo on CPU): "
+                                      "generation shared out, data-parallel training, rank 0 writes")
         command.set_defaults(func=_stage(stage.name, stage.config))
 
     for name, config_class, function, help_text in (
@@ -144,12 +163,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@record  # under torchrun, a rank's exception goes to its error file, which the launcher reports
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args.func(args)
+    except ChildFailedError as error:
+        rank, failure = error.get_first_failure()
+        reason = failure.message.get("message") if isinstance(failure.message, dict) else failure.message
+        sys.exit(f"sherlock {args.command}: error: rank {rank} failed (exit code {failure.exitcode}): {reason}")
     except (DataQualityError, ConfigError, CheckpointNotFoundError, FileNotFoundError, StorageError, DeployError,
             ValueError) as error:
+        if "RANK" in os.environ:
+            raise
         sys.exit(f"sherlock {args.command}: error: {error}")
 
 

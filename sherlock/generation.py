@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 from transformers import (
     LogitsProcessor,
     LogitsProcessorList,
@@ -25,6 +24,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from sherlock import distributed
 from sherlock.chat import user_turn
 from sherlock.config import help_field
 from sherlock.prompts import correction_prompt
@@ -115,6 +115,9 @@ def generate(
     round, turn and stage differently) and ``keys[k]`` (the item's id; its position when ``keys``
     is None).
 
+    Under torchrun the batches are shared out over the ranks (:func:`sherlock.distributed.map_batches`):
+    every rank returns all the outputs, the same as one rank would.
+
     Returns the generated continuations only (the prefix is not repeated), cut after the first
     ``</CONCLUSION>``; cut short when ``abandoned()`` turns true (:class:`Abandoned`).
     """
@@ -136,10 +139,9 @@ def generate(
         "pad_token_id": tokenizer.pad_token_id,
         "stopping_criteria": StoppingCriteriaList([Abandoned(abandoned)]) if abandoned else None,
     }
-    outputs: list[str] = []
     was_training = model.training
     model.eval()
-    for start in tqdm(range(0, len(prompts), config.batch_size), desc=desc, unit=" batches"):
+    def generate_batch(start: int) -> list[str]:
         stop = start + config.batch_size
         texts = [
             processor.apply_chat_template(prompt if isinstance(prompt, list) else [user_turn(prompt, len(shown))],
@@ -153,7 +155,10 @@ def generate(
         with torch.inference_mode():
             tokens = model.generate(**batch, **options, logits_processor=sampler)
         new_tokens = tokens[:, batch["input_ids"].shape[1] :]
-        outputs.extend(cut_after_conclusion(t) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        return [cut_after_conclusion(t) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    # under torchrun: the batches shared out over the ranks
+    outputs = distributed.map_batches(range(0, len(prompts), config.batch_size), generate_batch, desc)
     model.train(was_training)
     return outputs
 

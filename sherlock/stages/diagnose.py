@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from sherlock import distributed
 from sherlock.benchmarks import load_benchmark
 from sherlock.config import ConfigError, help_field
 from sherlock.data.llava_cot import load_data
@@ -47,7 +48,7 @@ def run_diagnose(config: DiagnoseConfig) -> dict:
     """Diagnose ``config.model`` on ``config.data``; writes and returns the diagnostics."""
     config.check()
     items = load_benchmark("llava_cot", config.data, config.num_items)
-    model, processor = load_vlm(config.model, dtype=torch.float32)
+    model, processor = load_vlm(config.model, dtype=torch.float32, device=distributed.device())
     prior = BlindPrior(load_data(config.prior_data).records) if config.prior_data else None
     result, _, _ = evaluate_benchmark(model, processor, "llava_cot", items, config, prior)
     rounds = [r["score"] / 100 for r in result["rounds"]]
@@ -63,5 +64,6 @@ def run_diagnose(config: DiagnoseConfig) -> dict:
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
     record_stage_config(config, output)
-    (output / DIAGNOSTICS_FILE).write_text(json.dumps(diagnostics, indent=2))
+    if distributed.is_main():
+        (output / DIAGNOSTICS_FILE).write_text(json.dumps(diagnostics, indent=2))
     return diagnostics

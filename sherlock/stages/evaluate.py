@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from sherlock import distributed
 from sherlock.benchmarks import (
     BENCHMARKS,
     BenchmarkItem,
@@ -189,7 +190,7 @@ def run_evaluation(config: EvaluationConfig) -> dict:
     :class:`EvaluationError` names the failed ones at the end."""
     config.check()
     grader = load_grader(config.grader)
-    model, processor = load_vlm(config.model, dtype=torch.float32)
+    model, processor = load_vlm(config.model, dtype=torch.float32, device=distributed.device())
     prior = BlindPrior(load_data(config.prior_data).records) if config.prior_data else None
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -221,7 +222,7 @@ def run_evaluation(config: EvaluationConfig) -> dict:
     if metrics.get("errors"):
         if metrics["benchmarks"]:
             write_outputs(metrics, predictions, output, config.correction_rounds)
-        else:
+        elif distributed.is_main():
             (output / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
         raise EvaluationError(f"{len(metrics['errors'])} benchmark(s) failed: {metrics['errors']}; the others' "
                               f"results are in {output}")
@@ -229,13 +230,16 @@ def run_evaluation(config: EvaluationConfig) -> dict:
 
 
 def write_outputs(metrics: dict, predictions: list[dict], output: Path, correction_rounds: int) -> None:
-    """The metrics (with the paper average over the benchmarks so far), table, predictions and plot."""
+    """The metrics (with the paper average over the benchmarks so far), table, predictions and plot
+    (written by rank 0)."""
     per_round = [{name: m["rounds"][k]["score"] for name, m in metrics["benchmarks"].items()}
                  for k in range(correction_rounds + 1)]
     averages = [paper_average(scores) for scores in per_round]
     metrics["paper_average"] = None if any(value is None for value, _ in averages) else [v for v, _ in averages]
     if metrics["paper_average"] is not None:
         metrics["paper_average_missing"] = averages[0][1]
+    if not distributed.is_main():
+        return
     (output / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     (output / TABLE_FILE).write_text(markdown_table(metrics))
     write_jsonl(predictions, output / PREDICTIONS_FILE)

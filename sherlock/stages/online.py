@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from sherlock import distributed
 from sherlock.answers import answers_agree, options_in
 from sherlock.config import ConfigError, help_field, registered
 from sherlock.data.llava_cot import load_data
@@ -136,7 +137,7 @@ def run_online_iteration(config: OnlineConfig) -> Path:
     """One iteration: collect pairs with π_{k−1} = ``config.model`` and train π_k; returns π_k's directory."""
     config.check()
     items, image_root = unlabeled_pool(config.data)
-    model, processor = load_vlm(config.model, dtype=torch.float32)
+    model, processor = load_vlm(config.model, dtype=torch.float32, device=distributed.device())
     pairs, stats = collect_pairs(model, processor, items, image_root, config, load_judge(config.judge))
     output = Path(config.output)
     record_stage_config(config, output)

@@ -84,8 +84,7 @@ def run_train_preferences(config: PreferenceTrainingConfig) -> Path:
         reference, _ = load_vlm(reference_dir, dtype=torch.float32, device=str(args.device))
         return compute_reference_logps(reference, dataset, collator, config.batch_size)
 
-    with args.main_process_first(desc="reference log-probs"):
-        reference_logps = cached_reference_logps(cache, compute)
+    reference_logps = cached_reference_logps(cache, compute)
 
     trainer = SherlockTrainer(
         model=prepare_model(model, config), args=args, train_dataset=dataset, data_collator=collator,

@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from sherlock import distributed
 from sherlock.config import ConfigError, help_field
 from sherlock.data.llava_cot import load_data
 from sherlock.data.preferences import Perturbation, PreferencePair, draw_perturbation, write_pairs
-from sherlock.data.schema import open_image
+from sherlock.data.schema import PAIRS_FILE, open_image
 from sherlock.generation import DecodingConfig, SamplingSettings, generate
 from sherlock.models.loading import load_vlm
 from sherlock.reasoning import truncate
@@ -74,7 +75,8 @@ def rejected_suffixes(
 
 
 def save_pairs(pairs: list[PreferencePair], image_root: Path, output: str | Path, stats: dict) -> Path:
-    """Write the pairs and their statistics (counts per step, β weights, what was dropped)."""
+    """Write the pairs and their statistics (counts per step, β weights, what was dropped); returns the
+    pairs file. Rank 0 writes; every rank waits until it has (a training step may read them next)."""
     if not pairs:
         raise ValueError(f"no preference pairs were built ({stats}); nothing to train on")
     weights = [p.beta_weight for p in pairs]
@@ -84,9 +86,11 @@ def save_pairs(pairs: list[PreferencePair], image_root: Path, output: str | Path
         "per_perturbation": dict(Counter(p.perturbation for p in pairs)),
         "beta_weight": {"mean": sum(weights) / len(weights), "min": min(weights), "max": max(weights)},
     }
-    path = write_pairs(pairs, image_root, output)
-    (Path(output) / STATS_FILE).write_text(json.dumps(stats, indent=2))
-    return path
+    if distributed.is_main():
+        write_pairs(pairs, image_root, output)
+        (Path(output) / STATS_FILE).write_text(json.dumps(stats, indent=2))
+    distributed.barrier()
+    return Path(output) / PAIRS_FILE
 
 
 def run_build_preferences(config: PreferenceDataConfig) -> Path:
@@ -100,7 +104,7 @@ def run_build_preferences(config: PreferenceDataConfig) -> Path:
     rng = random.Random(config.seed)
     draws = [draw_perturbation(rng, config.scheme, config.steps()) for _ in data.records]
     splits = [truncate(r.response, d.truncation_step) for r, d in zip(data.records, draws)]
-    model, processor = load_vlm(config.model, dtype=torch.float32)
+    model, processor = load_vlm(config.model, dtype=torch.float32, device=distributed.device())
     suffixes = rejected_suffixes(
         model, processor, [r.question for r in data.records], [open_image(data.image_root, r) for r in data.records],
         [prefix for prefix, _ in splits], draws, config.decoding(config.seed), config.legacy_uint8_noise,

@@ -31,6 +31,7 @@ class Stage:
     outputs: Mapping[str, str] = field(default_factory=dict)  # name -> path under the output ({config field})
     hands_on: str | None = None  # the output later steps read (None: the output directory itself)
     component_name: str | None = None  # its Kubeflow component, where not the name with "-" written "_"
+    multi_rank: bool = True  # runs on N ranks under torchrun (sherlock.distributed); False: one process only
 
     @property
     def component(self) -> str:
@@ -61,10 +62,11 @@ class Stage:
 _STAGES = (
     Stage("pretrain-perception", "perception", "PerceptionConfig", "run_pretrain_perception",
           "the embedded base model: a tiny Mllama pre-trained on synthetic perception questions",
-          {"model": "model", "perception": "perception.json"}),
+          {"model": "model", "perception": "perception.json"}, multi_rank=False),
     Stage("sample", "sample", "SampleConfig", "run_sample",
           "Stage I data: disjoint seeded subsets D_A, D_B with a manifest",
-          {"D_A": "D_A", "D_B": "D_B", "D_U": "D_U", "manifest": MANIFEST}, component_name="sample_data"),
+          {"D_A": "D_A", "D_B": "D_B", "D_U": "D_U", "manifest": MANIFEST}, component_name="sample_data",
+          multi_rank=False),
     Stage("sft", "sft", "SFTStageConfig", "run_sft", "Stage I: vanilla SFT (R0), or Sherlock-SFT with --rejected"),
     Stage("sample-rejected", "rejected", "SampleRejectedConfig", "run_sample_rejected",
           "Stage I: sample Y^l from R0 for D_B", {"rejected": "rejected.jsonl", "stats": "stats.json"},

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from sherlock import distributed
 from sherlock.answers import is_correct, options_in
 from sherlock.config import help_field
 from sherlock.data.llava_cot import load_data
@@ -38,7 +39,7 @@ def run_sample_rejected(config: SampleRejectedConfig) -> Path:
     the wrong ones: what a correction sequence teaches to fix.
     """
     data = load_data(config.data)
-    model, processor = load_vlm(config.model, dtype=torch.float32)
+    model, processor = load_vlm(config.model, dtype=torch.float32, device=distributed.device())
     images = [open_image(data.image_root, r) for r in data.records]
     samples = generate(model, processor, [r.question for r in data.records], images,
                        config=config.decoding(config.seed), desc="sampling Y^l", stream="Y^l",
@@ -52,5 +53,7 @@ def run_sample_rejected(config: SampleRejectedConfig) -> Path:
              "departure": departure_histogram(samples, [r.response for r in data.records]),
              "departure_of_wrong": departure_histogram(*zip(*wrong)) if wrong else {}}
     record_stage_config(config, config.output)
-    (Path(config.output) / STATS_FILE).write_text(json.dumps(stats, indent=2))
-    return write_jsonl(rows, Path(config.output) / REJECTED_FILE)
+    if distributed.is_main():
+        (Path(config.output) / STATS_FILE).write_text(json.dumps(stats, indent=2))
+        write_jsonl(rows, Path(config.output) / REJECTED_FILE)
+    return Path(config.output) / REJECTED_FILE

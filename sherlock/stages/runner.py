@@ -8,6 +8,9 @@
 3. inside an MLflow stage run (when tracking is on): params, ``data`` inputs as datasets with their
    digests, per-step metrics, and afterwards the stage's plots, reports and metrics;
 4. the output directory gets its manifest and is uploaded (or stays where it is, for local paths).
+
+Under torchrun every rank runs the stage; rank 0 alone tracks, writes the plots and publishes
+(:mod:`sherlock.distributed`).
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
+from sherlock import distributed
 from sherlock.config import parse_named, uri_fields
 from sherlock.data.schema import PAIRS_FILE
 from sherlock.plots import BETA_PLOT, LOSS_PLOT
@@ -98,6 +103,10 @@ def run_stage(command: str, config, pipeline_run_id: str | None = None):
     (output_field,) = uri_fields(config, "output")
     output = Path(getattr(local, output_field))
     run_name = f"{command} {Path(str(getattr(config, output_field))).name}"
+    if distributed.world_size() > 1:
+        print(f"sherlock {command}: rank {distributed.rank()} of world size {distributed.world_size()}", file=sys.stderr)
+    if not distributed.is_main():
+        return function(local)
     with tracking.stage_run(command, config, pipeline_run_id, run_name=run_name) as run:
         if run is not None:
             for name, uri, path in data:

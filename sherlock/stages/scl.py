@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from sherlock import distributed
 from sherlock.answers import is_correct, options_in
 from sherlock.chat import assistant_turn, follow_up_turn, user_turn
 from sherlock.config import ConfigError, help_field
@@ -125,7 +126,7 @@ def run_scl_pairs(config: SCLPairsConfig) -> Path:
     if unlabelled:
         raise ValueError(f"{len(unlabelled)} records of {config.data} have no gold answer (first: {unlabelled[0]}); "
                          "SCL types need the correctness of both turns")
-    model, processor = load_vlm(config.model, dtype=torch.float32)
+    model, processor = load_vlm(config.model, dtype=torch.float32, device=distributed.device())
     images = [open_image(data.image_root, r) for r in data.records]
     decoding = config.decoding(config.seed)
     first_turns = [scl_first_turn(r.question) if config.first_turn == "scl" else r.question for r in data.records]
@@ -143,7 +144,8 @@ def run_scl_pairs(config: SCLPairsConfig) -> Path:
         if (pair := scl_pair(record, first, second, kind)) is not None:
             pairs.append(pair)
     record_stage_config(config, config.output)
-    write_jsonl(rows, Path(config.output) / RESPONSES_FILE)
+    if distributed.is_main():
+        write_jsonl(rows, Path(config.output) / RESPONSES_FILE)
     types = Counter(row["type"] for row in rows)
     stats = {f"type_{k}": types.get(k, 0) for k in SCL_TYPES.values()} | {
              "review_prompt": config.review_prompt, "first_turn": config.first_turn,

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from sherlock import distributed
 from sherlock.config import ConfigError, help_field
 from sherlock.data.llava_cot import DATA_FILE, load_data, write_llava_cot
 from sherlock.data.preferences import PreferencePair
@@ -89,7 +90,7 @@ def run_stic_pairs(config: STICPairsConfig) -> Path:
     images = [open_image(data.image_root, r) for r in data.records]
     corrupted = [(image, HALLUCINATION) if d.corruption_seed is None else stic_corruption(image, d.corruption_seed)
                  for d, image in zip(draws, images)]
-    model, processor = load_vlm(config.model, dtype=torch.float32)
+    model, processor = load_vlm(config.model, dtype=torch.float32, device=distributed.device())
     decoding = config.decoding(config.seed)
     preferred = generate(model, processor, [STIC_DESCRIPTION_PROMPT] * len(images), images, config=decoding,
                          desc="STIC preferred descriptions", stream="STIC y_w",
@@ -126,16 +127,17 @@ def run_stic_describe(config: STICDescribeConfig) -> Path:
             raise ConfigError(f"num_items must be in 1..{len(records)} (the data set's size), got {config.num_items}")
         records = rng.sample(records, config.num_items)
     prompts = [rng.choice(STIC_SIMPLE_PROMPTS) for _ in records]
-    model, processor = load_vlm(config.model, dtype=torch.float32)
+    model, processor = load_vlm(config.model, dtype=torch.float32, device=distributed.device())
     descriptions = generate(model, processor, prompts, [open_image(data.image_root, r) for r in records],
                             config=config.decoding(config.seed), desc="STIC stage-2 descriptions",
                             stream="STIC description", keys=[r.id for r in records])
     output = Path(config.output)
-    for record in records:
-        link_or_copy(data.image_root / record.image, output / record.image)
-    write_llava_cot([dataclasses.replace(r, question=stic_description_infused(r.question, d))
-                     for r, d in zip(records, descriptions)], output / DATA_FILE)
-    write_jsonl(({"id": r.id, "prompt": p, "description": d} for r, p, d in zip(records, prompts, descriptions)),
-                output / DESCRIPTIONS_FILE)
+    if distributed.is_main():
+        for record in records:
+            link_or_copy(data.image_root / record.image, output / record.image)
+        write_llava_cot([dataclasses.replace(r, question=stic_description_infused(r.question, d))
+                         for r, d in zip(records, descriptions)], output / DATA_FILE)
+        write_jsonl(({"id": r.id, "prompt": p, "description": d} for r, p, d in zip(records, prompts, descriptions)),
+                    output / DESCRIPTIONS_FILE)
     record_stage_config(config, output)
     return output

@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 from transformers import Trainer
 from trl.trainer.utils import selective_log_softmax
 
+from sherlock import distributed
 from sherlock.chat import user_turn
 from sherlock.config import help_field
 from sherlock.data.preferences import PreferencePair, pairs_digest
@@ -239,25 +239,27 @@ def reference_cache_path(cache_dir: str | Path, reference_dir: str | Path, data_
 
 @torch.no_grad()
 def compute_reference_logps(model, dataset: PreferenceDataset, collator, batch_size: int = 8) -> torch.Tensor:
-    """log π_ref of every pair's sequences, shape (pairs, slots), in data set order."""
+    """log π_ref of every pair's sequences, shape (pairs, slots), in data set order; under torchrun the
+    batches are shared out over the ranks and every rank gets the whole table."""
     model.eval()
-    result = torch.empty(len(dataset), dataset.num_slots, dtype=torch.float32)
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collator)
-    for batch in tqdm(loader, desc="reference log-probs", unit=" batches"):
-        batch = {k: v.to(model.device) for k, v in batch.items()}
-        result[batch["index"].cpu()] = sequence_logps(model, batch).cpu()
-    return result
+    def batch_logps(start: int) -> list[torch.Tensor]:
+        batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        logps = sequence_logps(model, {k: v.to(model.device) for k, v in batch.items()}).cpu()
+        return list(logps)
+
+    return torch.stack(distributed.map_batches(range(0, len(dataset), batch_size), batch_logps, "reference log-probs"))
 
 
 def cached_reference_logps(path: Path, compute) -> torch.Tensor:
-    """Load the cache at ``path`` or ``compute()`` it and write it atomically."""
+    """Load the cache at ``path`` or ``compute()`` it (every rank) and write it atomically (rank 0)."""
     if path.is_file():
         return torch.load(path)
     logps = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(logps, partial)
-    os.replace(partial, path)
+    if distributed.is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(logps, partial)
+        os.replace(partial, path)
     return logps
 
 

@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from transformers import TrainerCallback, TrainingArguments
 
+from sherlock import distributed
 from sherlock.config import ConfigError, help_field
 
 # Sub-modules of the common VLM layouts (Mllama, LLaVA, Qwen2-VL, Idefics3).
@@ -215,7 +216,8 @@ class MlflowMetricsCallback(TrainerCallback):
 
 
 def train_and_save(trainer, settings: TrainSettings, output_dir: str | Path, processor) -> Path:
-    """Train (resuming when asked), then save the final state, merged model and processor.
+    """Train (resuming when asked), then save the final state, merged model and processor (rank 0
+    writes them; the other ranks wait, so what comes next may read them).
 
     With ``MLFLOW_TRACKING_URI`` set, every log line also goes to the active MLflow stage run.
     """
@@ -227,6 +229,8 @@ def train_and_save(trainer, settings: TrainSettings, output_dir: str | Path, pro
     trainer.train(resume_from_checkpoint=resume_checkpoint(settings, output_dir))
     trainer.save_state()
     output_dir = Path(output_dir)
-    finalise_model(trainer.model).save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
+    if distributed.is_main():
+        finalise_model(trainer.model).save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
+    distributed.barrier()
     return output_dir

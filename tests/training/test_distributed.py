@@ -23,9 +23,10 @@ def _command(tiny_model_dir, preference_dir, output, *extra):
             str(output), "--reference-cache", str(Path(output).parent / "cache"), *CONSTANT_LR, *extra]
 
 
-def _run(args, launcher=(sys.executable, "-m", "sherlock.cli")):
+def _run(args):
     env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([*launcher, *args], env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    result = subprocess.run([sys.executable, "-m", "sherlock.cli", *args], env=env, capture_output=True, text=True,
+                            timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -35,17 +36,34 @@ def _losses(output):
     return [entry["loss"] for entry in history if "loss" in entry]
 
 
-def test_two_gloo_processes_match_one_process(tiny_model_dir, preference_dir, tmp_path):
-    """2 processes x 2 pairs see the same global batch as 1 process x 4 pairs: the same losses."""
-    _run(_command(tiny_model_dir, preference_dir, tmp_path / "single", "--batch-size", "4", "--max-steps", "3"))
-    torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "sherlock.cli")
-    _run(_command(tiny_model_dir, preference_dir, tmp_path / "ddp", "--batch-size", "2", "--max-steps", "3"),
-         launcher=torchrun)
-    single, ddp = _losses(tmp_path / "single"), _losses(tmp_path / "ddp")
+def _same_curve(single: Path, ddp: Path) -> None:
+    """The loss curves agree to 1e-3 (relative): DDP averages the two ranks' gradients, so each step
+    sums the same terms in another order (float32), and 2 ranks run each forward on half the rows."""
+    single, ddp = _losses(single), _losses(ddp)
     assert len(single) == len(ddp) == 3
     assert ddp == pytest.approx(single, rel=1e-3)
     assert single[1] != pytest.approx(single[0], rel=1e-3), "the losses move: the comparison is not trivial"
+
+
+def test_two_ranks_train_preferences_as_one(tiny_model_dir, preference_dir, tmp_path):
+    """L_SC + α·L_DPO with dynamic β: 2 ranks x 2 pairs see the same global batch as 1 rank x 4 pairs
+    (the reference log-probs computed sharded); the same losses, rank 0 alone saves the model."""
+    _run(_command(tiny_model_dir, preference_dir, tmp_path / "single", "--batch-size", "4", "--max-steps", "3"))
+    result = _run(_command(tiny_model_dir, preference_dir, tmp_path / "ddp", "--batch-size", "2", "--max-steps", "3",
+                           "--nproc-per-node", "2"))
+    assert "rank 1 of world size 2" in result.stderr
+    _same_curve(tmp_path / "single", tmp_path / "ddp")
+    assert (tmp_path / "ddp" / "model.safetensors").is_file()
+
+
+def test_two_ranks_sft_as_one(tiny_model_dir, subset_dir, tmp_path):
+    """Sherlock-SFT's trainer (TRL, assistant-only loss, token mean over the global batch): 2 ranks x 2
+    examples reproduce 1 rank x 4."""
+    for name, batch, ranks in (("single", "4", "1"), ("ddp", "2", "2")):
+        _run(["sft", "--model", str(tiny_model_dir), "--data", str(subset_dir), "--output", str(tmp_path / name),
+              "--batch-size", batch, "--max-steps", "3", "--nproc-per-node", ranks, *CONSTANT_LR,
+              "--learning-rate", "1e-3"])
+    _same_curve(tmp_path / "single", tmp_path / "ddp")
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(tiny_model_dir, preference_dir, tmp_path):

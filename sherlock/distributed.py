@@ -1,0 +1,91 @@
+"""The ranks of one stage: a stage given N devices runs the same code in N processes.
+
+``torch.distributed.run`` (torchrun) starts the ranks and sets ``RANK``, ``WORLD_SIZE`` and
+``LOCAL_RANK``; :func:`launch` is how ``sherlock <stage> --nproc-per-node N`` and the pipeline's GPU
+steps call it. Under it:
+
+- training is data-parallel through the ``Trainer`` (DDP, or DeepSpeed with ``--deepspeed``);
+- generation and reference log-probs split their batches round-robin over the ranks
+  (:func:`map_batches`): every batch is the one a single rank would form, so greedy outputs are the
+  same as on one rank, and sampled ones too (each item draws from its own seeded stream);
+- rank 0 alone writes outputs, logs to MLflow and publishes (:func:`is_main`); the others wait for
+  it where they read what it wrote (:func:`barrier`).
+
+One rank (no torchrun) is the plain process: every function here is then a no-op or the identity.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import torch
+from tqdm.auto import tqdm
+
+Batch = TypeVar("Batch")
+Output = TypeVar("Output")
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    """Whether this process writes outputs, logs and publishes (rank 0, or the only process)."""
+    return rank() == 0
+
+
+def device() -> torch.device:
+    """This rank's device: ``cuda:LOCAL_RANK`` where CUDA is available, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def init() -> None:
+    """Join the process group of the ranks (NCCL on GPUs, gloo on CPUs); nothing on one rank.
+
+    Through accelerate's ``PartialState``, as the ``Trainer`` does, so both share one group.
+    """
+    if world_size() > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        from accelerate import PartialState
+
+        PartialState(cpu=not torch.cuda.is_available())
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (after rank 0 wrote what the others read next)."""
+    if world_size() > 1:
+        init()
+        torch.distributed.barrier()
+
+
+def map_batches(batches: Sequence[Batch], function: Callable[[Batch], list[Output]], desc: str) -> list[Output]:
+    """``function`` over ``batches``, batch ``b`` on rank ``b % world_size``; every rank gets all the
+    outputs, concatenated in batch order (as one rank computing them all would return them).
+
+    Every rank must call it with the same batches; a rank with no batch still takes part in the merge.
+    The progress bar (``desc``) counts rank 0's share.
+    """
+    size = world_size()
+    share = [(index, batch) for index, batch in enumerate(batches) if index % size == rank()]
+    mine = {index: function(batch) for index, batch in tqdm(share, desc=desc, unit=" batches", disable=not is_main())}
+    if size > 1:
+        init()
+        parts: list[dict | None] = [None] * size
+        torch.distributed.all_gather_object(parts, mine)
+        mine = {index: outputs for part in parts for index, outputs in part.items()}
+    return [output for index in range(len(batches)) for output in mine[index]]
+
+
+def launch(nproc_per_node: int, module: str, argv: Sequence[str]) -> None:
+    """Run ``python -m module *argv`` on ``nproc_per_node`` local ranks with torchrun (standalone
+    rendezvous) and wait; a failed rank raises ``ChildFailedError`` naming it and its error."""
+    from torch.distributed.run import get_args_parser, run
+
+    run(get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(nproc_per_node), "-m", module, *argv]))
