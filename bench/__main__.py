@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "serving")
+BENCHMARKS = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "serving")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         p5_training_efficiency,
         p6_sherlock_sft,
         p7_task_startup,
+        p8_ranks,
         serving,
     )
     from bench.common import build_workspace, machine, write_results
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     results, failures = [], []
     runners = {"P1": p1_preference_step.run, "P2": p2_dpo.run, "P3": p3_preference_data.run,
                "P5": p5_training_efficiency.run, "P6": p6_sherlock_sft.run,
-               "P7": p7_task_startup.run, "serving": serving.run}
+               "P7": p7_task_startup.run, "P8": p8_ranks.run, "serving": serving.run}
     for name in selected:
         start = time.perf_counter()
         try:

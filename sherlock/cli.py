@@ -163,7 +163,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@record  # under torchrun, a rank's exception goes to its error file, which the launcher reports
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -180,5 +179,5 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"sherlock {args.command}: error: {error}")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # torchrun's ranks run this module: a rank's exception goes to its error file
+    record(main)()

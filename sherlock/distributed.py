@@ -12,6 +12,7 @@ steps call it. Under it:
   it where they read what it wrote (:func:`barrier`).
 
 One rank (no torchrun) is the plain process: every function here is then a no-op or the identity.
+torch is imported only where a rank needs it (a data step that imports this module never loads it).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-import torch
 from tqdm.auto import tqdm
 
 Batch = TypeVar("Batch")
@@ -40,8 +40,10 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def device() -> torch.device:
-    """This rank's device: ``cuda:LOCAL_RANK`` where CUDA is available, else the CPU."""
+def device():
+    """This rank's ``torch.device``: ``cuda:LOCAL_RANK`` where CUDA is available, else the CPU."""
+    import torch
+
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
@@ -52,6 +54,8 @@ def init() -> None:
 
     Through accelerate's ``PartialState``, as the ``Trainer`` does, so both share one group.
     """
+    import torch
+
     if world_size() > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         from accelerate import PartialState
 
@@ -61,6 +65,8 @@ def init() -> None:
 def barrier() -> None:
     """Wait until every rank gets here (after rank 0 wrote what the others read next)."""
     if world_size() > 1:
+        import torch
+
         init()
         torch.distributed.barrier()
 
@@ -76,6 +82,8 @@ def map_batches(batches: Sequence[Batch], function: Callable[[Batch], list[Outpu
     share = [(index, batch) for index, batch in enumerate(batches) if index % size == rank()]
     mine = {index: function(batch) for index, batch in tqdm(share, desc=desc, unit=" batches", disable=not is_main())}
     if size > 1:
+        import torch
+
         init()
         parts: list[dict | None] = [None] * size
         torch.distributed.all_gather_object(parts, mine)

@@ -17,13 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_quick_mode_reports_every_benchmark(tmp_path):
     output = tmp_path / "results.json"
-    result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "P1,P2,P3,P5,P6,P7,serving",
+    result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "P1,P2,P3,P5,P6,P7,P8,serving",
                              "--workdir", str(tmp_path), "--output", str(output)],
                             cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(output.read_text())
     names = [r["name"] for r in report["results"]]
-    assert [name.split()[0] for name in names] == ["P1", "P2", "P3", "P5", "P6", "P7", "Serving", "Serving"]
+    assert [name.split()[0] for name in names] == ["P1", "P2", "P3", "P5", "P6", "P7", "P8", "P8", "Serving", "Serving"]
     for entry in report["results"]:
         assert entry["project"] > 0 and entry["baseline"] > 0 and entry["target"] > 0, entry
         assert entry["ratio"] == pytest.approx(entry["project"] / entry["baseline"])

@@ -104,7 +104,8 @@ def run_stage(command: str, config, pipeline_run_id: str | None = None):
     output = Path(getattr(local, output_field))
     run_name = f"{command} {Path(str(getattr(config, output_field))).name}"
     if distributed.world_size() > 1:
-        print(f"sherlock {command}: rank {distributed.rank()} of world size {distributed.world_size()}", file=sys.stderr)
+        print(f"sherlock {command}: rank {distributed.rank()} of world size {distributed.world_size()}",
+              file=sys.stderr)
     if not distributed.is_main():
         return function(local)
     with tracking.stage_run(command, config, pipeline_run_id, run_name=run_name) as run:

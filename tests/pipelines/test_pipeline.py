@@ -2,6 +2,7 @@
 platform settings task by task, and local runs."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -171,16 +172,17 @@ def test_without_warm_start_the_recipe_starts_from_the_base_model(tmp_path, reci
     assert tasks["evaluate"]["inputs"]["parameters"]["name"]["runtimeValue"]["constant"] == "base"
 
 
-def run_locally(recipe: str, workdir: Path) -> dict:
-    """``python -m pipelines.run_local --recipe RECIPE --quick``; returns its summary."""
+def run_locally(recipe: str, workdir: Path, *options: str) -> tuple[dict, str]:
+    """``python -m pipelines.run_local --recipe RECIPE --quick *options``; returns its summary and log."""
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "pipelines.run_local", "--recipe", recipe, "--quick", "--workdir", str(workdir)]
+    command = [sys.executable, "-m", "pipelines.run_local", "--recipe", recipe, "--quick", "--workdir", str(workdir),
+               *options]
     result = subprocess.run(command, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "served champion" in result.stdout and "| llava_cot |" in result.stdout
-    return json.loads((workdir / "summary.json").read_text())
+    return json.loads((workdir / "summary.json").read_text()), result.stdout + result.stderr
 
 
 def check_deployed_champion(summary: dict, name: str, versions: int, workdir: Path) -> None:
@@ -198,13 +200,17 @@ def check_deployed_champion(summary: dict, name: str, versions: int, workdir: Pa
 
 
 def test_scl_pipeline_runs_end_to_end_locally(tmp_path):
-    """SCL through kfp.local: its pairs follow the typing rules and the trained step is DPO + SFT term."""
+    """SCL through kfp.local with ``gpus=2``: every GPU step on 2 ranks (torchrun, gloo), one MLflow
+    run each (rank 0's); its pairs follow the typing rules and the trained step is DPO + SFT term."""
     from sherlock.data.llava_cot import load_llava_cot
     from sherlock.stages.scl import scl_correct
 
-    summary = run_locally("scl", tmp_path)
-    assert sorted(s.split()[0] for s in summary["stage_seconds"]) == [  # kfp.local runs ready tasks in any order
-        "evaluate", "evaluate", "sample", "scl-pairs", "sft", "train-preferences"]
+    summary, log = run_locally("scl", tmp_path, "--gpus", "2")
+    gpu_steps = ["evaluate", "evaluate", "scl-pairs", "sft", "train-preferences"]
+    assert sorted(s.split()[0] for s in summary["stage_seconds"]) == sorted(  # kfp.local runs ready tasks in any order
+        ["sample", *gpu_steps])
+    for rank in (0, 1):
+        assert sorted(re.findall(rf"sherlock (\S+): rank {rank} of world size 2", log)) == gpu_steps
     run = tmp_path / "artifacts" / summary["pipeline_run_id"]
     records = {r.id: r for r in load_llava_cot(run / "subsets/D_B/data.jsonl").records}
     responses = [json.loads(line) for line in (run / "scl-pairs/responses.jsonl").read_text().splitlines()]
@@ -235,7 +241,7 @@ def test_stic_pipeline_runs_end_to_end_locally(tmp_path):
     from sherlock.data.llava_cot import load_llava_cot
     from sherlock.prompts import STIC_SIMPLE_PROMPTS
 
-    summary = run_locally("stic", tmp_path)
+    summary, _ = run_locally("stic", tmp_path)
     assert sorted(s.split()[0] for s in summary["stage_seconds"]) == [
         "evaluate", "evaluate", "evaluate", "sample", "sft", "sft", "stic-describe", "stic-pairs", "train-preferences"]
     run = tmp_path / "artifacts" / summary["pipeline_run_id"]
