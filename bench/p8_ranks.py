@@ -39,12 +39,12 @@ def run(workspace: Workspace, quick: bool, device) -> list[Result]:
     data = workspace.root / "p8-data"
     if not data.exists():  # the first `items` records, as a data set of their own
         from sherlock.data.llava_cot import load_llava_cot, write_llava_cot
+        from sherlock.data.sampling import link_or_copy
 
         records = load_llava_cot(workspace.data / "data.jsonl").records[:items]
+        for record in records:
+            link_or_copy(workspace.data / record.image, data / record.image)
         write_llava_cot(records, data / "data.jsonl")
-        for entry in workspace.data.iterdir():  # the image folders
-            if entry.is_dir():
-                (data / entry.name).symlink_to(entry)
     stages = {
         "generation": (["sample-rejected", "--model", str(workspace.model), "--data", str(data),
                         "--max-new-tokens", "48", "--generation-batch-size", "8"], lambda ranks: [], items),
