@@ -21,6 +21,10 @@ from components.sample_data import sample_data
 from sherlock.config import ConfigError, GPUPlacement, add_config_arguments, config_from_args, help_field
 from sherlock.stages.registry import stage
 
+# The oldest Kubeflow Pipelines backend that runs the compiled YAML (README; checked field by field in
+# tests/pipelines/test_pipeline.py): its driver ignores platform-spec fields it does not know
+# (kubeflow/pipelines#11662) and resolves a run parameter in a resource limit (#11501: gpus).
+MIN_KFP_BACKEND = "2.5.0"
 S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 POD_LABELS = ("sherlock.dev/s3-client", "sherlock.dev/mlflow-client")
 
@@ -35,11 +39,15 @@ class ClusterOptions(GPUPlacement):
     """Where the steps run on Kubernetes (fixed at compile time; ignored by kfp.local)."""
 
     gpu_cpu: str = help_field("8", "CPU request of a GPU step")
-    gpu_memory: str = help_field("64Gi", "memory request of a GPU step")
+    gpu_memory: str = help_field("64Gi", "memory request and limit of a GPU step")
     cpu_cpu: str = help_field("2", "CPU request of a CPU step")
-    cpu_memory: str = help_field("8Gi", "memory request of a CPU step")
+    cpu_memory: str = help_field("8Gi", "memory request and limit of a CPU step")
     shm_size: str = help_field("16Gi", "size of /dev/shm (memory) on GPU steps")
-    cache_size: str = help_field("200Gi", "ephemeral volume for downloaded checkpoints and data (SHERLOCK_CACHE)")
+    cache_size: str = help_field("400Gi", "ephemeral /cache (SHERLOCK_CACHE) of a training step: the starting and "
+                                          "trained checkpoints, the data and two saved checkpoints (11B, ZeRO-3, "
+                                          "full fine-tuning: ~150 GB each with the optimiser state)")
+    generation_cache_size: str = help_field("64Gi", "ephemeral /cache of a generation or evaluation step: one "
+                                                    "checkpoint (11B in bf16: 21 GB) and its data")
     checkpoint_pvc: str | None = help_field(None, "PVC mounted at /checkpoints on GPU steps "
                                                   "(then output_root=/checkpoints/…)")
     s3_secret: str = help_field("sherlock-s3", "Secret with AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
@@ -48,8 +56,10 @@ class ClusterOptions(GPUPlacement):
                                                        "MLFLOW_TRACKING_USERNAME/PASSWORD)")
 
 
-def with_platform(task: dsl.PipelineTask, options: ClusterOptions, gpus=None, retries: int = 1) -> dsl.PipelineTask:
-    """Resources, scheduling, volumes and secret-backed credentials of one step."""
+def with_platform(task: dsl.PipelineTask, options: ClusterOptions, gpus=None, retries: int = 1,
+                  trains: bool = False) -> dsl.PipelineTask:
+    """Resources, scheduling, volumes and secret-backed credentials of one step (a GPU step when ``gpus``
+    is set; ``trains``: its ``/cache`` holds checkpoints)."""
     kubernetes.use_secret_as_env(task, options.s3_secret, {key: key for key in S3_ENV})
     kubernetes.use_secret_as_env(task, options.mlflow_secret, {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"})
     kubernetes.use_secret_as_env(task, options.mlflow_secret, {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
@@ -59,9 +69,10 @@ def with_platform(task: dsl.PipelineTask, options: ClusterOptions, gpus=None, re
         kubernetes.add_pod_label(task, label, "true")
     task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0)
     if gpus is None:
-        return task.set_cpu_request(options.cpu_cpu).set_memory_request(options.cpu_memory)
+        return task.set_cpu_request(options.cpu_cpu).set_memory_request(options.cpu_memory).set_memory_limit(
+            options.cpu_memory)
     task.set_accelerator_type(options.accelerator).set_accelerator_limit(gpus)
-    task.set_cpu_request(options.gpu_cpu).set_memory_request(options.gpu_memory)
+    task.set_cpu_request(options.gpu_cpu).set_memory_request(options.gpu_memory).set_memory_limit(options.gpu_memory)
     for label, value in options.selector().items():
         kubernetes.add_node_selector(task, label, value)
     for key in options.toleration_keys():
@@ -69,7 +80,7 @@ def with_platform(task: dsl.PipelineTask, options: ClusterOptions, gpus=None, re
     kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
                                size_limit=options.shm_size)
     kubernetes.add_ephemeral_volume(task, volume_name="cache", mount_path="/cache", access_modes=["ReadWriteOnce"],
-                                    size=options.cache_size)
+                                    size=options.cache_size if trains else options.generation_cache_size)
     task.set_env_variable("SHERLOCK_CACHE", "/cache")
     if options.checkpoint_pvc:
         kubernetes.mount_pvc(task, pvc_name=options.checkpoint_pvc, mount_path="/checkpoints")
@@ -77,9 +88,9 @@ def with_platform(task: dsl.PipelineTask, options: ClusterOptions, gpus=None, re
 
 
 def gpu_step(options: ClusterOptions, gpus):
-    """``step(task, display name)``: a cached GPU step with ``gpus`` accelerators."""
-    def step(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
-        return with_platform(task.set_display_name(name), options, gpus).set_caching_options(True)
+    """``step(task, display name, trains)``: a cached GPU step with ``gpus`` accelerators."""
+    def step(task: dsl.PipelineTask, name: str, trains: bool = False) -> dsl.PipelineTask:
+        return with_platform(task.set_display_name(name), options, gpus, trains=trains).set_caching_options(True)
 
     return step
 
@@ -106,10 +117,12 @@ def component_runner(options: ClusterOptions, gpus, settings: dict, common: dict
     gpu = gpu_step(options, gpus)
 
     def run(step: str, preset_name: str, title: str, **inputs):
-        task = component(stage(preset_name.split(".")[0]).component)
+        stage_record = stage(preset_name.split(".")[0])
+        task = component(stage_record.component)
         if "name" in inspect.signature(task.python_func).parameters:
             inputs["name"] = step
-        return gpu(task(**inputs, settings=settings[preset_name], nproc_per_node=gpus, **common), title).output
+        return gpu(task(**inputs, settings=settings[preset_name], nproc_per_node=gpus, **common), title,
+                   stage_record.trains).output
 
     return run
 

@@ -32,6 +32,7 @@ class Stage:
     hands_on: str | None = None  # the output later steps read (None: the output directory itself)
     component_name: str | None = None  # its Kubeflow component, where not the name with "-" written "_"
     multi_rank: bool = True  # runs on N ranks under torchrun (sherlock.distributed); False: one process only
+    trains: bool = False  # trains a model: its step holds a base and a trained model and checkpoints
 
     @property
     def component(self) -> str:
@@ -62,22 +63,23 @@ class Stage:
 _STAGES = (
     Stage("pretrain-perception", "perception", "PerceptionConfig", "run_pretrain_perception",
           "the embedded base model: a tiny Mllama pre-trained on synthetic perception questions",
-          {"model": "model", "perception": "perception.json"}, multi_rank=False),
+          {"model": "model", "perception": "perception.json"}, multi_rank=False, trains=True),
     Stage("sample", "sample", "SampleConfig", "run_sample",
           "Stage I data: disjoint seeded subsets D_A, D_B with a manifest",
           {"D_A": "D_A", "D_B": "D_B", "D_U": "D_U", "manifest": MANIFEST}, component_name="sample_data",
           multi_rank=False),
-    Stage("sft", "sft", "SFTStageConfig", "run_sft", "Stage I: vanilla SFT (R0), or Sherlock-SFT with --rejected"),
+    Stage("sft", "sft", "SFTStageConfig", "run_sft", "Stage I: vanilla SFT (R0), or Sherlock-SFT with --rejected",
+          trains=True),
     Stage("sample-rejected", "rejected", "SampleRejectedConfig", "run_sample_rejected",
           "Stage I: sample Y^l from R0 for D_B", {"rejected": "rejected.jsonl", "stats": "stats.json"},
           hands_on="rejected"),
     Stage("build-preferences", "preferences", "PreferenceDataConfig", "run_build_preferences",
           "Stage II data: truncation + visual perturbation pairs", {"pairs": PAIRS_FILE, "stats": "stats.json"}),
     Stage("train-preferences", "preference_training", "PreferenceTrainingConfig", "run_train_preferences",
-          "Stage II/III: L_SC + α·L_DPO with dynamic β"),
+          "Stage II/III: L_SC + α·L_DPO with dynamic β", trains=True),
     Stage("online", "online", "OnlineConfig", "run_online", "Stage III: K label-free self-improvement iterations",
           {"model": "iter_{iteration}/model", "pairs": "iter_{iteration}/pairs"}, hands_on="model",
-          component_name="online_iteration"),
+          component_name="online_iteration", trains=True),
     Stage("evaluate", "evaluate", "EvaluationConfig", "run_evaluation",
           "direct and self-correction accuracy per benchmark",
           {"metrics": "metrics.json", "table": "results.md", "plot": "accuracy_by_round.png",

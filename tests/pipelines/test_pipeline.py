@@ -13,9 +13,11 @@ from pipelines import scl, sherlock, stic
 from pipelines.common import ClusterOptions
 from sherlock.serving.schema import validate_manifest
 
+REPO = Path(__file__).resolve().parents[2]
 RECIPES = {"sherlock": sherlock, "scl": scl, "stic": stic}
 GPU_STEPS = ("sft", "sample-rejected", "build-preferences", "train-preferences", "online-iteration", "evaluate",
              "scl-pairs", "stic-pairs", "stic-describe")
+TRAINING_STEPS = ("sft", "train-preferences", "online-iteration")  # a /cache of cache_size; other GPU steps smaller
 CPU_STEPS = ("prepare-inputs", "sample-data", "register-and-gate", "deploy")
 NETWORK_STEPS = ("prepare-inputs", "sample-data", "register-and-gate", "deploy")
 UNCACHED_STEPS = ("register-and-gate", "deploy")
@@ -117,17 +119,50 @@ def test_gpu_and_cpu_steps_land_on_the_right_nodes(compiled):
             assert resources["accelerator"]["resourceType"] == options.accelerator
             assert resources["accelerator"]["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--gpus']}}"
             assert resources["resourceCpuRequest"] == options.gpu_cpu
-            assert resources["resourceMemoryRequest"] == options.gpu_memory
+            assert resources["resourceMemoryRequest"] == resources["resourceMemoryLimit"] == options.gpu_memory
             assert platform["nodeSelector"]["labels"] == options.selector() == {"nvidia.com/gpu.present": "true"}
             assert platform["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
             assert platform["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm",
                                                    "sizeLimit": options.shm_size, "volumeName": "dshm"}]
-            assert platform["genericEphemeralVolume"][0]["mountPath"] == "/cache"
+            cache = platform["genericEphemeralVolume"][0]
+            assert cache["mountPath"] == "/cache"
+            assert cache["size"] == (options.cache_size if step(name) in TRAINING_STEPS else
+                                     options.generation_cache_size), name
             assert {"name": "SHERLOCK_CACHE", "value": "/cache"} in container["env"]
         else:
             assert container["image"] == CPU_IMAGE
             assert "accelerator" not in resources and "nodeSelector" not in platform and "tolerations" not in platform
             assert resources["resourceCpuRequest"] == options.cpu_cpu
+            assert resources["resourceMemoryRequest"] == resources["resourceMemoryLimit"] == options.cpu_memory
+
+
+# Every field of the compiled YAML's resources and kfp-kubernetes platform spec, each read by the KFP
+# backend MIN_KFP_BACKEND (2.5.0): the resource fields of kubeflow/pipelines#11333 beside the
+# deprecated ones the SDK still writes (#11839), a parameter in the GPU count (#11501), and the
+# platform fields (secretAsEnv, podMetadata, nodeSelector, tolerations, emptyDirMounts #10913,
+# genericEphemeralVolume #10602, pvcMount) from releases before it. A new field fails here until
+# the version that reads it is checked and MIN_KFP_BACKEND raised where needed.
+BACKEND_FIELDS = {
+    "resources": {"cpuRequest", "memoryRequest", "memoryLimit", "resourceCpuRequest", "resourceMemoryRequest",
+                  "resourceMemoryLimit", "accelerator"},
+    "accelerator": {"count", "type", "resourceCount", "resourceType"},
+    "platform": {"secretAsEnv", "podMetadata", "nodeSelector", "tolerations", "emptyDirMounts",
+                 "genericEphemeralVolume", "pvcMount"},
+}
+
+
+def test_the_compiled_yaml_needs_no_newer_kfp_backend_than_the_readme_states(compiled, tmp_path):
+    from pipelines.common import MIN_KFP_BACKEND
+
+    assert f"Kubeflow Pipelines backend {MIN_KFP_BACKEND} or later" in (REPO / "README.md").read_text()
+    _, spec, executors = compiled
+    _, with_pvc = load_compiled(tmp_path, "--checkpoint-pvc", "checkpoints")
+    for executor in spec["deploymentSpec"]["executors"].values():
+        resources = executor["container"]["resources"]
+        assert set(resources) <= BACKEND_FIELDS["resources"], set(resources) - BACKEND_FIELDS["resources"]
+        assert set(resources.get("accelerator", {})) <= BACKEND_FIELDS["accelerator"]
+    for platform in [*executors.values(), *with_pvc.values()]:
+        assert set(platform) <= BACKEND_FIELDS["platform"], set(platform) - BACKEND_FIELDS["platform"]
 
 
 def test_credentials_come_only_from_secrets(compiled):
@@ -150,11 +185,14 @@ def test_caching_and_retries_are_explicit_per_step(compiled):
         assert task["retryPolicy"]["maxRetryCount"] == (3 if step(name) in NETWORK_STEPS else 1), name
 
 
+def load_compiled(tmp_path: Path, *options: str) -> tuple[dict, dict]:
+    """The Sherlock pipeline compiled with ``options``: its spec and kubernetes executors."""
+    sherlock.main(["--output", str(tmp_path / "p.yaml"), "--online-iterations", "1", *options])
+    return load(tmp_path / "p.yaml")
+
+
 def test_a_pvc_for_checkpoints_is_mounted_when_configured(tmp_path):
-    sherlock.main(["--output", str(tmp_path / "p.yaml"), "--checkpoint-pvc", "sherlock-checkpoints",
-                   "--online-iterations", "1"])
-    _, platform = yaml.safe_load_all((tmp_path / "p.yaml").read_text())
-    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    _, executors = load_compiled(tmp_path, "--checkpoint-pvc", "sherlock-checkpoints")
     assert executors["exec-sft"]["pvcMount"][0]["mountPath"] == "/checkpoints"
     assert "pvcMount" not in executors["exec-register-and-gate"]
 
