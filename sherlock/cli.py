@@ -28,6 +28,7 @@ from sherlock.serving.settings import ServeConfig
 from sherlock.stages.registry import STAGES
 from sherlock.stages.runner import run_stage
 from sherlock.storage import Storage, StorageError, fetch, publish
+from sherlock.training.memory import PlanMemoryConfig, run_plan_memory
 
 
 def _positive(text: str) -> int:
@@ -154,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("demo", DemoConfig, run_demo, "embedded end-to-end job: data, tiny model, SFT, accuracy before/after"),
         ("experiment", ExperimentConfig, run_experiment,
          "all stages and ablations on the synthetic task for several seeds (docs/results.md)"),
+        ("plan-memory", PlanMemoryConfig, run_plan_memory,
+         "memory per GPU of a training step (DeepSpeed's estimators for model states), and what would fit"),
         ("mlflow-access", AccessConfig, grant_access,
          "as MLflow's admin: the pipeline's and the reader's users, the experiment, the models and their grants"),
     ):

@@ -20,6 +20,7 @@ from sherlock.config import ConfigError, help_field
 from sherlock.data.preferences import read_pairs
 from sherlock.models.loading import load_vlm, require_checkpoint
 from sherlock.stages.io import record_stage_config
+from sherlock.training.memory import plan_training_step
 from sherlock.training.preference import (
     DPO_SEQUENCES,
     NUM_SEQUENCES,
@@ -30,6 +31,7 @@ from sherlock.training.preference import (
     cached_reference_logps,
     compute_reference_logps,
     reference_cache_path,
+    sequence_extent,
 )
 from sherlock.training.setup import (
     TrainSettings,
@@ -72,7 +74,10 @@ def run_train_preferences(config: PreferenceTrainingConfig) -> Path:
     config.check()
     pairs = read_pairs(config.data)
     model, processor = load_vlm(config.model, dtype=torch.float32)
-    dataset = PreferenceDataset(pairs, config.data, processor, NUM_SEQUENCES if config.use_sc else DPO_SEQUENCES)
+    num_slots = NUM_SEQUENCES if config.use_sc else DPO_SEQUENCES
+    rows, longest = sequence_extent(pairs, processor, num_slots)
+    plan_training_step(config.model, config, longest, rows_per_example=rows)  # on CPU still: refuse before a GPU
+    dataset = PreferenceDataset(pairs, config.data, processor, num_slots)
     collator = PreferenceCollator(processor.tokenizer.pad_token_id)
     args = training_arguments(config, config.output, remove_unused_columns=False)
 

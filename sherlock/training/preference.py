@@ -79,6 +79,16 @@ def pair_sequences(pair: PreferencePair, num_slots: int = NUM_SEQUENCES) -> list
     return triples
 
 
+def sequence_extent(pairs: list[PreferencePair], processor, num_slots: int = NUM_SEQUENCES) -> tuple[int, int]:
+    """(most unique sequences of one pair, tokens of the longest sequence): what a micro-batch of one
+    pair runs at most, for the memory plan (:mod:`sherlock.training.memory`)."""
+    unique = [list(dict.fromkeys(pair_sequences(pair, num_slots))) for pair in pairs]
+    texts = [processor.apply_chat_template([user_turn(prompt)], add_generation_prompt=True) + prefix + suffix
+             for triples in unique for prompt, prefix, suffix in triples]
+    tokens = processor.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return max(len(triples) for triples in unique), max(len(ids) for ids in tokens) + 1  # + end of turn
+
+
 class PreferenceDataset(Dataset):
     """Tokenised pairs: each item holds its unique sequences, the slot → sequence map and the image.
 

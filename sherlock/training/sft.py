@@ -26,6 +26,7 @@ from sherlock.chat import conversation
 from sherlock.data.schema import Record
 from sherlock.models.loading import load_vlm
 from sherlock.prompts import correction_prompt
+from sherlock.training.memory import plan_training_step
 from sherlock.training.setup import (
     ConvertedCheckpointResume,
     TrainSettings,
@@ -115,10 +116,12 @@ def train_sft(model_dir: str | Path, examples: list[SFTExample], output_dir: str
     similar length within each step (the module docstring).
     """
     model, processor = load_vlm(model_dir, dtype=torch.float32)
+    lengths = token_lengths(examples, processor)
+    plan_training_step(model_dir, settings, max(lengths), rows_per_example=1)  # on CPU still: refuse before a GPU
     model = prepare_model(model, settings)
     length_balanced = length_balanced and settings.grad_accum > 1  # one micro-batch per step: nothing to balance
     args = training_arguments(settings, output_dir, SFTConfig, assistant_only_loss=True, max_length=None,
                               train_sampling_strategy="batch_rebalance" if length_balanced else "random")
-    dataset = sft_dataset(examples, token_lengths(examples, processor) if length_balanced else None)
+    dataset = sft_dataset(examples, lengths if length_balanced else None)
     trainer = VLMSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor)
     return train_and_save(trainer, settings, output_dir, processor)

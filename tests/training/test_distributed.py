@@ -60,9 +60,10 @@ def test_two_ranks_sft_as_one(tiny_model_dir, subset_dir, tmp_path):
     """Sherlock-SFT's trainer (TRL, assistant-only loss, token mean over the global batch): 2 ranks x 2
     examples reproduce 1 rank x 4."""
     for name, batch, ranks in (("single", "4", "1"), ("ddp", "2", "2")):
-        _run(["sft", "--model", str(tiny_model_dir), "--data", str(subset_dir), "--output", str(tmp_path / name),
-              "--batch-size", batch, "--max-steps", "3", "--nproc-per-node", ranks, *CONSTANT_LR,
-              "--learning-rate", "1e-3"])
+        result = _run(["sft", "--model", str(tiny_model_dir), "--data", str(subset_dir), "--output",
+                       str(tmp_path / name), "--batch-size", batch, "--max-steps", "3", "--nproc-per-node", ranks,
+                       *CONSTANT_LR, "--learning-rate", "1e-3"])
+        assert result.stderr.count(f"memory plan (full, DDP, {ranks} GPU x 1 node, {batch} x ") == 1  # rank 0's
     _same_curve(tmp_path / "single", tmp_path / "ddp")
 
 
