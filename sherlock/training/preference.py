@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.utils.checkpoint import checkpoint
 from torch.utils.data import Dataset
 from transformers import Trainer
 from trl.trainer.utils import selective_log_softmax
@@ -199,12 +200,20 @@ def length_buckets(lengths: list[int], spread: float = LENGTH_SPREAD) -> list[li
     return buckets
 
 
+def label_logps(head, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log π of each label token from the last hidden states (the output projection and log-softmax)."""
+    return selective_log_softmax(head(hidden), labels)
+
+
 def sequence_logps(model, batch: dict) -> torch.Tensor:
     """Summed log π(labelled tokens) of every sequence, gathered into the (pairs, slots) layout.
 
     Direct sequences are much shorter than correction sequences (which quote a whole response), so
     the rows run in length buckets, each cut to its own longest row, instead of one batch padded to
     the longest (about 35 % padding on the synthetic task). Distributed runs keep one forward pass.
+    The logits are never kept for the backward pass: the output projection and log-softmax of the
+    last hidden states run under activation checkpointing (:func:`label_logps`), so a bucket holds
+    rows × tokens × hidden activations there instead of rows × tokens × vocabulary.
     """
     lengths = batch["attention_mask"].sum(-1).tolist()
     per_sequence = [None] * len(lengths)
@@ -218,10 +227,12 @@ def sequence_logps(model, batch: dict) -> torch.Tensor:
         for key in ("input_ids", "attention_mask", "cross_attention_mask"):
             if key in chunk:
                 chunk[key] = chunk[key][:, :width]
-        logits = model(**chunk).logits[:, :-1]
+        hidden = model(**chunk, logits_to_keep=1, output_hidden_states=True).hidden_states[-1][:, :-1]
         labels = batch["labels"].index_select(0, index)[:, 1:width]
         mask = labels != IGNORE_INDEX
-        token_logps = selective_log_softmax(logits, labels.clamp(min=0))  # no (tokens × vocab) log-softmax copy
+        head = getattr(model, "module", model).get_output_embeddings()  # through DDP / DeepSpeed wrappers
+        token_logps = checkpoint(label_logps, head, hidden, labels.clamp(min=0), use_reentrant=False) \
+            if torch.is_grad_enabled() else label_logps(head, hidden, labels.clamp(min=0))
         for row, value in zip(rows, (token_logps.float() * mask).sum(-1)):
             per_sequence[row] = value
     return torch.stack(per_sequence)[batch["slots"]]
