@@ -6,6 +6,9 @@ run, alternating between them, and reports the ratio; absolute times on shared m
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import json
 import statistics
 import threading
@@ -15,6 +18,8 @@ from pathlib import Path
 
 import psutil
 import torch
+
+LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if ctypes.util.find_library("c") else None
 
 
 @dataclass
@@ -85,7 +90,12 @@ def median(values: list[float]) -> float:
 
 
 class PeakMemory:
-    """Peak memory growth inside the block: CUDA allocator peak on a GPU, else sampled process RSS (200 Hz)."""
+    """Peak memory growth inside the block: CUDA allocator peak on a GPU, else sampled process RSS (200 Hz).
+
+    On the CPU the block starts after ``gc.collect()`` and glibc's ``malloc_trim(0)``, which hand back
+    what earlier blocks freed: otherwise a block that reuses memory the previous one left in the
+    allocator shows no growth, and the arms of an alternating benchmark read in the wrong order.
+    """
 
     def __init__(self, device: torch.device):
         self.device, self.peak, self._stop = device, 0, threading.Event()
@@ -95,6 +105,9 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start = torch.cuda.memory_allocated(self.device)
             return self
+        gc.collect()
+        if LIBC is not None:
+            LIBC.malloc_trim(0)
         process = psutil.Process()
         self.start = process.memory_info().rss
         self.peak = self.start
