@@ -35,6 +35,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from sherlock import distributed
 from sherlock.answers import extract_answer, infer_answer_type, is_correct, normalise_number, normalise_text, options_in
 from sherlock.config import registered
 from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, DataQualityError, load_data
@@ -323,7 +324,7 @@ def load_benchmark(name: str, path: str | Path, limit: int | None = None, quaran
         except BadRow as error:
             bad.append({"line": line, "index": row.get("index"), "reason": str(error)})
     quarantine = Path(quarantine or Path(path).with_suffix(".quarantine.jsonl"))
-    if bad:
+    if bad and distributed.is_main():  # every rank reads the file; rank 0 reports
         write_jsonl(bad, quarantine)
     if len(bad) > max_bad_fraction * len(rows):
         raise DataQualityError(f"{len(bad)} of {len(rows)} rows of {path} are invalid (limit {max_bad_fraction:.1%}; "

@@ -22,6 +22,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from sherlock import distributed
 from sherlock.answers import ANSWER_TYPES
 from sherlock.data.schema import Record, write_jsonl
 from sherlock.reasoning import ReasoningFormatError, parse_stages
@@ -212,7 +213,7 @@ def read_checked_jsonl(path: Path, parse: Callable[[object], list], quarantine_p
                 quarantined.append({"line": line_number, "reason": str(bad), "raw": raw.rstrip("\n")})
 
     num_bad = len(quarantined)
-    if quarantined:  # written only when there is something to report: inputs stay untouched otherwise
+    if quarantined and distributed.is_main():  # only when there is something to report (once: rank 0)
         write_jsonl(quarantined, quarantine_path)
     if num_lines == 0:
         raise DataQualityError(f"{path} holds no {what}")
