@@ -141,6 +141,7 @@ def generate(
     }
     was_training = model.training
     model.eval()
+
     def generate_batch(start: int) -> list[str]:
         stop = start + config.batch_size
         texts = [

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from sherlock import distributed
 from sherlock.config import ConfigError, help_field
 from sherlock.data.preferences import read_pairs
 from sherlock.models.loading import load_vlm, require_checkpoint
@@ -79,17 +80,17 @@ def run_train_preferences(config: PreferenceTrainingConfig) -> Path:
     plan_training_step(config.model, config, longest, rows_per_example=rows)  # on CPU still: refuse before a GPU
     dataset = PreferenceDataset(pairs, config.data, processor, num_slots)
     collator = PreferenceCollator(processor.tokenizer.pad_token_id)
-    args = training_arguments(config, config.output, remove_unused_columns=False)
-
     reference_dir = config.reference or config.model
     cache = reference_cache_path(config.reference_cache or Path(config.output) / REFERENCE_CACHE_DIR,
                                  reference_dir, config.data, dataset.num_slots)
 
     def compute():
-        reference, _ = load_vlm(reference_dir, dtype=torch.float32, device=str(args.device))
+        reference, _ = load_vlm(reference_dir, dtype=torch.float32, device=distributed.device())
         return compute_reference_logps(reference, dataset, collator, config.batch_size)
 
+    # before the training arguments: under ZeRO-3 they make every later from_pretrained partition its weights
     reference_logps = cached_reference_logps(cache, compute)
+    args = training_arguments(config, config.output, remove_unused_columns=False)
 
     trainer = SherlockTrainer(
         model=prepare_model(model, config), args=args, train_dataset=dataset, data_collator=collator,

@@ -15,13 +15,12 @@ leaves :data:`HEADROOM` of the GPU free).
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from sherlock.config import ConfigError, help_field
-from sherlock.training.setup import DEFAULT_LORA_TARGET
+from sherlock.training.setup import DEFAULT_LORA_TARGET, deepspeed_layout
 
 GiB = 2**30
 HEADROOM = 0.9  # a plan fits when it needs at most this fraction of a GPU's memory
@@ -206,16 +205,6 @@ def check_fits(shape: ModelShape, layout: Layout, gpu_bytes: int) -> MemoryPlan:
     else:
         advice = "; no single change fits: use more GPUs or a smaller model"
     raise ConfigError(f"{needed.line()} exceeds {HEADROOM:.0%} of the GPU's {gpu_bytes / GiB:.0f} GiB{advice}")
-
-
-def deepspeed_layout(path: str | None) -> dict:
-    """``zero_stage``, ``offload_optimizer``, ``offload_params`` from a DeepSpeed JSON config (none: DDP)."""
-    if not path:
-        return {"zero_stage": 0, "offload_optimizer": False, "offload_params": False}
-    zero = json.loads(Path(path).read_text()).get("zero_optimization", {})
-    return {"zero_stage": int(zero.get("stage", 0)),
-            "offload_optimizer": zero.get("offload_optimizer", {}).get("device") == "cpu",
-            "offload_params": zero.get("offload_param", {}).get("device") == "cpu"}
 
 
 def plan_training_step(model_dir: str | Path, settings, sequence_length: int, rows_per_example: int) -> MemoryPlan:

@@ -74,6 +74,19 @@ class TrainSettings:
             raise ConfigError("set epochs > 0 or max_steps > 0")
         if self.deepspeed and not Path(self.deepspeed).is_file():
             raise ConfigError(f"DeepSpeed config not found: {self.deepspeed}")
+        if self.finetuning == "lora" and deepspeed_layout(self.deepspeed)["zero_stage"] == 3:
+            raise ConfigError("LoRA adapters are merged into the saved model, which ZeRO-3's partitioned weights "
+                              "do not allow: train LoRA with configs/deepspeed/zero2.json or without DeepSpeed")
+
+
+def deepspeed_layout(path: str | None) -> dict:
+    """``zero_stage``, ``offload_optimizer``, ``offload_params`` of a DeepSpeed JSON config (none: DDP, stage 0)."""
+    if not path:
+        return {"zero_stage": 0, "offload_optimizer": False, "offload_params": False}
+    zero = json.loads(Path(path).read_text()).get("zero_optimization", {})
+    return {"zero_stage": int(zero.get("stage", 0)),
+            "offload_optimizer": zero.get("offload_optimizer", {}).get("device") == "cpu",
+            "offload_params": zero.get("offload_param", {}).get("device") == "cpu"}
 
 
 def _modules(model, names: tuple[str, ...]):
@@ -115,6 +128,10 @@ def finalise_model(model):
 def training_arguments(settings: TrainSettings, output_dir: str | Path, cls=TrainingArguments, **extra):
     """``cls`` (``TrainingArguments`` or a TRL config) filled from ``settings``; CPU-safe precision."""
     on_gpu = torch.cuda.is_available()
+    if settings.deepspeed and not on_gpu and distributed.world_size() > 1:
+        import deepspeed  # accelerate's CPU path (use_cpu) leaves DeepSpeed's communicator at one rank
+
+        deepspeed.init_distributed(dist_backend="gloo")
     return cls(
         output_dir=str(output_dir),
         learning_rate=settings.learning_rate,
@@ -229,8 +246,11 @@ def train_and_save(trainer, settings: TrainSettings, output_dir: str | Path, pro
     trainer.train(resume_from_checkpoint=resume_checkpoint(settings, output_dir))
     trainer.save_state()
     output_dir = Path(output_dir)
-    if distributed.is_main():
+    if deepspeed_layout(settings.deepspeed)["zero_stage"] == 3:  # partitioned weights: every rank gathers them
+        trainer.save_model(str(output_dir))
+    elif distributed.is_main():
         finalise_model(trainer.model).save_pretrained(output_dir)
+    if distributed.is_main():
         processor.save_pretrained(output_dir)
     distributed.barrier()
     return output_dir

@@ -23,8 +23,8 @@ def _command(tiny_model_dir, preference_dir, output, *extra):
             str(output), "--reference-cache", str(Path(output).parent / "cache"), *CONSTANT_LR, *extra]
 
 
-def _run(args):
-    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+def _run(args, **environment):
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"} | environment
     result = subprocess.run([sys.executable, "-m", "sherlock.cli", *args], env=env, capture_output=True, text=True,
                             timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -54,6 +54,24 @@ def test_two_ranks_train_preferences_as_one(tiny_model_dir, preference_dir, tmp_
     assert "rank 1 of world size 2" in result.stderr
     _same_curve(tmp_path / "single", tmp_path / "ddp")
     assert (tmp_path / "ddp" / "model.safetensors").is_file()
+
+
+def test_two_ranks_under_zero3_train_as_one_and_save_the_whole_model(tiny_model_dir, preference_dir, tmp_path):
+    """DeepSpeed ZeRO-3 on 2 CPU ranks: the same losses as 1 rank without DeepSpeed, and the saved model
+    is whole (ZeRO-3 partitions the weights: a plain save_pretrained on rank 0 would write empty tensors),
+    with every tensor trained. The reference model is loaded before ZeRO-3 is configured, whole."""
+    import torch
+
+    from sherlock.models.loading import load_vlm
+
+    _run(_command(tiny_model_dir, preference_dir, tmp_path / "single", "--batch-size", "4", "--max-steps", "3"))
+    _run(_command(tiny_model_dir, preference_dir, tmp_path / "zero3", "--batch-size", "2", "--max-steps", "3",
+                  "--nproc-per-node", "2", "--deepspeed", str(REPO / "configs" / "deepspeed" / "zero3.json")),
+         DS_ACCELERATOR="cpu")
+    _same_curve(tmp_path / "single", tmp_path / "zero3")
+    trained, base = (load_vlm(path)[0].state_dict() for path in (tmp_path / "zero3", tiny_model_dir))
+    assert {k: v.shape for k, v in trained.items()} == {k: v.shape for k, v in base.items()}
+    assert sum(not torch.equal(trained[k], base[k]) for k in base) > len(base) // 2
 
 
 def test_two_ranks_sft_as_one(tiny_model_dir, subset_dir, tmp_path):
@@ -135,3 +153,13 @@ def test_sft_trainer_resume_loads_the_checkpoint_weights(tiny_model_dir, synthet
             p.add_(1.0)
     trainer._load_from_checkpoint(str(tiny_model_dir))
     assert all(torch.equal(saved[name], p) for name, p in model.named_parameters())
+
+
+def test_lora_under_zero3_is_refused_before_training():
+    """The LoRA adapters are merged into the saved model; ZeRO-3's partitioned weights cannot be merged."""
+    from sherlock.config import ConfigError
+
+    settings = TrainSettings(finetuning="lora", deepspeed=str(REPO / "configs" / "deepspeed" / "zero3.json"))
+    with pytest.raises(ConfigError, match="configs/deepspeed/zero2.json or without DeepSpeed"):
+        settings.check_training()
+    TrainSettings(finetuning="lora", deepspeed=str(REPO / "configs" / "deepspeed" / "zero2.json")).check_training()

@@ -11,11 +11,11 @@ from sherlock.training.memory import (
     Layout,
     PlanMemoryConfig,
     check_fits,
-    deepspeed_layout,
     model_shape,
     plan,
     run_plan_memory,
 )
+from sherlock.training.setup import deepspeed_layout
 
 REPO = Path(__file__).resolve().parents[2]
 PAPER_MODEL = REPO / "configs" / "models" / "llama-3.2-11b-vision"  # Llama-3.2-11B-Vision's config.json
