@@ -15,10 +15,12 @@ leaves :data:`HEADROOM` of the GPU free).
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from sherlock import distributed
 from sherlock.config import ConfigError, help_field
 from sherlock.training.setup import DEFAULT_LORA_TARGET, deepspeed_layout
 
@@ -41,7 +43,6 @@ class ModelShape:
     hidden: int
     layers: int
     vocabulary: int
-    vision_parameters: int = 0
     vision_hidden: int = 0
     vision_layers: int = 0
     vision_tokens: int = 0  # per image (every tile's patches and class token)
@@ -114,9 +115,8 @@ def model_shape(model_dir: str | Path, lora_target: str = DEFAULT_LORA_TARGET, l
              "largest_layer": max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()),
              "hidden": text.hidden_size, "layers": text.num_hidden_layers, "vocabulary": text.vocab_size}
     if vision is not None:
-        tower = next(m for name, m in model.named_modules() if name.split(".")[-1] in ("vision_model", "vision_tower"))
         patches = (vision.image_size // vision.patch_size) ** 2 + 1
-        shape |= {"vision_parameters": sum(p.numel() for p in tower.parameters()), "vision_hidden": vision.hidden_size,
+        shape |= {"vision_hidden": vision.hidden_size,
                   "vision_layers": vision.num_hidden_layers + getattr(vision, "num_global_layers", 0),
                   "vision_tokens": patches * getattr(vision, "max_num_tiles", 1)}
     return ModelShape(**shape)
@@ -195,10 +195,9 @@ def check_fits(shape: ModelShape, layout: Layout, gpu_bytes: int) -> MemoryPlan:
     budget = HEADROOM * gpu_bytes
     if needed.per_gpu <= budget:
         return needed
-    fitting = [(name, plan(shape, other)) for name, other in alternatives(layout)
-               if plan(shape, other).per_gpu <= budget]
-    if fitting:
-        name, other = fitting[0]
+    planned = ((name, plan(shape, other)) for name, other in alternatives(layout))
+    if fitting := next(((name, other) for name, other in planned if other.per_gpu <= budget), None):
+        name, other = fitting
         cpu = f" (its offloaded states need {other.cpu_per_node / GiB:.0f} GiB of CPU memory per node)" \
             if other.cpu_per_node else ""
         advice = f"; would fit: {name}, {other.per_gpu / GiB:.1f} GiB per GPU{cpu}"
@@ -207,20 +206,21 @@ def check_fits(shape: ModelShape, layout: Layout, gpu_bytes: int) -> MemoryPlan:
     raise ConfigError(f"{needed.line()} exceeds {HEADROOM:.0%} of the GPU's {gpu_bytes / GiB:.0f} GiB{advice}")
 
 
+def layout_of(settings, gpus_per_node: int, nodes: int, sequence_length: int, rows_per_example: int) -> Layout:
+    """The layout of ``settings`` (training settings, or :class:`PlanMemoryConfig`: the same field names)."""
+    return Layout(finetuning=settings.finetuning, **deepspeed_layout(settings.deepspeed), gpus_per_node=gpus_per_node,
+                  nodes=nodes, sequence_length=sequence_length, batch_size=settings.batch_size,
+                  rows_per_example=rows_per_example, gradient_checkpointing=settings.gradient_checkpointing,
+                  freeze_vision=settings.freeze_vision)
+
+
 def plan_training_step(model_dir: str | Path, settings, sequence_length: int, rows_per_example: int) -> MemoryPlan:
     """Plan the step of ``settings`` (a :class:`~sherlock.training.setup.TrainSettings`) on this job's GPUs,
     print it, and on GPUs refuse what does not fit (:func:`check_fits`) before the model is loaded."""
-    import os
-
     import torch
 
-    from sherlock import distributed
-
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    layout = Layout(finetuning=settings.finetuning, **deepspeed_layout(settings.deepspeed), gpus_per_node=local,
-                    nodes=max(1, distributed.world_size() // local), sequence_length=sequence_length,
-                    batch_size=settings.batch_size, rows_per_example=rows_per_example,
-                    gradient_checkpointing=settings.gradient_checkpointing, freeze_vision=settings.freeze_vision)
+    layout = layout_of(settings, local, max(1, distributed.world_size() // local), sequence_length, rows_per_example)
     shape = model_shape(model_dir, settings.lora_target, settings.lora_r)
     result = (check_fits(shape, layout, torch.cuda.get_device_properties(distributed.device()).total_memory)
               if torch.cuda.is_available() else plan(shape, layout))
@@ -250,10 +250,7 @@ class PlanMemoryConfig:
 
 def run_plan_memory(config: PlanMemoryConfig) -> dict:
     """The plan of ``config`` in GiB, and either ``fits: true`` or the refusal with what would fit."""
-    layout = Layout(finetuning=config.finetuning, **deepspeed_layout(config.deepspeed),
-                    gpus_per_node=config.gpus_per_node, nodes=config.nodes, sequence_length=config.sequence_length,
-                    batch_size=config.batch_size, rows_per_example=config.rows_per_example,
-                    gradient_checkpointing=config.gradient_checkpointing, freeze_vision=config.freeze_vision)
+    layout = layout_of(config, config.gpus_per_node, config.nodes, config.sequence_length, config.rows_per_example)
     shape = model_shape(config.model, lora_r=config.lora_r)
     needed = plan(shape, layout)
     result = {"layout": needed.description, "parameters": shape.parameters,

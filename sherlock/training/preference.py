@@ -231,8 +231,9 @@ def sequence_logps(model, batch: dict) -> torch.Tensor:
         labels = batch["labels"].index_select(0, index)[:, 1:width]
         mask = labels != IGNORE_INDEX
         head = getattr(model, "module", model).get_output_embeddings()  # through DDP / DeepSpeed wrappers
-        token_logps = checkpoint(label_logps, head, hidden, labels.clamp(min=0), use_reentrant=False) \
-            if torch.is_grad_enabled() else label_logps(head, hidden, labels.clamp(min=0))
+        inputs = (head, hidden, labels.clamp(min=0))
+        token_logps = checkpoint(label_logps, *inputs, use_reentrant=False) if torch.is_grad_enabled() \
+            else label_logps(*inputs)
         for row, value in zip(rows, (token_logps.float() * mask).sum(-1)):
             per_sequence[row] = value
     return torch.stack(per_sequence)[batch["slots"]]

@@ -246,11 +246,10 @@ def train_and_save(trainer, settings: TrainSettings, output_dir: str | Path, pro
     trainer.train(resume_from_checkpoint=resume_checkpoint(settings, output_dir))
     trainer.save_state()
     output_dir = Path(output_dir)
-    if deepspeed_layout(settings.deepspeed)["zero_stage"] == 3:  # partitioned weights: every rank gathers them
-        trainer.save_model(str(output_dir))
+    if deepspeed_layout(settings.deepspeed)["zero_stage"] == 3:  # partitioned weights: every rank gathers them,
+        trainer.save_model(str(output_dir))  # rank 0 writes them and the trainer's processor
     elif distributed.is_main():
         finalise_model(trainer.model).save_pretrained(output_dir)
-    if distributed.is_main():
         processor.save_pretrained(output_dir)
     distributed.barrier()
     return output_dir
