@@ -7,7 +7,9 @@ steps as URIs, never through the KFP artifact store.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,12 +28,23 @@ def step_uri(output_root: str, pipeline_run_id: str, name: str) -> str:
 
 
 def stage_step(name: str, step: str, settings: dict, output_root: str, pipeline_run_id: str,
-               nproc_per_node: int = 1, **uris) -> str:
+               nproc_per_node: int = 1, trainjob: dict | None = None, **uris) -> str:
     """Run stage ``name`` as step ``step`` with ``settings`` (config fields) and the given input URIs, on
-    ``nproc_per_node`` ranks (one per GPU of the step: ``sherlock <stage> --nproc-per-node``); returns
-    the step's output URI (its outputs by name: :meth:`sherlock.stages.registry.Stage.output`)."""
+    ``nproc_per_node`` ranks (one per GPU of the step: ``sherlock <stage> --nproc-per-node``), or, with
+    ``trainjob`` settings (:class:`components.trainjob.TrainJobSettings`), as a TrainJob on its nodes with
+    ``nproc_per_node`` ranks each; returns the step's output URI (its outputs by name:
+    :meth:`sherlock.stages.registry.Stage.output`)."""
     output = step_uri(output_root, pipeline_run_id, step)
     config = load_config(stage(name).config, overrides=dict(settings) | uris | {"output": output})
+    if trainjob:
+        from components.trainjob import run_trainjob
+
+        if not stage(name).multi_node and trainjob.get("num_nodes", 1) > 1:
+            raise ValueError(f"stage {name} runs on one node (its ranks read what rank 0 wrote); "
+                             f"got num_nodes={trainjob['num_nodes']}")
+        labels = {"sherlock.dev/pipeline-run-id": label_value(pipeline_run_id), "sherlock.dev/step": label_value(step)}
+        run_trainjob(trainjob, name, dataclasses.asdict(config), pipeline_run_id, nproc_per_node, labels)
+        return output
     if nproc_per_node == 1:
         run_stage(name, config, pipeline_run_id)
         return output
@@ -42,6 +55,16 @@ def stage_step(name: str, step: str, settings: dict, output_root: str, pipeline_
         launch(nproc_per_node, "sherlock.cli", [name, "--config", f"{scratch}/config.yaml",
                                                 "--pipeline-run-id", pipeline_run_id])
     return output
+
+
+def run_rank(name: str, config: dict, pipeline_run_id: str | None) -> None:
+    """Run stage ``name`` with ``config`` (all its fields) on this rank: a TrainJob's ranks call it."""
+    run_stage(name, load_config(stage(name).config, overrides=config), pipeline_run_id)
+
+
+def label_value(text: str) -> str:
+    """``text`` as a Kubernetes label value (≤ 63 of ``[A-Za-z0-9._-]``, alphanumeric at both ends)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", text)[:63].strip("-._") or "none"
 
 
 def embedded_inputs(base_model: str, train_data: str, benchmarks: str, output_root: str, pipeline_run_id: str,

@@ -15,9 +15,11 @@ from kfp import compiler, dsl, kubernetes
 from components import component
 from components.deploy import deploy
 from components.evaluate import evaluate
+from components.images import IMAGE
 from components.prepare_inputs import prepare_inputs
 from components.register_and_gate import register_and_gate
 from components.sample_data import sample_data
+from components.trainjob import RUNTIME
 from sherlock.config import ConfigError, GPUPlacement, add_config_arguments, config_from_args, help_field
 from sherlock.stages.registry import stage
 
@@ -54,6 +56,41 @@ class ClusterOptions(GPUPlacement):
                                                "AWS_SECRET_ACCESS_KEY")
     mlflow_secret: str = help_field("sherlock-mlflow", "Secret with MLFLOW_TRACKING_URI (optional "
                                                        "MLFLOW_TRACKING_USERNAME/PASSWORD)")
+    trainer: str = help_field("in-pod", "in-pod: a training step runs its ranks in its own pod; trainjob: it submits "
+                                        "a Kubeflow Trainer TrainJob (num_nodes × gpus ranks) and waits for it")
+    num_nodes: int = help_field(1, "nodes of a training step's TrainJob (--trainer trainjob; an online iteration "
+                                   "runs on one)")
+    trainjob_runtime: str = help_field(RUNTIME, "the ClusterTrainingRuntime of the TrainJobs (manifests/trainer/)")
+    trainjob_service_account: str = help_field("sherlock-trainjob", "service account of the TrainJobs' pods "
+                                                                    "(no Kubernetes API access)")
+
+    def __post_init__(self):
+        if self.trainer not in ("in-pod", "trainjob"):
+            raise ConfigError(f"trainer must be in-pod or trainjob, got {self.trainer!r}")
+        if self.num_nodes < 1 or self.num_nodes > 1 and self.trainer != "trainjob":
+            raise ConfigError(f"num_nodes={self.num_nodes} needs --trainer trainjob and must be at least 1")
+
+    def trainjob(self, num_nodes: int) -> dict:
+        """The :class:`components.trainjob.TrainJobSettings` of a training step: the resources, placement,
+        volumes, credentials and pod labels a GPU step gets from :func:`with_platform`, for its TrainJob."""
+        env = [{"name": key, "valueFrom": {"secretKeyRef": {"name": self.s3_secret, "key": key}}} for key in S3_ENV]
+        env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": self.mlflow_secret, "key": key,
+                                                            "optional": key != "MLFLOW_TRACKING_URI"}}}
+                for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")]
+        env.append({"name": "SHERLOCK_CACHE", "value": "/cache"})
+        claim = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": self.cache_size}}}
+        volumes = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": self.shm_size}},
+                   {"name": "cache", "ephemeral": {"volumeClaimTemplate": {"spec": claim}}}]
+        mounts = [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "cache", "mountPath": "/cache"}]
+        if self.checkpoint_pvc:
+            volumes.append({"name": "checkpoints", "persistentVolumeClaim": {"claimName": self.checkpoint_pvc}})
+            mounts.append({"name": "checkpoints", "mountPath": "/checkpoints"})
+        return {"runtime": self.trainjob_runtime, "num_nodes": num_nodes, "image": IMAGE,
+                "resources": {"cpu": self.gpu_cpu, "memory": self.gpu_memory}, "accelerator": self.accelerator,
+                "node_selector": self.selector(), "volumes": volumes, "volume_mounts": mounts, "env": env,
+                "tolerations": [{"key": key, "operator": "Exists", "effect": "NoSchedule"}
+                                for key in self.toleration_keys()],
+                "labels": {label: "true" for label in POD_LABELS}, "service_account": self.trainjob_service_account}
 
 
 def with_platform(task: dsl.PipelineTask, options: ClusterOptions, gpus=None, retries: int = 1,
@@ -113,7 +150,8 @@ def inputs_and_subsets(options: ClusterOptions, base_model, train_data, benchmar
 def component_runner(options: ClusterOptions, gpus, settings: dict, common: dict):
     """The ``run`` callback of :mod:`sherlock.recipes` in a pipeline: each step a cached GPU task of its stage's
     component, with the preset's pipeline parameter ``settings[preset]`` as its settings and one rank per
-    GPU; hands on the task's output."""
+    GPU (with ``--trainer trainjob``, a training step is a CPU task whose TrainJob has the GPUs); hands on
+    the task's output."""
     gpu = gpu_step(options, gpus)
 
     def run(step: str, preset_name: str, title: str, **inputs):
@@ -121,6 +159,10 @@ def component_runner(options: ClusterOptions, gpus, settings: dict, common: dict
         task = component(stage_record.component)
         if "name" in inspect.signature(task.python_func).parameters:
             inputs["name"] = step
+        if options.trainer == "trainjob" and stage_record.trains:  # a CPU step that submits and waits
+            trainjob = options.trainjob(options.num_nodes if stage_record.multi_node else 1)
+            submitted = task(**inputs, settings=settings[preset_name], nproc_per_node=gpus, trainjob=trainjob, **common)
+            return with_platform(submitted.set_display_name(title), options).set_caching_options(True).output
         return gpu(task(**inputs, settings=settings[preset_name], nproc_per_node=gpus, **common), title,
                    stage_record.trains).output
 

@@ -1,10 +1,12 @@
-"""A stand-in for the Kubernetes API server's InferenceService endpoints, for the deploy tests.
+"""A stand-in for the Kubernetes API server's custom-object endpoints, for the deploy and TrainJob tests.
 
 There is no cluster on the test machines. This HTTP server answers the custom-object calls the
-KServe SDK makes (get, create, JSON merge-patch) with Kubernetes' status codes and semantics
-(404/409, ``metadata.generation`` bumped on spec changes) and plays the KServe controller by
-reporting ``Ready`` at the current generation once ``ready_after_polls`` status reads have passed
-(``None``: never). It records every request so the tests can check what was sent.
+KServe SDK and the Kubeflow SDK make (get, create, delete, JSON merge-patch; namespaced or
+cluster-scoped) with Kubernetes' status codes and semantics (404/409, ``metadata.generation`` bumped
+on spec changes), lists no pods, and plays the KServe controller by reporting an InferenceService
+``Ready`` at the current generation once ``ready_after_polls`` status reads have passed (``None``:
+never); no controller runs anything else (a test sets a TrainJob's status itself). It records every
+request so the tests can check what was sent.
 """
 
 from __future__ import annotations
@@ -12,10 +14,15 @@ from __future__ import annotations
 import json
 import re
 import threading
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-PATH = re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices(?:/([^/?]+))?")
+# /apis/<group>/<version>[/namespaces/<namespace>]/<plural>[/<name>]
+PATH = re.compile(r"^/apis/[^/]+/[^/]+/(?:namespaces/([^/]+)/)?([a-z]+)(?:/([^/?]+))?(?:\?.*)?$")
+PODS = re.compile(r"^/api/v1/namespaces/[^/]+/pods(?:\?.*)?$")
 
 
 def merge_patch(target, patch):
@@ -33,7 +40,9 @@ def merge_patch(target, patch):
 
 class KubeAPI:
     def __init__(self, ready_after_polls: int | None = 2, forbidden: bool = False):
-        self.objects: dict[tuple[str, str], dict] = {}
+        # plural -> (namespace or "", name) -> object
+        self.resources: dict[str, dict[tuple[str, str], dict]] = defaultdict(dict)
+        self.objects = self.resources["inferenceservices"]
         self.requests: list[dict] = []
         self.polls: dict[tuple[str, str], int] = {}
         self.ready_after_polls, self.forbidden = ready_after_polls, forbidden
@@ -53,8 +62,10 @@ class KubeAPI:
     def close(self) -> None:
         self.server.shutdown()
 
-    def _status(self, key):
-        obj = self.objects[key]
+    def _status(self, plural, key):
+        obj = self.resources[plural][key]
+        if plural != "inferenceservices":
+            return obj
         self.polls[key] = self.polls.get(key, 0) + 1
         if self.ready_after_polls is not None and self.polls[key] > self.ready_after_polls:
             namespace, name = key
@@ -92,31 +103,40 @@ class KubeAPI:
                                          "authorization": self.headers.get("Authorization")})
                     if api.forbidden:
                         return self._error(403, "Forbidden")
+                    if method == "GET" and PODS.match(self.path):
+                        return self._reply(200, {"kind": "PodList", "apiVersion": "v1", "items": []})
                     if not match:
                         return self._error(404, "NotFound")
-                    namespace, name = match.groups()
-                    key = (namespace, name or (body or {}).get("metadata", {}).get("name"))
+                    namespace, plural, name = match.groups()
+                    objects = api.resources[plural]
+                    key = (namespace or "", name or (body or {}).get("metadata", {}).get("name"))
                     if method == "GET":
-                        if key not in api.objects:
+                        if key not in objects:
                             return self._error(404, "NotFound")
-                        return self._reply(200, api._status(key))
+                        return self._reply(200, api._status(plural, key))
                     if method == "POST":
-                        if key in api.objects:
+                        if key in objects:
                             return self._error(409, "AlreadyExists")
-                        body["metadata"] |= {"generation": 1, "resourceVersion": "1", "namespace": namespace}
-                        api.objects[key] = body
+                        body["metadata"] |= {"generation": 1, "resourceVersion": "1", "namespace": namespace,
+                                             "uid": str(uuid.uuid4()), "creationTimestamp": datetime.now(
+                                                 UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+                        objects[key] = body
                         return self._reply(201, body)
+                    if method == "DELETE":
+                        if objects.pop(key, None) is None:
+                            return self._error(404, "NotFound")
+                        return self._reply(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
                     if method == "PATCH":
-                        if key not in api.objects:
+                        if key not in objects:
                             return self._error(404, "NotFound")
                         if self.headers.get("Content-Type") != "application/merge-patch+json":
                             return self._error(415, "UnsupportedMediaType")
-                        old = api.objects[key]
+                        old = objects[key]
                         new = merge_patch(old, body)
                         if new.get("spec") != old.get("spec"):
                             new["metadata"]["generation"] = old["metadata"]["generation"] + 1
                             api.polls[key] = 0
-                        api.objects[key] = new
+                        objects[key] = new
                         return self._reply(200, new)
                     return self._error(405, "MethodNotAllowed")
 
@@ -128,5 +148,8 @@ class KubeAPI:
 
             def do_PATCH(self):
                 self._handle("PATCH")
+
+            def do_DELETE(self):
+                self._handle("DELETE")
 
         return Handler

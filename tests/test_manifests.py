@@ -335,3 +335,31 @@ def test_admission_policy_admits_what_deploy_writes_and_refuses_tampered_service
         refused = tampered(change)
         assert len(refused) == 1 and expected.split(" (")[0] in refused[0], (expected, refused)
     assert tampered(lambda i: container(i).update(image="ghcr.io/sherlock-vlm/sherlock@sha256:" + "0" * 64)) == []
+
+
+def test_the_trainer_runtime_validates_and_the_chart_renders_the_same():
+    """manifests/trainer (--trainer trainjob) and the chart with trainer.enabled: the ClusterTrainingRuntime the
+    training steps' TrainJobs name, hardened like the other workloads, and a read right to that one runtime."""
+    from components.trainjob import CONTAINER, RUNTIME
+
+    kustomized = {d["kind"]: d for d in render("trainer")}
+    charted = {d["kind"]: d for d in helm_template("trainer.enabled=true") if d["kind"].startswith("Cluster")}
+    assert set(kustomized) == set(charted) == {"ClusterTrainingRuntime", "ClusterRole", "ClusterRoleBinding"}
+    for document in [*kustomized.values(), *charted.values()]:
+        validate_manifest(document)
+    runtime, chart_runtime = kustomized["ClusterTrainingRuntime"], charted["ClusterTrainingRuntime"]
+    assert runtime["metadata"]["name"] == chart_runtime["metadata"]["name"] == RUNTIME
+    assert runtime["metadata"]["labels"]["trainer.kubeflow.org/framework"] == "torch"
+    assert runtime["spec"] == chart_runtime["spec"]
+    (job,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    pod = job["template"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["name"] == CONTAINER and container["image"].endswith("-cuda")
+    assert pod["securityContext"]["runAsNonRoot"] and container["securityContext"]["readOnlyRootFilesystem"]
+    assert not pod["automountServiceAccountToken"]
+    for rbac in (kustomized, charted):
+        assert rbac["ClusterRole"]["rules"] == [{"apiGroups": ["trainer.kubeflow.org"],
+                                                 "resources": ["clustertrainingruntimes"],
+                                                 "resourceNames": [RUNTIME], "verbs": ["get"]}]
+        assert rbac["ClusterRoleBinding"]["subjects"][0]["name"] == "sherlock-pipeline"
+    assert not [d for d in helm_template() if d["kind"] == "ClusterTrainingRuntime"]  # off by default

@@ -33,6 +33,7 @@ class Stage:
     component_name: str | None = None  # its Kubeflow component, where not the name with "-" written "_"
     multi_rank: bool = True  # runs on N ranks under torchrun (sherlock.distributed); False: one process only
     trains: bool = False  # trains a model: its step holds a base and a trained model and checkpoints
+    multi_node: bool = True  # its ranks read only their inputs (fetched on each node), never what rank 0 wrote
 
     @property
     def component(self) -> str:
@@ -79,7 +80,7 @@ _STAGES = (
           "Stage II/III: L_SC + α·L_DPO with dynamic β", trains=True),
     Stage("online", "online", "OnlineConfig", "run_online", "Stage III: K label-free self-improvement iterations",
           {"model": "iter_{iteration}/model", "pairs": "iter_{iteration}/pairs"}, hands_on="model",
-          component_name="online_iteration", trains=True),
+          component_name="online_iteration", trains=True, multi_node=False),
     Stage("evaluate", "evaluate", "EvaluationConfig", "run_evaluation",
           "direct and self-correction accuracy per benchmark",
           {"metrics": "metrics.json", "table": "results.md", "plot": "accuracy_by_round.png",

@@ -124,17 +124,18 @@ def model_shape(model_dir: str | Path, lora_target: str = DEFAULT_LORA_TARGET, l
 
 def model_states(shape: ModelShape, layout: Layout) -> tuple[int, int]:
     """(GPU bytes, CPU bytes per node) of weights, gradients and optimizer states; DeepSpeed's estimators
-    for full fine-tuning under ZeRO-2/3."""
-    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
-    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
-
+    for full fine-tuning under ZeRO-2/3 (imported there only: DDP and LoRA need no DeepSpeed installed)."""
     gpus = layout.gpus_per_node * layout.nodes
     if layout.finetuning == "full" and layout.zero_stage == 3:
+        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
         cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
             shape.parameters, shape.largest_layer, layout.gpus_per_node, layout.nodes,
             cpu_offload=layout.offload_optimizer, cpu_offload_params=layout.offload_params)
         return gpu, cpu
     if layout.finetuning == "full" and layout.zero_stage == 2:
+        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
         cpu, gpu = estimate_zero2_model_states_mem_needs(shape.parameters, layout.gpus_per_node, layout.nodes,
                                                           cpu_offload=layout.offload_optimizer)
         return gpu, cpu

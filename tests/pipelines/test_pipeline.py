@@ -197,6 +197,38 @@ def test_a_pvc_for_checkpoints_is_mounted_when_configured(tmp_path):
     assert "pvcMount" not in executors["exec-register-and-gate"]
 
 
+def test_with_trainjob_the_training_steps_submit_trainjobs_and_hold_no_gpu(tmp_path):
+    """``--trainer trainjob``: a training step is a CPU task whose TrainJob (components/trainjob.py) gets the
+    GPU step's resources, placement, volumes and secrets; an online iteration runs on one node."""
+    from components.trainjob import TrainJobSettings
+    from sherlock.config import load_config
+
+    spec, executors = load_compiled(tmp_path, "--trainer", "trainjob", "--num-nodes", "4", "--checkpoint-pvc", "ck")
+    options = ClusterOptions(trainer="trainjob", num_nodes=4, checkpoint_pvc="ck")
+    seen = set()
+    for name, task in all_tasks(spec).items():
+        executor = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+        resources = spec["deploymentSpec"]["executors"][executor]["container"]["resources"]
+        trainjob = task["inputs"]["parameters"].get("trainjob", {}).get("runtimeValue", {}).get("constant")
+        if step(name) not in TRAINING_STEPS:
+            assert trainjob is None, name
+            assert ("accelerator" in resources) is (step(name) in GPU_STEPS), name
+            continue
+        seen.add(step(name))
+        assert "accelerator" not in resources and "genericEphemeralVolume" not in executors[executor], name
+        assert resources["resourceMemoryLimit"] == options.cpu_memory
+        assert task["inputs"]["parameters"]["nproc_per_node"]["componentInputParameter"] == "gpus"
+        settings = load_config(TrainJobSettings, overrides=trainjob)
+        assert settings.num_nodes == (1 if step(name) == "online-iteration" else 4), name
+        assert settings.runtime == "sherlock-torch" and settings.image == IMAGE
+        assert settings.resources == {"cpu": options.gpu_cpu, "memory": options.gpu_memory}
+        assert {m["mountPath"] for m in settings.volume_mounts} == {"/dev/shm", "/cache", "/checkpoints"}
+        assert {"name": "cache", "ephemeral": {"volumeClaimTemplate": {"spec": {
+            "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": options.cache_size}}}}}} \
+            in settings.volumes
+    assert seen == set(TRAINING_STEPS)
+
+
 @pytest.mark.parametrize("recipe", ["scl", "stic"])
 def test_without_warm_start_the_recipe_starts_from_the_base_model(tmp_path, recipe):
     RECIPES[recipe].main(["--output", str(tmp_path / "p.yaml"), "--no-warm-start"])

@@ -1,0 +1,158 @@
+"""Training steps as Kubeflow Trainer v2 TrainJobs, through the Kubeflow SDK (``kubeflow==0.5.0``).
+
+- The local path is real: the SDK's ``LocalProcessBackend`` builds a virtual environment, pip-installs
+  this checkout into it (as this machine's pip is configured) and runs the SFT stage on 2 torchrun ranks.
+- The cluster path: there is no kube-apiserver on the test machines. The SDK's Kubernetes backend talks
+  to the stand-in of ``tests/kube_api.py``, which serves the ClusterTrainingRuntime of
+  ``manifests/trainer/`` and records the TrainJob the step creates; that TrainJob is checked against the
+  Trainer v2 schema (the ``kubeflow-trainer-api`` models, strict). No controller runs it: the failure
+  test sets the job's conditions as the Trainer controller would.
+"""
+
+import base64
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.sft import sft
+from components.steps import stage_step
+from components.trainjob import TrainJobSettings, follow_trainjob, submit_trainjob
+from pipelines.common import ClusterOptions
+from sherlock.config import ConfigError, load_config
+from sherlock.serving.schema import ManifestError, validate_manifest
+from tests.kube_api import KubeAPI
+
+ROOT = Path(__file__).resolve().parents[2]
+NAMESPACE = "sherlock"
+HOSTILE = "$(touch /tmp/pwned)`id`"
+
+
+@pytest.fixture
+def cluster():
+    api = KubeAPI()
+    runtime = yaml.safe_load((ROOT / "manifests" / "trainer" / "runtime.yaml").read_text())
+    api.resources["clustertrainingruntimes"][("", runtime["metadata"]["name"])] = runtime
+    yield api
+    api.close()
+
+
+def kubernetes_client(api: KubeAPI):
+    from kubeflow.trainer import KubernetesBackendConfig, TrainerClient
+    from kubernetes.client import Configuration
+
+    configuration = Configuration()
+    configuration.host = api.url
+    return TrainerClient(backend_config=KubernetesBackendConfig(namespace=NAMESPACE,
+                                                                client_configuration=configuration))
+
+
+def settings_of(options: ClusterOptions, nodes: int, **changes) -> TrainJobSettings:
+    return load_config(TrainJobSettings, overrides=options.trainjob(nodes) | {"namespace": NAMESPACE} | changes)
+
+
+def submitted(cluster: KubeAPI, options: ClusterOptions, nodes: int = 2, gpus: int = 8):
+    """Submit an SFT step with a hostile setting; returns ``(name, the TrainJob as the API received it)``."""
+    client = kubernetes_client(cluster)
+    config = {"model": "s3://sherlock/runs/r/models/base", "data": "s3://sherlock/runs/r/subsets/D_A",
+              "output": "s3://sherlock/runs/r/sft-r0", "rejected": HOSTILE}
+    name = submit_trainjob(client, settings_of(options, nodes), "sft", config, "run-1", gpus,
+                           {"sherlock.dev/step": "sft-r0"})
+    return name, cluster.resources["trainjobs"][(NAMESPACE, name)]
+
+
+def test_the_trainjob_of_a_step_validates_and_carries_the_steps_placement(cluster):
+    options = ClusterOptions(trainer="trainjob", num_nodes=2, checkpoint_pvc="checkpoints", gpu_memory="512Gi")
+    name, job = submitted(cluster, options)
+    validate_manifest(job)  # the Trainer v2 TrainJob schema, strict
+    spec = job["spec"]
+    assert spec["runtimeRef"] == {"name": "sherlock-torch", "kind": "ClusterTrainingRuntime"}
+    trainer = spec["trainer"]
+    assert trainer["numNodes"] == 2 and trainer["image"].endswith("-cuda")
+    resources = trainer["resourcesPerNode"]
+    assert resources["limits"] == resources["requests"]
+    assert {key: str(value) for key, value in resources["limits"].items()} == {
+        "nvidia.com/gpu": "8", "cpu": "8", "memory": "512Gi"}
+    (patch,) = spec["runtimePatches"]
+    (node,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod = node["template"]["spec"]["template"]
+    assert pod["metadata"]["labels"] == {"sherlock.dev/s3-client": "true", "sherlock.dev/mlflow-client": "true"}
+    assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["spec"]["serviceAccountName"] == "sherlock-trainjob"
+    assert {v["name"] for v in pod["spec"]["volumes"]} == {"dshm", "cache", "checkpoints"}
+    (container,) = pod["spec"]["containers"]
+    assert container["name"] == "node"
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/dev/shm", "/cache", "/checkpoints"}
+    env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") or e.get("value")
+           for e in container["env"]}
+    assert env["AWS_SECRET_ACCESS_KEY"] == "sherlock-s3" and env["MLFLOW_TRACKING_URI"] == "sherlock-mlflow"
+    assert env["SHERLOCK_CACHE"] == "/cache"
+    assert job["metadata"]["labels"] == {"sherlock.dev/step": "sft-r0"}
+
+    # the step's function and its call travel in the runtime's shell script: the config base64-encoded,
+    # so nothing in a run parameter reaches the shell
+    script = trainer["command"][-1]
+    assert "torchrun" in script and "def trainjob_rank(job)" in script and HOSTILE not in script
+    (encoded,) = re.findall(r"trainjob_rank\(\*\*\{'job': '([A-Za-z0-9+/=]+)'\}\)", script)
+    assert json.loads(base64.b64decode(encoded)) == {
+        "name": "sft", "pipeline_run_id": "run-1",
+        "config": {"model": "s3://sherlock/runs/r/models/base", "data": "s3://sherlock/runs/r/subsets/D_A",
+                   "output": "s3://sherlock/runs/r/sft-r0", "rejected": HOSTILE}}
+
+    job["spec"]["trainer"]["numNodes"] = "two"  # the check can fail
+    with pytest.raises(ManifestError, match="numNodes"):
+        validate_manifest(job)
+
+
+def test_a_failed_trainjob_fails_the_step_with_its_conditions(cluster):
+    options = ClusterOptions(trainer="trainjob")
+    name, job = submitted(cluster, options, nodes=1, gpus=1)
+    job["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "JobSetFailed",
+                                     "message": "jobset failed: rank 3 exited with code 1",
+                                     "lastTransitionTime": "2026-12-02T00:00:00Z"}]}
+    with pytest.raises(RuntimeError, match=f"TrainJob {name} failed: Failed=True JobSetFailed: jobset failed: rank 3"):
+        follow_trainjob(kubernetes_client(cluster), settings_of(options, 1, poll_s=1, timeout_s=30), name)
+
+
+def test_a_trainjob_that_does_not_end_in_time_is_deleted(cluster):
+    options = ClusterOptions(trainer="trainjob")
+    name, _ = submitted(cluster, options, nodes=1, gpus=1)
+    with pytest.raises(TimeoutError):
+        follow_trainjob(kubernetes_client(cluster), settings_of(options, 1, poll_s=1, timeout_s=2), name)
+    assert (NAMESPACE, name) not in cluster.resources["trainjobs"]
+
+
+def test_settings_that_cannot_run_are_refused():
+    with pytest.raises(ConfigError, match="needs --trainer trainjob"):
+        ClusterOptions(num_nodes=2)
+    with pytest.raises(ConfigError, match="trainer must be in-pod or trainjob"):
+        ClusterOptions(trainer="slurm")
+    with pytest.raises(ConfigError, match="backend must be kubernetes or local"):
+        load_config(TrainJobSettings, overrides={"backend": "docker"})
+    with pytest.raises(ValueError, match="stage online runs on one node"):
+        stage_step("online", "online-1", {}, "/tmp/runs", "run-1", 1, {"num_nodes": 2}, model="m", data="d")
+
+
+def test_a_step_runs_as_a_trainjob_on_the_sdks_local_backend(tiny_model_dir, subset_dir, tmp_path, capfd):
+    """The SFT component through ``LocalProcessBackend``: 2 torchrun ranks in the job's own environment,
+    into which this checkout is pip-installed with the extra a stage needs (``tracking``: the stage
+    runner's MLflow) — the one slow test of this path; the component returns the step's output."""
+    environment = {key: value for key, value in os.environ.items() if key.startswith("PIP_")} | {
+        "HOME": os.environ.get("HOME", str(tmp_path)), "PIP_CONSTRAINT": str(ROOT / "requirements" / "constraints.txt"),
+        "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "SHERLOCK_CACHE": str(tmp_path / "cache"),
+        "PATH": os.environ["PATH"]}
+    trainjob = {"backend": "local", "poll_s": 1, "timeout_s": 1800, "local_env": environment,
+                "packages": ["torch==2.13.0", f"sherlock-vlm[tracking] @ {ROOT.as_uri()}"]}
+    output = sft.python_func(name="sft-r0", model=str(tiny_model_dir), data=str(subset_dir),
+                             settings={"batch_size": 2, "max_steps": 2, "logging_steps": 1},
+                             output_root=str(tmp_path / "runs"), pipeline_run_id="run-local", nproc_per_node=2,
+                             trainjob=trainjob)
+    assert output == str(tmp_path / "runs" / "run-local" / "sft-r0")
+    log = capfd.readouterr().out
+    assert "rank 1 of world size 2" in log and "Completed with code 0" in log
+    state = json.loads((Path(output) / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and (Path(output) / "model.safetensors").is_file()
