@@ -29,6 +29,7 @@ from sherlock.stages.registry import stage
 MIN_KFP_BACKEND = "2.5.0"
 S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 POD_LABELS = ("sherlock.dev/s3-client", "sherlock.dev/mlflow-client")
+TRAINJOB_LABEL = "sherlock.dev/trainjob"  # a TrainJob's pods admit each other (manifests/: sherlock-trainjob-peers)
 
 
 def settings_parameter(preset_name: str) -> str:
@@ -90,7 +91,8 @@ class ClusterOptions(GPUPlacement):
                 "node_selector": self.selector(), "volumes": volumes, "volume_mounts": mounts, "env": env,
                 "tolerations": [{"key": key, "operator": "Exists", "effect": "NoSchedule"}
                                 for key in self.toleration_keys()],
-                "labels": {label: "true" for label in POD_LABELS}, "service_account": self.trainjob_service_account}
+                "labels": {label: "true" for label in (*POD_LABELS, TRAINJOB_LABEL)},
+                "service_account": self.trainjob_service_account}
 
 
 def with_platform(task: dsl.PipelineTask, options: ClusterOptions, gpus=None, retries: int = 1,

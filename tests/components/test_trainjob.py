@@ -79,7 +79,8 @@ def test_the_trainjob_of_a_step_validates_and_carries_the_steps_placement(cluste
     (patch,) = spec["runtimePatches"]
     (node,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
     pod = node["template"]["spec"]["template"]
-    assert pod["metadata"]["labels"] == {"sherlock.dev/s3-client": "true", "sherlock.dev/mlflow-client": "true"}
+    assert pod["metadata"]["labels"] == {"sherlock.dev/s3-client": "true", "sherlock.dev/mlflow-client": "true",
+                                         "sherlock.dev/trainjob": "true"}
     assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert pod["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert pod["spec"]["serviceAccountName"] == "sherlock-trainjob"

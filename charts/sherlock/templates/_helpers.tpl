@@ -28,3 +28,17 @@ readOnlyRootFilesystem: true
 capabilities:
   drop: ["ALL"]
 {{- end }}
+
+{{/* Egress to the cluster DNS, the first rule of a NetworkPolicy that restricts egress. */}}
+{{- define "sherlock.dnsEgress" }}
+    - to:
+        - namespaceSelector: {}
+          podSelector:
+            matchLabels:
+              k8s-app: kube-dns
+      ports:
+        - port: 53
+          protocol: UDP
+        - port: 53
+          protocol: TCP
+{{- end }}
