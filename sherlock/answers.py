@@ -129,15 +129,17 @@ def extract_number(text: str) -> str | None:
     it (answer first), else the last (reasoning first); number words up to twenty when no digit."""
     part = answer_part(text)
     if explicit := _EXPLICIT_TEXT.search(part):
-        if (number := _numbers(explicit.group(1))):
+        if (number := numbers_in(explicit.group(1))):
             return number[0]
-    numbers = _numbers(part)
+    numbers = numbers_in(part)
     if not numbers:
         return None
     return numbers[0] if len(numbers) == 1 or re.match(r"[\s*_(\[]*-?\d", part) else numbers[-1]
 
 
-def _numbers(text: str) -> list[str]:
+def numbers_in(text: str) -> list[str]:
+    """Every number of ``text`` (an :func:`answer_part`), canonical; number words up to twenty when it
+    has no digit."""
     numbers = [_canonical_number(n) for n in _NUMBER.findall(text)]
     if numbers:
         return numbers

@@ -26,7 +26,6 @@ import dataclasses
 import hashlib
 import io
 import math
-import re
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -36,11 +35,19 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from sherlock import distributed
-from sherlock.answers import extract_answer, infer_answer_type, is_correct, normalise_number, normalise_text, options_in
+from sherlock.answers import (
+    answer_part,
+    extract_answer,
+    infer_answer_type,
+    is_correct,
+    normalise_number,
+    normalise_text,
+    numbers_in,
+    options_in,
+)
 from sherlock.config import registered
 from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, DataQualityError, load_data
 from sherlock.data.schema import open_image, write_jsonl
-from sherlock.reasoning import conclusion_text
 
 OPTION_LETTERS = "ABCDEFGHI"
 MCQ_INSTRUCTION = "Please select the correct answer from the options above."
@@ -333,7 +340,6 @@ def load_benchmark(name: str, path: str | Path, limit: int | None = None, quaran
     return items
 
 
-_NUMBERS = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 def mmvet_rule_grade(question: str, gold: str, response: str) -> float:
@@ -341,10 +347,9 @@ def mmvet_rule_grade(question: str, gold: str, response: str) -> float:
     a list of ``<AND>`` elements; the grade is the best alternative's fraction of elements found in the
     response's CONCLUSION (numbers compared as numbers, text as a normalised word sequence). A lower
     bound of the GPT grader, which also credits paraphrases."""
-    inner = conclusion_text(response)
-    text = inner if inner is not None else response
+    text = answer_part(response)
     words = f" {normalise_text(text)} "
-    numbers = {normalise_number(match) for match in _NUMBERS.findall(text)}
+    numbers = set(numbers_in(text))
     grade = 0.0
     for alternative in gold.split("<OR>"):
         elements = [element.strip() for element in alternative.split("<AND>") if element.strip()]

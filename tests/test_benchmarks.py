@@ -14,6 +14,7 @@ from sherlock.benchmarks import (
     load_benchmark,
     load_grader,
     mme_score,
+    mmvet_rule_grade,
     paper_average,
     score_responses,
 )
@@ -143,6 +144,19 @@ def test_mmvet_is_graded_by_its_and_or_answers_or_by_a_registered_model_judge(ts
             load_grader(name)
     with pytest.raises(ConfigError, match="unknown grader"):
         EvaluationConfig(model="m", output="o", benchmarks="mmvet=x", grader="os:system").check()
+
+
+@pytest.mark.parametrize("gold, conclusion, grade", [
+    ("-3.5", "It is −3.5 degrees.", 1.0),  # Unicode minus
+    ("3.5", "It is −3.5 degrees.", 0.0),  # not the same number
+    ("1000", "It costs 1 000 dollars.", 1.0), ("1,000", "It costs 1000 dollars.", 1.0),
+    ("2", "There are two.", 1.0), ("2", "There are 12.", 0.0), ("12.0", "12", 1.0),
+    ("4<AND>blue", "Four blue cars.", 1.0), ("4<AND>blue", "4 red cars.", 0.5),
+])
+def test_mmvet_rule_grade_reads_numbers_as_the_answer_extractor_does(gold, conclusion, grade):
+    """The rule grader finds numbers with :func:`sherlock.answers.numbers_in` (dashes, digit groups,
+    number words), the same reading as evaluation and the online self-consistency filter."""
+    assert mmvet_rule_grade("q", gold, _conclude(conclusion)) == grade
 
 
 def test_paper_average_divides_mme_by_28():
