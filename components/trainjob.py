@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
+import threading
 from dataclasses import dataclass
 
 from sherlock.config import ConfigError, help_field, load_config
@@ -155,12 +157,23 @@ def submit_trainjob(client, settings: TrainJobSettings, stage: str, config: dict
     return name
 
 
+class Stopped(Exception):
+    """The step was told to stop (SIGTERM: a cancelled run, an evicted pod)."""
+
+
+def _stop(signum, frame):
+    raise Stopped(f"signal {signum}")
+
+
 def follow_trainjob(client, settings: TrainJobSettings, name: str) -> None:
     """Stream rank 0's log of TrainJob ``name`` and wait for it to end.
 
-    Raises ``RuntimeError`` with the job's conditions when it fails, ``TimeoutError`` (after deleting it)
-    when it does not end within ``timeout_s``.
+    Raises ``RuntimeError`` with the job's conditions when it fails; deletes the job and raises when it
+    does not end within ``timeout_s`` (``TimeoutError``) or the step is stopped (:class:`Stopped`, on
+    SIGTERM: a cancelled pipeline run leaves no TrainJob holding GPUs).
     """
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop) if main else None
     try:
         client.wait_for_job_status(name, status={"Running"} | TERMINAL, timeout=settings.timeout_s,
                                    polling_interval=settings.poll_s)
@@ -169,9 +182,13 @@ def follow_trainjob(client, settings: TrainJobSettings, name: str) -> None:
                 print(line, flush=True)
         job = client.wait_for_job_status(name, status=TERMINAL, timeout=settings.timeout_s,
                                          polling_interval=settings.poll_s)
-    except TimeoutError:
+    except (TimeoutError, Stopped):
         client.delete_job(name)
+        print(f"TrainJob {name} deleted", flush=True)
         raise
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
     if job.status == "Failed":
         raise RuntimeError(f"TrainJob {name} failed: {failure(client, name)}")
 

@@ -13,6 +13,10 @@ import base64
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -124,6 +128,36 @@ def test_a_trainjob_that_does_not_end_in_time_is_deleted(cluster):
     name, _ = submitted(cluster, options, nodes=1, gpus=1)
     with pytest.raises(TimeoutError):
         follow_trainjob(kubernetes_client(cluster), settings_of(options, 1, poll_s=1, timeout_s=2), name)
+    assert (NAMESPACE, name) not in cluster.resources["trainjobs"]
+
+
+def test_a_stopped_step_deletes_its_trainjob(cluster, tmp_path):
+    """SIGTERM to the step (a cancelled pipeline run) while it follows its TrainJob: the job is deleted."""
+    options = ClusterOptions(trainer="trainjob")
+    name, _ = submitted(cluster, options, nodes=1, gpus=1)
+    script = tmp_path / "follow.py"
+    script.write_text(f"""
+import sys
+from kubeflow.trainer import KubernetesBackendConfig, TrainerClient
+from kubernetes.client import Configuration
+from components.trainjob import TrainJobSettings, follow_trainjob
+configuration = Configuration()
+configuration.host = {cluster.url!r}
+client = TrainerClient(backend_config=KubernetesBackendConfig(namespace={NAMESPACE!r},
+                                                              client_configuration=configuration))
+print("following", flush=True)
+follow_trainjob(client, TrainJobSettings(namespace={NAMESPACE!r}, poll_s=1, timeout_s=600), {name!r})
+""")
+    process = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    while (line := process.stdout.readline()) and line.strip() != "following":  # past the SDK's warnings
+        pass
+    assert line.strip() == "following"
+    time.sleep(1)
+    assert (NAMESPACE, name) in cluster.resources["trainjobs"]
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode != 0 and f"TrainJob {name} deleted" in output and "Stopped: signal 15" in output
     assert (NAMESPACE, name) not in cluster.resources["trainjobs"]
 
 
