@@ -21,8 +21,10 @@ from sherlock.data.synthetic import IMAGE_SIZE, TIERS, generate_synthetic
 from sherlock.demo import DemoConfig, run_demo
 from sherlock.experiment import ExperimentConfig, run_experiment
 from sherlock.mlflow_access import AccessConfig, grant_access
+from sherlock.models.families import FAMILIES, family
 from sherlock.models.loading import CheckpointNotFoundError
-from sherlock.models.tiny import PRESETS, build_tiny_vlm, tokenizer_corpus
+from sherlock.models.tiny import PRESETS, tokenizer_corpus
+from sherlock.models.tiny_gemma3 import PRESETS as GEMMA3_PRESETS
 from sherlock.serving.deploy import DeployConfig, DeployError, run_deploy
 from sherlock.serving.settings import ServeConfig
 from sherlock.stages.registry import STAGES
@@ -71,8 +73,8 @@ def _deploy(args) -> None:
 
 def _build_tiny(args) -> None:
     data = load_llava_cot(args.corpus, check_images=False)
-    print(build_tiny_vlm(args.output, tokenizer_corpus(data.records), args.preset, args.image_size, args.vocab_size,
-                         args.seed))
+    print(family(args.family).build(args.output, tokenizer_corpus(data.records), args.preset, args.image_size,
+                                    args.vocab_size, args.seed))
 
 
 def _dataclass_command(config_class, function):
@@ -131,10 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(deploy, DeployConfig)
     deploy.set_defaults(func=_deploy)
 
-    tiny = commands.add_parser("build-tiny", help="build a tiny Llama-3.2-Vision checkpoint")
+    tiny = commands.add_parser("build-tiny", help="build a tiny VLM checkpoint of one family (Llama-3.2-Vision, "
+                                                  "Gemma 3) with a tokenizer trained on the corpus")
     tiny.add_argument("--output", type=Path, required=True)
     tiny.add_argument("--corpus", type=Path, required=True, help="jsonl whose texts train the tokenizer")
-    tiny.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    tiny.add_argument("--family", choices=sorted(FAMILIES), default="mllama")
+    tiny.add_argument("--preset", default="tiny", help=f"dimensions (mllama: {', '.join(sorted(PRESETS))}; "
+                                                       f"gemma3: {', '.join(sorted(GEMMA3_PRESETS))})")
     tiny.add_argument("--image-size", type=int, default=IMAGE_SIZE)
     tiny.add_argument("--vocab-size", type=int, default=1024)
     tiny.add_argument("--seed", type=int, default=0)

@@ -41,6 +41,16 @@ def tiny_model_dir(tmp_path_factory, synthetic_corpus):
 
 
 @pytest.fixture(scope="session")
+def family_model_dirs(tmp_path_factory, synthetic_corpus, tiny_model_dir):
+    """A saved tiny checkpoint of every model family (random weights), by family name."""
+    from sherlock.models.families import FAMILIES
+
+    return {name: tiny_model_dir if name == "mllama" else
+            family.build(tmp_path_factory.mktemp(f"tiny-{name}"), synthetic_corpus, vocab_size=600)
+            for name, family in FAMILIES.items()}
+
+
+@pytest.fixture(scope="session")
 def subset_dir(tmp_path_factory, synthetic_data):
     """The first 16 synthetic records as a subset directory (data.jsonl + images)."""
     from sherlock.data.sampling import write_subsets

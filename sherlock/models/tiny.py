@@ -10,7 +10,7 @@ with ``save_pretrained`` so every stage loads it like any other checkpoint. Noth
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -92,26 +92,47 @@ def tokenizer_corpus(records: Iterable[Record]) -> list[str]:
     return [f"{r.question}\n{r.response}" for r in records] + [SHERLOCK_CORRECTION_TEMPLATE]
 
 
-def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
-    """Byte-level BPE on ``corpus`` with Llama-3 special tokens and atomic stage tags."""
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """A family's special tokens and chat template, for a tokenizer trained on the project's corpus.
+
+    ``eos`` ends an assistant turn (generation stops there); ``extra`` names the tokens a family's
+    processor reads from its tokenizer (Gemma 3: ``image_token``, ``boi_token``, ``eoi_token``).
+    """
+
+    special_tokens: tuple[str, ...]
+    bos: str
+    eos: str
+    pad: str
+    chat_template: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+LLAMA3 = TokenizerSpec(tuple(SPECIAL_TOKENS), BOS, EOT, PAD, CHAT_TEMPLATE)
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1024,
+                    spec: TokenizerSpec = LLAMA3) -> PreTrainedTokenizerFast:
+    """Byte-level BPE on ``corpus`` with the family's special tokens (Llama-3 by default) and atomic stage tags."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=list(spec.special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(corpus, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
-        bos_token=BOS,
-        eos_token=EOT,
-        pad_token=PAD,
+        bos_token=spec.bos,
+        eos_token=spec.eos,
+        pad_token=spec.pad,
         padding_side="left",
         model_max_length=4096,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=spec.chat_template,
+        **({"extra_special_tokens": spec.extra} if spec.extra else {}),
     )
     fast.add_tokens(STAGE_TAGS)  # atomic but not special: decoding keeps them
     return fast

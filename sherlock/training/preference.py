@@ -18,10 +18,13 @@ slot  prompt              prefix       suffix
 6–9   R(Q, Y^w) + image   w, l, l, w   w, l, w, l
 ====  ==================  ===========  ==========
 
-Only suffix tokens (and ``<|eot_id|>``) are labelled. Identical sequences (offline pairs share their
-prefix, so 2 of every 4 correction sequences repeat) are run once. Without L_SC (the "w/o L_SC"
-ablation, plain DPO) only slots 0 and 1 are built. Reference log-probs come from a
-frozen copy of the starting checkpoint, computed once per (model, data) and cached on disk.
+Only suffix tokens (and the end-of-turn token) are labelled. The processor's per-token outputs (Mllama's
+``cross_attention_mask``, Gemma 3's ``token_type_ids``: ``sherlock.models.families``) continue through
+the suffix as the prompt's last token does; the image inputs travel with their pair. Identical
+sequences (offline pairs share their prefix, so 2 of every 4 correction sequences repeat) are run
+once. Without L_SC (the "w/o L_SC" ablation, plain DPO) only slots 0 and 1 are built. Reference
+log-probs come from a frozen copy of the starting checkpoint, computed once per (model, data) and
+cached on disk.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from sherlock.losses import (
     sft_loss,
     sherlock_loss,
 )
+from sherlock.models.families import TOKEN_KEYS
 from sherlock.prompts import correction_prompt
 from sherlock.training.setup import ConvertedCheckpointResume
 
@@ -125,12 +129,12 @@ class PreferenceDataset(Dataset):
             context_ids = context["input_ids"][0]
             suffix_ids = torch.as_tensor(tokenizer(suffix + self.end_of_turn, add_special_tokens=False)["input_ids"])
             sequence = {"input_ids": torch.cat([context_ids, suffix_ids]), "label_start": len(context_ids)}
-            if "cross_attention_mask" in context:  # Mllama: later tokens attend to the image like the last one
-                mask = context["cross_attention_mask"][0]
-                sequence["cross_attention_mask"] = torch.cat([mask, mask[-1:].expand(len(suffix_ids), *mask.shape[1:])])
+            for key in TOKEN_KEYS:  # the suffix's tokens are text tokens, like the prompt's last one
+                if key in context:
+                    values = context[key][0]
+                    sequence[key] = torch.cat([values, values[-1:].expand(len(suffix_ids), *values.shape[1:])])
             sequences.append(sequence)
-        image_inputs = {k: v[0] for k, v in encoded[0].items()
-                        if k not in ("input_ids", "attention_mask", "cross_attention_mask")}
+        image_inputs = {k: v[0] for k, v in encoded[0].items() if k not in ("input_ids", "attention_mask", *TOKEN_KEYS)}
         return {
             "index": index,
             "sequences": sequences,
@@ -164,12 +168,13 @@ class PreferenceCollator:
             input_ids[row, : len(ids)] = ids
             attention_mask[row, : len(ids)] = 1
             labels[row, sequence["label_start"] : len(ids)] = ids[sequence["label_start"] :]
-        if "cross_attention_mask" in sequences[0]:
-            shape = sequences[0]["cross_attention_mask"].shape[1:]
-            cross = torch.zeros((count, length, *shape), dtype=torch.long)
-            for row, sequence in enumerate(sequences):
-                cross[row, : len(sequence["input_ids"])] = sequence["cross_attention_mask"]
-            batch["cross_attention_mask"] = cross
+        for key in TOKEN_KEYS:
+            if key in sequences[0]:
+                first = sequences[0][key]
+                padded = torch.zeros((count, length, *first.shape[1:]), dtype=first.dtype)
+                for row, sequence in enumerate(sequences):
+                    padded[row, : len(sequence["input_ids"])] = sequence[key]
+                batch[key] = padded
         for key in items[0]["image_inputs"]:
             batch[key] = torch.stack([items[owner]["image_inputs"][key] for owner in owner_of])
         batch.update(
@@ -224,7 +229,7 @@ def sequence_logps(model, batch: dict) -> torch.Tensor:
         width = max(lengths[row] for row in rows)
         index = torch.tensor(rows, device=batch["input_ids"].device)
         chunk = {k: v.index_select(0, index) for k, v in batch.items() if k not in PAIR_KEYS}
-        for key in ("input_ids", "attention_mask", "cross_attention_mask"):
+        for key in ("input_ids", "attention_mask", *TOKEN_KEYS):
             if key in chunk:
                 chunk[key] = chunk[key][:, :width]
         hidden = model(**chunk, logits_to_keep=1, output_hidden_states=True).hidden_states[-1][:, :-1]

@@ -1,0 +1,48 @@
+"""The VLM families the stages run on: one record per family with the facts the stages need.
+
+A family is named by its checkpoints' ``model_type``. What differs between families, and where it is
+used:
+
+- ``token_keys``: processor outputs aligned with ``input_ids`` besides the attention mask (Mllama's
+  ``cross_attention_mask``, Gemma 3's ``token_type_ids``). The preference trainer continues a prompt
+  with a response suffix, so these continue too, as the prompt's last token (a text token) does, are
+  padded with the ids, and are cut with them to a length bucket (``sherlock.training.preference``).
+  Every other processor output is an image input that travels with its pair.
+- ``build``: the tiny instance built offline (``sherlock build-tiny --family NAME``).
+
+The log-probs of every family are taken from the last hidden states through the output embedding, as
+each family's ``...ForConditionalGeneration.forward`` computes its logits (transformers 5.23 applies no
+final soft-capping there, Gemma 3's included); ``tests/models/test_families.py`` holds every family to
+its own forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sherlock.models.tiny import build_tiny_vlm
+from sherlock.models.tiny_gemma3 import build_tiny_gemma3
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    help: str
+    token_keys: tuple[str, ...]
+    build: Callable[..., Path]  # (output_dir, corpus, preset, image_size, vocab_size, seed) -> output_dir
+
+
+FAMILIES = {family.name: family for family in (
+    Family("mllama", "Llama-3.2-Vision: the text cross-attends to the image tiles", ("cross_attention_mask",),
+           build_tiny_vlm),
+    Family("gemma3", "Gemma 3: pooled SigLIP image tokens in the sequence", ("token_type_ids",), build_tiny_gemma3),
+)}
+TOKEN_KEYS = tuple(dict.fromkeys(key for family in FAMILIES.values() for key in family.token_keys))
+
+
+def family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model family {name!r}; the families are {sorted(FAMILIES)}")
+    return FAMILIES[name]

@@ -1,0 +1,110 @@
+"""Every model family through the project's own batching (golden tests).
+
+The preference trainer builds its batches itself (10 sequences per pair, prompts continued with
+response suffixes, deduplicated, right-padded, run in length buckets), which is where VLM preference
+trainers lose the image–sequence alignment (TRL #2660) or a family's per-token inputs. Each test takes
+a tiny checkpoint of each family and compares that path with the checkpoint's own forward pass on
+the processor's encoding of the whole text, one sequence at a time.
+"""
+
+import pytest
+import torch
+
+from sherlock.chat import user_turn
+from sherlock.data.preferences import read_pairs
+from sherlock.data.schema import open_image
+from sherlock.models.families import FAMILIES, TOKEN_KEYS
+from sherlock.models.loading import load_vlm
+from sherlock.training.preference import PreferenceCollator, PreferenceDataset, pair_sequences, sequence_logps
+
+# float32 on CPU; the batched path pads, buckets and projects through the head under its own kernel calls
+TOLERANCE = {"rel": 1e-4, "abs": 1e-3}
+
+
+def reference_logps(model, processor, pair, image, end_of_turn: str) -> list[float]:
+    """log π(suffix + end of turn | prompt, prefix) of each of the pair's 10 sequences: the processor
+    encodes the whole text (so its per-token outputs cover the suffix as it makes them), the model's own
+    forward gives the logits."""
+    values = []
+    for prompt, prefix, suffix in pair_sequences(pair):
+        context = processor.apply_chat_template([user_turn(prompt)], add_generation_prompt=True) + prefix
+        context_ids = processor(images=[[image]], text=[context], return_tensors="pt")["input_ids"][0]
+        whole = processor(images=[[image]], text=[context + suffix + end_of_turn], return_tensors="pt")
+        suffix_ids = processor.tokenizer(suffix + end_of_turn, add_special_tokens=False)["input_ids"]
+        assert whole["input_ids"][0].tolist() == context_ids.tolist() + suffix_ids, "suffix tokenised apart"
+        with torch.no_grad():
+            logits = model(**whole).logits[0, :-1].float()
+        targets = whole["input_ids"][0, 1:]
+        token_logps = torch.log_softmax(logits, -1).gather(-1, targets[:, None])[:, 0]
+        values.append(token_logps[len(context_ids) - 1:].sum().item())
+    return values
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family_model(request, family_model_dirs):
+    model, processor = load_vlm(family_model_dirs[request.param], dtype=torch.float32)
+    return request.param, model.eval(), processor
+
+
+def test_the_batched_bucketed_padded_logps_equal_one_forward_per_sequence(family_model, preference_dir):
+    name, model, processor = family_model
+    pairs = read_pairs(preference_dir)[:3]
+    dataset = PreferenceDataset(pairs, preference_dir, processor)
+    keys = set(dataset[0]["sequences"][0]) & set(TOKEN_KEYS)
+    assert keys == set(FAMILIES[name].token_keys), "the family's per-token inputs travel with each sequence"
+    batch = PreferenceCollator(processor.tokenizer.pad_token_id)([dataset[i] for i in range(3)])
+    with torch.no_grad():
+        batched = sequence_logps(model, batch)
+    for row, pair in enumerate(pairs):
+        expected = reference_logps(model, processor, pair, open_image(preference_dir, pair), dataset.end_of_turn)
+        assert batched[row].tolist() == pytest.approx(expected, **TOLERANCE), (name, row)
+
+
+def test_each_sequence_sees_its_own_image(family_model, preference_dir):
+    """Two pairs' images swapped: the batched log-probs change, and equal the reference with the swap."""
+    name, model, processor = family_model
+    pairs = read_pairs(preference_dir)[:2]
+    dataset = PreferenceDataset(pairs, preference_dir, processor)
+    items = [dataset[0], dataset[1]]
+    collate = PreferenceCollator(processor.tokenizer.pad_token_id)
+    swapped = [item | {"image_inputs": other["image_inputs"]} for item, other in zip(items, items[::-1])]
+    with torch.no_grad():
+        straight, crossed = sequence_logps(model, collate(items)), sequence_logps(model, collate(swapped))
+    assert not torch.allclose(straight, crossed, rtol=1e-3, atol=1e-3), f"{name}: the image does not reach the logps"
+    images = [open_image(preference_dir, pair) for pair in pairs]
+    expected = reference_logps(model, processor, pairs[0], images[1], dataset.end_of_turn)
+    assert crossed[0].tolist() == pytest.approx(expected, **TOLERANCE)
+
+
+def test_build_tiny_makes_each_family_from_the_command_line(tmp_path, synthetic_data):
+    """``sherlock build-tiny --family NAME``: the family's real model and processor classes, the stage tags
+    atomic, only the assistant turn marked for the loss, generation through the project's ``generate``."""
+    from sherlock.cli import main
+    from sherlock.generation import DecodingConfig, generate
+    from sherlock.models.tiny import STAGE_TAGS
+
+    corpus = synthetic_data.path
+    expected = {"mllama": ("MllamaForConditionalGeneration", "MllamaProcessor"),
+                "gemma3": ("Gemma3ForConditionalGeneration", "Gemma3Processor")}
+    assert set(expected) == set(FAMILIES)
+    records = synthetic_data.records[:2]
+    images = [open_image(synthetic_data.image_root, r) for r in records]
+    for name, classes in expected.items():
+        main(["build-tiny", "--family", name, "--output", str(tmp_path / name), "--corpus", str(corpus),
+              "--vocab-size", "500"])
+        model, processor = load_vlm(tmp_path / name)
+        assert (type(model).__name__, type(processor).__name__) == classes
+        tokenizer = processor.tokenizer
+        assert all(len(tokenizer(tag, add_special_tokens=False)["input_ids"]) == 1 for tag in STAGE_TAGS)
+        messages = [{"role": "user", "content": [{"type": "text", "text": "How many?"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": "<CONCLUSION>2</CONCLUSION>"}]}]
+        out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+        trained = tokenizer.decode([i for i, m in zip(out["input_ids"], out["assistant_masks"]) if m])
+        assert trained == "<CONCLUSION>2</CONCLUSION>" + tokenizer.eos_token, name
+        outputs = generate(model, processor, [r.question for r in records], images,
+                           config=DecodingConfig(max_new_tokens=6, temperature=0.0))
+        assert len(outputs) == 2 and all(isinstance(o, str) for o in outputs), name
+    with pytest.raises(SystemExit, match="unknown gemma3 preset 'huge'"):
+        main(["build-tiny", "--family", "gemma3", "--preset", "huge", "--output", str(tmp_path / "x"),
+              "--corpus", str(corpus)])
