@@ -108,3 +108,25 @@ def test_build_tiny_makes_each_family_from_the_command_line(tmp_path, synthetic_
     with pytest.raises(SystemExit, match="unknown gemma3 preset 'huge'"):
         main(["build-tiny", "--family", "gemma3", "--preset", "huge", "--output", str(tmp_path / "x"),
               "--corpus", str(corpus)])
+
+
+@pytest.mark.parametrize("name", sorted(set(FAMILIES) - {"mllama"}))  # Mllama: every stage test
+def test_sft_and_preference_training_run_on_the_family(name, family_model_dirs, subset_dir, preference_dir, tmp_path):
+    """Sherlock-SFT's trainer (TRL, assistant-only loss) and the Sherlock preference trainer, one family's
+    checkpoint each: the first preference step at π = π_ref has the loss L_SC + α·L_DPO = 2 + 0.25·log 2."""
+    import json
+    import math
+
+    from sherlock.stages.preference_training import PreferenceTrainingConfig, run_train_preferences
+    from sherlock.stages.sft import SFTStageConfig, run_sft
+
+    sft = run_sft(SFTStageConfig(model=str(family_model_dirs[name]), data=str(subset_dir), output=str(tmp_path / "sft"),
+                                 max_steps=2, batch_size=2, logging_steps=1))
+    sft_log = json.loads((sft / "trainer_state.json").read_text())["log_history"]
+    assert [entry["loss"] for entry in sft_log if "loss" in entry][0] > 0
+    trained = run_train_preferences(PreferenceTrainingConfig(
+        model=str(sft), data=str(preference_dir), output=str(tmp_path / "pref"), max_steps=1, batch_size=2,
+        logging_steps=1, reference_cache=str(tmp_path / "cache")))
+    log = json.loads((trained / "trainer_state.json").read_text())["log_history"]
+    assert log[0]["loss"] == pytest.approx(2 + 0.25 * math.log(2), abs=1e-3)
+    assert load_vlm(trained)[0].__class__.__name__ == type(load_vlm(family_model_dirs[name])[0]).__name__
