@@ -57,11 +57,6 @@ def stage_step(name: str, step: str, settings: dict, output_root: str, pipeline_
     return output
 
 
-def run_rank(name: str, config: dict, pipeline_run_id: str | None) -> None:
-    """Run stage ``name`` with ``config`` (all its fields) on this rank: a TrainJob's ranks call it."""
-    run_stage(name, load_config(stage(name).config, overrides=config), pipeline_run_id)
-
-
 def label_value(text: str) -> str:
     """``text`` as a Kubernetes label value (≤ 63 of ``[A-Za-z0-9._-]``, alphanumeric at both ends)."""
     return re.sub(r"[^A-Za-z0-9._-]", "-", text)[:63].strip("-._") or "none"

@@ -70,15 +70,23 @@ def trainjob_rank(job) -> None:
     import base64
     import json
 
-    from components.steps import run_rank
+    from components.trainjob import run_rank
 
     if isinstance(job, dict):
         job = job["job"]
     run_rank(**json.loads(base64.b64decode(job)))
 
 
+def run_rank(name: str, config: dict, pipeline_run_id: str | None) -> None:
+    """Run stage ``name`` with ``config`` (all its fields) on this rank."""
+    from sherlock.stages.registry import stage
+    from sherlock.stages.runner import run_stage
+
+    run_stage(name, load_config(stage(name).config, overrides=config), pipeline_run_id)
+
+
 def encode_job(stage: str, config: dict, pipeline_run_id: str | None) -> str:
-    """The arguments of :func:`components.steps.run_rank`, as base64 of JSON."""
+    """The arguments of :func:`run_rank`, as base64 of JSON."""
     return base64.b64encode(json.dumps({"name": stage, "config": config, "pipeline_run_id": pipeline_run_id},
                                        sort_keys=True).encode()).decode()
 
