@@ -130,3 +130,46 @@ def test_sft_and_preference_training_run_on_the_family(name, family_model_dirs, 
     log = json.loads((trained / "trainer_state.json").read_text())["log_history"]
     assert log[0]["loss"] == pytest.approx(2 + 0.25 * math.log(2), abs=1e-3)
     assert load_vlm(trained)[0].__class__.__name__ == type(load_vlm(family_model_dirs[name])[0]).__name__
+
+
+@pytest.fixture(params=sorted(FAMILIES))
+def fresh_model(request, family_model_dirs):
+    return request.param, load_vlm(family_model_dirs[request.param], dtype=torch.float32)[0]
+
+
+PART = {"vision": ("vision_model", "vision_tower"), "projector": ("multi_modal_projector",),
+        "language": ("language_model", "lm_head")}
+
+
+def part_of(parameter: str) -> str:
+    return next(part for part, names in PART.items() if any(f".{n}." in f".{parameter}" for n in names))
+
+
+@pytest.mark.parametrize("frozen", ["vision", "projector", "language"])
+def test_freezing_touches_exactly_that_part(fresh_model, frozen):
+    """``freeze_<part>: true`` turns off every parameter of that part of the family's layout and no other."""
+    from sherlock.training.setup import TrainSettings, prepare_model
+
+    name, model = fresh_model
+    model = prepare_model(model, TrainSettings(**{f"freeze_{frozen}": True}))
+    parts = {parameter: part_of(parameter) for parameter, _ in model.named_parameters()}
+    assert set(parts.values()) == set(PART), f"{name}: every parameter is in one of the three parts"
+    for parameter, tensor in model.named_parameters():
+        assert tensor.requires_grad is (parts[parameter] != frozen), (name, parameter)
+
+
+def test_lora_adapts_exactly_the_language_models_projections(fresh_model):
+    """The default LoRA target: adapters on every attention and MLP projection of the language model
+    (cross-attention layers included), none in the vision tower or the projector; only they train."""
+    from sherlock.training.setup import TrainSettings, prepare_model
+
+    name, model = fresh_model
+    projections = {module for module, _ in model.named_modules()
+                   if ".language_model." in f".{module}." and module.rsplit(".", 1)[-1] in
+                   ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}
+    assert projections, name
+    model = prepare_model(model, TrainSettings(finetuning="lora"))
+    trainable = {parameter for parameter, tensor in model.named_parameters() if tensor.requires_grad}
+    adapted = {parameter.split(".lora_")[0].removeprefix("base_model.model.") for parameter in trainable}
+    assert all(".lora_A." in p or ".lora_B." in p for p in trainable), name
+    assert adapted == projections, name
