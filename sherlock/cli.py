@@ -24,7 +24,6 @@ from sherlock.mlflow_access import AccessConfig, grant_access
 from sherlock.models.families import FAMILIES, family
 from sherlock.models.loading import CheckpointNotFoundError
 from sherlock.models.tiny import PRESETS, tokenizer_corpus
-from sherlock.models.tiny_gemma3 import PRESETS as GEMMA3_PRESETS
 from sherlock.serving.deploy import DeployConfig, DeployError, run_deploy
 from sherlock.serving.settings import ServeConfig
 from sherlock.stages.registry import STAGES
@@ -134,12 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.set_defaults(func=_deploy)
 
     tiny = commands.add_parser("build-tiny", help="build a tiny VLM checkpoint of one family (Llama-3.2-Vision, "
-                                                  "Gemma 3) with a tokenizer trained on the corpus")
+                                                  "Gemma 3, Idefics3) with a tokenizer trained on the corpus")
     tiny.add_argument("--output", type=Path, required=True)
     tiny.add_argument("--corpus", type=Path, required=True, help="jsonl whose texts train the tokenizer")
     tiny.add_argument("--family", choices=sorted(FAMILIES), default="mllama")
     tiny.add_argument("--preset", default="tiny", help=f"dimensions (mllama: {', '.join(sorted(PRESETS))}; "
-                                                       f"gemma3: {', '.join(sorted(GEMMA3_PRESETS))})")
+                                                       "gemma3, idefics3: tiny)")
     tiny.add_argument("--image-size", type=int, default=IMAGE_SIZE)
     tiny.add_argument("--vocab-size", type=int, default=1024)
     tiny.add_argument("--seed", type=int, default=0)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from sherlock.models.tiny import build_tiny_vlm
 from sherlock.models.tiny_gemma3 import build_tiny_gemma3
+from sherlock.models.tiny_idefics3 import build_tiny_idefics3
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ FAMILIES = {family.name: family for family in (
     Family("mllama", "Llama-3.2-Vision: the text cross-attends to the image tiles", ("cross_attention_mask",),
            build_tiny_vlm),
     Family("gemma3", "Gemma 3: pooled SigLIP image tokens in the sequence", ("token_type_ids",), build_tiny_gemma3),
+    Family("idefics3", "Idefics3 / SmolVLM: pixel-shuffled SigLIP image tokens in the sequence", (),
+           build_tiny_idefics3),
 )}
 TOKEN_KEYS = tuple(dict.fromkeys(key for family in FAMILIES.values() for key in family.token_keys))
 

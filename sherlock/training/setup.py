@@ -21,12 +21,13 @@ from transformers import TrainerCallback, TrainingArguments
 from sherlock import distributed
 from sherlock.config import ConfigError, help_field
 
-# Sub-modules of the common VLM layouts (Mllama, LLaVA, Qwen2-VL, Idefics3).
+# Sub-modules of the common VLM layouts (Mllama, Gemma 3, LLaVA, Qwen2-VL, Idefics3: its language model is
+# "text_model"); tests/models/test_families.py checks them on every family of sherlock.models.families.
 VISION_MODULES = ("vision_model", "vision_tower", "visual")
 PROJECTOR_MODULES = ("multi_modal_projector", "mm_projector", "connector")
-LANGUAGE_MODULES = ("language_model", "lm_head")
+LANGUAGE_MODULES = ("language_model", "text_model", "lm_head")
 # LoRA on the language model's attention and MLP projections (cross-attention layers included).
-DEFAULT_LORA_TARGET = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+DEFAULT_LORA_TARGET = r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 FINETUNING_MODES = ("full", "lora")
 CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")  # the Trainer's periodic saves
 TRAINER_STATE = "trainer_state.json"

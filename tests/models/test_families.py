@@ -70,7 +70,8 @@ def test_each_sequence_sees_its_own_image(family_model, preference_dir):
     swapped = [item | {"image_inputs": other["image_inputs"]} for item, other in zip(items, items[::-1])]
     with torch.no_grad():
         straight, crossed = sequence_logps(model, collate(items)), sequence_logps(model, collate(swapped))
-    assert not torch.allclose(straight, crossed, rtol=1e-3, atol=1e-3), f"{name}: the image does not reach the logps"
+    # summed log-probs of a random tiny model: the image moves them by tenths, float noise by ~1e-4
+    assert (straight - crossed).abs().max() > 0.01, f"{name}: the image does not reach the log-probs"
     images = [open_image(preference_dir, pair) for pair in pairs]
     expected = reference_logps(model, processor, pairs[0], images[1], dataset.end_of_turn)
     assert crossed[0].tolist() == pytest.approx(expected, **TOLERANCE)
@@ -85,7 +86,8 @@ def test_build_tiny_makes_each_family_from_the_command_line(tmp_path, synthetic_
 
     corpus = synthetic_data.path
     expected = {"mllama": ("MllamaForConditionalGeneration", "MllamaProcessor"),
-                "gemma3": ("Gemma3ForConditionalGeneration", "Gemma3Processor")}
+                "gemma3": ("Gemma3ForConditionalGeneration", "Gemma3Processor"),
+                "idefics3": ("Idefics3ForConditionalGeneration", "Idefics3Processor")}
     assert set(expected) == set(FAMILIES)
     records = synthetic_data.records[:2]
     images = [open_image(synthetic_data.image_root, r) for r in records]
@@ -137,8 +139,8 @@ def fresh_model(request, family_model_dirs):
     return request.param, load_vlm(family_model_dirs[request.param], dtype=torch.float32)[0]
 
 
-PART = {"vision": ("vision_model", "vision_tower"), "projector": ("multi_modal_projector",),
-        "language": ("language_model", "lm_head")}
+PART = {"vision": ("vision_model", "vision_tower"), "projector": ("multi_modal_projector", "connector"),
+        "language": ("language_model", "text_model", "lm_head")}
 
 
 def part_of(parameter: str) -> str:
@@ -165,7 +167,7 @@ def test_lora_adapts_exactly_the_language_models_projections(fresh_model):
 
     name, model = fresh_model
     projections = {module for module, _ in model.named_modules()
-                   if ".language_model." in f".{module}." and module.rsplit(".", 1)[-1] in
+                   if {"language_model", "text_model"} & set(module.split(".")) and module.rsplit(".", 1)[-1] in
                    ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}
     assert projections, name
     model = prepare_model(model, TrainSettings(finetuning="lora"))
