@@ -174,14 +174,19 @@ def test_settings_that_cannot_run_are_refused():
 
 def test_a_step_runs_as_a_trainjob_on_the_sdks_local_backend(tiny_model_dir, subset_dir, tmp_path, capfd):
     """The SFT component through ``LocalProcessBackend``: 2 torchrun ranks in the job's own environment,
-    into which this checkout is pip-installed with the extra a stage needs (``tracking``: the stage
-    runner's MLflow) — the one slow test of this path; the component returns the step's output."""
+    into which this checkout is pip-installed (a wheel of it) with the extra a stage needs (``tracking``:
+    the stage runner's MLflow) — the one slow test of this path; the component returns the step's output."""
     environment = {key: value for key, value in os.environ.items() if key.startswith("PIP_")} | {
         "HOME": os.environ.get("HOME", str(tmp_path)), "PIP_CONSTRAINT": str(ROOT / "requirements" / "constraints.txt"),
         "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "SHERLOCK_CACHE": str(tmp_path / "cache"),
         "PATH": os.environ["PATH"]}
+    # the checkout as a wheel built now: pip caches a wheel it built from a directory under that directory's
+    # URL, so a later run from the same path would install the old code
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "-q", "-w",
+                    str(tmp_path / "wheel"), str(ROOT)], check=True)
+    (wheel,) = (tmp_path / "wheel").glob("sherlock_vlm-*.whl")
     trainjob = {"backend": "local", "poll_s": 1, "timeout_s": 1800, "local_env": environment,
-                "packages": ["torch==2.13.0", f"sherlock-vlm[tracking] @ {ROOT.as_uri()}"]}
+                "packages": ["torch==2.13.0", f"sherlock-vlm[tracking] @ {wheel.as_uri()}"]}
     output = sft.python_func(name="sft-r0", model=str(tiny_model_dir), data=str(subset_dir),
                              settings={"batch_size": 2, "max_steps": 2, "logging_steps": 1},
                              output_root=str(tmp_path / "runs"), pipeline_run_id="run-local", nproc_per_node=2,
