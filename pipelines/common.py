@@ -28,6 +28,7 @@ from sherlock.stages.registry import stage
 # (kubeflow/pipelines#11662) and resolves a run parameter in a resource limit (#11501: gpus).
 MIN_KFP_BACKEND = "2.5.0"
 S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+MLFLOW_ENV, MLFLOW_OPTIONAL_ENV = ("MLFLOW_TRACKING_URI",), ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 POD_LABELS = ("sherlock.dev/s3-client", "sherlock.dev/mlflow-client")
 TRAINJOB_LABEL = "sherlock.dev/trainjob"  # a TrainJob's pods admit each other (manifests/: sherlock-trainjob-peers)
 
@@ -76,8 +77,8 @@ class ClusterOptions(GPUPlacement):
         volumes, credentials and pod labels a GPU step gets from :func:`with_platform`, for its TrainJob."""
         env = [{"name": key, "valueFrom": {"secretKeyRef": {"name": self.s3_secret, "key": key}}} for key in S3_ENV]
         env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": self.mlflow_secret, "key": key,
-                                                            "optional": key != "MLFLOW_TRACKING_URI"}}}
-                for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")]
+                                                            "optional": key in MLFLOW_OPTIONAL_ENV}}}
+                for key in (*MLFLOW_ENV, *MLFLOW_OPTIONAL_ENV)]
         env.append({"name": "SHERLOCK_CACHE", "value": "/cache"})
         claim = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": self.cache_size}}}
         volumes = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": self.shm_size}},
@@ -100,9 +101,8 @@ def with_platform(task: dsl.PipelineTask, options: ClusterOptions, gpus=None, re
     """Resources, scheduling, volumes and secret-backed credentials of one step (a GPU step when ``gpus``
     is set; ``trains``: its ``/cache`` holds checkpoints)."""
     kubernetes.use_secret_as_env(task, options.s3_secret, {key: key for key in S3_ENV})
-    kubernetes.use_secret_as_env(task, options.mlflow_secret, {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"})
-    kubernetes.use_secret_as_env(task, options.mlflow_secret, {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
-                                                               "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"},
+    kubernetes.use_secret_as_env(task, options.mlflow_secret, {key: key for key in MLFLOW_ENV})
+    kubernetes.use_secret_as_env(task, options.mlflow_secret, {key: key for key in MLFLOW_OPTIONAL_ENV},
                                  optional=True)
     for label in POD_LABELS:  # the NetworkPolicies of manifests/ admit these pods to MinIO and MLflow
         kubernetes.add_pod_label(task, label, "true")

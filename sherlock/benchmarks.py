@@ -340,8 +340,6 @@ def load_benchmark(name: str, path: str | Path, limit: int | None = None, quaran
     return items
 
 
-
-
 def mmvet_rule_grade(question: str, gold: str, response: str) -> float:
     """MM-Vet's answer syntax without its GPT-4 grader: the gold answer's ``<OR>`` alternatives, each
     a list of ``<AND>`` elements; the grade is the best alternative's fraction of elements found in the

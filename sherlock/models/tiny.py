@@ -217,9 +217,15 @@ def build_tiny_vlm(
     torch.manual_seed(seed)
     model = MllamaForConditionalGeneration(config)
     initialise_from_scratch(model)
-    model.generation_config.pad_token_id = config.text_config.pad_token_id
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
-    model.generation_config.bos_token_id = config.text_config.bos_token_id
+    text = config.text_config
+    return save_tiny(model, processor, output_dir, text.bos_token_id, text.eos_token_id, text.pad_token_id)
+
+
+def save_tiny(model, processor, output_dir: str | Path, bos_id: int, eos_id: int | list[int], pad_id: int) -> Path:
+    """Give the generation config the tokenizer's special ids and ``save_pretrained`` model and processor."""
+    model.generation_config.bos_token_id = bos_id
+    model.generation_config.eos_token_id = eos_id
+    model.generation_config.pad_token_id = pad_id
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)

@@ -17,7 +17,7 @@ import torch
 from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil, Gemma3Processor
 
 from sherlock.data.synthetic import IMAGE_SIZE
-from sherlock.models.tiny import STAGE_TAGS, TokenizerSpec, train_tokenizer
+from sherlock.models.tiny import TokenizerSpec, save_tiny, train_tokenizer
 
 PAD, EOS, BOS = "<pad>", "<eos>", "<bos>"
 START_TURN, END_TURN = "<start_of_turn>", "<end_of_turn>"
@@ -69,7 +69,6 @@ def build_tiny_gemma3(output_dir: str | Path, corpus: Iterable[str], preset: str
     if image_size % dims["patch_size"]:
         raise ValueError(f"image_size must be a multiple of the patch size {dims['patch_size']}")
     tokenizer = train_tokenizer(corpus, vocab_size, GEMMA3)
-    tokenizer.add_tokens(STAGE_TAGS)
     image_processor = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size}, do_pan_and_scan=False)
     processor = Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
                                 image_seq_length=dims["image_tokens"])
@@ -88,10 +87,4 @@ def build_tiny_gemma3(output_dir: str | Path, corpus: Iterable[str], preset: str
     torch.manual_seed(seed)
     model = Gemma3ForConditionalGeneration(config)
     initialise_from_scratch(model)
-    model.generation_config.pad_token_id = ids(PAD)
-    model.generation_config.eos_token_id = [ids(END_TURN), ids(EOS)]
-    model.generation_config.bos_token_id = ids(BOS)
-    output_dir = Path(output_dir)
-    model.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
-    return output_dir
+    return save_tiny(model, processor, output_dir, ids(BOS), [ids(END_TURN), ids(EOS)], ids(PAD))

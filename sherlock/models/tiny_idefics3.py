@@ -17,7 +17,7 @@ import torch
 from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil, Idefics3Processor
 
 from sherlock.data.synthetic import IMAGE_SIZE
-from sherlock.models.tiny import STAGE_TAGS, TokenizerSpec, train_tokenizer
+from sherlock.models.tiny import TokenizerSpec, save_tiny, train_tokenizer
 
 PAD, BOS, END = "<|endoftext|>", "<|im_start|>", "<end_of_utterance>"
 AROUND_IMAGE, IMAGE, GLOBAL_IMAGE = "<fake_token_around_image>", "<image>", "<global-img>"
@@ -58,7 +58,6 @@ def build_tiny_idefics3(output_dir: str | Path, corpus: Iterable[str], preset: s
         raise ValueError(f"image_size must be a multiple of the patch size {dims['patch_size']} times the "
                          f"scale factor {dims['scale_factor']}")
     tokenizer = train_tokenizer(corpus, vocab_size, IDEFICS3)
-    tokenizer.add_tokens(STAGE_TAGS)
     image_processor = Idefics3ImageProcessorPil(size={"longest_edge": image_size},
                                                 max_image_size={"longest_edge": image_size}, do_image_splitting=False)
     image_tokens = (side // dims["scale_factor"]) ** 2
@@ -76,10 +75,4 @@ def build_tiny_idefics3(output_dir: str | Path, corpus: Iterable[str], preset: s
                             image_token_id=ids(IMAGE), pad_token_id=ids(PAD))
     torch.manual_seed(seed)
     model = Idefics3ForConditionalGeneration(config)
-    model.generation_config.pad_token_id = ids(PAD)
-    model.generation_config.eos_token_id = ids(END)
-    model.generation_config.bos_token_id = ids(BOS)
-    output_dir = Path(output_dir)
-    model.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
-    return output_dir
+    return save_tiny(model, processor, output_dir, ids(BOS), ids(END), ids(PAD))
