@@ -54,7 +54,8 @@ def files(root) -> dict[str, bytes]:
 
 def kill_during_second_transfer(storage: Storage, method: str, server: SeaweedServer, restart: bool) -> list[str]:
     """Wrap ``storage.<method>`` so the server is SIGKILLed 0.05 s into the second object's transfer
-    (and, with ``restart``, started again on the same data). Returns a log of what happened."""
+    (and, with ``restart``, started again on the same data); the cut call returns once the kill (and
+    restart) is done. Returns a log of what happened."""
     original, events = getattr(storage, method), []
 
     def chaos():
@@ -66,10 +67,16 @@ def kill_during_second_transfer(storage: Storage, method: str, server: SeaweedSe
             events.append("restarted")
 
     def wrapped(*args, **kwargs):
+        cut = None
         if len(events) == 1:  # the first object is through: the next one is cut
             events.append("cutting")
-            threading.Thread(target=chaos, daemon=True).start()
-        result = original(*args, **kwargs)
+            cut = threading.Thread(target=chaos, daemon=True)
+            cut.start()
+        try:
+            result = original(*args, **kwargs)
+        finally:
+            if cut is not None:  # a retry may get through before start() has seen the server ready
+                cut.join()
         if not events:
             events.append("first done")
         return result
