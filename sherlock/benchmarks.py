@@ -45,6 +45,7 @@ from sherlock.answers import (
     numbers_in,
     options_in,
 )
+from sherlock.chat import Context
 from sherlock.config import registered
 from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, DataQualityError, load_data
 from sherlock.data.schema import open_image, write_jsonl
@@ -83,6 +84,7 @@ class BenchmarkItem:
     reference: str | None = None  # the gold 4-stage response, where the data holds one (LLaVA-CoT jsonl)
     options: Mapping[str, str] = field(default_factory=dict)  # letter -> option text (multiple choice)
     extra_images: tuple[Image.Image, ...] = field(default=(), repr=False)  # MMMU: the question's further images
+    context: Context = ()  # the earlier turns of its conversation (multi-turn LLaVA-CoT)
 
     @property
     def images(self) -> list[Image.Image]:
@@ -319,7 +321,8 @@ def load_benchmark(name: str, path: str | Path, limit: int | None = None, quaran
         if missing:
             raise ValueError(f"{len(missing)} records of {path} have no gold answer (first: {missing[0]})")
         return [BenchmarkItem(r.id, r.question, open_image(data.image_root, r), r.answer,
-                              r.answer_type or "text", r.tier, reference=r.response, options=options_in(r.question))
+                              r.answer_type or "text", r.tier, reference=r.response, options=options_in(r.question),
+                              context=r.context)
                 for r in records]
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; choose from {sorted(BENCHMARKS) + ['llava_cot']}")

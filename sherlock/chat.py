@@ -18,6 +18,25 @@ def assistant_turn(text: str) -> dict:
     return {"role": "assistant", "content": [{"type": "text", "text": text}]}
 
 
-def conversation(prompt: str, response: str) -> list[dict]:
-    """A user prompt (with the image) and the assistant's response."""
-    return [user_turn(prompt), assistant_turn(response)]
+Context = tuple[tuple[str, str], ...]  # earlier (question, response) turns of a conversation, oldest first
+
+
+def prompt_turns(text: str, context: Context = (), num_images: int = 1) -> list[dict]:
+    """The messages that end with the user turn ``text``: the earlier turns of its conversation first,
+    the image in the first user turn (as LLaVA-CoT's multi-turn lines are laid out)."""
+    questions = [question for question, _ in context] + [text]
+    messages = [user_turn(questions[0], num_images)]
+    for (_, response), question in zip(context, questions[1:]):
+        messages += [assistant_turn(response), follow_up_turn(question)]
+    return messages
+
+
+def chat_prompt(text: str, context: Context = ()) -> str | list[dict]:
+    """What :func:`sherlock.generation.generate` takes: the text alone (one user turn with the image
+    or images), or the messages after the earlier turns of its conversation."""
+    return prompt_turns(text, context) if context else text
+
+
+def conversation(prompt: str, response: str, context: Context = ()) -> list[dict]:
+    """A user prompt (after its conversation's earlier turns, the image first) and the assistant's response."""
+    return [*prompt_turns(prompt, context), assistant_turn(response)]

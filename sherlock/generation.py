@@ -25,7 +25,7 @@ from transformers import (
 )
 
 from sherlock import distributed
-from sherlock.chat import user_turn
+from sherlock.chat import Context, chat_prompt, user_turn
 from sherlock.config import help_field
 from sherlock.prompts import correction_prompt
 from sherlock.reasoning import CONCLUSION_END, cut_after_conclusion
@@ -166,14 +166,17 @@ def generate(
 
 def self_correct(model, processor, questions: list[str], images, first: list[str], rounds: int, decoding,
                  desc: str = "self-correction", keys: list[str] | None = None,
-                 abandoned: Callable[[], bool] | None = None) -> list[list[str]]:
-    """Responses of ``rounds`` correction rounds, each prompted with R(Q, previous response).
+                 abandoned: Callable[[], bool] | None = None, contexts: list[Context] | None = None) -> list[list[str]]:
+    """Responses of ``rounds`` correction rounds, each prompted with R(Q, previous response) (after
+    the question's earlier turns, ``contexts``).
 
     Round k samples from the stream ``correction round k`` (independent of the direct answer's).
     """
+    contexts = contexts or [()] * len(questions)
     history = [first]
     for round_number in range(1, rounds + 1):
-        prompts = [correction_prompt(q, previous) for q, previous in zip(questions, history[-1])]
+        prompts = [chat_prompt(correction_prompt(q, previous), context)
+                   for q, previous, context in zip(questions, history[-1], contexts, strict=True)]
         history.append(generate(model, processor, prompts, images, config=decoding, desc=f"{desc} {round_number}",
                                 stream=f"correction round {round_number}", keys=keys, abandoned=abandoned))
     return history[1:]
@@ -181,10 +184,13 @@ def self_correct(model, processor, questions: list[str], images, first: list[str
 
 def answer_with_corrections(model, processor, questions: list[str], images, rounds: int, direct: DecodingConfig,
                             desc: str = "answer", keys: list[str] | None = None,
-                            abandoned: Callable[[], bool] | None = None) -> list[list[str]]:
-    """Responses of round 0 (``direct`` decoding) and of ``rounds`` greedy correction rounds, round-major."""
-    first = generate(model, processor, questions, images, config=direct, desc=f"{desc} direct", stream="direct",
-                     keys=keys, abandoned=abandoned)
+                            abandoned: Callable[[], bool] | None = None,
+                            contexts: list[Context] | None = None) -> list[list[str]]:
+    """Responses of round 0 (``direct`` decoding) and of ``rounds`` greedy correction rounds, round-major;
+    each question after its earlier turns (``contexts``), where given."""
+    contexts = contexts or [()] * len(questions)
+    first = generate(model, processor, [chat_prompt(q, c) for q, c in zip(questions, contexts, strict=True)], images,
+                     config=direct, desc=f"{desc} direct", stream="direct", keys=keys, abandoned=abandoned)
     greedy = dataclasses.replace(direct, temperature=0.0, top_p=1.0)
     return [first] + self_correct(model, processor, questions, images, first, rounds, greedy, desc=f"{desc} round",
-                                  keys=keys, abandoned=abandoned)
+                                  keys=keys, abandoned=abandoned, contexts=contexts)

@@ -4,9 +4,12 @@ The release is a ``train.jsonl`` whose lines are ``{"id", "image", "conversation
 "human", "value": question}, {"from": "gpt", "value": response}, ...]}`` with ``image`` relative
 to an image root whose first folder names the source data set (``coco/…``, ``sqa/…``, ``chartqa/…``).
 Ids are namespaced by that source (``coco/<id>``): the release reuses ids across sources. A line
-with several human/gpt turns yields one record per turn (ids ``<source>/<id>#<turn>``); the turns
-of a line are one conversation (:func:`conversation_of`), kept together by subset sampling. A line
-is one unit: any bad turn quarantines the line. Every line that cannot become valid records is
+with several human/gpt turns yields one record per turn (ids ``<source>/<id>#<turn>``), each with
+the earlier turns as its context (a follow-up question is trained and answered after them, as
+LLaVA-CoT trains); the turns of a line are one conversation (:func:`conversation_of`), kept together
+by subset sampling. A line is one unit: any bad turn quarantines the line. A line with ``turn: k``
+(a follow-up turn written back by :meth:`Record.to_llava_cot`) is one record, its turns before k
+the context. Every line that cannot become valid records is
 written, with its line number and reason, to a quarantine jsonl; nothing is dropped silently.
 Loading fails when the bad fraction exceeds a limit.
 """
@@ -109,8 +112,7 @@ def _records_from_line(row: object, check_image) -> list[Record]:
     if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
         raise BadLine("id must be a string or an integer")
     check_image(row["image"])
-    base_id = namespaced_id(str(row["id"]), str(row["image"]))
-    records = []
+    pairs = []
     for turn in range(len(turns) // 2):
         human, gpt = turns[2 * turn], turns[2 * turn + 1]
         if not (isinstance(human, dict) and isinstance(gpt, dict)):
@@ -126,18 +128,18 @@ def _records_from_line(row: object, check_image) -> list[Record]:
         question = str(human.get("value") or "").replace(IMAGE_TOKEN, "").strip()
         if not question:
             raise BadLine(f"turn {turn}: empty question")
-        records.append(
-            Record(
-                id=base_id if len(turns) == 2 else f"{base_id}#{turn}",
-                image=str(row["image"]),
-                question=question,
-                response=gpt["value"],
-                answer=row.get("answer"),
-                answer_type=row.get("answer_type"),
-                tier=row.get("tier"),
-            )
-        )
-    return records
+        pairs.append((question, gpt["value"]))
+    base_id = namespaced_id(str(row["id"]), str(row["image"]))
+    own = row.get("turn")
+    if own is not None and (not isinstance(own, int) or isinstance(own, bool) or not 1 <= own == len(pairs) - 1):
+        raise BadLine(f"turn must be the index of the line's last turn ({len(pairs) - 1}), got {own!r}")
+    extras = {"answer": row.get("answer"), "answer_type": row.get("answer_type"), "tier": row.get("tier")}
+    if own is not None:  # a follow-up turn written back (Record.to_llava_cot): one record
+        return [Record(id=base_id, image=str(row["image"]), question=pairs[-1][0], response=pairs[-1][1],
+                       context=tuple(pairs[:-1]), **extras)]
+    return [Record(id=base_id if len(pairs) == 1 else f"{base_id}#{turn}", image=str(row["image"]),
+                   question=question, response=response, context=tuple(pairs[:turn]), **extras)
+            for turn, (question, response) in enumerate(pairs)]
 
 
 def load_llava_cot(

@@ -3,7 +3,9 @@
 A pair stores the chosen and rejected responses split at truncation step i (``prefix_w``,
 ``suffix_w``, ``prefix_l``, ``suffix_l``), the step i, the noise level ε and the perturbation that
 produced Y^l_{≥i}, and a reference to the **clean** image (training always uses it). Storing the
-four parts avoids the released code's prefix duplication (spec §1, data-format caveat).
+four parts avoids the released code's prefix duplication (spec §1, data-format caveat). A pair of a
+follow-up question carries the earlier turns of its conversation (``context``): every sequence of
+the pair is scored after them.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from sherlock.chat import Context
 from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, BadLine, check_image, read_checked_jsonl
 from sherlock.data.sampling import link_or_copy
-from sherlock.data.schema import PAIRS_FILE, file_digest, write_jsonl
+from sherlock.data.schema import PAIRS_FILE, file_digest, without_empty_context, write_jsonl
 from sherlock.losses import beta_weight
 from sherlock.perturb import gaussian_noise, random_noise_image
 from sherlock.reasoning import NUM_TRUNCATION_STEPS
@@ -80,6 +83,7 @@ class PreferencePair:
     truncation_step: int
     noise_level: float
     perturbation: str = "gaussian"
+    context: Context = ()
 
     @property
     def chosen(self) -> str:
@@ -103,7 +107,7 @@ def write_pairs(pairs: list[PreferencePair], image_root: Path, output_dir: str |
     output_dir = Path(output_dir)
     for pair in pairs:
         link_or_copy(Path(image_root) / pair.image, output_dir / pair.image)
-    return write_jsonl((dataclasses.asdict(pair) for pair in pairs), output_dir / PAIRS_FILE)
+    return write_jsonl((without_empty_context(dataclasses.asdict(pair)) for pair in pairs), output_dir / PAIRS_FILE)
 
 
 PAIR_TEXT_FIELDS = ("id", "image", "question", "prefix_w", "suffix_w", "prefix_l", "suffix_l")
@@ -113,7 +117,8 @@ def read_pairs(directory: str | Path, max_bad_fraction: float = DEFAULT_MAX_BAD_
     """Read and check the pairs of a preference directory, as the data loader checks records.
 
     A line that is not UTF-8 JSON, lacks a field, has a field of the wrong type (texts strings,
-    ``truncation_step`` an integer in 1..4, ``noise_level`` a number in [0, 1]), repeats a pair id,
+    ``truncation_step`` an integer in 1..4, ``noise_level`` a number in [0, 1], ``context`` a list of
+    [question, response] string pairs), repeats a pair id,
     or names an image outside the directory or one that does not decode is quarantined in
     ``pairs.quarantine.jsonl`` with its line number and reason; past ``max_bad_fraction`` (or with
     no pair) a :class:`DataQualityError`.
@@ -138,12 +143,18 @@ def read_pairs(directory: str | Path, max_bad_fraction: float = DEFAULT_MAX_BAD_
             raise BadLine(f"truncation_step must be an integer in 1..{NUM_TRUNCATION_STEPS}, got {step!r}")
         if isinstance(noise, bool) or not isinstance(noise, int | float) or not 0 <= noise <= 1:
             raise BadLine(f"noise_level must be a number in [0, 1], got {noise!r}")
+        context = row.get("context", [])
+        if not isinstance(context, list) or not all(
+                isinstance(turn, list) and len(turn) == 2 and all(isinstance(text, str) for text in turn)
+                for turn in context):
+            raise BadLine("context must be a list of [question, response] string pairs")
         if row["id"] in seen:
             raise BadLine(f"duplicate pair id {row['id']!r}")
         check_image(directory, row["image"], images)
         seen.add(row["id"])
         return [PreferencePair(**{key: row[key] for key in PAIR_TEXT_FIELDS + ("truncation_step", "perturbation")
-                                  if key in row}, noise_level=float(noise))]
+                                  if key in row}, noise_level=float(noise),
+                               context=tuple(tuple(turn) for turn in context))]
 
     return read_checked_jsonl(path, pair_of, directory / "pairs.quarantine.jsonl", max_bad_fraction,
                               "preference pairs")[0]

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from sherlock.chat import Context
+
 PAIRS_FILE = "pairs.jsonl"  # a preference set: one PreferencePair per line, images beside it
 
 
@@ -22,6 +24,8 @@ class Record:
     ``image`` is a path relative to the data set's image root (the LLaVA-CoT-100k layout).
     ``answer`` is the gold answer where one is known (synthetic and benchmark data);
     ``answer_type`` says how to compare it ("choice", "number", "text").
+    ``context`` holds the earlier (question, response) turns of the record's conversation, oldest
+    first: a follow-up question is asked, trained and answered after them.
     """
 
     id: str
@@ -31,25 +35,34 @@ class Record:
     answer: str | None = None
     answer_type: str | None = None
     tier: str | None = None
+    context: Context = ()
 
     def to_llava_cot(self) -> dict:
-        """The record as one line of the LLaVA-CoT-100k ``train.jsonl`` (gold fields appended)."""
+        """The record as one line of the LLaVA-CoT-100k ``train.jsonl`` (gold fields appended). A
+        follow-up turn's line holds its earlier turns too, and ``turn``: the index of its own turn
+        (the line is that one record)."""
+        turns = [*self.context, (self.question, self.response)]
         row = {
             "id": self.id,
             "image": self.image,
-            "conversations": [
-                {"from": "human", "value": self.question},
-                {"from": "gpt", "value": self.response},
-            ],
+            "conversations": [message for question, response in turns for message in
+                              ({"from": "human", "value": question}, {"from": "gpt", "value": response})],
         }
-        extras = {"answer": self.answer, "answer_type": self.answer_type, "tier": self.tier}
+        extras = {"answer": self.answer, "answer_type": self.answer_type, "tier": self.tier,
+                  "turn": len(self.context) or None}
         row.update({k: v for k, v in extras.items() if v is not None})
         return row
 
     def digest(self) -> str:
         """sha256 of the record's canonical JSON: identifies its content, not its position."""
-        canonical = json.dumps(dataclasses.asdict(self), sort_keys=True, ensure_ascii=False)
+        canonical = json.dumps(without_empty_context(dataclasses.asdict(self)), sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def without_empty_context(row: dict) -> dict:
+    """``row`` without a ``context`` key that holds nothing: a single-turn record or pair is stored
+    (and digested) as before conversations had context."""
+    return {key: value for key, value in row.items() if key != "context" or value}
 
 
 def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:

@@ -38,6 +38,7 @@ from sherlock.benchmarks import (
     score_items,
     score_responses,
 )
+from sherlock.chat import chat_prompt
 from sherlock.config import ConfigError, help_field, parse_named
 from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, load_data
 from sherlock.data.schema import write_jsonl
@@ -154,9 +155,11 @@ def evaluate_benchmark(model, processor, name: str, items: list[BenchmarkItem], 
     per-item scores (1/0 by the rules; the grader's 0–1 grade for open-ended answers)."""
     images, keys = [i.images for i in items], [i.id for i in items]
     questions = questions or [i.prompt for i in items]
+    contexts = [i.context for i in items]
+    prompts = [chat_prompt(q, c) for q, c in zip(questions, contexts, strict=True)]
     direct = config.decoding(config.seed)
     rounds = answer_with_corrections(model, processor, questions, images, config.correction_rounds, direct,
-                                     desc=name, keys=keys)
+                                     desc=name, keys=keys, contexts=contexts)
     hits = [[item_score(item, response, grader) for item, response in zip(items, responses, strict=True)]
             for responses in rounds]
     result: dict = {"rounds": [score_items(name, items, h) for h in hits]}
@@ -165,10 +168,10 @@ def evaluate_benchmark(model, processor, name: str, items: list[BenchmarkItem], 
     if config.greedy_direct:
         greedy = dataclasses.replace(direct, temperature=0.0, top_p=1.0)
         result["greedy_direct"] = score_responses(name, items, generate(
-            model, processor, questions, images, config=greedy, desc=f"{name} greedy direct"), grader)
+            model, processor, prompts, images, config=greedy, desc=f"{name} greedy direct"), grader)
     if config.blank_image:  # the direct answer's random stream: only the image differs from round 0
         result["blank_image"] = score_responses(name, items, generate(
-            model, processor, questions, blank_images(images), config=direct, desc=f"{name} blank image",
+            model, processor, prompts, blank_images(images), config=direct, desc=f"{name} blank image",
             stream="direct", keys=keys), grader)
     if prior is not None:
         result["blind_prior"] = 100 * prior.accuracy([i.prompt for i in items], [i.answer for i in items])

@@ -20,6 +20,7 @@ import torch
 
 from sherlock import distributed
 from sherlock.answers import answers_agree, options_in
+from sherlock.chat import Context, chat_prompt
 from sherlock.config import ConfigError, help_field, registered
 from sherlock.data.llava_cot import load_data
 from sherlock.data.preferences import PreferencePair, draw_perturbation
@@ -46,6 +47,7 @@ class UnlabeledItem:
     id: str
     image: str
     question: str
+    context: Context = ()  # the earlier turns of its conversation
 
 
 @dataclass(kw_only=True)
@@ -86,7 +88,7 @@ def load_judge(name: str) -> Judge:
 
 def unlabeled_pool(path: str | Path) -> tuple[list[UnlabeledItem], Path]:
     data = load_data(path)
-    return [UnlabeledItem(r.id, r.image, r.question) for r in data.records], data.image_root
+    return [UnlabeledItem(r.id, r.image, r.question, r.context) for r in data.records], data.image_root
 
 
 def collect_pairs(model, processor, items: list[UnlabeledItem], image_root: Path, config: OnlineConfig,
@@ -100,11 +102,13 @@ def collect_pairs(model, processor, items: list[UnlabeledItem], image_root: Path
     while len(pairs) < config.num_pairs and stats["sampled"] < len(items):
         chunk = [items[i] for i in order[stats["sampled"] : stats["sampled"] + 2 * (config.num_pairs - len(pairs))]]
         stats["sampled"] += len(chunk)
-        questions = [item.question for item in chunk]
+        questions, contexts = [item.question for item in chunk], [item.context for item in chunk]
         images = [open_image(image_root, item) for item in chunk]
         keys = [item.id for item in chunk]
-        first = generate(model, processor, questions, images, config=decoding, desc="Y1", stream="Y1", keys=keys)
-        corrections = self_correct(model, processor, questions, images, first, NUM_CORRECTIONS, decoding, keys=keys)
+        first = generate(model, processor, [chat_prompt(q, c) for q, c in zip(questions, contexts)], images,
+                         config=decoding, desc="Y1", stream="Y1", keys=keys)
+        corrections = self_correct(model, processor, questions, images, first, NUM_CORRECTIONS, decoding, keys=keys,
+                                   contexts=contexts)
         candidates = []
         for j, item in enumerate(chunk):
             later = [round_responses[j] for round_responses in corrections]
@@ -120,7 +124,8 @@ def collect_pairs(model, processor, items: list[UnlabeledItem], image_root: Path
                 continue
             candidates.append((item, images[j], draw, prefix_l, prefix_w, suffix_w))
         suffixes = rejected_suffixes(
-            model, processor, [c[0].question for c in candidates], [c[1] for c in candidates],
+            model, processor, [chat_prompt(c[0].question, c[0].context) for c in candidates],
+            [c[1] for c in candidates],
             [c[3] for c in candidates], [c[2] for c in candidates], decoding, config.legacy_uint8_noise,
             keys=[c[0].id for c in candidates],
         ) if candidates else []
@@ -129,7 +134,7 @@ def collect_pairs(model, processor, items: list[UnlabeledItem], image_root: Path
                 stats["dropped_identical"] += 1
                 continue
             pairs.append(PreferencePair(item.id, item.image, item.question, prefix_w, suffix_w, prefix_l, suffix_l,
-                                        draw.truncation_step, draw.noise_level, draw.kind))
+                                        draw.truncation_step, draw.noise_level, draw.kind, item.context))
     return pairs[: config.num_pairs], stats
 
 

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from sherlock import distributed
+from sherlock.chat import chat_prompt
 from sherlock.config import ConfigError, help_field
 from sherlock.data.llava_cot import load_data
 from sherlock.data.preferences import Perturbation, PreferencePair, draw_perturbation, write_pairs
@@ -64,13 +65,14 @@ class PreferenceDataConfig(PerturbationSettings, SamplingSettings):
 
 
 def rejected_suffixes(
-    model, processor, questions: list[str], images: list[Image.Image], prefixes: list[str],
+    model, processor, prompts: list[str | list[dict]], images: list[Image.Image], prefixes: list[str],
     perturbations: list[Perturbation], decoding: DecodingConfig, legacy_uint8: bool = False,
     keys: list[str] | None = None,
 ) -> list[str]:
-    """Y^l_{≥i} ~ π(· | question, perturbed image, prefix) for every item (Alg. 1, lines 6–9)."""
+    """Y^l_{≥i} ~ π(· | question, perturbed image, prefix) for every item (Alg. 1, lines 6–9); each
+    prompt as :func:`sherlock.generation.generate` takes it (a question after its earlier turns)."""
     perturbed = [p.apply(image, legacy_uint8) for p, image in zip(perturbations, images, strict=True)]
-    return generate(model, processor, questions, perturbed, prefixes, decoding, desc="rejected suffixes",
+    return generate(model, processor, prompts, perturbed, prefixes, decoding, desc="rejected suffixes",
                     stream="rejected suffix", keys=keys)
 
 
@@ -106,13 +108,14 @@ def run_build_preferences(config: PreferenceDataConfig) -> Path:
     splits = [truncate(r.response, d.truncation_step) for r, d in zip(data.records, draws)]
     model, processor = load_vlm(config.model, dtype=torch.float32, device=distributed.device())
     suffixes = rejected_suffixes(
-        model, processor, [r.question for r in data.records], [open_image(data.image_root, r) for r in data.records],
+        model, processor, [chat_prompt(r.question, r.context) for r in data.records],
+        [open_image(data.image_root, r) for r in data.records],
         [prefix for prefix, _ in splits], draws, config.decoding(config.seed), config.legacy_uint8_noise,
         keys=[r.id for r in data.records],
     )
     pairs = [
         PreferencePair(r.id, r.image, r.question, prefix, suffix_w, prefix, suffix_l,
-                       d.truncation_step, d.noise_level, d.kind)
+                       d.truncation_step, d.noise_level, d.kind, r.context)
         for r, d, (prefix, suffix_w), suffix_l in zip(data.records, draws, splits, suffixes)
         if suffix_l != suffix_w
     ]

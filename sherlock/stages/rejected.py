@@ -10,6 +10,7 @@ import torch
 
 from sherlock import distributed
 from sherlock.answers import is_correct, options_in
+from sherlock.chat import chat_prompt
 from sherlock.config import help_field
 from sherlock.data.llava_cot import load_data
 from sherlock.data.schema import open_image, write_jsonl
@@ -41,7 +42,7 @@ def run_sample_rejected(config: SampleRejectedConfig) -> Path:
     data = load_data(config.data)
     model, processor = load_vlm(config.model, dtype=torch.float32, device=distributed.device())
     images = [open_image(data.image_root, r) for r in data.records]
-    samples = generate(model, processor, [r.question for r in data.records], images,
+    samples = generate(model, processor, [chat_prompt(r.question, r.context) for r in data.records], images,
                        config=config.decoding(config.seed), desc="sampling Y^l", stream="Y^l",
                        keys=[r.id for r in data.records])
     rows = [{"id": r.id, "rejected": y, "correct": is_correct(y, r.answer, r.answer_type, options_in(r.question))

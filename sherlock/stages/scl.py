@@ -32,7 +32,7 @@ import torch
 
 from sherlock import distributed
 from sherlock.answers import is_correct, options_in
-from sherlock.chat import assistant_turn, follow_up_turn, user_turn
+from sherlock.chat import Context, assistant_turn, chat_prompt, follow_up_turn, prompt_turns
 from sherlock.config import ConfigError, help_field
 from sherlock.data.llava_cot import load_data
 from sherlock.data.preferences import PreferencePair
@@ -88,13 +88,16 @@ def scl_pair(record: Record, initial: str, refined: str, kind: int) -> Preferenc
         return None
     chosen, rejected = (refined, initial) if kind == 2 else (initial, refined)
     return PreferencePair(record.id, record.image, record.question, "", chosen, "", rejected,
-                          truncation_step=1, noise_level=0.0, perturbation=f"scl_type_{kind}")
+                          truncation_step=1, noise_level=0.0, perturbation=f"scl_type_{kind}", context=record.context)
 
 
-def review_conversations(first_turns: list[str], initial: list[str], review_prompt: int) -> list[list[dict]]:
-    """Turn 2 of every chat: [turn 1 (image + text), the initial answer, the review request]."""
+def review_conversations(first_turns: list[str], initial: list[str], review_prompt: int,
+                         contexts: list[Context]) -> list[list[dict]]:
+    """Turn 2 of every chat: [turn 1 (image + text, after the question's earlier turns), the initial
+    answer, the review request]."""
     review = follow_up_turn(scl_review_turn(review_prompt))
-    return [[user_turn(first), assistant_turn(answer), review] for first, answer in zip(first_turns, initial)]
+    return [[*prompt_turns(first, context), assistant_turn(answer), review]
+            for first, answer, context in zip(first_turns, initial, contexts, strict=True)]
 
 
 @dataclass(kw_only=True)
@@ -131,10 +134,11 @@ def run_scl_pairs(config: SCLPairsConfig) -> Path:
     decoding = config.decoding(config.seed)
     first_turns = [scl_first_turn(r.question) if config.first_turn == "scl" else r.question for r in data.records]
     keys = [r.id for r in data.records]
-    initial = generate(model, processor, first_turns, images, config=decoding, desc="SCL turn 1", stream="SCL turn 1",
-                       keys=keys)
-    refined = generate(model, processor, review_conversations(first_turns, initial, config.review_prompt), images,
-                       config=decoding, desc="SCL turn 2 (review)", stream="SCL turn 2", keys=keys)
+    contexts = [r.context for r in data.records]
+    initial = generate(model, processor, [chat_prompt(first, c) for first, c in zip(first_turns, contexts)], images,
+                       config=decoding, desc="SCL turn 1", stream="SCL turn 1", keys=keys)
+    refined = generate(model, processor, review_conversations(first_turns, initial, config.review_prompt, contexts),
+                       images, config=decoding, desc="SCL turn 2 (review)", stream="SCL turn 2", keys=keys)
     rows, pairs = [], []
     for record, first, second in zip(data.records, initial, refined, strict=True):
         outcome = scl_correct(first, record), scl_correct(second, record)

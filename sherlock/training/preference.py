@@ -43,7 +43,7 @@ from transformers import Trainer
 from trl.trainer.utils import selective_log_softmax
 
 from sherlock import distributed
-from sherlock.chat import user_turn
+from sherlock.chat import prompt_turns
 from sherlock.config import help_field
 from sherlock.data.preferences import PreferencePair, pairs_digest
 from sherlock.data.schema import file_digest, open_image
@@ -58,7 +58,7 @@ from sherlock.losses import (
 )
 from sherlock.models.families import TOKEN_KEYS
 from sherlock.prompts import correction_prompt
-from sherlock.training.setup import ConvertedCheckpointResume
+from sherlock.training.setup import IGNORE_INDEX, ConvertedCheckpointResume
 
 NUM_SEQUENCES = 10
 DPO_SEQUENCES = 2  # slots 0 and 1: all L_DPO needs
@@ -66,11 +66,11 @@ DPO_CHOSEN, DPO_REJECTED = 0, 1
 # (r_sw_pw, r_sl_pl, r_sw_pl, r_sl_pw) slots under the contexts (R(Y^l), R(Y^w)), see self_correction_loss.
 SC_SLOTS = ((2, 6), (3, 7), (4, 8), (5, 9))
 REFERENCE_CACHE_VERSION = "2"  # bump when the sequence layout or tokenisation changes
-IGNORE_INDEX = -100
 
 
 def pair_sequences(pair: PreferencePair, num_slots: int = NUM_SEQUENCES) -> list[tuple[str, str, str]]:
-    """The (prompt, prefix, suffix) triples of one pair in slot order: all 10, or the 2 of L_DPO."""
+    """The (prompt, prefix, suffix) triples of one pair in slot order: all 10, or the 2 of L_DPO. Each
+    prompt is the last user turn, after the pair's context."""
     triples = [(pair.question, "", pair.chosen), (pair.question, "", pair.rejected)]
     if num_slots == DPO_SEQUENCES:
         return triples
@@ -88,8 +88,8 @@ def sequence_extent(pairs: list[PreferencePair], processor, num_slots: int = NUM
     """(most unique sequences of one pair, tokens of the longest sequence): what a micro-batch of one
     pair runs at most, for the memory plan (:mod:`sherlock.training.memory`)."""
     unique = [list(dict.fromkeys(pair_sequences(pair, num_slots))) for pair in pairs]
-    texts = [processor.apply_chat_template([user_turn(prompt)], add_generation_prompt=True) + prefix + suffix
-             for triples in unique for prompt, prefix, suffix in triples]
+    texts = [processor.apply_chat_template(prompt_turns(prompt, pair.context), add_generation_prompt=True)
+             + prefix + suffix for pair, triples in zip(pairs, unique) for prompt, prefix, suffix in triples]
     tokens = processor.tokenizer(texts, add_special_tokens=False)["input_ids"]
     return max(len(triples) for triples in unique), max(len(ids) for ids in tokens) + 1  # + end of turn
 
@@ -118,8 +118,8 @@ class PreferenceDataset(Dataset):
         triples = pair_sequences(pair, self.num_slots)
         unique = list(dict.fromkeys(triples))
         contexts = list(dict.fromkeys((prompt, prefix) for prompt, prefix, _ in unique))
-        texts = [self.processor.apply_chat_template([user_turn(p)], add_generation_prompt=True) + prefix
-                 for p, prefix in contexts]
+        texts = [self.processor.apply_chat_template(prompt_turns(p, pair.context), add_generation_prompt=True)
+                 + prefix for p, prefix in contexts]
         image = open_image(self.image_root, pair)
         encoded = [self.processor(images=[[image]], text=[text], return_tensors="pt") for text in texts]
         tokenizer = self.processor.tokenizer

@@ -21,6 +21,8 @@ from transformers import TrainerCallback, TrainingArguments
 from sherlock import distributed
 from sherlock.config import ConfigError, help_field
 
+IGNORE_INDEX = -100  # a label position no loss is taken on (transformers' and TRL's convention)
+
 # Sub-modules of the common VLM layouts (Mllama, Gemma 3, LLaVA, Qwen2-VL, Idefics3: its language model is
 # "text_model"); tests/models/test_families.py checks them on every family of sherlock.models.families.
 VISION_MODULES = ("vision_model", "vision_tower", "visual")

@@ -1,7 +1,10 @@
 """Supervised fine-tuning of a VLM on chat examples with TRL's ``SFTTrainer`` (Stage I).
 
-Only the assistant turn is trained (``assistant_only_loss``; the chat template marks it with
-``{% generation %}``). Images are referenced by path and decoded lazily by ``datasets``.
+Only the last assistant turn is trained (``assistant_only_loss``: the chat template marks the
+assistant turns with ``{% generation %}``; :class:`LastTurnLoss` keeps the last). A follow-up turn of
+a conversation comes after its earlier turns, which it is conditioned on but not trained on: over a
+conversation's records every response is trained once, after the turns before it, as LLaVA-CoT
+trains a whole conversation. Images are referenced by path and decoded lazily by ``datasets``.
 
 Sherlock-SFT mixes direct sequences (~150 tokens) with correction sequences that quote a whole
 response (~450), so random batches pad most sequences to a correction sequence's length. With
@@ -22,12 +25,13 @@ from datasets import Dataset, Features, Image, List, Value
 from transformers.trainer_pt_utils import BatchRebalanceSampler
 from trl import SFTConfig, SFTTrainer
 
-from sherlock.chat import conversation
+from sherlock.chat import Context, conversation
 from sherlock.data.schema import Record
 from sherlock.models.loading import load_vlm
 from sherlock.prompts import correction_prompt
 from sherlock.training.memory import plan_training_step
 from sherlock.training.setup import (
+    IGNORE_INDEX,
     ConvertedCheckpointResume,
     TrainSettings,
     prepare_model,
@@ -38,16 +42,18 @@ from sherlock.training.setup import (
 
 @dataclass(frozen=True)
 class SFTExample:
-    """One training sequence: a user prompt with an image, and the target response."""
+    """One training sequence: a user prompt with an image (after the earlier turns of its
+    conversation), and the target response."""
 
     prompt: str
     response: str
     image_path: str
+    context: Context = ()
 
 
 def examples_from_records(records: list[Record], image_root: Path) -> list[SFTExample]:
     """Direct sequences x → Y (question → the record's 4-stage response)."""
-    return [SFTExample(r.question, r.response, str(Path(image_root) / r.image)) for r in records]
+    return [SFTExample(r.question, r.response, str(Path(image_root) / r.image), r.context) for r in records]
 
 
 def correction_examples(records: list[Record], rejected: dict[str, str], image_root: Path) -> list[SFTExample]:
@@ -58,15 +64,39 @@ def correction_examples(records: list[Record], rejected: dict[str, str], image_r
     missing = [r.id for r in records if r.id not in rejected]
     if missing:
         raise ValueError(f"{len(missing)} records have no rejected response (first: {missing[0]})")
-    return [SFTExample(correction_prompt(r.question, rejected[r.id]), r.response, str(Path(image_root) / r.image))
-            for r in records]
+    return [SFTExample(correction_prompt(r.question, rejected[r.id]), r.response, str(Path(image_root) / r.image),
+                       r.context) for r in records]
+
+
+class LastTurnLoss:
+    """Wraps TRL's collator: of the assistant tokens it labels, only the last turn's stay labelled
+    (the earlier turns of a conversation are context)."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = self.collator(examples)
+        labels = batch["labels"]
+        labelled = labels != IGNORE_INDEX
+        starts = labelled.clone()
+        starts[:, 1:] &= ~labelled[:, :-1]  # first token of each labelled run
+        positions = torch.arange(labels.shape[1])
+        last_start = (starts * positions).amax(dim=1, keepdim=True)
+        labels[positions < last_start] = IGNORE_INDEX
+        return batch
 
 
 class VLMSFTTrainer(ConvertedCheckpointResume, SFTTrainer):
-    """TRL's ``SFTTrainer`` that resumes VLM checkpoints with converted weight names correctly and,
-    under ``train_sampling_strategy="batch_rebalance"``, keeps the precomputed length column for the
+    """TRL's ``SFTTrainer`` that trains the last assistant turn only (:class:`LastTurnLoss`), resumes
+    VLM checkpoints with converted weight names correctly and, under
+    ``train_sampling_strategy="batch_rebalance"``, keeps the precomputed length column for the
     sampler (TRL keeps only messages and images of a vision data set) and shuffles with the run's data
     seed (transformers 5.23 leaves the sampler at its default seed, 42, whatever the run's seed)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.data_collator = LastTurnLoss(self.data_collator)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -93,7 +123,7 @@ def sft_dataset(examples: list[SFTExample], lengths: list[int] | None = None) ->
         "images": List(Image()),
     }
     rows = {
-        "messages": [conversation(e.prompt, e.response) for e in examples],
+        "messages": [conversation(e.prompt, e.response, e.context) for e in examples],
         "images": [[e.image_path] for e in examples],
     }
     if lengths is not None:
@@ -103,7 +133,8 @@ def sft_dataset(examples: list[SFTExample], lengths: list[int] | None = None) ->
 
 def token_lengths(examples: list[SFTExample], processor) -> list[int]:
     """Text tokens of each example's chat-templated conversation (the image as its placeholder)."""
-    texts = [processor.apply_chat_template(conversation(e.prompt, e.response), tokenize=False) for e in examples]
+    texts = [processor.apply_chat_template(conversation(e.prompt, e.response, e.context), tokenize=False)
+             for e in examples]
     return [len(ids) for ids in processor.tokenizer(texts, add_special_tokens=False).input_ids]
 
 

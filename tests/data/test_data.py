@@ -25,6 +25,24 @@ def test_loader_reads_the_release_layout(tmp_path):
     first = data.records[0]
     assert first.question == "What is the man riding?"  # <image> placeholder removed
     assert parse_stages(first.response).conclusion.strip() == "Motorcycle"
+    turns = {r.id: r for r in data.records}
+    opening, follow_up = turns["ai2d/ai2d-1017#0"], turns["ai2d/ai2d-1017#1"]
+    assert opening.context == () and follow_up.context == ((opening.question, opening.response),)
+
+
+def test_a_follow_up_turn_is_written_back_with_its_context_and_read_again(tmp_path):
+    data = load_llava_cot(FIXTURE / "train.jsonl")
+    write_llava_cot(data.records, tmp_path / "again.jsonl")
+    lines = [json.loads(line) for line in (tmp_path / "again.jsonl").read_text().splitlines()]
+    assert [line.get("turn") for line in lines if line["id"].startswith("ai2d/")] == [None, 1]
+    assert load_llava_cot(tmp_path / "again.jsonl", image_root=FIXTURE).records == data.records
+    follow_up = next(line for line in lines if line.get("turn"))
+    bad = [follow_up | {"turn": turn} for turn in ("1", 0, 2, True, 1.0)]
+    (tmp_path / "bad.jsonl").write_text("".join(json.dumps(line) + "\n" for line in [follow_up, *bad]))
+    loaded = load_llava_cot(tmp_path / "bad.jsonl", image_root=FIXTURE, max_bad_fraction=1.0)
+    assert len(loaded.records) == 1 and loaded.num_quarantined == 5
+    assert all("turn must be the index of the line's last turn (1)" in json.loads(line)["reason"]
+               for line in loaded.quarantine_path.read_text().splitlines())
 
 
 @pytest.fixture()
@@ -252,16 +270,18 @@ def test_preference_files_are_checked_and_quarantined_like_data_files(tmp_path):
            row | {"noise_level": 1.5}, row | {"question": 7}, {k: v for k, v in row.items() if k != "suffix_l"},
            row,  # the same pair id again
            row | {"id": "p1", "image": "../ok.png"}, row | {"id": "p2", "image": "cut.png"},
-           row | {"id": "p3", "image": "missing.png"}, ["not", "an", "object"]]
+           row | {"id": "p3", "image": "missing.png"}, ["not", "an", "object"],
+           row | {"id": "p4", "context": [["q", 7]]}, row | {"id": "p5", "context": "q r"}]
     with open(directory / "pairs.jsonl", "a") as lines:
         lines.writelines(json.dumps(b) + "\n" for b in bad)
         lines.write("{broken\n")
-    with pytest.raises(DataQualityError, match="12 of 13 lines"):
+    with pytest.raises(DataQualityError, match="14 of 15 lines"):
         read_pairs(directory)
     assert read_pairs(directory, max_bad_fraction=1.0) == [good]
     reasons = [json.loads(line) for line in (directory / "pairs.quarantine.jsonl").read_text().splitlines()]
-    assert [r["line"] for r in reasons] == list(range(2, 14))
+    assert [r["line"] for r in reasons] == list(range(2, 16))
     expected = ["truncation_step must be an integer", "truncation_step must be an integer", "noise_level must be",
                 "noise_level must be", "must be strings", "missing field(s) ['suffix_l']", "duplicate pair id",
-                "leaves the image root", "image unreadable", "image not found", "not a JSON object", "malformed JSON"]
+                "leaves the image root", "image unreadable", "image not found", "not a JSON object",
+                "context must be", "context must be", "malformed JSON"]
     assert all(text in r["reason"] for text, r in zip(expected, reasons)), reasons

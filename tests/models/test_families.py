@@ -7,10 +7,12 @@ a tiny checkpoint of each family and compares that path with the checkpoint's ow
 the processor's encoding of the whole text, one sequence at a time.
 """
 
+import dataclasses
+
 import pytest
 import torch
 
-from sherlock.chat import user_turn
+from sherlock.chat import prompt_turns
 from sherlock.data.preferences import read_pairs
 from sherlock.data.schema import open_image
 from sherlock.models.families import FAMILIES, TOKEN_KEYS
@@ -27,7 +29,7 @@ def reference_logps(model, processor, pair, image, end_of_turn: str) -> list[flo
     forward gives the logits."""
     values = []
     for prompt, prefix, suffix in pair_sequences(pair):
-        context = processor.apply_chat_template([user_turn(prompt)], add_generation_prompt=True) + prefix
+        context = processor.apply_chat_template(prompt_turns(prompt, pair.context), add_generation_prompt=True) + prefix
         context_ids = processor(images=[[image]], text=[context], return_tensors="pt")["input_ids"][0]
         whole = processor(images=[[image]], text=[context + suffix + end_of_turn], return_tensors="pt")
         suffix_ids = processor.tokenizer(suffix + end_of_turn, add_special_tokens=False)["input_ids"]
@@ -47,8 +49,10 @@ def family_model(request, family_model_dirs):
 
 
 def test_the_batched_bucketed_padded_logps_equal_one_forward_per_sequence(family_model, preference_dir):
+    """The second pair is a follow-up question: its sequences come after an earlier turn."""
     name, model, processor = family_model
     pairs = read_pairs(preference_dir)[:3]
+    pairs[1] = dataclasses.replace(pairs[1], context=((pairs[0].question, pairs[0].chosen),))
     dataset = PreferenceDataset(pairs, preference_dir, processor)
     keys = set(dataset[0]["sequences"][0]) & set(TOKEN_KEYS)
     assert keys == set(FAMILIES[name].token_keys), "the family's per-token inputs travel with each sequence"
@@ -58,6 +62,9 @@ def test_the_batched_bucketed_padded_logps_equal_one_forward_per_sequence(family
     for row, pair in enumerate(pairs):
         expected = reference_logps(model, processor, pair, open_image(preference_dir, pair), dataset.end_of_turn)
         assert batched[row].tolist() == pytest.approx(expected, **TOLERANCE), (name, row)
+    alone = reference_logps(model, processor, dataclasses.replace(pairs[1], context=()),
+                            open_image(preference_dir, pairs[1]), dataset.end_of_turn)
+    assert max(abs(a - b) for a, b in zip(alone, batched[1].tolist())) > 0.01, "the earlier turn reaches the model"
 
 
 def test_each_sequence_sees_its_own_image(family_model, preference_dir):
