@@ -26,6 +26,7 @@ from sherlock.models.loading import CheckpointNotFoundError
 from sherlock.models.tiny import PRESETS, tokenizer_corpus
 from sherlock.serving.deploy import DeployConfig, DeployError, run_deploy
 from sherlock.serving.settings import ServeConfig
+from sherlock.stages.evaluate import RescoreConfig, run_rescore
 from sherlock.stages.registry import STAGES
 from sherlock.stages.runner import run_stage
 from sherlock.storage import Storage, StorageError, fetch, publish
@@ -159,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("demo", DemoConfig, run_demo, "embedded end-to-end job: data, tiny model, SFT, accuracy before/after"),
         ("experiment", ExperimentConfig, run_experiment,
          "all stages and ablations on the synthetic task for several seeds (docs/results.md)"),
+        ("rescore", RescoreConfig, run_rescore,
+         "score an evaluation's saved predictions again (the current answer extractor and grader; no model)"),
         ("plan-memory", PlanMemoryConfig, run_plan_memory,
          "memory per GPU of a training step (DeepSpeed's estimators for model states), and what would fit"),
         ("mlflow-access", AccessConfig, grant_access,

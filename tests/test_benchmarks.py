@@ -4,6 +4,7 @@ import base64
 import csv
 import io
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -20,7 +21,7 @@ from sherlock.benchmarks import (
 )
 from sherlock.config import ConfigError
 from sherlock.data.llava_cot import DataQualityError
-from sherlock.stages.evaluate import EvaluationConfig, EvaluationError, run_evaluation
+from sherlock.stages.evaluate import EvaluationConfig, EvaluationError, RescoreConfig, run_evaluation, run_rescore
 
 
 def _image(colour) -> str:
@@ -344,3 +345,37 @@ def test_mlflow_gets_each_benchmarks_own_aggregates_and_the_paper_average_only_o
     assert (flat["hallusionbench/fAcc"], flat["hallusionbench/qAcc"], flat["mmmu/dev"]) == (50.0, 25.0, 100.0)
     assert "paper_average/round_0" not in flat
     assert evaluation_metrics(metrics | {"paper_average_missing": []})["paper_average/round_0"] == 40.0
+
+
+def test_rescore_scores_saved_predictions_again_without_a_model(tsv_dir, tmp_path, capsys):
+    """Stale scores (as an older extractor left them) are replaced; what moved is counted per round; a
+    malformed file, a prediction of no item or a benchmark without its file is refused."""
+    from sherlock.cli import main
+
+    rows = [{"benchmark": "mmbench", "id": "0", "answer": "A", "prompt": "p",
+             "responses": [_conclude("A"), _conclude("C")], "correct": [False, False]},
+            {"benchmark": "mmbench", "id": "1", "answer": "B", "prompt": "p",
+             "responses": [_conclude("A"), _conclude("blue")], "correct": [True, False]}]
+    saved = tmp_path / "predictions.jsonl"
+    saved.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    main(["rescore", "--predictions", str(saved), "--benchmarks", f"mmbench={tsv_dir / 'mmbench.tsv'}",
+          "--output", str(tmp_path / "again")])
+    assert "mmbench round 0: 50.0 -> 50.0 (1 up, 1 down)" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "again/metrics.json").read_text())["benchmarks"]["mmbench"]
+    assert metrics["moved"] == [{"up": 1, "down": 1}, {"up": 1, "down": 0}]
+    assert [r["score"] for r in metrics["rounds"]] == [50.0, 50.0]
+    again = [json.loads(line) for line in (tmp_path / "again/predictions.jsonl").read_text().splitlines()]
+    assert [row["correct"] for row in again] == [[1.0, 0.0], [0.0, 1.0]]
+    assert [row["correct_before"] for row in again] == [row["correct"] for row in rows]
+
+    files, quarantine = f"mmbench={tsv_dir / 'mmbench.tsv'}", tmp_path / "bad/quarantine/predictions.jsonl"
+    for bad, error, match in [
+        (rows + [rows[0]], DataQualityError, "appears twice"),
+        ([rows[0] | {"correct": [True]}], DataQualityError, "one score per response"),
+        ([rows[0] | {"id": "7"}], ValueError, "'7' of mmbench is not an item"),
+        ([rows[0] | {"benchmark": "mme"}], ConfigError, r"predictions of \['mme'\]")]:
+        saved.write_text("".join(json.dumps(row) + "\n" for row in bad))
+        with pytest.raises(error) as raised:
+            run_rescore(RescoreConfig(predictions=str(saved), benchmarks=files, output=str(tmp_path / "bad")))
+        reason = quarantine.read_text() if error is DataQualityError else str(raised.value)
+        assert re.search(match, reason), reason

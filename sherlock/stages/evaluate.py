@@ -12,6 +12,8 @@ Outputs: ``metrics.json``, ``results.md``, ``accuracy_by_round.png`` and ``predi
 (every response, for auditing or an external judge), rewritten as each benchmark finishes; a
 benchmark that fails is recorded under ``errors`` and the others still run and report (the stage
 then fails, naming it). Quarantined benchmark rows: ``quarantine/<benchmark>.jsonl``.
+``sherlock rescore`` scores saved predictions again (:func:`run_rescore`) after the answer extractor
+or the grader changed, without a model.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from sherlock.benchmarks import (
 )
 from sherlock.chat import chat_prompt
 from sherlock.config import ConfigError, help_field, parse_named
-from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, load_data
+from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, BadLine, load_data, read_checked_jsonl
 from sherlock.data.schema import write_jsonl
 from sherlock.diagnostics import BlindPrior, departure_histogram, paired_difference, perception_scores
 from sherlock.generation import DecodingConfig, SamplingSettings, answer_with_corrections, generate
@@ -75,27 +77,43 @@ class ProtocolSettings(SamplingSettings):
 
 
 @dataclass(kw_only=True)
-class EvaluationConfig(ProtocolSettings):
-    model: str = help_field(help="checkpoint to evaluate", uri="model")
+class BenchmarkFiles:
+    """Which benchmark files are scored, what becomes of their bad rows and how open answers are graded
+    (evaluate and rescore)."""
+
     benchmarks: str = help_field(help="comma-separated NAME=PATH, NAME in llava_cot," + ",".join(BENCHMARKS),
                                   uri="named_data")
-    output: str = help_field(help="directory for metrics.json, results.md and the plot", uri="output")
+    output: str = help_field(help="directory for metrics.json, results.md, predictions.jsonl and the plot",
+                             uri="output")
     limit: int | None = help_field(None, "evaluate only the first N items of each benchmark")
     max_bad_fraction: float = help_field(DEFAULT_MAX_BAD_FRACTION, "refuse a benchmark file when more of its rows "
                                                                    "than this are quarantined")
-    describe_first: bool = help_field(False, "describe the image first and prefix the question with it (STIC DaR)")
     grader: str = help_field("rule", "MM-Vet's grader: 'rule' (its <AND>/<OR> answers matched in the CONCLUSION) "
                                      "or a model judge registered under the entry-point group sherlock.graders")
 
     def parsed_benchmarks(self) -> dict[str, str]:
         return parse_named(self.benchmarks, "benchmarks")
 
-    def check(self) -> None:
-        self.check_protocol()
+    def check_benchmarks(self) -> None:
         unknown = set(self.parsed_benchmarks()) - set(BENCHMARKS) - {"llava_cot"}
         if unknown:
             raise ConfigError(f"unknown benchmark(s) {sorted(unknown)}; known: llava_cot, {', '.join(BENCHMARKS)}")
         load_grader(self.grader)
+
+    def load(self, name: str, path: str) -> list[BenchmarkItem]:
+        """The benchmark's items; its bad rows go to ``<output>/quarantine/<name>.jsonl``."""
+        return load_benchmark(name, path, self.limit, Path(self.output) / "quarantine" / f"{name}.jsonl",
+                              self.max_bad_fraction)
+
+
+@dataclass(kw_only=True)
+class EvaluationConfig(ProtocolSettings, BenchmarkFiles):
+    model: str = help_field(help="checkpoint to evaluate", uri="model")
+    describe_first: bool = help_field(False, "describe the image first and prefix the question with it (STIC DaR)")
+
+    def check(self) -> None:
+        self.check_protocol()
+        self.check_benchmarks()
 
 
 def _score(result: dict | None) -> str:
@@ -202,8 +220,7 @@ def run_evaluation(config: EvaluationConfig) -> dict:
     predictions = []
     for name, path in config.parsed_benchmarks().items():
         try:
-            items = load_benchmark(name, path, config.limit, output / "quarantine" / f"{name}.jsonl",
-                                   config.max_bad_fraction)
+            items = config.load(name, path)
             questions = [i.prompt for i in items]
             if config.describe_first:
                 greedy = DecodingConfig(config.max_new_tokens, batch_size=config.generation_batch_size)
@@ -247,3 +264,92 @@ def write_outputs(metrics: dict, predictions: list[dict], output: Path, correcti
     (output / TABLE_FILE).write_text(markdown_table(metrics))
     write_jsonl(predictions, output / PREDICTIONS_FILE)
     plot_rounds(metrics, output / PLOT_FILE)
+
+
+@dataclass(kw_only=True)
+class RescoreConfig(BenchmarkFiles):
+    predictions: str = help_field(help="predictions.jsonl written by `sherlock evaluate` on these benchmark files")
+    seed: int = help_field(0, "seed of the paired bootstrap of SC − direct")
+
+
+def saved_predictions(path: Path, quarantine: Path) -> dict[str, dict[str, dict]]:
+    """The rows of a ``predictions.jsonl`` by benchmark and id; any malformed line (not an object, a
+    field of the wrong type, rounds of unequal length, a repeated id) refuses the file, naming the
+    line in ``quarantine``."""
+    rows: dict[str, dict[str, dict]] = {}
+
+    def row_of(row: object) -> list[dict]:
+        if not isinstance(row, dict):
+            raise BadLine("line is not a JSON object")
+        if not (isinstance(row.get("benchmark"), str) and isinstance(row.get("id"), str)):
+            raise BadLine("benchmark and id must be strings")
+        responses, correct = row.get("responses"), row.get("correct")
+        if not (isinstance(responses, list) and responses and all(isinstance(r, str) for r in responses)):
+            raise BadLine("responses must be a non-empty list of strings")
+        if not (isinstance(correct, list) and len(correct) == len(responses)
+                and all(isinstance(c, bool | int | float) for c in correct)):
+            raise BadLine("correct must hold one score per response")
+        if row["id"] in rows.setdefault(row["benchmark"], {}):
+            raise BadLine(f"{row['benchmark']} item {row['id']!r} appears twice")
+        rows[row["benchmark"]][row["id"]] = row
+        return [row]
+
+    read_checked_jsonl(path, row_of, quarantine, 0.0, "predictions")
+    return rows
+
+
+def matched_items(items: list[BenchmarkItem], rows: dict[str, dict], name: str) -> list[tuple[BenchmarkItem, dict]]:
+    """Each saved row with its item, in the benchmark's order. A row matches the item of its id, or the
+    one item whose id without its source prefix is the row's (predictions written before LLaVA-CoT ids
+    were namespaced by source); a row without an item is an error."""
+    by_id = {item.id: item for item in items}
+    bare: dict[str, list[BenchmarkItem]] = {}
+    for item in items:
+        bare.setdefault(item.id.split("/", 1)[-1], []).append(item)
+    pairs = {}
+    for key, row in rows.items():
+        item = by_id.get(key) or (bare[key][0] if len(bare.get(key, [])) == 1 else None)
+        if item is None:
+            raise ValueError(f"saved prediction {key!r} of {name} is not an item of its benchmark file")
+        pairs[item.id] = (item, row)
+    return [pairs[item.id] for item in items if item.id in pairs]
+
+
+def run_rescore(config: RescoreConfig) -> dict:
+    """Score saved predictions again with the current answer extractor and grader: no model, the
+    benchmark files they were made on. Writes the evaluate outputs (each row's ``correct`` re-scored,
+    ``correct_before`` kept) and, per benchmark and round, how many scores moved up and down."""
+    config.check_benchmarks()
+    grader = load_grader(config.grader)
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    saved = saved_predictions(Path(config.predictions), output / "quarantine" / "predictions.jsonl")
+    unknown = set(saved) - set(config.parsed_benchmarks())
+    if unknown:
+        raise ConfigError(f"{config.predictions} holds predictions of {sorted(unknown)}: name their files too")
+    metrics: dict = {"rescored": config.predictions, "benchmarks": {}}
+    predictions, num_rounds = [], set()
+    for name, path in config.parsed_benchmarks().items():
+        if name not in saved:
+            raise ConfigError(f"{config.predictions} holds no predictions of {name}")
+        matched = matched_items(config.load(name, path), saved[name], name)
+        num_rounds |= {len(row["responses"]) for _, row in matched}
+        if len(num_rounds) > 1:
+            raise ValueError(f"{config.predictions}: the rows hold different numbers of rounds {sorted(num_rounds)}")
+        items = [item for item, _ in matched]
+        hits = [[item_score(item, row["responses"][k], grader) for item, row in matched]
+                for k in range(len(matched[0][1]["responses"]))]
+        before = [[float(row["correct"][k]) for _, row in matched] for k in range(len(hits))]
+        result = {"path": path, "rounds": [score_items(name, items, h) for h in hits],
+                  "moved": [{"up": sum(n > o for n, o in zip(now, old)), "down": sum(n < o for n, o in zip(now, old))}
+                            for now, old in zip(hits, before)]}
+        if len(hits) > 1:
+            result["sc_minus_direct"] = paired_difference(hits[-1], hits[0], seed=config.seed)
+        metrics["benchmarks"][name] = result
+        predictions += [row | {"id": item.id, "correct": [h[j] for h in hits], "correct_before": row["correct"]}
+                        for j, (item, row) in enumerate(matched)]
+        for k, (scores, moved) in enumerate(zip(result["rounds"], result["moved"])):
+            old = score_items(name, items, before[k])["score"]
+            print(f"{name} round {k}: {old:.1f} -> {scores['score']:.1f} ({moved['up']} up, {moved['down']} down)")
+    write_outputs(metrics, predictions, output, num_rounds.pop() - 1)
+    return metrics

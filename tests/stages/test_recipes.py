@@ -93,7 +93,7 @@ def test_scl_types_keep_only_mixed_outcomes_in_the_right_direction():
 
 def test_review_turn_continues_the_same_chat(tiny_model_dir):
     _, processor = load_vlm(tiny_model_dir)
-    (conversation,) = review_conversations(["Q?"], ["first answer"], review_prompt=1)
+    (conversation,) = review_conversations(["Q?"], ["first answer"], review_prompt=1, contexts=[()])
     text = processor.apply_chat_template(conversation, add_generation_prompt=True)
     assert text.count("<|image|>") == 1 and text.index("<|image|>") < text.index("Q?")
     assert text.index("Q?") < text.index("first answer") < text.index(SCL_REVIEW_PROMPTS[1])
