@@ -21,6 +21,7 @@ from sherlock.stages.runner import run_stage
 from sherlock.storage import MANIFEST_FILE, fetch, publish
 
 EMBEDDED = "embedded"  # the value of base_model / train_data that selects the embedded default
+EMBEDDED_FAMILY = "embedded:"  # base_model embedded:<family>: a tiny model of that family, drawn at random
 
 
 def step_uri(output_root: str, pipeline_run_id: str, name: str) -> str:
@@ -69,10 +70,17 @@ def embedded_inputs(base_model: str, train_data: str, benchmarks: str, output_ro
     The embedded default is the synthetic visual-reasoning task (train and held-out sets from
     different seeds) and the committed base model: a tiny Llama-3.2-Vision pre-trained on synthetic
     perception questions (:func:`sherlock.models.embedded_base`, checked by its digest).
+    ``embedded:FAMILY`` (a name of :data:`sherlock.models.families.FAMILIES`) is instead a tiny model
+    of that family drawn at random, its tokenizer trained on the run's training data: every stage on
+    that architecture, not a model that has learnt anything yet.
     """
+    from sherlock.data.llava_cot import load_data
     from sherlock.data.synthetic import generate_synthetic
     from sherlock.models import embedded_base
+    from sherlock.models.families import family
+    from sherlock.models.tiny import tokenizer_corpus
 
+    tiny_family = family(base_model.removeprefix(EMBEDDED_FAMILY)) if base_model.startswith(EMBEDDED_FAMILY) else None
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         if train_data == EMBEDDED:
@@ -84,6 +92,10 @@ def embedded_inputs(base_model: str, train_data: str, benchmarks: str, output_ro
             benchmarks += "/data.jsonl"
         if base_model == EMBEDDED:
             shutil.copytree(embedded_base(), scratch / "base", ignore=shutil.ignore_patterns(MANIFEST_FILE))
+            base_model = publish(scratch / "base", step_uri(output_root, pipeline_run_id, "models/base"))
+        elif tiny_family is not None:
+            corpus = tokenizer_corpus(load_data(fetch(train_data)).records)
+            tiny_family.build(scratch / "base", corpus, seed=seed)
             base_model = publish(scratch / "base", step_uri(output_root, pipeline_run_id, "models/base"))
     return base_model, train_data, benchmarks
 

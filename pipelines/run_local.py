@@ -9,6 +9,7 @@ registered champion, served from the MLflow registry by ``sherlock serve`` (a KS
     python -m pipelines.run_local --recipe scl    # the SCL (or stic) pipeline
     python -m pipelines.run_local --quick         # a reduced configuration (the test suite's)
     python -m pipelines.run_local --quick --gpus 2  # every GPU step on 2 ranks (torchrun, gloo)
+    python -m pipelines.run_local --quick --base-model embedded:gemma3  # the same on a tiny Gemma 3
 
 Tasks run as kfp.local's subprocesses, forked from a warm interpreter that imported torch,
 transformers, TRL and MLflow once (:mod:`pipelines.warm_tasks`; ``--cold-tasks``: a fresh
@@ -107,6 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="start every task in a fresh interpreter instead of forking a warm one")
     parser.add_argument("--gpus", type=int, default=1,
                         help="the pipeline's gpus: each GPU step runs on this many ranks (on CPU here: gloo)")
+    parser.add_argument("--base-model", default="embedded",
+                        help="the pipeline's base_model: embedded (the committed tiny Mllama), embedded:FAMILY "
+                             "(a tiny model of that family drawn at random), or a checkpoint URI")
     args = parser.parse_args(argv)
     if args.online_iterations is not None and args.recipe != "sherlock":
         parser.error("--online-iterations applies to the Sherlock recipe only")
@@ -133,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     pipeline = components.load_component_from_file(str(package))
     start = time.perf_counter()
     with contextlib.nullcontext() if args.cold_tasks else warm_tasks():
-        pipeline(**embedded_arguments(workdir, args.quick, args.recipe), gpus=args.gpus)
+        pipeline(**embedded_arguments(workdir, args.quick, args.recipe), gpus=args.gpus, base_model=args.base_model)
     total = time.perf_counter() - start
     return report(workdir, total, model_name(args.recipe))
 

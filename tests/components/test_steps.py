@@ -35,3 +35,19 @@ def test_the_html_report_escapes_what_it_is_given():
     table = evaluation_table_html(metrics)
     assert "<script>" not in table and "&lt;script&gt;x&lt;/script&gt;" in table
     assert table.count("<tr>") == 2 and "<td>40.0</td>" in table
+
+
+def test_embedded_family_builds_a_tiny_model_of_that_family_on_the_runs_data(tmp_path):
+    """``base_model=embedded:FAMILY`` (a run parameter): a family of the registry, nothing else."""
+    from sherlock.models.loading import load_vlm
+
+    base, train, _ = embedded_inputs("embedded:idefics3", "embedded", "embedded", str(tmp_path), "r",
+                                     num_items=12, eval_items=4)
+    assert base == str(tmp_path / "r/models/base") and train == str(tmp_path / "r/data/train")
+    model, processor = load_vlm(base)
+    assert type(model).__name__ == "Idefics3ForConditionalGeneration"
+    assert type(processor).__name__ == "Idefics3Processor"
+    for hostile in ("embedded:../../etc", "embedded:qwen9", "embedded:"):
+        with pytest.raises(ValueError, match="unknown model family"):
+            embedded_inputs(hostile, "embedded", "embedded", str(tmp_path / "x"), "r", num_items=4, eval_items=4)
+    assert not (tmp_path / "x").exists()  # refused before anything was written

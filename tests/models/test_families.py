@@ -182,3 +182,48 @@ def test_lora_adapts_exactly_the_language_models_projections(fresh_model):
     adapted = {parameter.split(".lora_")[0].removeprefix("base_model.model.") for parameter in trainable}
     assert all(".lora_A." in p or ".lora_B." in p for p in trainable), name
     assert adapted == projections, name
+
+
+
+@pytest.mark.parametrize("name", sorted(set(FAMILIES) - {"mllama"}))  # Mllama: every stage test
+def test_every_generating_stage_and_evaluation_run_on_the_family(name, family_model_dirs, subset_dir, tmp_path,
+                                                                register_judge):
+    """On one family's checkpoint: Y^l (seeded: the same twice), offline pairs, an online iteration, SCL's
+    review turn, STIC pairs and evaluation with a correction round (serving: tests/serving)."""
+    from sherlock.data.llava_cot import load_data
+    from sherlock.data.schema import read_jsonl
+    from sherlock.generation import DecodingConfig, generate
+    from sherlock.prompts import SCL_REVIEW_PROMPTS
+    from sherlock.stages.evaluate import EvaluationConfig, run_evaluation
+    from sherlock.stages.online import OnlineConfig, run_online_iteration
+    from sherlock.stages.preferences import PreferenceDataConfig, run_build_preferences
+    from sherlock.stages.rejected import SampleRejectedConfig, run_sample_rejected
+    from sherlock.stages.scl import review_conversations
+    from sherlock.stages.stic import STICPairsConfig, run_stic_pairs
+
+    model_dir, data = str(family_model_dirs[name]), str(subset_dir)
+
+    def rejected(output: str) -> list[dict]:
+        return read_jsonl(run_sample_rejected(SampleRejectedConfig(model=model_dir, data=data, output=str(
+            tmp_path / output), max_new_tokens=8, seed=1)))
+
+    samples = rejected("y1")
+    assert len(samples) == 16 and samples == rejected("y2")
+    pairs = read_pairs(run_build_preferences(PreferenceDataConfig(
+        model=model_dir, data=data, output=str(tmp_path / "pairs"), max_new_tokens=8)).parent)
+    assert pairs and all(pair.prefix_w == pair.prefix_l for pair in pairs)
+    register_judge("always", "return True")
+    load_vlm(run_online_iteration(OnlineConfig(model=model_dir, data=data, output=str(tmp_path / "online"), num_pairs=2,
+                                               judge="always", truncation_steps="1", max_new_tokens=8, max_steps=1,
+                                               batch_size=2)))
+    model, processor = load_vlm(model_dir)
+    review = review_conversations(["Q?"], ["first answer"], 1, [()])
+    text = processor.apply_chat_template(review[0], add_generation_prompt=True)
+    assert text.index("Q?") < text.index("first answer") < text.index(SCL_REVIEW_PROMPTS[1])
+    image = open_image(subset_dir, load_data(subset_dir).records[0])
+    assert len(generate(model, processor, review, [image], config=DecodingConfig(max_new_tokens=6))) == 1
+    assert read_pairs(run_stic_pairs(STICPairsConfig(model=model_dir, data=data, output=str(tmp_path / "stic"),
+                                                     temperature=0.0, max_new_tokens=6)).parent)
+    metrics = run_evaluation(EvaluationConfig(model=model_dir, benchmarks=f"llava_cot={data}", output=str(
+        tmp_path / "eval"), limit=4, correction_rounds=1, max_new_tokens=8, greedy_direct=False, blank_image=False))
+    assert len(metrics["benchmarks"]["llava_cot"]["rounds"]) == 2
