@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "serving")
+BENCHMARKS = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "serving", "P9")
+GPU_ONLY = ("P9",)  # run only when named: CUDA and the vllm extra
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few items per benchmark (CI smoke test)")
-    parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {BENCHMARKS}")
+    parser.add_argument("--only", default=",".join(b for b in BENCHMARKS if b not in GPU_ONLY),
+                        help=f"comma-separated subset of {BENCHMARKS} (default: all but {GPU_ONLY}, which need a GPU)")
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model preset of the workspace")
     parser.add_argument("--workdir", type=Path, default=Path("runs/bench"))
     parser.add_argument("--output", type=Path, default=None, help="JSON results (default: WORKDIR/results.json)")
@@ -44,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         p6_sherlock_sft,
         p7_task_startup,
         p8_ranks,
+        p9_vllm,
         serving,
     )
     from bench.common import build_workspace, machine, write_results
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     results, failures = [], []
     runners = {"P1": p1_preference_step.run, "P2": p2_dpo.run, "P3": p3_preference_data.run,
                "P5": p5_training_efficiency.run, "P6": p6_sherlock_sft.run,
-               "P7": p7_task_startup.run, "P8": p8_ranks.run, "serving": serving.run}
+               "P7": p7_task_startup.run, "P8": p8_ranks.run, "serving": serving.run, "P9": p9_vllm.run}
     for name in selected:
         start = time.perf_counter()
         try:

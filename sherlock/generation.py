@@ -40,7 +40,7 @@ class DecodingConfig:
     top_p: float = 1.0
     batch_size: int = 32
     seed: int = 0
-
+    engine: str = "hf"  # or "vllm" (sherlock.models.vllm_engine)
 
 
 @dataclass(kw_only=True)
@@ -51,9 +51,12 @@ class SamplingSettings:
     top_p: float = help_field(1.0, "nucleus sampling threshold")
     max_new_tokens: int = help_field(512, "longest generated response")
     generation_batch_size: int = help_field(32, "prompts per generate call")
+    engine: str = help_field("hf", "generation engine: hf (transformers) or vllm (the vllm extra and a CUDA GPU; "
+                                   "Gemma 3 and Idefics3 checkpoints)")
 
     def decoding(self, seed: int) -> DecodingConfig:
-        return DecodingConfig(self.max_new_tokens, self.temperature, self.top_p, self.generation_batch_size, seed)
+        return DecodingConfig(self.max_new_tokens, self.temperature, self.top_p, self.generation_batch_size, seed,
+                              self.engine)
 
 
 def item_seed(seed: int, stream: str, key: str) -> int:
@@ -95,6 +98,13 @@ class Abandoned(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.abandoned(), dtype=torch.bool, device=input_ids.device)
 
 
+def prompt_text(processor, prompt: str | list[dict], prefix: str, num_images: int) -> str:
+    """The text a response is generated after: the chat-templated prompt (one user turn holding
+    ``num_images`` images, or a conversation), then the assistant's ``prefix``."""
+    messages = prompt if isinstance(prompt, list) else [user_turn(prompt, num_images)]
+    return processor.apply_chat_template(messages, add_generation_prompt=True) + prefix
+
+
 def generate(
     model,
     processor,
@@ -118,6 +128,9 @@ def generate(
     Under torchrun the batches are shared out over the ranks (:func:`sherlock.distributed.map_batches`):
     every rank returns all the outputs, the same as one rank would.
 
+    With ``config.engine == "vllm"``, ``model`` is a :class:`sherlock.models.vllm_engine.VLLMModel` and
+    vLLM generates every item from the same prompt text (:func:`prompt_text`) with the item's seed.
+
     Returns the generated continuations only (the prefix is not repeated), cut after the first
     ``</CONCLUSION>``; cut short when ``abandoned()`` turns true (:class:`Abandoned`).
     """
@@ -128,6 +141,13 @@ def generate(
         raise ValueError(f"got {len(prompts)} prompts, {len(images)} images, {len(prefixes)} prefixes "
                          f"and {len(keys)} keys")
     images = [[image] if isinstance(image, Image.Image) else list(image) for image in images]
+    if config.engine == "vllm":
+        from sherlock.models.vllm_engine import vllm_generate
+
+        texts = [prompt_text(processor, prompt, prefix, len(shown)) for prompt, prefix, shown in
+                 zip(prompts, prefixes, images)]
+        return vllm_generate(model, texts, images, config.max_new_tokens, config.temperature, config.top_p,
+                             [item_seed(config.seed, stream, key) for key in keys])
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"
     sampling = config.temperature > 0
@@ -144,11 +164,8 @@ def generate(
 
     def generate_batch(start: int) -> list[str]:
         stop = start + config.batch_size
-        texts = [
-            processor.apply_chat_template(prompt if isinstance(prompt, list) else [user_turn(prompt, len(shown))],
-                                          add_generation_prompt=True) + prefix
-            for prompt, prefix, shown in zip(prompts[start:stop], prefixes[start:stop], images[start:stop])
-        ]
+        texts = [prompt_text(processor, prompt, prefix, len(shown))
+                 for prompt, prefix, shown in zip(prompts[start:stop], prefixes[start:stop], images[start:stop])]
         batch = processor(images=images[start:stop], text=texts, padding=True, return_tensors="pt").to(model.device)
         sampler = LogitsProcessorList([PerItemSampler(
             [item_seed(config.seed, stream, key) for key in keys[start:stop]], config.temperature, config.top_p)]

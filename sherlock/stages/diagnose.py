@@ -15,14 +15,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from sherlock import distributed
 from sherlock.benchmarks import load_benchmark
 from sherlock.config import ConfigError, help_field
 from sherlock.data.llava_cot import load_data
 from sherlock.diagnostics import BlindPrior, leave_one_out_prior_accuracy
-from sherlock.models.loading import load_vlm
+from sherlock.models.loading import load_generator
 from sherlock.stages.evaluate import ProtocolSettings, evaluate_benchmark
 from sherlock.stages.io import record_stage_config
 from sherlock.stages.registry import STAGES
@@ -48,7 +46,7 @@ def run_diagnose(config: DiagnoseConfig) -> dict:
     """Diagnose ``config.model`` on ``config.data``; writes and returns the diagnostics."""
     config.check()
     items = load_benchmark("llava_cot", config.data, config.num_items)
-    model, processor = load_vlm(config.model, dtype=torch.float32, device=distributed.device())
+    model, processor = load_generator(config.model, config.engine, distributed.device())
     prior = BlindPrior(load_data(config.prior_data).records) if config.prior_data else None
     result, _, _ = evaluate_benchmark(model, processor, "llava_cot", items, config, prior)
     rounds = [r["score"] / 100 for r in result["rounds"]]

@@ -24,7 +24,6 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 from sherlock import distributed
@@ -46,7 +45,7 @@ from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, BadLine, load_data
 from sherlock.data.schema import write_jsonl
 from sherlock.diagnostics import BlindPrior, departure_histogram, paired_difference, perception_scores
 from sherlock.generation import DecodingConfig, SamplingSettings, answer_with_corrections, generate
-from sherlock.models.loading import load_vlm
+from sherlock.models.loading import load_generator
 from sherlock.plots import plot_rounds
 from sherlock.prompts import STIC_DAR_PROMPT, stic_description_infused
 from sherlock.stages.io import record_stage_config
@@ -211,7 +210,7 @@ def run_evaluation(config: EvaluationConfig) -> dict:
     :class:`EvaluationError` names the failed ones at the end."""
     config.check()
     grader = load_grader(config.grader)
-    model, processor = load_vlm(config.model, dtype=torch.float32, device=distributed.device())
+    model, processor = load_generator(config.model, config.engine, distributed.device())
     prior = BlindPrior(load_data(config.prior_data).records) if config.prior_data else None
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)

@@ -70,6 +70,8 @@ class OnlineConfig(PreferenceTrainingConfig, PerturbationSettings, SamplingSetti
             raise ConfigError("num_pairs must be positive")
         if self.reference is not None:
             raise ConfigError("the online reference is always π_{k-1} (the starting model); leave reference unset")
+        if self.engine != "hf":
+            raise ConfigError("an online iteration samples with the model it trains: engine must be hf")
         super().check()
 
 

@@ -13,7 +13,6 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 from sherlock import distributed
@@ -23,7 +22,7 @@ from sherlock.data.llava_cot import load_data
 from sherlock.data.preferences import Perturbation, PreferencePair, draw_perturbation, write_pairs
 from sherlock.data.schema import PAIRS_FILE, open_image
 from sherlock.generation import DecodingConfig, SamplingSettings, generate
-from sherlock.models.loading import load_vlm
+from sherlock.models.loading import load_generator
 from sherlock.reasoning import truncate
 from sherlock.stages.io import record_stage_config
 from sherlock.stages.registry import STAGES
@@ -106,7 +105,7 @@ def run_build_preferences(config: PreferenceDataConfig) -> Path:
     rng = random.Random(config.seed)
     draws = [draw_perturbation(rng, config.scheme, config.steps()) for _ in data.records]
     splits = [truncate(r.response, d.truncation_step) for r, d in zip(data.records, draws)]
-    model, processor = load_vlm(config.model, dtype=torch.float32, device=distributed.device())
+    model, processor = load_generator(config.model, config.engine, distributed.device())
     suffixes = rejected_suffixes(
         model, processor, [chat_prompt(r.question, r.context) for r in data.records],
         [open_image(data.image_root, r) for r in data.records],

@@ -6,8 +6,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from sherlock import distributed
 from sherlock.answers import is_correct, options_in
 from sherlock.chat import chat_prompt
@@ -16,7 +14,7 @@ from sherlock.data.llava_cot import load_data
 from sherlock.data.schema import open_image, write_jsonl
 from sherlock.diagnostics import departure_histogram
 from sherlock.generation import SamplingSettings, generate
-from sherlock.models.loading import load_vlm
+from sherlock.models.loading import load_generator
 from sherlock.stages.io import record_stage_config
 from sherlock.stages.registry import STAGES
 
@@ -40,7 +38,7 @@ def run_sample_rejected(config: SampleRejectedConfig) -> Path:
     the wrong ones: what a correction sequence teaches to fix.
     """
     data = load_data(config.data)
-    model, processor = load_vlm(config.model, dtype=torch.float32, device=distributed.device())
+    model, processor = load_generator(config.model, config.engine, distributed.device())
     images = [open_image(data.image_root, r) for r in data.records]
     samples = generate(model, processor, [chat_prompt(r.question, r.context) for r in data.records], images,
                        config=config.decoding(config.seed), desc="sampling Y^l", stream="Y^l",

@@ -28,8 +28,6 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from sherlock import distributed
 from sherlock.answers import is_correct, options_in
 from sherlock.chat import Context, assistant_turn, chat_prompt, follow_up_turn, prompt_turns
@@ -38,7 +36,7 @@ from sherlock.data.llava_cot import load_data
 from sherlock.data.preferences import PreferencePair
 from sherlock.data.schema import Record, open_image, write_jsonl
 from sherlock.generation import SamplingSettings, generate
-from sherlock.models.loading import load_vlm
+from sherlock.models.loading import load_generator
 from sherlock.prompts import SCL_DEFAULT_REVIEW_PROMPT, SCL_REVIEW_PROMPTS, scl_first_turn, scl_review_turn
 from sherlock.reasoning import conclusion_text
 from sherlock.stages.io import record_stage_config
@@ -129,7 +127,7 @@ def run_scl_pairs(config: SCLPairsConfig) -> Path:
     if unlabelled:
         raise ValueError(f"{len(unlabelled)} records of {config.data} have no gold answer (first: {unlabelled[0]}); "
                          "SCL types need the correctness of both turns")
-    model, processor = load_vlm(config.model, dtype=torch.float32, device=distributed.device())
+    model, processor = load_generator(config.model, config.engine, distributed.device())
     images = [open_image(data.image_root, r) for r in data.records]
     decoding = config.decoding(config.seed)
     first_turns = [scl_first_turn(r.question) if config.first_turn == "scl" else r.question for r in data.records]

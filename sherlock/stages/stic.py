@@ -25,8 +25,6 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from sherlock import distributed
 from sherlock.config import ConfigError, help_field
 from sherlock.data.llava_cot import DATA_FILE, load_data, write_llava_cot
@@ -34,7 +32,7 @@ from sherlock.data.preferences import PreferencePair
 from sherlock.data.sampling import link_or_copy
 from sherlock.data.schema import open_image, write_jsonl
 from sherlock.generation import SamplingSettings, generate
-from sherlock.models.loading import load_vlm
+from sherlock.models.loading import load_generator
 from sherlock.perturb import stic_corruption
 from sherlock.prompts import (
     STIC_DESCRIPTION_PROMPT,
@@ -90,7 +88,7 @@ def run_stic_pairs(config: STICPairsConfig) -> Path:
     images = [open_image(data.image_root, r) for r in data.records]
     corrupted = [(image, HALLUCINATION) if d.corruption_seed is None else stic_corruption(image, d.corruption_seed)
                  for d, image in zip(draws, images)]
-    model, processor = load_vlm(config.model, dtype=torch.float32, device=distributed.device())
+    model, processor = load_generator(config.model, config.engine, distributed.device())
     decoding = config.decoding(config.seed)
     preferred = generate(model, processor, [STIC_DESCRIPTION_PROMPT] * len(images), images, config=decoding,
                          desc="STIC preferred descriptions", stream="STIC y_w",
@@ -127,7 +125,7 @@ def run_stic_describe(config: STICDescribeConfig) -> Path:
             raise ConfigError(f"num_items must be in 1..{len(records)} (the data set's size), got {config.num_items}")
         records = rng.sample(records, config.num_items)
     prompts = [rng.choice(STIC_SIMPLE_PROMPTS) for _ in records]
-    model, processor = load_vlm(config.model, dtype=torch.float32, device=distributed.device())
+    model, processor = load_generator(config.model, config.engine, distributed.device())
     descriptions = generate(model, processor, prompts, [open_image(data.image_root, r) for r in records],
                             config=config.decoding(config.seed), desc="STIC stage-2 descriptions",
                             stream="STIC description", keys=[r.id for r in records])

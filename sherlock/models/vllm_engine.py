@@ -1,0 +1,83 @@
+"""vLLM as the generation engine (``engine: vllm``) behind :func:`sherlock.generation.generate`.
+
+The contract is the HF engine's: the same prompt text (the chat template, then the prefix the
+response continues), every image of the item, the continuation only, cut after ``</CONCLUSION>``,
+and one seed per item (:func:`sherlock.generation.item_seed`). vLLM draws its own stream from that
+seed, so sampled responses differ from HF's, but not between batches or runs; greedy ones should
+agree up to numerics.
+
+vLLM is an optional extra (``pip install 'sherlock-vlm[vllm]'``, a CUDA GPU), imported only here. It
+serves the Gemma 3 and Idefics3 families, and no longer Mllama: vLLM dropped its encoder-decoder
+models, Mllama among them, with its V0 engine (vllm-project/vllm#24907, v0.10.2). One process drives
+the engine: a step on several ranks keeps ``engine: hf``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from sherlock import distributed
+from sherlock.config import ConfigError
+from sherlock.models.loading import require_checkpoint
+from sherlock.reasoning import CONCLUSION_END, cut_after_conclusion
+
+VLLM_FAMILIES = ("gemma3", "idefics3")  # config.json model_type; vLLM has no Mllama since #24907
+MAX_IMAGES_PER_PROMPT = 8  # MMMU questions hold up to 7
+
+
+@dataclass(frozen=True)
+class VLLMModel:
+    """A checkpoint loaded into a ``vllm.LLM``: what generation stages hold in place of the HF model."""
+
+    path: Path
+    llm: object
+
+
+def check_vllm_checkpoint(path: str | Path) -> Path:
+    """The checkpoint, if vLLM can serve it here (its family, one rank); a :class:`ConfigError` otherwise."""
+    path = require_checkpoint(path)
+    model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    if model_type not in VLLM_FAMILIES:
+        raise ConfigError(f"engine vllm: {path} is a {model_type!r} checkpoint; vLLM serves {VLLM_FAMILIES} here "
+                          "(it dropped Mllama in vllm-project/vllm#24907); use engine hf")
+    if distributed.world_size() > 1:
+        raise ConfigError("engine vllm runs in one process; run this step on one rank or with engine hf")
+    return path
+
+
+def load_vllm(path: str | Path) -> VLLMModel:
+    path = check_vllm_checkpoint(path)
+    try:
+        import vllm
+    except ImportError:
+        raise ConfigError("engine vllm needs the vllm extra: pip install 'sherlock-vlm[vllm]' (a CUDA GPU)") from None
+    return VLLMModel(path, vllm.LLM(model=str(path), seed=0, limit_mm_per_prompt={"image": MAX_IMAGES_PER_PROMPT}))
+
+
+def vllm_requests(texts: list[str], images: list[list[Image.Image]], max_new_tokens: int, temperature: float,
+                  top_p: float, seeds: list[int]) -> tuple[list[dict], list[dict]]:
+    """vLLM's prompts (text + ``multi_modal_data``) and the keyword arguments of each item's
+    ``SamplingParams``: greedy at ``temperature`` 0 (no seed), else the item's own seed."""
+    sampling = temperature > 0
+    prompts = [{"prompt": text, "multi_modal_data": {"image": list(shown)}}
+               for text, shown in zip(texts, images, strict=True)]
+    params = [{"max_tokens": max_new_tokens, "temperature": temperature if sampling else 0.0,
+               "top_p": top_p if sampling else 1.0, "seed": seed if sampling else None, "stop": [CONCLUSION_END],
+               "include_stop_str_in_output": True, "skip_special_tokens": True} for seed in seeds]
+    if len(params) != len(prompts):
+        raise ValueError(f"got {len(prompts)} prompts and {len(seeds)} seeds")
+    return prompts, params
+
+
+def vllm_generate(model: VLLMModel, texts: list[str], images: list[list[Image.Image]], max_new_tokens: int,
+                  temperature: float, top_p: float, seeds: list[int]) -> list[str]:
+    """One continuation per item, in order, cut after ``</CONCLUSION>``."""
+    from vllm import SamplingParams
+
+    prompts, params = vllm_requests(texts, images, max_new_tokens, temperature, top_p, seeds)
+    outputs = model.llm.generate(prompts, [SamplingParams(**p) for p in params], use_tqdm=True)
+    return [cut_after_conclusion(output.outputs[0].text) for output in outputs]
