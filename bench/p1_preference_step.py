@@ -4,7 +4,8 @@ Project: :class:`SherlockTrainer`'s loss — the unique sequences of a batch of 
 forward pass, reference log-probs from the cache. Baseline: the same objective computed naively —
 a policy forward and a reference forward for every one of the 10 sequences of every pair, every
 step. Both start from the same weights, see the same batches and take AdamW steps; the losses
-must agree to 1e-5.
+must agree to 1e-5. Measured on the workspace's tiny Mllama and on a tiny model of every other family
+(:data:`sherlock.models.families.FAMILIES`, its tokenizer trained on the workspace's data).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def naive_logps(model, item: dict, collator) -> torch.Tensor:
     return torch.stack(values)
 
 
-def measure(workspace: Workspace, steps: int, batch_size: int, device: torch.device) -> Result:
+def measure(workspace: Workspace, model_dir, family: str, steps: int, batch_size: int, device: torch.device) -> Result:
     from transformers import TrainingArguments
 
     from sherlock.data.preferences import read_pairs
@@ -45,7 +46,7 @@ def measure(workspace: Workspace, steps: int, batch_size: int, device: torch.dev
         sherlock_objective,
     )
 
-    model, processor = load_vlm(workspace.model, dtype=torch.float32, device=str(device))
+    model, processor = load_vlm(model_dir, dtype=torch.float32, device=str(device))
     pairs = read_pairs(workspace.pairs)
     dataset = PreferenceDataset(pairs, workspace.pairs, processor)
     collator = PreferenceCollator(processor.tokenizer.pad_token_id)
@@ -75,7 +76,7 @@ def measure(workspace: Workspace, steps: int, batch_size: int, device: torch.dev
             items = [dataset[i] for i in indices]
             differences.append(abs(float(project_loss(items)) - float(naive_loss(model, items))))
     if max(differences) > TOLERANCE:
-        raise AssertionError(f"P1: the losses differ by {max(differences):.2e} > {TOLERANCE}")
+        raise AssertionError(f"P1 [{family}]: the losses differ by {max(differences):.2e} > {TOLERANCE}")
 
     # the speed: separate copies from the same weights, the same batches in the same order
     naive_model = copy.deepcopy(model)
@@ -96,10 +97,22 @@ def measure(workspace: Workspace, steps: int, batch_size: int, device: torch.dev
 
     times = alternate({"project": lambda: step("project"), "baseline": lambda: step("baseline")}, rounds=steps)
     project, baseline = batch_size / median(times["project"]), batch_size / median(times["baseline"])
-    return Result("P1 Sherlock preference step", "pairs/s", project, baseline, project / baseline, TARGET, {
-        "batch_pairs": batch_size, "steps": steps, "max_loss_difference": max(differences),
+    name = "P1 Sherlock preference step" + ("" if family == "mllama" else f" [{family}]")
+    return Result(name, "pairs/s", project, baseline, project / baseline, TARGET, {
+        "family": family, "batch_pairs": batch_size, "steps": steps, "max_loss_difference": max(differences),
         "peak_memory_mib": memory})
 
 
-def run(workspace: Workspace, quick: bool, device: torch.device) -> Result:
-    return measure(workspace, steps=2 if quick else 8, batch_size=2 if quick else 4, device=device)
+def run(workspace: Workspace, quick: bool, device: torch.device) -> list[Result]:
+    from sherlock.data.llava_cot import load_llava_cot
+    from sherlock.models.families import FAMILIES
+    from sherlock.models.tiny import tokenizer_corpus
+
+    models = {"mllama": workspace.model}
+    for name in sorted(set(FAMILIES) - {"mllama"}):
+        models[name] = workspace.root / f"p1-{name}"
+        if not (models[name] / "config.json").exists():
+            records = load_llava_cot(workspace.data / "data.jsonl").records
+            FAMILIES[name].build(models[name], tokenizer_corpus(records))
+    return [measure(workspace, model_dir, name, steps=2 if quick else 8, batch_size=2 if quick else 4, device=device)
+            for name, model_dir in models.items()]

@@ -34,27 +34,36 @@ IMAGE, PAD = "<|image|>", "<|finetune_right_pad_id|>"
 SPECIAL_TOKENS = [BOS, EOS, START_HEADER, END_HEADER, EOT, IMAGE, PAD]
 STAGE_TAGS = [tag for stage in STAGES for tag in (f"<{stage}>", f"</{stage}>")]
 
+def chat_template(header: str, end_of_turn: str, image: str, generation_prompt: str, separator: str = "") -> str:
+    """A chat template in the layout every tiny family shares: ``bos_token``, then each message opened
+    by ``header`` (a Jinja expression of ``message``), a user turn's images as ``image``, every turn
+    closed by ``end_of_turn`` + ``separator``; an assistant turn's text and its ``end_of_turn`` are
+    wrapped in ``{% generation %}`` (the trainable span of assistant-only loss)."""
+    return (
+        "{{- bos_token }}"
+        "{%- for message in messages %}"
+        f"{{{{- {header} }}}}"
+        "{%- if message['role'] == 'assistant' %}{% generation %}"
+        "{%- if message['content'] is string %}{{- message['content'] }}"
+        "{%- else %}{%- for part in message['content'] %}{%- if part['type'] == 'text' %}{{- part['text'] }}"
+        "{%- endif %}{%- endfor %}{%- endif %}"
+        f"{{{{- '{end_of_turn}' }}}}{{% endgeneration %}}" + (f"{{{{- '{separator}' }}}}" if separator else "") +
+        "{%- else %}"
+        "{%- if message['content'] is string %}{{- message['content'] }}"
+        "{%- else %}{%- for part in message['content'] %}"
+        f"{{%- if part['type'] == 'image' %}}{{{{- '{image}' }}}}"
+        "{%- elif part['type'] == 'text' %}{{- part['text'] }}{%- endif %}"
+        "{%- endfor %}{%- endif %}"
+        f"{{{{- '{end_of_turn}{separator}' }}}}"
+        "{%- endif %}"
+        "{%- endfor %}"
+        f"{{%- if add_generation_prompt %}}{{{{- '{generation_prompt}' }}}}{{%- endif %}}"
+    )
+
+
 # Llama-3 layout; the assistant turn including <|eot_id|> is the generation (trainable) span.
-CHAT_TEMPLATE = (
-    "{{- bos_token }}"
-    "{%- for message in messages %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}"
-    "{%- if message['role'] == 'assistant' %}{% generation %}"
-    "{%- if message['content'] is string %}{{- message['content'] }}"
-    "{%- else %}{%- for part in message['content'] %}{%- if part['type'] == 'text' %}{{- part['text'] }}"
-    "{%- endif %}{%- endfor %}{%- endif %}"
-    "{{- '<|eot_id|>' }}{% endgeneration %}"
-    "{%- else %}"
-    "{%- if message['content'] is string %}{{- message['content'] }}"
-    "{%- else %}{%- for part in message['content'] %}"
-    "{%- if part['type'] == 'image' %}{{- '<|image|>' }}"
-    "{%- elif part['type'] == 'text' %}{{- part['text'] }}{%- endif %}"
-    "{%- endfor %}{%- endif %}"
-    "{{- '<|eot_id|>' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}"
-)
+CHAT_TEMPLATE = chat_template("'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'", "<|eot_id|>",
+                              "<|image|>", "<|start_header_id|>assistant<|end_header_id|>\n\n")
 
 
 @dataclass(frozen=True)

@@ -17,33 +17,16 @@ import torch
 from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil, Gemma3Processor
 
 from sherlock.data.synthetic import IMAGE_SIZE
-from sherlock.models.tiny import TokenizerSpec, save_tiny, train_tokenizer
+from sherlock.models.tiny import TokenizerSpec, chat_template, save_tiny, train_tokenizer
 
 PAD, EOS, BOS = "<pad>", "<eos>", "<bos>"
 START_TURN, END_TURN = "<start_of_turn>", "<end_of_turn>"
 BOI, EOI, IMAGE = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
 
 # Gemma layout (the assistant is the "model" role); the model turn including <end_of_turn> is trainable.
-CHAT_TEMPLATE = (
-    "{{- bos_token }}"
-    "{%- for message in messages %}"
-    "{{- '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n' }}"
-    "{%- if message['role'] == 'assistant' %}{% generation %}"
-    "{%- if message['content'] is string %}{{- message['content'] }}"
-    "{%- else %}{%- for part in message['content'] %}{%- if part['type'] == 'text' %}{{- part['text'] }}"
-    "{%- endif %}{%- endfor %}{%- endif %}"
-    "{{- '<end_of_turn>' }}{% endgeneration %}{{- '\n' }}"
-    "{%- else %}"
-    "{%- if message['content'] is string %}{{- message['content'] }}"
-    "{%- else %}{%- for part in message['content'] %}"
-    "{%- if part['type'] == 'image' %}{{- '<start_of_image>' }}"
-    "{%- elif part['type'] == 'text' %}{{- part['text'] }}{%- endif %}"
-    "{%- endfor %}{%- endif %}"
-    "{{- '<end_of_turn>\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<start_of_turn>model\n' }}{%- endif %}"
-)
+CHAT_TEMPLATE = chat_template(
+    "'<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n'", END_TURN, BOI,
+    "<start_of_turn>model\n", separator="\n")
 GEMMA3 = TokenizerSpec((PAD, EOS, BOS, START_TURN, END_TURN, BOI, EOI, IMAGE), BOS, END_TURN, PAD, CHAT_TEMPLATE,
                        {"boi_token": BOI, "eoi_token": EOI, "image_token": IMAGE})
 PRESETS = {"tiny": {"text_hidden": 64, "text_layers": 2, "vision_hidden": 64, "vision_layers": 2, "patch_size": 12,

@@ -17,31 +17,13 @@ import torch
 from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil, Idefics3Processor
 
 from sherlock.data.synthetic import IMAGE_SIZE
-from sherlock.models.tiny import TokenizerSpec, save_tiny, train_tokenizer
+from sherlock.models.tiny import TokenizerSpec, chat_template, save_tiny, train_tokenizer
 
 PAD, BOS, END = "<|endoftext|>", "<|im_start|>", "<end_of_utterance>"
 AROUND_IMAGE, IMAGE, GLOBAL_IMAGE = "<fake_token_around_image>", "<image>", "<global-img>"
 
-CHAT_TEMPLATE = (
-    "{{- bos_token }}"
-    "{%- for message in messages %}"
-    "{{- message['role'] | capitalize + ':' }}"
-    "{%- if message['role'] == 'assistant' %}{% generation %}"
-    "{%- if message['content'] is string %}{{- message['content'] }}"
-    "{%- else %}{%- for part in message['content'] %}{%- if part['type'] == 'text' %}{{- part['text'] }}"
-    "{%- endif %}{%- endfor %}{%- endif %}"
-    "{{- '<end_of_utterance>' }}{% endgeneration %}{{- '\n' }}"
-    "{%- else %}"
-    "{%- if message['content'] is string %}{{- message['content'] }}"
-    "{%- else %}{%- for part in message['content'] %}"
-    "{%- if part['type'] == 'image' %}{{- '<image>' }}"
-    "{%- elif part['type'] == 'text' %}{{- part['text'] }}{%- endif %}"
-    "{%- endfor %}{%- endif %}"
-    "{{- '<end_of_utterance>\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- 'Assistant:' }}{%- endif %}"
-)
+CHAT_TEMPLATE = chat_template("message['role'] | capitalize + ':'", "<end_of_utterance>", "<image>", "Assistant:",
+                              separator="\n")
 IDEFICS3 = TokenizerSpec((PAD, BOS, END, AROUND_IMAGE, IMAGE, GLOBAL_IMAGE), BOS, END, PAD, CHAT_TEMPLATE)
 PRESETS = {"tiny": {"text_hidden": 64, "text_layers": 2, "vision_hidden": 64, "vision_layers": 2, "patch_size": 12,
                     "scale_factor": 2}}
