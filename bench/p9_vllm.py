@@ -1,7 +1,7 @@
 """P9: vLLM against the HF engine — greedy answers to the same items on one CUDA GPU.
 
 Needs a CUDA GPU and the vllm extra (``pip install 'sherlock-vlm[vllm]'``); CI has neither, and
-``tests/test_vllm_engine.py`` checks the adapter's requests on CPU. A tiny Gemma 3 (vLLM no longer
+``tests/test_engines.py`` checks the adapter's requests on CPU. A tiny Gemma 3 (vLLM no longer
 serves Mllama) with a tokenizer trained on the workspace's data answers every item greedily through
 :func:`sherlock.generation.generate` with each engine (``engine: hf`` and ``engine: vllm``, the same
 prompt text). The metric is items per second, the ratio vLLM over HF; the details hold the fraction
@@ -24,8 +24,8 @@ def run(workspace: Workspace, quick: bool, device) -> Result:
     from sherlock.data.llava_cot import load_llava_cot
     from sherlock.data.schema import open_image
     from sherlock.generation import DecodingConfig, generate
+    from sherlock.models.engines import load_generator
     from sherlock.models.families import family
-    from sherlock.models.loading import load_generator
     from sherlock.models.tiny import tokenizer_corpus
 
     data = load_llava_cot(workspace.data / "data.jsonl")

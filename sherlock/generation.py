@@ -40,7 +40,7 @@ class DecodingConfig:
     top_p: float = 1.0
     batch_size: int = 32
     seed: int = 0
-    engine: str = "hf"  # or "vllm" (sherlock.models.vllm_engine)
+    engine: str = "hf"  # or "vllm" (sherlock.models.engines)
 
 
 @dataclass(kw_only=True)
@@ -128,7 +128,7 @@ def generate(
     Under torchrun the batches are shared out over the ranks (:func:`sherlock.distributed.map_batches`):
     every rank returns all the outputs, the same as one rank would.
 
-    With ``config.engine == "vllm"``, ``model`` is a :class:`sherlock.models.vllm_engine.VLLMModel` and
+    With ``config.engine == "vllm"``, ``model`` is a :class:`sherlock.models.engines.VLLMModel` and
     vLLM generates every item from the same prompt text (:func:`prompt_text`) with the item's seed.
 
     Returns the generated continuations only (the prefix is not repeated), cut after the first
@@ -142,7 +142,7 @@ def generate(
                          f"and {len(keys)} keys")
     images = [[image] if isinstance(image, Image.Image) else list(image) for image in images]
     if config.engine == "vllm":
-        from sherlock.models.vllm_engine import vllm_generate
+        from sherlock.models.engines import vllm_generate
 
         texts = [prompt_text(processor, prompt, prefix, len(shown)) for prompt, prefix, shown in
                  zip(prompts, prefixes, images)]

@@ -33,20 +33,3 @@ def load_vlm(path: str | Path, dtype: torch.dtype | str = "auto", device: str | 
         model = model.to(device)
     return model, processor
 
-
-ENGINES = ("hf", "vllm")
-
-
-def load_generator(path: str | Path, engine: str = "hf", device: str | None = None):
-    """``(model, processor)`` for a stage that only generates: the HF model (float32) on ``device``, or
-    with ``engine="vllm"`` a :class:`sherlock.models.vllm_engine.VLLMModel` (checked before vLLM is imported)."""
-    if engine not in ENGINES:
-        from sherlock.config import ConfigError
-
-        raise ConfigError(f"engine must be one of {ENGINES}, got {engine!r}")
-    if engine == "vllm":
-        from sherlock.models.vllm_engine import load_vllm
-
-        model = load_vllm(path)
-        return model, AutoProcessor.from_pretrained(model.path, local_files_only=True)
-    return load_vlm(path, dtype=torch.float32, device=device)

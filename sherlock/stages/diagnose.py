@@ -20,7 +20,7 @@ from sherlock.benchmarks import load_benchmark
 from sherlock.config import ConfigError, help_field
 from sherlock.data.llava_cot import load_data
 from sherlock.diagnostics import BlindPrior, leave_one_out_prior_accuracy
-from sherlock.models.loading import load_generator
+from sherlock.models.engines import load_generator
 from sherlock.stages.evaluate import ProtocolSettings, evaluate_benchmark
 from sherlock.stages.io import record_stage_config
 from sherlock.stages.registry import STAGES

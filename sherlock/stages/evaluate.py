@@ -45,7 +45,7 @@ from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, BadLine, load_data
 from sherlock.data.schema import write_jsonl
 from sherlock.diagnostics import BlindPrior, departure_histogram, paired_difference, perception_scores
 from sherlock.generation import DecodingConfig, SamplingSettings, answer_with_corrections, generate
-from sherlock.models.loading import load_generator
+from sherlock.models.engines import load_generator
 from sherlock.plots import plot_rounds
 from sherlock.prompts import STIC_DAR_PROMPT, stic_description_infused
 from sherlock.stages.io import record_stage_config

@@ -22,7 +22,7 @@ from sherlock.data.llava_cot import load_data
 from sherlock.data.preferences import Perturbation, PreferencePair, draw_perturbation, write_pairs
 from sherlock.data.schema import PAIRS_FILE, open_image
 from sherlock.generation import DecodingConfig, SamplingSettings, generate
-from sherlock.models.loading import load_generator
+from sherlock.models.engines import load_generator
 from sherlock.reasoning import truncate
 from sherlock.stages.io import record_stage_config
 from sherlock.stages.registry import STAGES

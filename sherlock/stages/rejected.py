@@ -14,7 +14,7 @@ from sherlock.data.llava_cot import load_data
 from sherlock.data.schema import open_image, write_jsonl
 from sherlock.diagnostics import departure_histogram
 from sherlock.generation import SamplingSettings, generate
-from sherlock.models.loading import load_generator
+from sherlock.models.engines import load_generator
 from sherlock.stages.io import record_stage_config
 from sherlock.stages.registry import STAGES
 

@@ -36,7 +36,7 @@ from sherlock.data.llava_cot import load_data
 from sherlock.data.preferences import PreferencePair
 from sherlock.data.schema import Record, open_image, write_jsonl
 from sherlock.generation import SamplingSettings, generate
-from sherlock.models.loading import load_generator
+from sherlock.models.engines import load_generator
 from sherlock.prompts import SCL_DEFAULT_REVIEW_PROMPT, SCL_REVIEW_PROMPTS, scl_first_turn, scl_review_turn
 from sherlock.reasoning import conclusion_text
 from sherlock.stages.io import record_stage_config

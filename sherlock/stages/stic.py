@@ -32,7 +32,7 @@ from sherlock.data.preferences import PreferencePair
 from sherlock.data.sampling import link_or_copy
 from sherlock.data.schema import open_image, write_jsonl
 from sherlock.generation import SamplingSettings, generate
-from sherlock.models.loading import load_generator
+from sherlock.models.engines import load_generator
 from sherlock.perturb import stic_corruption
 from sherlock.prompts import (
     STIC_DESCRIPTION_PROMPT,

@@ -1,6 +1,7 @@
-"""vLLM as the generation engine (``engine: vllm``) behind :func:`sherlock.generation.generate`.
+"""The generation engines of the stages that only generate: ``hf`` (transformers' ``generate``, the
+default) and ``vllm``, behind :func:`sherlock.generation.generate`.
 
-The contract is the HF engine's: the same prompt text (the chat template, then the prefix the
+vLLM's contract is the HF engine's: the same prompt text (the chat template, then the prefix the
 response continues), every image of the item, the continuation only, cut after ``</CONCLUSION>``,
 and one seed per item (:func:`sherlock.generation.item_seed`). vLLM draws its own stream from that
 seed, so sampled responses differ from HF's, but not between batches or runs; greedy ones should
@@ -18,13 +19,16 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from PIL import Image
+from transformers import AutoProcessor
 
 from sherlock import distributed
 from sherlock.config import ConfigError
-from sherlock.models.loading import require_checkpoint
+from sherlock.models.loading import load_vlm, require_checkpoint
 from sherlock.reasoning import CONCLUSION_END, cut_after_conclusion
 
+ENGINES = ("hf", "vllm")
 VLLM_FAMILIES = ("gemma3", "idefics3")  # config.json model_type; vLLM has no Mllama since #24907
 MAX_IMAGES_PER_PROMPT = 8  # MMMU questions hold up to 7
 
@@ -56,6 +60,17 @@ def load_vllm(path: str | Path) -> VLLMModel:
     except ImportError:
         raise ConfigError("engine vllm needs the vllm extra: pip install 'sherlock-vlm[vllm]' (a CUDA GPU)") from None
     return VLLMModel(path, vllm.LLM(model=str(path), seed=0, limit_mm_per_prompt={"image": MAX_IMAGES_PER_PROMPT}))
+
+
+def load_generator(path: str | Path, engine: str = "hf", device: str | None = None):
+    """``(model, processor)`` for a stage that only generates: the HF model (float32) on ``device``, or
+    with ``engine="vllm"`` a :class:`VLLMModel` (checked before vLLM is imported)."""
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "vllm":
+        model = load_vllm(path)
+        return model, AutoProcessor.from_pretrained(model.path, local_files_only=True)
+    return load_vlm(path, dtype=torch.float32, device=device)
 
 
 def vllm_requests(texts: list[str], images: list[list[Image.Image]], max_new_tokens: int, temperature: float,

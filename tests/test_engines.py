@@ -12,8 +12,7 @@ from PIL import Image
 
 from sherlock.config import ConfigError
 from sherlock.generation import DecodingConfig, generate, item_seed, prompt_text
-from sherlock.models.loading import load_generator
-from sherlock.models.vllm_engine import VLLMModel, vllm_requests
+from sherlock.models.engines import VLLMModel, load_generator, vllm_requests
 from sherlock.stages.online import OnlineConfig
 
 IMAGES = [[Image.new("RGB", (72, 72), (200, 0, 0))], [Image.new("RGB", (72, 72), (0, 0, 200))] * 2]
