@@ -227,3 +227,20 @@ def test_every_generating_stage_and_evaluation_run_on_the_family(name, family_mo
     metrics = run_evaluation(EvaluationConfig(model=model_dir, benchmarks=f"llava_cot={data}", output=str(
         tmp_path / "eval"), limit=4, correction_rounds=1, max_new_tokens=8, greedy_direct=False, blank_image=False))
     assert len(metrics["benchmarks"]["llava_cot"]["rounds"]) == 2
+
+
+@pytest.mark.parametrize("name", sorted(set(FAMILIES) - {"mllama"}))  # Mllama: tests/stages/test_stages.py
+def test_lora_sft_merges_into_the_language_model_only(name, family_model_dirs, subset_dir, tmp_path):
+    """The LoRA stage end to end on the family: trained adapters merged into a plain checkpoint that
+    changed the language model and nothing else."""
+    from sherlock.stages.sft import SFTStageConfig, run_sft
+
+    base = load_vlm(family_model_dirs[name], dtype=torch.float32)[0].state_dict()
+    out = run_sft(SFTStageConfig(model=str(family_model_dirs[name]), data=str(subset_dir),
+                                 output=str(tmp_path / "lora"), finetuning="lora", lora_r=4, max_steps=3,
+                                 learning_rate=1e-2, warmup_ratio=0.0))
+    assert not list(out.glob("adapter_*")), "adapters are merged into a plain checkpoint"
+    trained = load_vlm(out, dtype=torch.float32)[0].state_dict()
+    assert set(trained) == set(base)
+    changed = {part_of(key) for key in base if not torch.equal(base[key], trained[key])}
+    assert changed == {"language"}, (name, changed)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sherlock.models.families import FAMILIES
 from sherlock.training.setup import TrainSettings, training_arguments
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,20 +57,24 @@ def test_two_ranks_train_preferences_as_one(tiny_model_dir, preference_dir, tmp_
     assert (tmp_path / "ddp" / "model.safetensors").is_file()
 
 
-def test_two_ranks_under_zero3_train_as_one_and_save_the_whole_model(tiny_model_dir, preference_dir, tmp_path):
-    """DeepSpeed ZeRO-3 on 2 CPU ranks: the same losses as 1 rank without DeepSpeed, and the saved model
-    is whole (ZeRO-3 partitions the weights: a plain save_pretrained on rank 0 would write empty tensors),
-    with every tensor trained. The reference model is loaded before ZeRO-3 is configured, whole."""
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_two_ranks_under_zero3_train_as_one_and_save_the_whole_model(family, family_model_dirs, preference_dir,
+                                                                     tmp_path):
+    """DeepSpeed ZeRO-3 on 2 CPU ranks, every model family: the same losses as 1 rank without DeepSpeed,
+    and the saved model is whole (ZeRO-3 partitions the weights: a plain save_pretrained on rank 0 would
+    write empty tensors), with every tensor trained. The reference model is loaded before ZeRO-3 is
+    configured, whole."""
     import torch
 
     from sherlock.models.loading import load_vlm
 
-    _run(_command(tiny_model_dir, preference_dir, tmp_path / "single", "--batch-size", "4", "--max-steps", "3"))
-    _run(_command(tiny_model_dir, preference_dir, tmp_path / "zero3", "--batch-size", "2", "--max-steps", "3",
+    model_dir = family_model_dirs[family]
+    _run(_command(model_dir, preference_dir, tmp_path / "single", "--batch-size", "4", "--max-steps", "3"))
+    _run(_command(model_dir, preference_dir, tmp_path / "zero3", "--batch-size", "2", "--max-steps", "3",
                   "--nproc-per-node", "2", "--deepspeed", str(REPO / "configs" / "deepspeed" / "zero3.json")),
          DS_ACCELERATOR="cpu")
     _same_curve(tmp_path / "single", tmp_path / "zero3")
-    trained, base = (load_vlm(path)[0].state_dict() for path in (tmp_path / "zero3", tiny_model_dir))
+    trained, base = (load_vlm(path)[0].state_dict() for path in (tmp_path / "zero3", model_dir))
     assert {k: v.shape for k, v in trained.items()} == {k: v.shape for k, v in base.items()}
     assert sum(not torch.equal(trained[k], base[k]) for k in base) > len(base) // 2
 
