@@ -9,7 +9,7 @@ registered champion, served from the MLflow registry by ``sherlock serve`` (a KS
     python -m pipelines.run_local --recipe scl    # the SCL (or stic) pipeline
     python -m pipelines.run_local --quick         # a reduced configuration (the test suite's)
     python -m pipelines.run_local --quick --gpus 2  # every GPU step on 2 ranks (torchrun, gloo)
-    python -m pipelines.run_local --quick --base-model embedded:gemma3  # the same on a tiny Gemma 3
+    python -m pipelines.run_local --quick --online-iterations 0 --base-model embedded:gemma3  # a tiny Gemma 3
 
 Tasks run as kfp.local's subprocesses, forked from a warm interpreter that imported torch,
 transformers, TRL and MLflow once (:mod:`pipelines.warm_tasks`; ``--cold-tasks``: a fresh
