@@ -108,11 +108,12 @@ def run(workspace: Workspace, quick: bool, device: torch.device) -> list[Result]
     from sherlock.models.families import FAMILIES
     from sherlock.models.tiny import tokenizer_corpus
 
-    models = {"mllama": workspace.model}
-    for name in sorted(set(FAMILIES) - {"mllama"}):
-        models[name] = workspace.root / f"p1-{name}"
-        if not (models[name] / "config.json").exists():
-            records = load_llava_cot(workspace.data / "data.jsonl").records
-            FAMILIES[name].build(models[name], tokenizer_corpus(records))
+    models = {"mllama": workspace.model} | {name: workspace.root / f"p1-{name}" for name in sorted(FAMILIES)
+                                            if name != "mllama"}
+    missing = [name for name, model_dir in models.items() if not (model_dir / "config.json").exists()]
+    if missing:
+        corpus = tokenizer_corpus(load_llava_cot(workspace.data / "data.jsonl").records)
+        for name in missing:
+            FAMILIES[name].build(models[name], corpus)
     return [measure(workspace, model_dir, name, steps=2 if quick else 8, batch_size=2 if quick else 4, device=device)
             for name, model_dir in models.items()]

@@ -90,12 +90,11 @@ def embedded_inputs(base_model: str, train_data: str, benchmarks: str, output_ro
             eval_file = generate_synthetic(scratch / "eval", eval_items, seed=seed + 1_000_003)
             benchmarks = f"llava_cot={publish(eval_file.parent, step_uri(output_root, pipeline_run_id, 'data/eval'))}"
             benchmarks += "/data.jsonl"
-        if base_model == EMBEDDED:
-            shutil.copytree(embedded_base(), scratch / "base", ignore=shutil.ignore_patterns(MANIFEST_FILE))
-            base_model = publish(scratch / "base", step_uri(output_root, pipeline_run_id, "models/base"))
-        elif tiny_family is not None:
-            corpus = tokenizer_corpus(load_data(fetch(train_data)).records)
-            tiny_family.build(scratch / "base", corpus, seed=seed)
+        if base_model == EMBEDDED or tiny_family is not None:
+            if tiny_family is None:
+                shutil.copytree(embedded_base(), scratch / "base", ignore=shutil.ignore_patterns(MANIFEST_FILE))
+            else:
+                tiny_family.build(scratch / "base", tokenizer_corpus(load_data(fetch(train_data)).records), seed=seed)
             base_model = publish(scratch / "base", step_uri(output_root, pipeline_run_id, "models/base"))
     return base_model, train_data, benchmarks
 
