@@ -12,25 +12,11 @@ import os
 import sys
 from pathlib import Path
 
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
-
 from sherlock import distributed
-from sherlock.config import ConfigError, add_config_arguments, config_from_args
-from sherlock.data.llava_cot import DataQualityError, load_llava_cot
-from sherlock.data.synthetic import IMAGE_SIZE, TIERS, generate_synthetic
-from sherlock.demo import DemoConfig, run_demo
-from sherlock.experiment import ExperimentConfig, run_experiment
-from sherlock.mlflow_access import AccessConfig, grant_access
-from sherlock.models.families import FAMILIES, family
-from sherlock.models.loading import CheckpointNotFoundError
-from sherlock.models.tiny import PRESETS, tokenizer_corpus
-from sherlock.serving.deploy import DeployConfig, DeployError, run_deploy
-from sherlock.serving.settings import ServeConfig
-from sherlock.stages.evaluate import RescoreConfig, run_rescore
 from sherlock.stages.registry import STAGES
-from sherlock.stages.runner import run_stage
-from sherlock.storage import Storage, StorageError, fetch, publish
-from sherlock.training.memory import PlanMemoryConfig, run_plan_memory
+
+# The commands' modules (torch, transformers, TRL, MLflow, KServe: ~8 s) are imported where a command
+# runs, not here: `sherlock <stage> --nproc-per-node N` starts its ranks first, and each rank imports them.
 
 
 def _positive(text: str) -> int:
@@ -40,26 +26,36 @@ def _positive(text: str) -> int:
 
 
 def _synth(args) -> None:
+    from sherlock.data.synthetic import generate_synthetic
+
     path = generate_synthetic(args.output, args.num_items, args.seed, tuple(args.tiers.split(",")), args.image_size)
     print(path)
 
 
 def _upload(args) -> None:
+    from sherlock.storage import publish
+
     print(publish(args.local, args.uri))
 
 
 def _make_buckets(args) -> None:
+    from sherlock.storage import Storage
+
     storage = Storage()
     for bucket in args.buckets:
         print(f"{bucket}: {'created' if storage.ensure_bucket(bucket) else 'exists'}")
 
 
 def _download(args) -> None:
+    from sherlock.storage import fetch
+
     print(fetch(args.uri))
 
 
 def _serve(args) -> None:
+    from sherlock.config import config_from_args
     from sherlock.serving.server import ServeError, serve
+    from sherlock.serving.settings import ServeConfig
 
     try:
         serve(config_from_args(ServeConfig, args))
@@ -68,10 +64,17 @@ def _serve(args) -> None:
 
 
 def _deploy(args) -> None:
+    from sherlock.config import config_from_args
+    from sherlock.serving.deploy import DeployConfig, run_deploy
+
     print(json.dumps(run_deploy(config_from_args(DeployConfig, args)), indent=2))
 
 
 def _build_tiny(args) -> None:
+    from sherlock.data.llava_cot import load_llava_cot
+    from sherlock.models.families import family
+    from sherlock.models.tiny import tokenizer_corpus
+
     data = load_llava_cot(args.corpus, check_images=False)
     print(family(args.family).build(args.output, tokenizer_corpus(data.records), args.preset, args.image_size,
                                     args.vocab_size, args.seed))
@@ -79,6 +82,8 @@ def _build_tiny(args) -> None:
 
 def _dataclass_command(config_class, function):
     def run(args) -> None:
+        from sherlock.config import config_from_args
+
         result = function(config_from_args(config_class, args))
         if isinstance(result, str | dict):
             print(result if isinstance(result, str) else json.dumps(result, indent=2))
@@ -88,11 +93,10 @@ def _dataclass_command(config_class, function):
 
 def _stage(command, config_class):
     def run(args) -> None:
-        config = config_from_args(config_class, args)
-        if getattr(args, "nproc_per_node", 1) > 1 and "RANK" not in os.environ:  # start the ranks, each reruns argv
-            distributed.launch(args.nproc_per_node, "sherlock.cli", args.argv)
-            return
-        result = run_stage(command, config, args.pipeline_run_id)
+        from sherlock.config import config_from_args
+        from sherlock.stages.runner import run_stage
+
+        result = run_stage(command, config_from_args(config_class, args), args.pipeline_run_id)
         if distributed.is_main():
             print(json.dumps(result, indent=2) if isinstance(result, dict) else result)
 
@@ -100,6 +104,18 @@ def _stage(command, config_class):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sherlock.config import add_config_arguments
+    from sherlock.data.synthetic import IMAGE_SIZE, TIERS
+    from sherlock.demo import DemoConfig, run_demo
+    from sherlock.experiment import ExperimentConfig, run_experiment
+    from sherlock.mlflow_access import AccessConfig, grant_access
+    from sherlock.models.families import FAMILIES
+    from sherlock.models.tiny import PRESETS
+    from sherlock.serving.deploy import DeployConfig
+    from sherlock.serving.settings import ServeConfig
+    from sherlock.stages.evaluate import RescoreConfig, run_rescore
+    from sherlock.training.memory import PlanMemoryConfig, run_plan_memory
+
     parser = argparse.ArgumentParser(prog="sherlock", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -173,15 +189,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _requested_ranks(argv: list[str]) -> int:
+    """The ``--nproc-per-node`` of a multi-rank stage command in ``argv`` (1 otherwise, or when malformed:
+    the full parser then reports it)."""
+    if not argv or argv[0] not in STAGES or not STAGES[argv[0]].multi_rank:
+        return 1
+    peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    peek.add_argument("--nproc-per-node", default="1")
+    text = peek.parse_known_args(argv[1:])[0].nproc_per_node
+    return int(text) if text.isdigit() and int(text) > 0 else 1
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ranks = _requested_ranks(argv)
+    if ranks > 1 and "RANK" not in os.environ:  # start the ranks, each reruns argv (and parses and checks it)
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+        try:
+            distributed.launch(ranks, "sherlock.cli", argv)
+        except ChildFailedError as error:
+            rank, failure = error.get_first_failure()
+            reason = failure.message.get("message") if isinstance(failure.message, dict) else failure.message
+            if failure.exitcode > 0 and not os.path.isfile(failure.error_file):  # exited before an error was recorded
+                reason = "see its output above (e.g. the command's usage error)"
+            sys.exit(f"sherlock {argv[0]}: error: rank {rank} failed (exit code {failure.exitcode}): {reason}")
+        return
+    from sherlock.config import ConfigError
+    from sherlock.data.llava_cot import DataQualityError
+    from sherlock.models.loading import CheckpointNotFoundError
+    from sherlock.serving.deploy import DeployError
+    from sherlock.storage import StorageError
+
     args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args.func(args)
-    except ChildFailedError as error:
-        rank, failure = error.get_first_failure()
-        reason = failure.message.get("message") if isinstance(failure.message, dict) else failure.message
-        sys.exit(f"sherlock {args.command}: error: rank {rank} failed (exit code {failure.exitcode}): {reason}")
     except (DataQualityError, ConfigError, CheckpointNotFoundError, FileNotFoundError, StorageError, DeployError,
             ValueError) as error:
         if "RANK" in os.environ:
@@ -190,4 +232,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":  # torchrun's ranks run this module: a rank's exception goes to its error file
+    from torch.distributed.elastic.multiprocessing.errors import record
+
     record(main)()

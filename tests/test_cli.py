@@ -1,5 +1,7 @@
 import argparse
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +102,22 @@ def test_demo_experiment_and_compile_flags_are_parsed_like_the_stages():
     options = config_from_args(ClusterOptions, parser.parse_args(["--node-selector", "pool=gpu,zone=a",
                                                                   "--checkpoint-pvc", "ckpt"]))
     assert options.selector() == {"pool": "gpu", "zone": "a"} and options.checkpoint_pvc == "ckpt"
+
+
+def test_the_rank_launcher_starts_the_ranks_before_the_commands_modules_are_imported():
+    """``sherlock <stage> --nproc-per-node N`` launches from a light module; each rank imports the rest."""
+    loaded = subprocess.run([sys.executable, "-c", "import sys, sherlock.cli; print(sorted(m for m in "
+                             "('torch', 'transformers', 'trl', 'mlflow', 'kserve', 'datasets') if m in sys.modules))"],
+                            capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
+
+
+def test_a_failed_rank_fails_the_command_with_its_error(tmp_path):
+    script = Path(sys.executable).parent / "sherlock"
+    failed = subprocess.run([str(script), "sample-rejected", "--nproc-per-node", "2", "--model", str(tmp_path),
+                             "--data", str(tmp_path / "missing"), "--output", str(tmp_path / "out")],
+                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert failed.returncode == 1
+    assert re.search(r"sherlock sample-rejected: error: rank [01] failed \(exit code 1\): FileNotFoundError: "
+                     r"no data set at .*missing", failed.stderr)
+    assert not (tmp_path / "out").exists()
