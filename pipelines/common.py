@@ -21,6 +21,7 @@ from components.register_and_gate import register_and_gate
 from components.sample_data import sample_data
 from components.trainjob import RUNTIME
 from sherlock.config import ConfigError, GPUPlacement, add_config_arguments, config_from_args, help_field
+from sherlock.serving.deploy import DEPLOYER_CREDENTIALS
 from sherlock.stages.registry import stage
 
 # The oldest Kubeflow Pipelines backend that runs the compiled YAML (README; checked field by field in
@@ -58,6 +59,9 @@ class ClusterOptions(GPUPlacement):
                                                "AWS_SECRET_ACCESS_KEY")
     mlflow_secret: str = help_field("sherlock-mlflow", "Secret with MLFLOW_TRACKING_URI (optional "
                                                        "MLFLOW_TRACKING_USERNAME/PASSWORD)")
+    deployer_secret: str = help_field("sherlock-deployer-token", "token Secret of the ServiceAccount that may write "
+                                                                 "InferenceServices, mounted into the deploy step "
+                                                                 "alone ('': the run's own ServiceAccount deploys)")
     trainer: str = help_field("in-pod", "in-pod: a training step runs its ranks in its own pod; trainjob: it submits "
                                         "a Kubeflow Trainer TrainJob (num_nodes × gpus ranks) and waits for it")
     num_nodes: int = help_field(1, "nodes of a training step's TrainJob (--trainer trainjob; an online iteration "
@@ -188,8 +192,11 @@ def evaluate_and_deploy(checkpoints: list, benchmarks, prior_data, options: Clus
         gate.set_display_name(f"register {name}").set_caching_options(False)
         previous = gate
     with dsl.If(previous.outputs["Output"] == True, name="this run promoted a champion"):  # noqa: E712
-        with_platform(deploy(model_name=model_name, settings=deploy_settings, **common), options,
-                      retries=3).set_display_name("deploy champion to KServe").set_caching_options(False)
+        deployer = with_platform(deploy(model_name=model_name, settings=deploy_settings, **common), options,
+                                 retries=3).set_display_name("deploy champion to KServe").set_caching_options(False)
+        if options.deployer_secret:  # the only step that may write InferenceServices (manifests/: sherlock-deployer)
+            kubernetes.use_secret_as_volume(deployer, secret_name=options.deployer_secret,
+                                            mount_path=str(DEPLOYER_CREDENTIALS))
 
 
 def compile_command(description: str, default_output: Path, build, argv: list[str] | None = None,

@@ -6,13 +6,15 @@ cluster-scoped) with Kubernetes' status codes and semantics (404/409, ``metadata
 on spec changes), lists no pods, and plays the KServe controller by reporting an InferenceService
 ``Ready`` at the current generation once ``ready_after_polls`` status reads have passed (``None``:
 never); no controller runs anything else (a test sets a TrainJob's status itself). It records every
-request so the tests can check what was sent.
+request so the tests can check what was sent. With ``tls_dir`` it serves HTTPS, as the API server does,
+under a certificate for 127.0.0.1 whose CA file is ``ca_file``.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import ssl
 import threading
 import uuid
 from collections import defaultdict
@@ -38,8 +40,36 @@ def merge_patch(target, patch):
     return result
 
 
+def self_signed_certificate(directory: Path) -> Path:
+    """A key and a self-signed certificate for 127.0.0.1 in ``directory``; returns the certificate's path."""
+    import ipaddress
+    from datetime import timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")])
+    now = datetime.now(UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=1))
+                   .not_valid_after(now + timedelta(hours=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                  critical=False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(key, hashes.SHA256()))
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "server.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                             serialization.PrivateFormat.PKCS8,
+                                                             serialization.NoEncryption()))
+    (directory / "server.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return directory / "server.crt"
+
+
 class KubeAPI:
-    def __init__(self, ready_after_polls: int | None = 2, forbidden: bool = False):
+    def __init__(self, ready_after_polls: int | None = 2, forbidden: bool = False, tls_dir: Path | None = None):
         # plural -> (namespace or "", name) -> object
         self.resources: dict[str, dict[tuple[str, str], dict]] = defaultdict(dict)
         self.objects = self.resources["inferenceservices"]
@@ -48,7 +78,14 @@ class KubeAPI:
         self.ready_after_polls, self.forbidden = ready_after_polls, forbidden
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        if tls_dir is not None:
+            self.ca_file = self_signed_certificate(tls_dir)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.ca_file, tls_dir / "server.key")
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            self.url = f"https://127.0.0.1:{self.port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def kubeconfig(self, path: Path) -> Path:

@@ -139,10 +139,36 @@ def test_workloads_are_hardened_and_pinned(overlay):
 def test_pipeline_role_is_namespaced_and_narrow(overlay):
     documents = render(overlay)
     assert not [d for d in documents if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
-    (role,) = [d for d in documents if d["kind"] == "Role"]
-    rules = {(rule["apiGroups"][0], rule["resources"][0]): rule for rule in role["rules"]}
-    assert set(rules[("serving.kserve.io", "inferenceservices")]["verbs"]) >= {"get", "create", "patch"}
+    roles = {d["metadata"]["name"]: d for d in documents if d["kind"] == "Role"}
+    assert set(roles) == {"sherlock-pipeline", "sherlock-deployer"}
+    rules = {(rule["apiGroups"][0], rule["resources"][0]): rule for rule in roles["sherlock-pipeline"]["rules"]}
+    assert ("serving.kserve.io", "inferenceservices") not in rules  # every step runs as it: no deploying
     assert rules[("", "secrets")]["resourceNames"] == ["sherlock-s3"] and rules[("", "secrets")]["verbs"] == ["get"]
+
+
+@pytest.mark.parametrize("overlay", ("base", "chart"))
+def test_only_the_deployer_writes_inference_services_and_only_the_projects(overlay):
+    """The deployer may create InferenceServices (RBAC cannot limit a create by name; the admission
+    policy pins the names) and read and patch only the names the admission policy admits."""
+    documents = render(overlay)
+    objects = {(d["kind"], d["metadata"]["name"]): d for d in documents}
+    rules = objects[("Role", "sherlock-deployer")]["rules"]
+    assert [rule["verbs"] for rule in rules] == [["create"], ["get", "patch"]]
+    assert all(rule["apiGroups"] == ["serving.kserve.io"] and rule["resources"] == ["inferenceservices"]
+               for rule in rules)
+    assert "resourceNames" not in rules[0]
+    policy = next(yaml.safe_load_all((MANIFESTS / "cluster-policy" / "inferenceservice-policy.yaml").read_text()))
+    (names,) = [v["expression"] for v in policy["spec"]["variables"] if v["name"] == "names"]
+    assert rules[1]["resourceNames"] == yaml.safe_load(names)
+    assert objects[("ServiceAccount", "sherlock-deployer")]["automountServiceAccountToken"] is False
+    token = objects[("Secret", "sherlock-deployer-token")]
+    assert token["type"] == "kubernetes.io/service-account-token" and "data" not in token
+    assert token["metadata"]["annotations"] == {"kubernetes.io/service-account.name": "sherlock-deployer"}
+    binding = objects[("RoleBinding", "sherlock-deployer")]
+    assert binding["roleRef"]["name"] == "sherlock-deployer"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "sherlock-deployer", "namespace": "sherlock"}]
+    bound = {d["roleRef"]["name"]: d["subjects"] for d in documents if d["kind"] == "RoleBinding"}
+    assert bound["sherlock-pipeline"][0]["name"] == "sherlock-pipeline"
 
 
 def test_checkov_has_no_findings_beyond_the_listed_ones(tmp_path):
@@ -214,7 +240,8 @@ def test_chart_installs_what_the_gpu_pool_overlay_does():
     for key in (("ServingRuntime", "sherlock"), ("NetworkPolicy", "sherlock-minio"),
                 ("NetworkPolicy", "sherlock-mlflow")):
         assert chart[key]["spec"] == kustomize[key]["spec"], key
-    assert chart[("Role", "sherlock-pipeline")]["rules"] == kustomize[("Role", "sherlock-pipeline")]["rules"]
+    for role in ("sherlock-pipeline", "sherlock-deployer"):
+        assert chart[("Role", role)]["rules"] == kustomize[("Role", role)]["rules"], role
     for key in (("StatefulSet", "sherlock-minio"), ("StatefulSet", "sherlock-postgres"),
                 ("Deployment", "sherlock-mlflow")):
         chart_env, kustomize_env = ({e["name"]: e.get("value") for e in container(side[key])["env"]}

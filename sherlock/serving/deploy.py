@@ -34,6 +34,9 @@ PORT = 8080
 CACHE_DIR = "/cache"  # SHERLOCK_CACHE in the image
 MODES = ("auto", "cluster", "manifest")
 CLUSTER_SCHEMES = ("s3://", "gs://", "pvc://", "https://", "hf://")  # what the storage initializer can fetch
+# where the deploy step finds the deployer's ServiceAccount token Secret (token, ca.crt): a KFP run has one
+# ServiceAccount for every step, so the right to write InferenceServices is mounted into this step alone
+DEPLOYER_CREDENTIALS = Path("/var/run/secrets/sherlock-deployer")
 
 
 class DeployError(RuntimeError):
@@ -141,12 +144,42 @@ def cluster_available() -> bool:
         Path(path).is_file() for path in kubeconfig.split(os.pathsep) if path)
 
 
+def deployer_kubeconfig(credentials: Path) -> dict | None:
+    """A kubeconfig (as a dict) of the deployer's token where its Secret is mounted (``credentials``,
+    :data:`DEPLOYER_CREDENTIALS` in the deploy step): the in-cluster API
+    server, ``credentials/token`` as the bearer, ``credentials/ca.crt`` to verify it. ``None`` where it is
+    not mounted: the kubeconfig, or the pod's own ServiceAccount, as the Kubernetes client finds them."""
+    if not (credentials / "token").is_file():
+        return None
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        raise DeployError(f"the deployer's token is mounted at {credentials}, but KUBERNETES_SERVICE_HOST/PORT "
+                          "are not set: not in a pod")
+    server = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+    return {"apiVersion": "v1", "kind": "Config", "current-context": "deployer",
+            "clusters": [{"name": "in-cluster", "cluster": {"server": server,
+                                                             "certificate-authority": str(credentials / "ca.crt")}}],
+            "users": [{"name": "deployer", "user": {"tokenFile": str(credentials / "token")}}],
+            "contexts": [{"name": "deployer", "context": {"cluster": "in-cluster", "user": "deployer"}}]}
+
+
+def kserve_client():
+    """The KServe client of the deploy step: as the deployer (:func:`deployer_kubeconfig`) where its
+    token is mounted, else from ``KUBECONFIG``, ``~/.kube/config`` or the pod's ServiceAccount."""
+    from kserve import KServeClient
+
+    deployer = deployer_kubeconfig(DEPLOYER_CREDENTIALS)
+    if deployer is not None:
+        return KServeClient(config_dict=deployer)
+    return KServeClient(config_file=os.environ.get("KUBECONFIG"))
+
+
 def apply(isvc, config: DeployConfig) -> tuple[str, dict]:
     """Create the InferenceService, or patch it (canary when < 100 %); wait for Ready; ``(action, object)``."""
-    from kserve import KServeClient, constants
+    from kserve import constants
     from kubernetes.client.rest import ApiException
 
-    kserve = KServeClient(config_file=os.environ.get("KUBECONFIG"))  # None: ~/.kube/config or in-cluster
+    kserve = kserve_client()
     try:
         kserve.api_instance.get_namespaced_custom_object(
             constants.KSERVE_GROUP, constants.KSERVE_V1BETA1_VERSION, config.namespace,

@@ -140,14 +140,15 @@ def test_gpu_and_cpu_steps_land_on_the_right_nodes(compiled):
 # backend MIN_KFP_BACKEND (2.5.0): the resource fields of kubeflow/pipelines#11333 beside the
 # deprecated ones the SDK still writes (#11839), a parameter in the GPU count (#11501), and the
 # platform fields (secretAsEnv, podMetadata, nodeSelector, tolerations, emptyDirMounts #10913,
-# genericEphemeralVolume #10602, pvcMount) from releases before it. A new field fails here until
+# genericEphemeralVolume #10602, pvcMount, secretAsVolume: kfp-kubernetes 1.0's first fields) from releases
+# before it. A new field fails here until
 # the version that reads it is checked and MIN_KFP_BACKEND raised where needed.
 BACKEND_FIELDS = {
     "resources": {"cpuRequest", "memoryRequest", "memoryLimit", "resourceCpuRequest", "resourceMemoryRequest",
                   "resourceMemoryLimit", "accelerator"},
     "accelerator": {"count", "type", "resourceCount", "resourceType"},
     "platform": {"secretAsEnv", "podMetadata", "nodeSelector", "tolerations", "emptyDirMounts",
-                 "genericEphemeralVolume", "pvcMount"},
+                 "genericEphemeralVolume", "pvcMount", "secretAsVolume"},
 }
 
 
@@ -175,6 +176,19 @@ def test_credentials_come_only_from_secrets(compiled):
         assert container["command"][-1].count("pip install") == 0  # kfp is in the image
         assert platform["podMetadata"]["labels"] == {"sherlock.dev/s3-client": "true",  # admitted by manifests/
                                                      "sherlock.dev/mlflow-client": "true"}
+
+
+def test_only_the_deploy_step_holds_the_deployers_token(compiled, tmp_path):
+    from sherlock.serving.deploy import DEPLOYER_CREDENTIALS
+
+    _, _, executors = compiled
+    holders = {executor: platform["secretAsVolume"] for executor, platform in executors.items()
+               if "secretAsVolume" in platform}
+    assert holders == {"exec-deploy": [{"secretName": "sherlock-deployer-token", "mountPath": str(DEPLOYER_CREDENTIALS),
+                                        "optional": False, "secretNameParameter": {
+                                            "runtimeValue": {"constant": "sherlock-deployer-token"}}}]}
+    _, without = load_compiled(tmp_path, "--deployer-secret", "")
+    assert not [platform for platform in without.values() if "secretAsVolume" in platform]
 
 
 def test_caching_and_retries_are_explicit_per_step(compiled):

@@ -14,7 +14,7 @@ from sherlock.serving.deploy import MANIFEST_FILE, DeployConfig, DeployError, ru
 from sherlock.serving.schema import KSERVE_KINDS, ManifestError, generate_schema, schema_file, validate_manifest
 from sherlock.storage import directory_digest, publish, split_s3_uri
 from sherlock.tracking import DIGEST_TAG
-from tests.kube_api import KubeAPI
+from tests.kube_api import KubeAPI, self_signed_certificate
 
 
 def published_checkpoint(tmp_path, uri: str, weights: bytes = b"w" * 64) -> str:
@@ -238,3 +238,32 @@ def test_a_checkpoint_outside_the_roots_or_not_the_registered_one_is_refused(reg
     with pytest.raises(DeployError, match="is not the checkpoint registered as version 1"):
         deploy(tmp_path)
     assert cluster.requests == []
+
+
+def test_the_deploy_step_writes_as_the_deployer_whose_token_is_mounted(registry, tmp_path, monkeypatch):
+    """The pipeline mounts the deployer's token Secret into the deploy step alone; the step's own
+    ServiceAccount (the kubeconfig's token here) may not write InferenceServices. No kube-apiserver runs
+    here: :class:`tests.kube_api.KubeAPI` serves the calls over TLS and records the bearer of each."""
+    from sherlock.serving import deploy as deploy_module
+
+    api = KubeAPI(ready_after_polls=1, tls_dir=tmp_path / "tls")
+    credentials = tmp_path / "deployer"
+    credentials.mkdir()
+    (credentials / "token").write_text("deployer-token")
+    (credentials / "ca.crt").write_bytes(api.ca_file.read_bytes())
+    monkeypatch.setattr(deploy_module, "DEPLOYER_CREDENTIALS", credentials)
+    monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig(tmp_path / "kubeconfig")))  # the run's own account
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(api.port))
+    try:
+        result = deploy(tmp_path, poll_seconds=0.05)
+        assert result["action"] == "created" and ("sherlock", "sherlock") in api.objects
+        assert {r["authorization"] for r in api.requests} == {"Bearer deployer-token"}
+        (credentials / "ca.crt").write_bytes(self_signed_certificate(tmp_path / "other").read_bytes())
+        with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):  # the server is verified by the CA
+            deploy(tmp_path, poll_seconds=0.05)
+    finally:
+        api.close()
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
+    with pytest.raises(DeployError, match="not in a pod"):
+        deploy(tmp_path, mode="cluster")
