@@ -32,6 +32,7 @@ S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 MLFLOW_ENV, MLFLOW_OPTIONAL_ENV = ("MLFLOW_TRACKING_URI",), ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 POD_LABELS = ("sherlock.dev/s3-client", "sherlock.dev/mlflow-client")
 TRAINJOB_LABEL = "sherlock.dev/trainjob"  # a TrainJob's pods admit each other (manifests/: sherlock-trainjob-peers)
+STEP_LABEL = "sherlock.dev/pipeline-step"  # the chart's workload egress policy selects the steps' pods by it
 
 
 def settings_parameter(preset_name: str) -> str:
@@ -108,7 +109,7 @@ def with_platform(task: dsl.PipelineTask, options: ClusterOptions, gpus=None, re
     kubernetes.use_secret_as_env(task, options.mlflow_secret, {key: key for key in MLFLOW_ENV})
     kubernetes.use_secret_as_env(task, options.mlflow_secret, {key: key for key in MLFLOW_OPTIONAL_ENV},
                                  optional=True)
-    for label in POD_LABELS:  # the NetworkPolicies of manifests/ admit these pods to MinIO and MLflow
+    for label in (*POD_LABELS, STEP_LABEL):  # the NetworkPolicies of manifests/ admit these pods to MinIO and MLflow
         kubernetes.add_pod_label(task, label, "true")
     task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0)
     if gpus is None:

@@ -6,6 +6,7 @@ kustomize and helm render for real (``make test`` installs pinned kubectl/helm b
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shutil
@@ -254,7 +255,7 @@ def test_chart_installs_what_the_gpu_pool_overlay_does():
             assert container(chart[key]).get(field) == container(kustomize[key]).get(field), (key, field)
 
 
-NAMESPACES = {"sherlock": {"sherlock.dev/client": "true"}, "kube-system": {}, "istio-system": {},
+NAMESPACES = {"sherlock": {"sherlock.dev/client": "true"}, "kube-system": {}, "istio-system": {}, "kubeflow": {},
               "labelled": {"sherlock.dev/client": "true"}, "elsewhere": {}}
 
 
@@ -271,7 +272,8 @@ def selects(selector: dict, labels: dict) -> bool:
 def allows(policies: list[dict], pod: tuple, peer: tuple, port: int, protocol: str, direction: str) -> bool:
     """Whether the NetworkPolicies of ``pod``'s namespace let ``pod`` receive from (``Ingress``) or send to
     (``Egress``) ``peer`` on ``port``: pods no policy selects for that direction are open; peers by
-    podSelector (the policy's namespace), namespaceSelector, or both."""
+    podSelector (the policy's namespace), namespaceSelector (with Kubernetes' ``kubernetes.io/metadata.name``
+    label), both, or ipBlock (a peer ``("ip", address)`` outside the cluster's pods)."""
     namespace, labels = pod
     selecting = [p for p in policies if p["metadata"]["namespace"] == namespace
                  and direction in p["spec"]["policyTypes"] and selects(p["spec"]["podSelector"], labels)]
@@ -280,7 +282,13 @@ def allows(policies: list[dict], pod: tuple, peer: tuple, port: int, protocol: s
     peer_namespace, peer_labels = peer
 
     def admits(entry: dict) -> bool:
-        in_namespace = (selects(entry["namespaceSelector"], NAMESPACES[peer_namespace]) if "namespaceSelector" in entry
+        if peer_namespace == "ip" or "ipBlock" in entry:
+            return (peer_namespace == "ip" and "ipBlock" in entry
+                    and ipaddress.ip_address(peer_labels) in ipaddress.ip_network(entry["ipBlock"]["cidr"])
+                    and not any(ipaddress.ip_address(peer_labels) in ipaddress.ip_network(cidr)
+                                for cidr in entry["ipBlock"].get("except", [])))
+        namespace_labels = NAMESPACES[peer_namespace] | {"kubernetes.io/metadata.name": peer_namespace}
+        in_namespace = (selects(entry["namespaceSelector"], namespace_labels) if "namespaceSelector" in entry
                         else peer_namespace == namespace)
         return in_namespace and selects(entry.get("podSelector", {}), peer_labels)
 
@@ -308,8 +316,23 @@ def rendered_pods(documents: list[dict]) -> dict[str, dict]:
         "labels"] for d in documents if d["kind"] in ("Deployment", "StatefulSet", "Job")}
 
 
-STEP = ("sherlock", {"sherlock.dev/s3-client": "true", "sherlock.dev/mlflow-client": "true"})
-TRAINJOB_POD = ("sherlock", STEP[1] | {"sherlock.dev/trainjob": "true"})
+CLIENT = {"sherlock.dev/s3-client": "true", "sherlock.dev/mlflow-client": "true"}
+def misjudged(documents: list[dict], connections: list[tuple]) -> list[tuple]:
+    """The ``(source, target, port, protocol, allowed)`` connections whose verdict under the rendered
+    NetworkPolicies is not ``allowed``; a platform pod (:func:`app`) carries its rendered labels."""
+    policies = [d for d in documents if d["kind"] == "NetworkPolicy"]
+    pods = rendered_pods(documents)
+
+    def labelled(pod: tuple) -> tuple:
+        namespace, labels = pod
+        return namespace, pods.get(labels.get("app.kubernetes.io/name"), labels) if namespace == "sherlock" else labels
+
+    return [connection for connection in connections if can_connect(
+        policies, labelled(connection[0]), labelled(connection[1]), connection[2], connection[3]) is not connection[4]]
+
+
+STEP = ("sherlock", CLIENT | {"sherlock.dev/pipeline-step": "true"})
+TRAINJOB_POD = ("sherlock", CLIENT | {"sherlock.dev/trainjob": "true"})
 PREDICTOR = ("sherlock", {"serving.kserve.io/inferenceservice": "sherlock"})
 STRANGER = ("sherlock", {})
 DNS = ("kube-system", {"k8s-app": "kube-dns"})
@@ -341,23 +364,47 @@ CONNECTIONS = [
 def test_network_policies_deny_by_default_and_admit_exactly_who_needs_it(overlay):
     """Evaluated with NetworkPolicy semantics (kube-apiserver and a CNI cannot run here): default-deny
     ingress for the namespace, egress of the platform's own pods limited to DNS and their services."""
-    from pipelines.common import POD_LABELS, TRAINJOB_LABEL
+    from pipelines.common import POD_LABELS, STEP_LABEL, TRAINJOB_LABEL
 
     documents = render(overlay)
     policies = [d for d in documents if d["kind"] == "NetworkPolicy"]
-    pods = rendered_pods(documents)
-    assert set(pods) == {"mlflow", "minio", "postgres", "buckets", "mlflow-access"}
-    assert set(STEP[1]) == set(POD_LABELS) and TRAINJOB_LABEL in TRAINJOB_POD[1]
-
-    def labelled(pod: tuple) -> tuple:
-        namespace, labels = pod
-        return namespace, pods.get(labels.get("app.kubernetes.io/name"), labels) if namespace == "sherlock" else labels
-
-    wrong = [(source, target, port, allowed) for source, target, port, protocol, allowed in CONNECTIONS
-             if can_connect(policies, labelled(source), labelled(target), port, protocol) is not allowed]
-    assert not wrong, wrong
+    assert set(rendered_pods(documents)) == {"mlflow", "minio", "postgres", "buckets", "mlflow-access"}
+    assert set(STEP[1]) == {*POD_LABELS, STEP_LABEL} and TRAINJOB_LABEL in TRAINJOB_POD[1]
+    assert not misjudged(documents, CONNECTIONS)
     without_default_deny = [p for p in policies if p["metadata"]["name"] != "sherlock-default-deny"]
     assert can_connect(without_default_deny, STRANGER, STEP, 8080)  # the evaluator can tell the difference
+
+
+KFP_API = ("kubeflow", {"app": "ml-pipeline"})
+API_SERVER, INTERNET = ("ip", "10.0.0.1"), ("ip", "203.0.113.7")
+ISTIOD = ("istio-system", {"app": "istiod"})
+# (source, target, port, protocol, allowed) with networkPolicies.workloadEgress on
+WORKLOAD_EGRESS = [
+    (STEP, DNS, 53, "UDP", True), (STEP, app("mlflow"), 5000, "TCP", True), (STEP, app("minio"), 9000, "TCP", True),
+    (STEP, KFP_API, 8887, "TCP", True), (STEP, API_SERVER, 443, "TCP", True), (STEP, API_SERVER, 22, "TCP", False),
+    (STEP, INTERNET, 443, "TCP", False), (STEP, OUTSIDE, 443, "TCP", False), (STEP, TRAINJOB_POD, 29400, "TCP", False),
+    (TRAINJOB_POD, TRAINJOB_POD, 29400, "TCP", True), (TRAINJOB_POD, app("minio"), 9000, "TCP", True),
+    (TRAINJOB_POD, app("mlflow"), 5000, "TCP", True), (TRAINJOB_POD, API_SERVER, 443, "TCP", False),
+    (TRAINJOB_POD, KFP_API, 8887, "TCP", False), (TRAINJOB_POD, INTERNET, 443, "TCP", False),
+    (PREDICTOR, app("minio"), 9000, "TCP", True), (PREDICTOR, DNS, 53, "UDP", True),
+    (PREDICTOR, ISTIOD, 15012, "TCP", True), (PREDICTOR, app("mlflow"), 5000, "TCP", False),
+    (PREDICTOR, API_SERVER, 443, "TCP", False), (PREDICTOR, INTERNET, 443, "TCP", False),
+]
+
+
+def test_workload_egress_limits_steps_trainjobs_and_predictors_to_what_they_call():
+    """``networkPolicies.workloadEgress`` (off by default: the KFP namespace and the API server's address
+    are the installation's) confines the pods the platform starts, evaluated as above; off, their egress
+    stays open."""
+    documents = helm_template("networkPolicies.workloadEgress.enabled=true",
+                              "networkPolicies.workloadEgress.apiServerCIDRs={10.0.0.1/32}",
+                              "networkPolicies.workloadEgress.meshNamespace=istio-system")
+    for document in documents:
+        validate_manifest(document)
+    assert not misjudged(documents, WORKLOAD_EGRESS)
+    default = [d for d in helm_template() if d["kind"] == "NetworkPolicy"]
+    assert all(can_connect(default, source, target, port) for source, target, port in (
+        (STEP, INTERNET, 443), (TRAINJOB_POD, API_SERVER, 443), (PREDICTOR, INTERNET, 443)))
 
 
 def test_chart_values_switch_components():

@@ -175,7 +175,8 @@ def test_credentials_come_only_from_secrets(compiled):
         assert not {e["name"] for e in container.get("env", [])} & {"AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"}
         assert container["command"][-1].count("pip install") == 0  # kfp is in the image
         assert platform["podMetadata"]["labels"] == {"sherlock.dev/s3-client": "true",  # admitted by manifests/
-                                                     "sherlock.dev/mlflow-client": "true"}
+                                                     "sherlock.dev/mlflow-client": "true",
+                                                     "sherlock.dev/pipeline-step": "true"}
 
 
 def test_only_the_deploy_step_holds_the_deployers_token(compiled, tmp_path):

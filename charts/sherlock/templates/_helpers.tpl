@@ -42,3 +42,41 @@ capabilities:
         - port: 53
           protocol: TCP
 {{- end }}
+
+{{- /* egress to the bundled MinIO, or to any address on the S3 ports when an external store is used */}}
+{{- define "sherlock.minioEgress" }}
+    {{- if .Values.minio.enabled }}
+    - to:
+        - podSelector:
+            matchLabels:
+              app.kubernetes.io/name: minio
+      ports:
+        - port: 9000
+          protocol: TCP
+    {{- else }}
+    - ports:
+        - port: 443
+          protocol: TCP
+        - port: 9000
+          protocol: TCP
+    {{- end }}
+{{- end }}
+
+{{- /* egress to the bundled MLflow, or to any address on its ports when an external server is used */}}
+{{- define "sherlock.mlflowEgress" }}
+    {{- if .Values.mlflow.enabled }}
+    - to:
+        - podSelector:
+            matchLabels:
+              app.kubernetes.io/name: mlflow
+      ports:
+        - port: 5000
+          protocol: TCP
+    {{- else }}
+    - ports:
+        - port: 443
+          protocol: TCP
+        - port: 5000
+          protocol: TCP
+    {{- end }}
+{{- end }}
