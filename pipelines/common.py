@@ -29,6 +29,7 @@ from sherlock.stages.registry import stage
 # (kubeflow/pipelines#11662) and resolves a run parameter in a resource limit (#11501: gpus).
 MIN_KFP_BACKEND = "2.5.0"
 S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+S3_CA_DIR = "/etc/sherlock-s3-ca"  # the mounted s3_ca_configmap (manifests/overlays/minio-tls, the chart)
 MLFLOW_ENV, MLFLOW_OPTIONAL_ENV = ("MLFLOW_TRACKING_URI",), ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 POD_LABELS = ("sherlock.dev/s3-client", "sherlock.dev/mlflow-client")
 TRAINJOB_LABEL = "sherlock.dev/trainjob"  # a TrainJob's pods admit each other (manifests/: sherlock-trainjob-peers)
@@ -58,6 +59,8 @@ class ClusterOptions(GPUPlacement):
                                                   "(then output_root=/checkpoints/…)")
     s3_secret: str = help_field("sherlock-s3", "Secret with AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
                                                "AWS_SECRET_ACCESS_KEY")
+    s3_ca_configmap: str | None = help_field(None, "ConfigMap whose cabundle.crt is the S3 endpoint's CA (MinIO "
+                                                   "with TLS, a private CA): mounted on every step as AWS_CA_BUNDLE")
     mlflow_secret: str = help_field("sherlock-mlflow", "Secret with MLFLOW_TRACKING_URI (optional "
                                                        "MLFLOW_TRACKING_USERNAME/PASSWORD)")
     deployer_secret: str = help_field("sherlock-deployer-token", "token Secret of the ServiceAccount that may write "
@@ -92,6 +95,10 @@ class ClusterOptions(GPUPlacement):
         if self.checkpoint_pvc:
             volumes.append({"name": "checkpoints", "persistentVolumeClaim": {"claimName": self.checkpoint_pvc}})
             mounts.append({"name": "checkpoints", "mountPath": "/checkpoints"})
+        if self.s3_ca_configmap:
+            volumes.append({"name": "s3-ca", "configMap": {"name": self.s3_ca_configmap}})
+            mounts.append({"name": "s3-ca", "mountPath": S3_CA_DIR, "readOnly": True})
+            env.append({"name": "AWS_CA_BUNDLE", "value": f"{S3_CA_DIR}/cabundle.crt"})
         return {"runtime": self.trainjob_runtime, "num_nodes": num_nodes, "image": IMAGE,
                 "resources": {"cpu": self.gpu_cpu, "memory": self.gpu_memory}, "accelerator": self.accelerator,
                 "node_selector": self.selector(), "volumes": volumes, "volume_mounts": mounts, "env": env,
@@ -109,6 +116,9 @@ def with_platform(task: dsl.PipelineTask, options: ClusterOptions, gpus=None, re
     kubernetes.use_secret_as_env(task, options.mlflow_secret, {key: key for key in MLFLOW_ENV})
     kubernetes.use_secret_as_env(task, options.mlflow_secret, {key: key for key in MLFLOW_OPTIONAL_ENV},
                                  optional=True)
+    if options.s3_ca_configmap:  # trust the S3 endpoint's CA (AWS_CA_BUNDLE: sherlock.storage, MLflow's boto3)
+        kubernetes.use_config_map_as_volume(task, options.s3_ca_configmap, mount_path=S3_CA_DIR)
+        task.set_env_variable("AWS_CA_BUNDLE", f"{S3_CA_DIR}/cabundle.crt")
     for label in (*POD_LABELS, STEP_LABEL):  # the NetworkPolicies of manifests/ admit these pods to MinIO and MLflow
         kubernetes.add_pod_label(task, label, "true")
     task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0)

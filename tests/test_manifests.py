@@ -22,7 +22,7 @@ from sherlock.serving.schema import validate_manifest
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
 CHART = ROOT / "charts" / "sherlock"
-OVERLAYS = ("base", "overlays/gpu-pool", "overlays/local")
+OVERLAYS = ("base", "overlays/gpu-pool", "overlays/local", "overlays/minio-tls")
 RENDERED = OVERLAYS + ("chart",)
 CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
 SKIPS = MANIFESTS / "checkov-skips.txt"
@@ -108,7 +108,7 @@ def test_overlays_do_what_they_say():
     def runtime(documents):
         return next(d for d in documents if d["kind"] == "ServingRuntime")["spec"]
 
-    base, gpu, local = (render(overlay) for overlay in OVERLAYS)
+    base, gpu, local = (render(overlay) for overlay in ("base", "overlays/gpu-pool", "overlays/local"))
     assert "nodeSelector" not in runtime(base) and "nvidia.com/gpu" not in runtime(base)["containers"][0]["resources"][
         "limits"]
     assert runtime(gpu)["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
@@ -119,6 +119,35 @@ def test_overlays_do_what_they_say():
              for d in local if d["kind"] == "StatefulSet"}
     assert sizes == {"sherlock-minio": "10Gi", "sherlock-postgres": "1Gi"}
     assert all(d["metadata"].get("namespace") == "sherlock" for d in base if d["kind"] != "Namespace")
+
+
+def test_minio_tls_overlay_and_chart_serve_https_and_their_clients_trust_the_ca():
+    """MinIO reads the TLS Secret's pair from its writable certs dir and is probed over HTTPS; MLflow and
+    the bucket Job trust the CA ConfigMap (AWS_CA_BUNDLE: tests/test_storage_faults.py shows the client
+    side against a real HTTPS S3 gateway). The kustomize overlay and the chart's values agree."""
+    def workloads(documents):
+        return {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in documents
+                if d["kind"] in ("StatefulSet", "Deployment", "Job")
+                and d["metadata"]["name"] in ("sherlock-minio", "sherlock-mlflow", "sherlock-buckets")}
+
+    overlay = workloads(render("overlays/minio-tls"))
+    chart = workloads(helm_template("minio.tls.secretName=sherlock-minio-tls", "s3CABundleConfigMap=sherlock-s3-ca"))
+    for side in (overlay, chart):
+        minio = side["sherlock-minio"]["containers"][0]
+        assert "--certs-dir" in minio["args"] and minio["args"][minio["args"].index("--certs-dir") + 1] == "/tmp/certs"
+        assert {(m["mountPath"], m.get("subPath")) for m in minio["volumeMounts"] if m["name"] == "tls"} == {
+            ("/tmp/certs/public.crt", "tls.crt"), ("/tmp/certs/private.key", "tls.key")}
+        assert {"name": "tls", "secret": {"secretName": "sherlock-minio-tls"}} in side["sherlock-minio"]["volumes"]
+        assert minio["readinessProbe"]["httpGet"]["scheme"] == minio["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+        for client in ("sherlock-mlflow", "sherlock-buckets"):
+            container = side[client]["containers"][0]
+            assert {"name": "AWS_CA_BUNDLE", "value": "/etc/sherlock-s3-ca/cabundle.crt"} in container["env"]
+            assert {"name": "s3-ca", "mountPath": "/etc/sherlock-s3-ca", "readOnly": True} in container["volumeMounts"]
+            assert {"name": "s3-ca", "configMap": {"name": "sherlock-s3-ca", "items": [
+                {"key": "cabundle.crt", "path": "cabundle.crt"}]}} in side[client]["volumes"]
+    plain = workloads(render("base"))
+    assert "scheme" not in plain["sherlock-minio"]["containers"][0]["readinessProbe"]["httpGet"]
+    assert not [e for e in plain["sherlock-mlflow"]["containers"][0]["env"] if e["name"] == "AWS_CA_BUNDLE"]
 
 
 @pytest.mark.parametrize("overlay", ("overlays/gpu-pool", "chart"))

@@ -163,3 +163,20 @@ def test_read_only_keys_read_but_cannot_write(seaweed, weed_root, tmp_path):
                                region="us-east-1"), retries=0)
     with pytest.raises(StorageError, match="refused the credentials"):
         wrong.exists(f"{uri}/config.json")
+
+
+def test_over_tls_the_store_is_verified_against_the_configured_ca(seaweed, weed_root, tmp_path, monkeypatch):
+    """MinIO with TLS (the chart's minio.tls) seen from a client: HTTPS with the platform's CA bundle
+    (AWS_CA_BUNDLE) round-trips a checkpoint; without that CA the server is not trusted, and nothing is
+    downloaded."""
+    uri = f"{weed_root}/run/model"
+    source = version(tmp_path / "v1", "v1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", seaweed.https_url)
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(seaweed.ca_file))
+    Storage().upload_dir(source, uri)
+    assert files(fetch(uri)) == files(source)
+    monkeypatch.delenv("AWS_CA_BUNDLE")  # the public CAs only
+    monkeypatch.setenv("SHERLOCK_CACHE", str(tmp_path / "other-cache"))
+    with pytest.raises(StorageError, match="CERTIFICATE_VERIFY_FAILED"):
+        fetch(uri, Storage(retries=0))
+    assert not list((tmp_path / "other-cache").rglob("model.safetensors"))

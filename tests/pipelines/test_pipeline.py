@@ -140,15 +140,15 @@ def test_gpu_and_cpu_steps_land_on_the_right_nodes(compiled):
 # backend MIN_KFP_BACKEND (2.5.0): the resource fields of kubeflow/pipelines#11333 beside the
 # deprecated ones the SDK still writes (#11839), a parameter in the GPU count (#11501), and the
 # platform fields (secretAsEnv, podMetadata, nodeSelector, tolerations, emptyDirMounts #10913,
-# genericEphemeralVolume #10602, pvcMount, secretAsVolume: kfp-kubernetes 1.0's first fields) from releases
-# before it. A new field fails here until
+# genericEphemeralVolume #10602, pvcMount, secretAsVolume: kfp-kubernetes 1.0's first fields, configMapAsVolume
+# #10483) from releases before it. A new field fails here until
 # the version that reads it is checked and MIN_KFP_BACKEND raised where needed.
 BACKEND_FIELDS = {
     "resources": {"cpuRequest", "memoryRequest", "memoryLimit", "resourceCpuRequest", "resourceMemoryRequest",
                   "resourceMemoryLimit", "accelerator"},
     "accelerator": {"count", "type", "resourceCount", "resourceType"},
     "platform": {"secretAsEnv", "podMetadata", "nodeSelector", "tolerations", "emptyDirMounts",
-                 "genericEphemeralVolume", "pvcMount", "secretAsVolume"},
+                 "genericEphemeralVolume", "pvcMount", "secretAsVolume", "configMapAsVolume"},
 }
 
 
@@ -190,6 +190,29 @@ def test_only_the_deploy_step_holds_the_deployers_token(compiled, tmp_path):
                                             "runtimeValue": {"constant": "sherlock-deployer-token"}}}]}
     _, without = load_compiled(tmp_path, "--deployer-secret", "")
     assert not [platform for platform in without.values() if "secretAsVolume" in platform]
+
+
+def test_a_private_s3_ca_is_trusted_by_every_step_and_trainjob(tmp_path):
+    """``--s3-ca-configmap`` (MinIO with TLS: manifests/overlays/minio-tls): every step mounts the CA and
+    points AWS_CA_BUNDLE at it (what sherlock.storage and MLflow's boto3 read), and so do TrainJobs."""
+    from components.trainjob import TrainJobSettings
+    from pipelines.common import S3_CA_DIR
+    from sherlock.config import load_config
+
+    spec, executors = load_compiled(tmp_path, "--s3-ca-configmap", "sherlock-s3-ca", "--trainer", "trainjob")
+    bundle = {"name": "AWS_CA_BUNDLE", "value": f"{S3_CA_DIR}/cabundle.crt"}
+    for executor, platform in executors.items():
+        assert set(platform) <= BACKEND_FIELDS["platform"]
+        (mount,) = platform["configMapAsVolume"]
+        assert (mount["configMapName"], mount["mountPath"]) == ("sherlock-s3-ca", S3_CA_DIR), executor
+        assert bundle in spec["deploymentSpec"]["executors"][executor]["container"]["env"], executor
+    trainjobs = [task["inputs"]["parameters"]["trainjob"]["runtimeValue"]["constant"]
+                 for task in all_tasks(spec).values() if "trainjob" in task["inputs"]["parameters"]]
+    assert trainjobs
+    for trainjob in trainjobs:
+        settings = load_config(TrainJobSettings, overrides=trainjob)
+        assert {"name": "s3-ca", "configMap": {"name": "sherlock-s3-ca"}} in settings.volumes and bundle in settings.env
+        assert {"name": "s3-ca", "mountPath": S3_CA_DIR, "readOnly": True} in settings.volume_mounts
 
 
 def test_caching_and_retries_are_explicit_per_step(compiled):

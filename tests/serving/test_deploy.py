@@ -8,13 +8,14 @@ import json
 import mlflow
 import pytest
 import yaml
+from servers import self_signed_certificate
 
 from sherlock.config import ConfigError, load_config
 from sherlock.serving.deploy import MANIFEST_FILE, DeployConfig, DeployError, run_deploy
 from sherlock.serving.schema import KSERVE_KINDS, ManifestError, generate_schema, schema_file, validate_manifest
 from sherlock.storage import directory_digest, publish, split_s3_uri
 from sherlock.tracking import DIGEST_TAG
-from tests.kube_api import KubeAPI, self_signed_certificate
+from tests.kube_api import KubeAPI
 
 
 def published_checkpoint(tmp_path, uri: str, weights: bytes = b"w" * 64) -> str:

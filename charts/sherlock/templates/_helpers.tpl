@@ -80,3 +80,30 @@ capabilities:
           protocol: TCP
     {{- end }}
 {{- end }}
+
+{{- /* the S3 endpoint's CA (s3CABundleConfigMap) for a client container: env, mount and volume */}}
+{{- define "sherlock.s3CAEnv" }}
+{{- if .Values.s3CABundleConfigMap }}
+            - name: AWS_CA_BUNDLE
+              value: /etc/sherlock-s3-ca/cabundle.crt
+{{- end }}
+{{- end }}
+
+{{- define "sherlock.s3CAMount" }}
+{{- if .Values.s3CABundleConfigMap }}
+            - name: s3-ca
+              mountPath: /etc/sherlock-s3-ca
+              readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "sherlock.s3CAVolume" }}
+{{- if .Values.s3CABundleConfigMap }}
+        - name: s3-ca
+          configMap:
+            name: {{ .Values.s3CABundleConfigMap }}
+            items:
+              - key: cabundle.crt
+                path: cabundle.crt
+{{- end }}
+{{- end }}
