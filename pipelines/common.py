@@ -30,6 +30,7 @@ from sherlock.stages.registry import stage
 MIN_KFP_BACKEND = "2.5.0"
 S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 S3_CA_DIR = "/etc/sherlock-s3-ca"  # the mounted s3_ca_configmap (manifests/overlays/minio-tls, the chart)
+S3_CA_BUNDLE = f"{S3_CA_DIR}/cabundle.crt"  # its AWS_CA_BUNDLE (cabundle.crt: KServe's key name)
 MLFLOW_ENV, MLFLOW_OPTIONAL_ENV = ("MLFLOW_TRACKING_URI",), ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 POD_LABELS = ("sherlock.dev/s3-client", "sherlock.dev/mlflow-client")
 TRAINJOB_LABEL = "sherlock.dev/trainjob"  # a TrainJob's pods admit each other (manifests/: sherlock-trainjob-peers)
@@ -98,7 +99,7 @@ class ClusterOptions(GPUPlacement):
         if self.s3_ca_configmap:
             volumes.append({"name": "s3-ca", "configMap": {"name": self.s3_ca_configmap}})
             mounts.append({"name": "s3-ca", "mountPath": S3_CA_DIR, "readOnly": True})
-            env.append({"name": "AWS_CA_BUNDLE", "value": f"{S3_CA_DIR}/cabundle.crt"})
+            env.append({"name": "AWS_CA_BUNDLE", "value": S3_CA_BUNDLE})
         return {"runtime": self.trainjob_runtime, "num_nodes": num_nodes, "image": IMAGE,
                 "resources": {"cpu": self.gpu_cpu, "memory": self.gpu_memory}, "accelerator": self.accelerator,
                 "node_selector": self.selector(), "volumes": volumes, "volume_mounts": mounts, "env": env,
@@ -118,7 +119,7 @@ def with_platform(task: dsl.PipelineTask, options: ClusterOptions, gpus=None, re
                                  optional=True)
     if options.s3_ca_configmap:  # trust the S3 endpoint's CA (AWS_CA_BUNDLE: sherlock.storage, MLflow's boto3)
         kubernetes.use_config_map_as_volume(task, options.s3_ca_configmap, mount_path=S3_CA_DIR)
-        task.set_env_variable("AWS_CA_BUNDLE", f"{S3_CA_DIR}/cabundle.crt")
+        task.set_env_variable("AWS_CA_BUNDLE", S3_CA_BUNDLE)
     for label in (*POD_LABELS, STEP_LABEL):  # the NetworkPolicies of manifests/ admit these pods to MinIO and MLflow
         kubernetes.add_pod_label(task, label, "true")
     task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0)

@@ -194,10 +194,12 @@ def _requested_ranks(argv: list[str]) -> int:
     the full parser then reports it)."""
     if not argv or argv[0] not in STAGES or not STAGES[argv[0]].multi_rank:
         return 1
-    peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    peek.add_argument("--nproc-per-node", default="1")
-    text = peek.parse_known_args(argv[1:])[0].nproc_per_node
-    return int(text) if text.isdigit() and int(text) > 0 else 1
+    peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    peek.add_argument("--nproc-per-node", type=_positive, default=1)
+    try:
+        return peek.parse_known_args(argv[1:])[0].nproc_per_node
+    except argparse.ArgumentError:
+        return 1
 
 
 def main(argv: list[str] | None = None) -> None:

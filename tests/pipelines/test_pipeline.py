@@ -196,11 +196,11 @@ def test_a_private_s3_ca_is_trusted_by_every_step_and_trainjob(tmp_path):
     """``--s3-ca-configmap`` (MinIO with TLS: manifests/overlays/minio-tls): every step mounts the CA and
     points AWS_CA_BUNDLE at it (what sherlock.storage and MLflow's boto3 read), and so do TrainJobs."""
     from components.trainjob import TrainJobSettings
-    from pipelines.common import S3_CA_DIR
+    from pipelines.common import S3_CA_BUNDLE, S3_CA_DIR
     from sherlock.config import load_config
 
     spec, executors = load_compiled(tmp_path, "--s3-ca-configmap", "sherlock-s3-ca", "--trainer", "trainjob")
-    bundle = {"name": "AWS_CA_BUNDLE", "value": f"{S3_CA_DIR}/cabundle.crt"}
+    bundle = {"name": "AWS_CA_BUNDLE", "value": S3_CA_BUNDLE}
     for executor, platform in executors.items():
         assert set(platform) <= BACKEND_FIELDS["platform"]
         (mount,) = platform["configMapAsVolume"]
