@@ -128,7 +128,8 @@ class PreferenceDataset(Dataset):
             context = encoded[contexts.index((prompt, prefix))]
             context_ids = context["input_ids"][0]
             suffix_ids = torch.as_tensor(tokenizer(suffix + self.end_of_turn, add_special_tokens=False)["input_ids"])
-            sequence = {"input_ids": torch.cat([context_ids, suffix_ids]), "label_start": len(context_ids)}
+            sequence = {"input_ids": torch.cat([context_ids, suffix_ids]), "label_start": len(context_ids),
+                        "context": contexts.index((prompt, prefix))}
             for key in TOKEN_KEYS:  # the suffix's tokens are text tokens, like the prompt's last one
                 if key in context:
                     values = context[key][0]
@@ -147,7 +148,8 @@ class PreferenceDataset(Dataset):
 
 @dataclass
 class PreferenceCollator:
-    """Pads the unique sequences of a batch of pairs into one model batch (right padding)."""
+    """Pads the unique sequences of a batch of pairs into one model batch (right padding). Each row
+    also names its context (prompt + prefix: an id unique in the batch) and where its labels start."""
 
     pad_token_id: int
 
@@ -157,6 +159,9 @@ class PreferenceCollator:
             slots.append([len(sequences) + s for s in item["slots"]])
             sequences += item["sequences"]
         owner_of = [i for i, item in enumerate(items) for _ in item["sequences"]]
+        context_ids: dict[tuple[int, int], int] = {}
+        contexts = [context_ids.setdefault((owner, s["context"]), len(context_ids))
+                    for owner, s in zip(owner_of, sequences)]
         length = max(len(s["input_ids"]) for s in sequences)
         count = len(sequences)
         input_ids = torch.full((count, length), self.pad_token_id, dtype=torch.long)
@@ -181,6 +186,8 @@ class PreferenceCollator:
             input_ids=input_ids,
             attention_mask=attention_mask,
             labels=labels,
+            context=torch.tensor(contexts, dtype=torch.long),
+            label_start=torch.tensor([s["label_start"] for s in sequences], dtype=torch.long),
             slots=torch.tensor(slots, dtype=torch.long),
             index=torch.tensor([item["index"] for item in items], dtype=torch.long),
             truncation_step=torch.tensor([item["truncation_step"] for item in items], dtype=torch.float32),
@@ -189,7 +196,8 @@ class PreferenceCollator:
         return batch
 
 
-PAIR_KEYS = ("slots", "index", "truncation_step", "noise_level", "labels")
+# the batch keys that are not model inputs
+LAYOUT_KEYS = ("slots", "index", "truncation_step", "noise_level", "labels", "context", "label_start")
 
 
 LENGTH_SPREAD = 1.3  # a length bucket's longest row is at most this times its shortest
@@ -210,38 +218,114 @@ def label_logps(head, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return selective_log_softmax(head(hidden), labels)
 
 
-def sequence_logps(model, batch: dict) -> torch.Tensor:
-    """Summed log π(labelled tokens) of every sequence, gathered into the (pairs, slots) layout.
+def summed_label_logps(model, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Σ log π(label) per row; ``hidden[:, t]`` predicts ``labels[:, t]``. The logits are never kept for
+    the backward pass: the output projection and log-softmax run under activation checkpointing, so a
+    batch holds rows × tokens × hidden activations there instead of rows × tokens × vocabulary."""
+    head = getattr(model, "module", model).get_output_embeddings()  # through DDP / DeepSpeed wrappers
+    inputs = (head, hidden, labels.clamp(min=0))
+    token_logps = checkpoint(label_logps, *inputs, use_reentrant=False) if torch.is_grad_enabled() \
+        else label_logps(*inputs)
+    return (token_logps.float() * (labels != IGNORE_INDEX)).sum(-1)
 
-    Direct sequences are much shorter than correction sequences (which quote a whole response), so
-    the rows run in length buckets, each cut to its own longest row, instead of one batch padded to
-    the longest (about 35 % padding on the synthetic task). Distributed runs keep one forward pass.
-    The logits are never kept for the backward pass: the output projection and log-softmax of the
-    last hidden states run under activation checkpointing (:func:`label_logps`), so a bucket holds
-    rows × tokens × hidden activations there instead of rows × tokens × vocabulary.
+
+def shares_prefixes(model, batch: dict) -> bool:
+    """Whether :func:`sequence_logps` may run each context once and continue it with its suffixes.
+
+    Not under torchrun (DDP and ZeRO-3 need every rank to make the same calls: one forward pass), not
+    under activation checkpointing (transformers drops the cache a checkpointed layer is given), not
+    where a sliding attention window is shorter than the rows (a right-padded prefix's cache would be
+    cut at the wrong place).
     """
+    if distributed.world_size() > 1:
+        return False
+    unwrapped = getattr(model, "module", model)
+    if getattr(unwrapped, "is_gradient_checkpointing", False) and unwrapped.training:
+        return False
+    window = getattr(unwrapped.config.get_text_config(), "sliding_window", None)
+    return not window or window >= batch["input_ids"].shape[1]
+
+
+def full_row_logps(model, batch: dict) -> list[torch.Tensor]:
+    """Σ log π(labels) of every row from whole-row forward passes: rows in length buckets, each cut to
+    its own longest row; under torchrun one pass over all rows."""
     lengths = batch["attention_mask"].sum(-1).tolist()
     per_sequence = [None] * len(lengths)
-    # one forward per step under torchrun: DDP and ZeRO-3 need every rank to make the same calls
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
-        and torch.distributed.get_world_size() > 1
-    for rows in [list(range(len(lengths)))] if distributed else length_buckets(lengths):
+    for rows in [list(range(len(lengths)))] if distributed.world_size() > 1 else length_buckets(lengths):
         width = max(lengths[row] for row in rows)
         index = torch.tensor(rows, device=batch["input_ids"].device)
-        chunk = {k: v.index_select(0, index) for k, v in batch.items() if k not in PAIR_KEYS}
+        chunk = {k: v.index_select(0, index) for k, v in batch.items() if k not in LAYOUT_KEYS}
         for key in ("input_ids", "attention_mask", *TOKEN_KEYS):
             if key in chunk:
                 chunk[key] = chunk[key][:, :width]
         hidden = model(**chunk, logits_to_keep=1, output_hidden_states=True).hidden_states[-1][:, :-1]
         labels = batch["labels"].index_select(0, index)[:, 1:width]
-        mask = labels != IGNORE_INDEX
-        head = getattr(model, "module", model).get_output_embeddings()  # through DDP / DeepSpeed wrappers
-        inputs = (head, hidden, labels.clamp(min=0))
-        token_logps = checkpoint(label_logps, *inputs, use_reentrant=False) if torch.is_grad_enabled() \
-            else label_logps(*inputs)
-        for row, value in zip(rows, (token_logps.float() * mask).sum(-1)):
+        for row, value in zip(rows, summed_label_logps(model, hidden, labels)):
             per_sequence[row] = value
-    return torch.stack(per_sequence)[batch["slots"]]
+    return per_sequence
+
+
+def shared_prefix_logps(model, batch: dict) -> list[torch.Tensor]:
+    """Σ log π(labels) of every row, each context (prompt + prefix) run once.
+
+    The 4 correction sequences of a pair continue 2 contexts that quote a whole response (offline
+    pairs: 1 prefix, 2 suffixes each; the context is ~90 % of the row), so a context runs once with the
+    model's KV cache, in length buckets, and the cache is continued by every suffix of that context:
+    the suffix tokens take positions after their own context (``position_ids``) and attend to its
+    tokens through the attention mask, the right padding between them masked. Gradients flow through
+    the cached keys and values into the context's pass. The first label token is predicted by the
+    context's last hidden state, the others by the suffix's.
+    """
+    lengths = batch["attention_mask"].sum(-1).tolist()
+    starts = batch["label_start"].tolist()
+    row_context = batch["context"].tolist()
+    first_row = {context: row_context.index(context) for context in dict.fromkeys(row_context)}
+    contexts = list(first_row)
+    device = batch["input_ids"].device
+    per_sequence = [None] * len(lengths)
+    for bucket in length_buckets([starts[first_row[c]] for c in contexts]):
+        bucket_contexts = [contexts[i] for i in bucket]
+        heads = torch.tensor([first_row[c] for c in bucket_contexts], device=device)
+        context_lengths = batch["label_start"].index_select(0, heads)
+        width = int(context_lengths.max())
+        prefix = {k: v.index_select(0, heads) for k, v in batch.items() if k not in LAYOUT_KEYS}
+        for key in ("input_ids", *TOKEN_KEYS):
+            if key in prefix:
+                prefix[key] = prefix[key][:, :width]
+        prefix["attention_mask"] = (torch.arange(width, device=device) < context_lengths[:, None]).long()
+        out = model(**prefix, use_cache=True, logits_to_keep=1, output_hidden_states=True)
+        rows = [row for row in range(len(lengths)) if row_context[row] in bucket_contexts]
+        owner = torch.tensor([bucket_contexts.index(row_context[row]) for row in rows], device=device)
+        cache = out.past_key_values
+        cache.batch_select_indices(owner)  # one copy of its context's cache per row
+        index = torch.tensor(rows, device=device)
+        row_starts = batch["label_start"].index_select(0, index)
+        suffix_lengths = torch.tensor([lengths[row] - starts[row] for row in rows], device=device)
+        steps = torch.arange(int(suffix_lengths.max()), device=device)
+        in_suffix = steps < suffix_lengths[:, None]
+        positions = row_starts[:, None] + steps
+        columns = torch.minimum(positions, torch.tensor(batch["input_ids"].shape[1] - 1, device=device))
+        suffix = {key: batch[key][index[:, None], columns] for key in ("input_ids", *TOKEN_KEYS) if key in batch}
+        suffix["attention_mask"] = torch.cat([prefix["attention_mask"].index_select(0, owner), in_suffix.long()], 1)
+        hidden = model(**suffix, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1,
+                       output_hidden_states=True).hidden_states[-1]
+        last = out.hidden_states[-1][owner, context_lengths.index_select(0, owner) - 1]
+        labels = batch["labels"][index[:, None], columns].masked_fill(~in_suffix, IGNORE_INDEX)
+        for row, value in zip(rows, summed_label_logps(model, torch.cat([last[:, None], hidden[:, :-1]], 1), labels)):
+            per_sequence[row] = value
+    return per_sequence
+
+
+def sequence_logps(model, batch: dict) -> torch.Tensor:
+    """Summed log π(labelled tokens) of every sequence, gathered into the (pairs, slots) layout.
+
+    Each context runs once and its suffixes continue its cache (:func:`shared_prefix_logps`) where
+    :func:`shares_prefixes` allows; otherwise whole rows (:func:`full_row_logps`). Rows run in length
+    buckets: direct sequences are much shorter than correction sequences (which quote a whole
+    response), about 35 % of one batch padded to the longest was padding on the synthetic task.
+    """
+    rows = shared_prefix_logps(model, batch) if shares_prefixes(model, batch) else full_row_logps(model, batch)
+    return torch.stack(rows)[batch["slots"]]
 
 
 def model_digest(model_dir: str | Path) -> str:

@@ -17,7 +17,15 @@ from sherlock.data.preferences import read_pairs
 from sherlock.data.schema import open_image
 from sherlock.models.families import FAMILIES, TOKEN_KEYS
 from sherlock.models.loading import load_vlm
-from sherlock.training.preference import PreferenceCollator, PreferenceDataset, pair_sequences, sequence_logps
+from sherlock.training.preference import (
+    PreferenceCollator,
+    PreferenceDataset,
+    full_row_logps,
+    pair_sequences,
+    sequence_logps,
+    shared_prefix_logps,
+    shares_prefixes,
+)
 
 # float32 on CPU; the batched path pads, buckets and projects through the head under its own kernel calls
 TOLERANCE = {"rel": 1e-4, "abs": 1e-3}
@@ -82,6 +90,62 @@ def test_each_sequence_sees_its_own_image(family_model, preference_dir):
     images = [open_image(preference_dir, pair) for pair in pairs]
     expected = reference_logps(model, processor, pairs[0], images[1], dataset.end_of_turn)
     assert crossed[0].tolist() == pytest.approx(expected, **TOLERANCE)
+
+
+def _logps_and_gradients(model, batch, rows) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    logps = torch.stack(rows(model, batch))
+    logps.sum().backward()
+    gradients = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return logps.detach(), gradients
+
+
+def test_shared_contexts_give_the_whole_rows_log_probs_and_gradients(family_model, preference_dir):
+    """Each context (prompt + prefix) run once and continued by its suffixes through the KV cache: every
+    row's log-prob and every parameter's gradient are those of whole-row forward passes."""
+    name, model, processor = family_model
+    dataset = PreferenceDataset(read_pairs(preference_dir)[:3], preference_dir, processor)
+    batch = PreferenceCollator(processor.tokenizer.pad_token_id)([dataset[i] for i in range(3)])
+    assert shares_prefixes(model, batch)
+    assert len(set(batch["context"].tolist())) < len(batch["context"]), "the correction sequences share contexts"
+    whole, whole_gradients = _logps_and_gradients(model, batch, full_row_logps)
+    shared, shared_gradients = _logps_and_gradients(model, batch, shared_prefix_logps)
+    assert shared.tolist() == pytest.approx(whole.tolist(), **TOLERANCE), name
+    assert set(shared_gradients) == set(whole_gradients) and whole_gradients, name
+    for parameter, gradient in whole_gradients.items():  # float32: summation order differs, ~1e-6 relative
+        difference = (shared_gradients[parameter] - gradient).abs().max()
+        assert difference <= 1e-4 * gradient.abs().max() + 1e-7, (name, parameter, float(difference))
+
+
+def test_rows_run_whole_where_a_cache_cannot_be_continued(family_model_dirs, preference_dir):
+    """Whole rows under activation checkpointing (transformers drops the cache a checkpointed layer is
+    given) and where a sliding window is shorter than the rows (Gemma 3 with a 32-token window: the
+    cache of a right-padded context would be cut at the wrong place — forced, the shared path is off by
+    more than float noise); the log-probs equal each sequence's own forward pass either way."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    directory = family_model_dirs["gemma3"]
+    config = AutoConfig.from_pretrained(directory, local_files_only=True)
+    config.text_config.sliding_window = 32
+    windowed = AutoModelForImageTextToText.from_pretrained(directory, config=config, dtype=torch.float32,
+                                                           local_files_only=True).eval()
+    checkpointed = load_vlm(family_model_dirs["mllama"], dtype=torch.float32)[0].train()
+    checkpointed.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for name, model in (("gemma3", windowed), ("mllama", checkpointed)):
+        processor = load_vlm(family_model_dirs[name])[1]
+        pairs = read_pairs(preference_dir)[:2]
+        dataset = PreferenceDataset(pairs, preference_dir, processor)
+        batch = PreferenceCollator(processor.tokenizer.pad_token_id)([dataset[0], dataset[1]])
+        assert not shares_prefixes(model, batch), name
+        logps = sequence_logps(model, batch).detach()
+        for row, pair in enumerate(pairs):
+            expected = reference_logps(model, processor, pair, open_image(preference_dir, pair), dataset.end_of_turn)
+            assert logps[row].tolist() == pytest.approx(expected, **TOLERANCE), name
+        if name == "gemma3":
+            with torch.no_grad():
+                forced = torch.stack(shared_prefix_logps(model, batch))[batch["slots"]]
+            assert (forced - logps).abs().max() > 0.01
 
 
 def test_build_tiny_makes_each_family_from_the_command_line(tmp_path, synthetic_data):
