@@ -1,7 +1,7 @@
 """P1: one Sherlock preference training step (10-sequence layout, L_SC + α·L_DPO, dynamic β).
 
 Project: :class:`SherlockTrainer`'s loss — the unique sequences of a batch of pairs, each context run
-once and continued by its suffixes (``shared_prefix_logps``), reference log-probs from the cache.
+once and continued by its suffixes (``packed_logps``), reference log-probs from the cache.
 Baseline: the same objective computed naively — a policy forward and a reference forward for every one of
 the 10 sequences of every pair, every step. Both start from the same weights, see the same batches and take
 AdamW steps; the losses must agree to 1e-5. The models train in training mode, as the ``Trainer`` runs them.
@@ -9,8 +9,7 @@ Measured on the workspace's tiny Mllama and on a tiny model of every other famil
 (:data:`sherlock.models.families.FAMILIES`, its tokenizer trained on the workspace's data). The bound on the
 project's step: ≥ 3× the baseline's speed (TARGET) at ≤ 2× its peak memory (a second line per family:
 baseline / project peak ≥ 0.5). On Mllama a third arm runs the step with activation checkpointing on the
-policy (the paper presets' ``gradient_checkpointing``, under which whole rows run: transformers drops a
-checkpointed layer's cache).
+policy (the paper presets' ``gradient_checkpointing``).
 """
 
 from __future__ import annotations

@@ -20,17 +20,18 @@ slot  prompt              prefix       suffix
 
 Only suffix tokens (and the end-of-turn token) are labelled. The processor's per-token outputs (Mllama's
 ``cross_attention_mask``, Gemma 3's ``token_type_ids``: ``sherlock.models.families``) continue through
-the suffix as the prompt's last token does; the image inputs travel with their pair. Identical
-sequences (offline pairs share their prefix, so 2 of every 4 correction sequences repeat) are run
-once. Without L_SC (the "w/o L_SC" ablation, plain DPO) only slots 0 and 1 are built. Reference
-log-probs come from a frozen copy of the starting checkpoint, computed once per (model, data) and
-cached on disk.
+the suffix as the prompt's last token does; the image inputs travel with their pair. Identical sequences
+(offline pairs share their prefix, so 2 of every 4 correction sequences repeat) are run once, and so is
+each context (prompt + prefix): packed with the suffixes that continue it. Without L_SC (the "w/o L_SC"
+ablation, plain DPO) only slots 0 and 1 are built. Reference log-probs come from a frozen copy of the
+starting checkpoint, computed once per (model, data) and cached on disk.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -218,35 +219,30 @@ def label_logps(head, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return selective_log_softmax(head(hidden), labels)
 
 
-def summed_label_logps(model, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Σ log π(label) per row; ``hidden[:, t]`` predicts ``labels[:, t]``. The logits are never kept for
-    the backward pass: the output projection and log-softmax run under activation checkpointing, so a
-    batch holds rows × tokens × hidden activations there instead of rows × tokens × vocabulary."""
+def labelled_logps(model, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log π(label) of each token, 0 where unlabelled; ``hidden[..., t, :]`` predicts ``labels[..., t]``.
+
+    The logits are never kept for the backward pass: the output projection and log-softmax run under
+    activation checkpointing, so a batch holds tokens × hidden activations there instead of tokens ×
+    vocabulary."""
     head = getattr(model, "module", model).get_output_embeddings()  # through DDP / DeepSpeed wrappers
     inputs = (head, hidden, labels.clamp(min=0))
     token_logps = checkpoint(label_logps, *inputs, use_reentrant=False) if torch.is_grad_enabled() \
         else label_logps(*inputs)
-    return (token_logps.float() * (labels != IGNORE_INDEX)).sum(-1)
+    return token_logps.float() * (labels != IGNORE_INDEX)
 
 
-def shares_prefixes(model, batch: dict) -> bool:
-    """Whether :func:`sequence_logps` may run each context once and continue it with its suffixes.
+PACKING_ATTENTION = ("sdpa", "eager")  # the attention implementations that take a 4-D mask
 
-    Not under torchrun (DDP and ZeRO-3 need every rank to make the same calls: one forward pass), not
-    under activation checkpointing (transformers drops the cache a checkpointed layer is given), not
-    where a sliding attention window is shorter than the rows (a right-padded prefix's cache would be
-    cut at the wrong place).
-    """
-    if distributed.world_size() > 1:
-        return False
+
+def packs_contexts(model) -> bool:
+    """Whether :func:`sequence_logps` may pack each context with its suffixes (:func:`packed_logps`): the
+    model's attention must take an arbitrary 4-D mask (SDPA, eager; FlashAttention 2 takes none)."""
     unwrapped = getattr(model, "module", model)
-    if getattr(unwrapped, "is_gradient_checkpointing", False) and unwrapped.training:
-        return False
-    window = getattr(unwrapped.config.get_text_config(), "sliding_window", None)
-    return not window or window >= batch["input_ids"].shape[1]
+    return unwrapped.config.get_text_config()._attn_implementation in PACKING_ATTENTION
 
 
-def full_row_logps(model, batch: dict) -> list[torch.Tensor]:
+def full_row_logps(model, batch: dict) -> torch.Tensor:
     """Σ log π(labels) of every row from whole-row forward passes: rows in length buckets, each cut to
     its own longest row; under torchrun one pass over all rows."""
     lengths = batch["attention_mask"].sum(-1).tolist()
@@ -260,72 +256,142 @@ def full_row_logps(model, batch: dict) -> list[torch.Tensor]:
                 chunk[key] = chunk[key][:, :width]
         hidden = model(**chunk, logits_to_keep=1, output_hidden_states=True).hidden_states[-1][:, :-1]
         labels = batch["labels"].index_select(0, index)[:, 1:width]
-        for row, value in zip(rows, summed_label_logps(model, hidden, labels)):
+        for row, value in zip(rows, labelled_logps(model, hidden, labels).sum(-1)):
             per_sequence[row] = value
-    return per_sequence
+    return torch.stack(per_sequence)
 
 
-def shared_prefix_logps(model, batch: dict) -> list[torch.Tensor]:
-    """Σ log π(labels) of every row, each context (prompt + prefix) run once.
+@dataclass
+class PackedBucket:
+    """Packed rows: each holds one context followed by every suffix that continues it.
 
-    The 4 correction sequences of a pair continue 2 contexts that quote a whole response (offline
-    pairs: 1 prefix, 2 suffixes each; the context is ~90 % of the row), so a context runs once with the
-    model's KV cache, in length buckets, and the cache is continued by every suffix of that context:
-    the suffix tokens take positions after their own context (``position_ids``) and attend to its
-    tokens through the attention mask, the right padding between them masked. Gradients flow through
-    the cached keys and values into the context's pass. The first label token is predicted by the
-    context's last hidden state, the others by the suffix's.
+    Per packed token: where it comes from in the batch (``source_row``, ``source_column``, whose column is
+    also its position), its segment (0 the context, j the j-th suffix) and whether it is padding. Per
+    labelled token: the packed position whose hidden state predicts it and the batch row it counts for.
     """
+
+    source_row: torch.Tensor  # (packed rows, width)
+    source_column: torch.Tensor
+    segment: torch.Tensor
+    valid: torch.Tensor
+    predictor: tuple[torch.Tensor, torch.Tensor]  # (packed row, packed position) of every labelled token
+    label: tuple[torch.Tensor, torch.Tensor]  # (batch row, column) of every labelled token
+
+
+def packed_buckets(batch: dict, spread: float = LENGTH_SPREAD) -> list[PackedBucket]:
+    """The batch's contexts, each packed with its suffixes, in length buckets (:func:`length_buckets`)."""
     lengths = batch["attention_mask"].sum(-1).tolist()
     starts = batch["label_start"].tolist()
     row_context = batch["context"].tolist()
-    first_row = {context: row_context.index(context) for context in dict.fromkeys(row_context)}
-    contexts = list(first_row)
-    device = batch["input_ids"].device
-    per_sequence = [None] * len(lengths)
-    for bucket in length_buckets([starts[first_row[c]] for c in contexts]):
-        bucket_contexts = [contexts[i] for i in bucket]
-        heads = torch.tensor([first_row[c] for c in bucket_contexts], device=device)
-        context_lengths = batch["label_start"].index_select(0, heads)
-        width = int(context_lengths.max())
-        prefix = {k: v.index_select(0, heads) for k, v in batch.items() if k not in LAYOUT_KEYS}
+    suffixes: dict[int, list[int]] = defaultdict(list)
+    for row, context in enumerate(row_context):
+        suffixes[context].append(row)
+    packs = []
+    for rows in suffixes.values():
+        start = starts[rows[0]]
+        tokens = [(rows[0], column, 0) for column in range(start)]
+        predictors, labels = [], []
+        for segment, row in enumerate(rows, 1):
+            for column in range(start, lengths[row]):
+                predictors.append(start - 1 if column == start else len(tokens) - 1)
+                labels.append((row, column))
+                tokens.append((row, column, segment))
+        packs.append((tokens, predictors, labels))
+    buckets = []
+    for members in length_buckets([len(tokens) for tokens, _, _ in packs], spread):
+        width = max(len(packs[m][0]) for m in members)
+        source = torch.zeros((3, len(members), width), dtype=torch.long)
+        valid = torch.zeros((len(members), width), dtype=torch.bool)
+        predictor_rows, predictor_positions, label_rows, label_columns = [], [], [], []
+        for packed_row, member in enumerate(members):
+            tokens, predictors, labels = packs[member]
+            source[:, packed_row, : len(tokens)] = torch.tensor(tokens).T
+            source[0, packed_row, len(tokens):] = tokens[0][0]
+            valid[packed_row, : len(tokens)] = True
+            predictor_rows += [packed_row] * len(predictors)
+            predictor_positions += predictors
+            label_rows += [row for row, _ in labels]
+            label_columns += [column for _, column in labels]
+        device = batch["input_ids"].device
+        buckets.append(PackedBucket(*source.to(device), valid.to(device),
+                                    (torch.tensor(predictor_rows, device=device),
+                                     torch.tensor(predictor_positions, device=device)),
+                                    (torch.tensor(label_rows, device=device),
+                                     torch.tensor(label_columns, device=device))))
+    return buckets
+
+
+def packed_attention_mask(model, bucket: PackedBucket, token_type_ids: torch.Tensor | None, dtype: torch.dtype):
+    """The additive 4-D mask of packed rows: causal, a suffix sees its context and itself, never another
+    suffix; an image's tokens see each other (Gemma 3's ``token_type_ids`` 1, as transformers' blockwise
+    mask); padding sees only itself. With sliding-window layers, the mask per layer type: the window
+    counts positions, which the packing keeps."""
+    index = torch.arange(bucket.valid.shape[1], device=bucket.valid.device)
+    query, key = (slice(None), slice(None), None), (slice(None), None, slice(None))
+    segment = bucket.segment
+    allowed = (index[None, :, None] >= index[None, None, :]) & bucket.valid[key] \
+        & ((segment[key] == 0) | (segment[key] == segment[query]))
+    if token_type_ids is not None:
+        image = token_type_ids == 1
+        block = torch.cumsum((image & ~torch.nn.functional.pad(image, (1, 0))[:, :-1]).int(), 1)
+        allowed |= image[query] & image[key] & (block[query] == block[key])
+    allowed |= index[:, None] == index[None, :]
+
+    def additive(mask):
+        blocked = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+        return blocked[:, None]
+
+    text_config = getattr(model, "module", model).config.get_text_config()
+    if "sliding_attention" not in (getattr(text_config, "layer_types", None) or ()):
+        return additive(allowed)
+    position = bucket.source_column
+    window = position[key] > position[query] - text_config.sliding_window
+    return {"full_attention": additive(allowed), "sliding_attention": additive(allowed & window)}
+
+
+def packed_logps(model, batch: dict) -> torch.Tensor:
+    """Σ log π(labels) of every row, each context (prompt + prefix) run once, packed with its suffixes.
+
+    The 4 correction sequences of a pair continue 2 contexts that quote a whole response (offline pairs:
+    1 prefix, 2 suffixes each; the context is ~90 % of a row), so a packed row holds a context and then
+    each suffix that continues it, every suffix at the positions it has in its own sequence
+    (``position_ids``) and seeing only its context and itself (:func:`packed_attention_mask`). The first
+    label token of a suffix is predicted by its context's last hidden state, the others by the suffix's
+    own. One forward pass per bucket of packed rows, with no cache: DDP, ZeRO-3 and activation
+    checkpointing see an ordinary forward pass.
+    """
+    per_sequence = torch.zeros(batch["input_ids"].shape[0], device=batch["input_ids"].device)
+    # one forward pass under torchrun: DDP and ZeRO-3 need every rank to make the same calls
+    buckets = packed_buckets(batch, math.inf if distributed.world_size() > 1 else LENGTH_SPREAD)
+    dtype = getattr(model, "module", model).dtype
+    for bucket in buckets:
+        heads = bucket.source_row[:, 0]
+        inputs = {k: v.index_select(0, heads) for k, v in batch.items()
+                  if k not in (*LAYOUT_KEYS, "input_ids", "attention_mask", *TOKEN_KEYS)}
         for key in ("input_ids", *TOKEN_KEYS):
-            if key in prefix:
-                prefix[key] = prefix[key][:, :width]
-        prefix["attention_mask"] = (torch.arange(width, device=device) < context_lengths[:, None]).long()
-        out = model(**prefix, use_cache=True, logits_to_keep=1, output_hidden_states=True)
-        rows = [row for row in range(len(lengths)) if row_context[row] in bucket_contexts]
-        owner = torch.tensor([bucket_contexts.index(row_context[row]) for row in rows], device=device)
-        cache = out.past_key_values
-        cache.batch_select_indices(owner)  # one copy of its context's cache per row
-        index = torch.tensor(rows, device=device)
-        row_starts = batch["label_start"].index_select(0, index)
-        suffix_lengths = torch.tensor([lengths[row] - starts[row] for row in rows], device=device)
-        steps = torch.arange(int(suffix_lengths.max()), device=device)
-        in_suffix = steps < suffix_lengths[:, None]
-        positions = row_starts[:, None] + steps
-        columns = torch.minimum(positions, torch.tensor(batch["input_ids"].shape[1] - 1, device=device))
-        suffix = {key: batch[key][index[:, None], columns] for key in ("input_ids", *TOKEN_KEYS) if key in batch}
-        suffix["attention_mask"] = torch.cat([prefix["attention_mask"].index_select(0, owner), in_suffix.long()], 1)
-        hidden = model(**suffix, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1,
+            if key in batch:
+                inputs[key] = batch[key][bucket.source_row, bucket.source_column]
+        inputs["attention_mask"] = packed_attention_mask(model, bucket, inputs.get("token_type_ids"), dtype)
+        hidden = model(**inputs, position_ids=bucket.source_column, logits_to_keep=1,
                        output_hidden_states=True).hidden_states[-1]
-        last = out.hidden_states[-1][owner, context_lengths.index_select(0, owner) - 1]
-        labels = batch["labels"][index[:, None], columns].masked_fill(~in_suffix, IGNORE_INDEX)
-        for row, value in zip(rows, summed_label_logps(model, torch.cat([last[:, None], hidden[:, :-1]], 1), labels)):
-            per_sequence[row] = value
+        # the labelled tokens as one row: TRL's selective_log_softmax loops over the leading dimension
+        labels = batch["labels"][bucket.label]
+        token_logps = labelled_logps(model, hidden[bucket.predictor][None], labels[None])[0]
+        per_sequence = per_sequence.index_add(0, bucket.label[0], token_logps)
     return per_sequence
 
 
 def sequence_logps(model, batch: dict) -> torch.Tensor:
     """Summed log π(labelled tokens) of every sequence, gathered into the (pairs, slots) layout.
 
-    Each context runs once and its suffixes continue its cache (:func:`shared_prefix_logps`) where
-    :func:`shares_prefixes` allows; otherwise whole rows (:func:`full_row_logps`). Rows run in length
-    buckets: direct sequences are much shorter than correction sequences (which quote a whole
-    response), about 35 % of one batch padded to the longest was padding on the synthetic task.
+    Each context runs once, packed with the suffixes that continue it (:func:`packed_logps`), where the
+    attention takes a 4-D mask (:func:`packs_contexts`); otherwise whole rows (:func:`full_row_logps`).
+    Either runs in length buckets: direct sequences are much shorter than correction sequences (which
+    quote a whole response), about 35 % of one batch padded to the longest was padding on the
+    synthetic task.
     """
-    rows = shared_prefix_logps(model, batch) if shares_prefixes(model, batch) else full_row_logps(model, batch)
-    return torch.stack(rows)[batch["slots"]]
+    rows = packed_logps(model, batch) if packs_contexts(model) else full_row_logps(model, batch)
+    return rows[batch["slots"]]
 
 
 def model_digest(model_dir: str | Path) -> str:

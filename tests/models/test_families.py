@@ -21,10 +21,10 @@ from sherlock.training.preference import (
     PreferenceCollator,
     PreferenceDataset,
     full_row_logps,
+    packed_logps,
+    packs_contexts,
     pair_sequences,
     sequence_logps,
-    shared_prefix_logps,
-    shares_prefixes,
 )
 
 # float32 on CPU; the batched path pads, buckets and projects through the head under its own kernel calls
@@ -94,35 +94,36 @@ def test_each_sequence_sees_its_own_image(family_model, preference_dir):
 
 def _logps_and_gradients(model, batch, rows) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
-    logps = torch.stack(rows(model, batch))
+    logps = rows(model, batch)
     logps.sum().backward()
     gradients = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
     return logps.detach(), gradients
 
 
-def test_shared_contexts_give_the_whole_rows_log_probs_and_gradients(family_model, preference_dir):
-    """Each context (prompt + prefix) run once and continued by its suffixes through the KV cache: every
-    row's log-prob and every parameter's gradient are those of whole-row forward passes."""
+def test_packed_contexts_give_the_whole_rows_log_probs_and_gradients(family_model, preference_dir):
+    """Each context (prompt + prefix) run once, packed with the suffixes that continue it: every row's
+    log-prob and every parameter's gradient are those of whole-row forward passes."""
     name, model, processor = family_model
     dataset = PreferenceDataset(read_pairs(preference_dir)[:3], preference_dir, processor)
     batch = PreferenceCollator(processor.tokenizer.pad_token_id)([dataset[i] for i in range(3)])
-    assert shares_prefixes(model, batch)
+    assert packs_contexts(model)
     assert len(set(batch["context"].tolist())) < len(batch["context"]), "the correction sequences share contexts"
     whole, whole_gradients = _logps_and_gradients(model, batch, full_row_logps)
-    shared, shared_gradients = _logps_and_gradients(model, batch, shared_prefix_logps)
-    assert shared.tolist() == pytest.approx(whole.tolist(), **TOLERANCE), name
-    assert set(shared_gradients) == set(whole_gradients) and whole_gradients, name
-    for parameter, gradient in whole_gradients.items():  # float32: summation order differs, ~1e-6 relative
-        difference = (shared_gradients[parameter] - gradient).abs().max()
+    packed, packed_gradients = _logps_and_gradients(model, batch, packed_logps)
+    assert packed.tolist() == pytest.approx(whole.tolist(), **TOLERANCE), name
+    assert set(packed_gradients) == set(whole_gradients) and whole_gradients, name
+    for parameter, gradient in whole_gradients.items():  # float32: summation order differs, ~1e-5 relative
+        difference = (packed_gradients[parameter] - gradient).abs().max()
         assert difference <= 1e-4 * gradient.abs().max() + 1e-7, (name, parameter, float(difference))
 
 
-def test_rows_run_whole_where_a_cache_cannot_be_continued(family_model_dirs, preference_dir):
-    """Whole rows under activation checkpointing (transformers drops the cache a checkpointed layer is
-    given) and where a sliding window is shorter than the rows (Gemma 3 with a 32-token window: the
-    cache of a right-padded context would be cut at the wrong place — forced, the shared path is off by
-    more than float noise); the log-probs equal each sequence's own forward pass either way."""
+def test_packing_holds_under_sliding_windows_and_checkpointing_and_yields_to_flash_attention(family_model_dirs,
+                                                                                           preference_dir):
+    """Packed rows keep each token's position, which Gemma 3's sliding window counts (a 32-token window,
+    shorter than the rows), and are ordinary forward passes, which activation checkpointing recomputes
+    (Mllama, training mode): the log-probs equal each sequence's own forward pass. An attention that
+    takes no 4-D mask (FlashAttention 2) gets whole rows."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     directory = family_model_dirs["gemma3"]
@@ -137,15 +138,13 @@ def test_rows_run_whole_where_a_cache_cannot_be_continued(family_model_dirs, pre
         pairs = read_pairs(preference_dir)[:2]
         dataset = PreferenceDataset(pairs, preference_dir, processor)
         batch = PreferenceCollator(processor.tokenizer.pad_token_id)([dataset[0], dataset[1]])
-        assert not shares_prefixes(model, batch), name
+        assert packs_contexts(model), name
         logps = sequence_logps(model, batch).detach()
         for row, pair in enumerate(pairs):
             expected = reference_logps(model, processor, pair, open_image(preference_dir, pair), dataset.end_of_turn)
             assert logps[row].tolist() == pytest.approx(expected, **TOLERANCE), name
-        if name == "gemma3":
-            with torch.no_grad():
-                forced = torch.stack(shared_prefix_logps(model, batch))[batch["slots"]]
-            assert (forced - logps).abs().max() > 0.01
+    windowed.config.get_text_config()._attn_implementation = "flash_attention_2"  # not installed: the setting alone
+    assert not packs_contexts(windowed)
 
 
 def test_build_tiny_makes_each_family_from_the_command_line(tmp_path, synthetic_data):
