@@ -27,14 +27,14 @@ TOLERANCE = 1e-5
 
 
 def naive_logps(model, item: dict, collator) -> torch.Tensor:
-    """(10,) log-probs of one pair's sequences, one forward pass per sequence (duplicates included)."""
-    from sherlock.training.preference import NUM_SEQUENCES, sequence_logps
+    """(10,) log-probs of one pair's sequences, one whole-row forward pass per sequence (duplicates included)."""
+    from sherlock.training.preference import NUM_SEQUENCES, full_row_logps
 
     values = []
     for slot in range(NUM_SEQUENCES):
         single = item | {"sequences": [item["sequences"][item["slots"][slot]]], "slots": [0] * NUM_SEQUENCES}
         batch = {k: v.to(model.device) for k, v in collator([single]).items()}
-        values.append(sequence_logps(model, batch)[0, 0])
+        values.append(full_row_logps(model, batch)[0])
     return torch.stack(values)
 
 
