@@ -41,6 +41,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from torch.utils.data import Dataset
 from transformers import Trainer
+from transformers.models.gemma3.modeling_gemma3 import get_block_sequence_ids_for_mask
 from trl.trainer.utils import selective_log_softmax
 
 from sherlock import distributed
@@ -126,11 +127,12 @@ class PreferenceDataset(Dataset):
         tokenizer = self.processor.tokenizer
         sequences = []
         for prompt, prefix, suffix in unique:
-            context = encoded[contexts.index((prompt, prefix))]
+            position = contexts.index((prompt, prefix))
+            context = encoded[position]
             context_ids = context["input_ids"][0]
             suffix_ids = torch.as_tensor(tokenizer(suffix + self.end_of_turn, add_special_tokens=False)["input_ids"])
             sequence = {"input_ids": torch.cat([context_ids, suffix_ids]), "label_start": len(context_ids),
-                        "context": contexts.index((prompt, prefix))}
+                        "context": position}
             for key in TOKEN_KEYS:  # the suffix's tokens are text tokens, like the prompt's last one
                 if key in context:
                     values = context[key][0]
@@ -204,7 +206,13 @@ LAYOUT_KEYS = ("slots", "index", "truncation_step", "noise_level", "labels", "co
 LENGTH_SPREAD = 1.3  # a length bucket's longest row is at most this times its shortest
 
 
-def length_buckets(lengths: list[int], spread: float = LENGTH_SPREAD) -> list[list[int]]:
+def bucket_spread() -> float:
+    """:data:`LENGTH_SPREAD`, or one bucket under torchrun: DDP and ZeRO-3 need every rank to make the
+    same forward calls."""
+    return math.inf if distributed.world_size() > 1 else LENGTH_SPREAD
+
+
+def length_buckets(lengths: list[int], spread: float) -> list[list[int]]:
     """Row indices grouped by similar length (sorted; a new group when a row exceeds ``spread`` × the first)."""
     buckets: list[list[int]] = []
     for row in sorted(range(len(lengths)), key=lengths.__getitem__):
@@ -247,7 +255,7 @@ def full_row_logps(model, batch: dict) -> torch.Tensor:
     its own longest row; under torchrun one pass over all rows."""
     lengths = batch["attention_mask"].sum(-1).tolist()
     per_sequence = [None] * len(lengths)
-    for rows in [list(range(len(lengths)))] if distributed.world_size() > 1 else length_buckets(lengths):
+    for rows in length_buckets(lengths, bucket_spread()):
         width = max(lengths[row] for row in rows)
         index = torch.tensor(rows, device=batch["input_ids"].device)
         chunk = {k: v.index_select(0, index) for k, v in batch.items() if k not in LAYOUT_KEYS}
@@ -278,7 +286,7 @@ class PackedBucket:
     label: tuple[torch.Tensor, torch.Tensor]  # (batch row, column) of every labelled token
 
 
-def packed_buckets(batch: dict, spread: float = LENGTH_SPREAD) -> list[PackedBucket]:
+def packed_buckets(batch: dict) -> list[PackedBucket]:
     """The batch's contexts, each packed with its suffixes, in length buckets (:func:`length_buckets`)."""
     lengths = batch["attention_mask"].sum(-1).tolist()
     starts = batch["label_start"].tolist()
@@ -298,7 +306,7 @@ def packed_buckets(batch: dict, spread: float = LENGTH_SPREAD) -> list[PackedBuc
                 tokens.append((row, column, segment))
         packs.append((tokens, predictors, labels))
     buckets = []
-    for members in length_buckets([len(tokens) for tokens, _, _ in packs], spread):
+    for members in length_buckets([len(tokens) for tokens, _, _ in packs], bucket_spread()):
         width = max(len(packs[m][0]) for m in members)
         source = torch.zeros((3, len(members), width), dtype=torch.long)
         valid = torch.zeros((len(members), width), dtype=torch.bool)
@@ -321,10 +329,10 @@ def packed_buckets(batch: dict, spread: float = LENGTH_SPREAD) -> list[PackedBuc
     return buckets
 
 
-def packed_attention_mask(model, bucket: PackedBucket, token_type_ids: torch.Tensor | None, dtype: torch.dtype):
+def packed_attention_mask(model, bucket: PackedBucket, token_type_ids: torch.Tensor | None):
     """The additive 4-D mask of packed rows: causal, a suffix sees its context and itself, never another
-    suffix; an image's tokens see each other (Gemma 3's ``token_type_ids`` 1, as transformers' blockwise
-    mask); padding sees only itself. With sliding-window layers, the mask per layer type: the window
+    suffix; an image's tokens see each other (Gemma 3's ``token_type_ids`` 1, in transformers' own image
+    blocks); padding sees only itself. With sliding-window layers, the mask per layer type: the window
     counts positions, which the packing keeps."""
     index = torch.arange(bucket.valid.shape[1], device=bucket.valid.device)
     query, key = (slice(None), slice(None), None), (slice(None), None, slice(None))
@@ -332,16 +340,17 @@ def packed_attention_mask(model, bucket: PackedBucket, token_type_ids: torch.Ten
     allowed = (index[None, :, None] >= index[None, None, :]) & bucket.valid[key] \
         & ((segment[key] == 0) | (segment[key] == segment[query]))
     if token_type_ids is not None:
-        image = token_type_ids == 1
-        block = torch.cumsum((image & ~torch.nn.functional.pad(image, (1, 0))[:, :-1]).int(), 1)
-        allowed |= image[query] & image[key] & (block[query] == block[key])
+        block = get_block_sequence_ids_for_mask(token_type_ids)  # -1 for a text token
+        allowed |= (block[query] == block[key]) & (block[key] >= 0)
     allowed |= index[:, None] == index[None, :]
+    unwrapped = getattr(model, "module", model)
+    dtype = unwrapped.dtype
 
     def additive(mask):
         blocked = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
         return blocked[:, None]
 
-    text_config = getattr(model, "module", model).config.get_text_config()
+    text_config = unwrapped.config.get_text_config()
     if "sliding_attention" not in (getattr(text_config, "layer_types", None) or ()):
         return additive(allowed)
     position = bucket.source_column
@@ -361,17 +370,14 @@ def packed_logps(model, batch: dict) -> torch.Tensor:
     checkpointing see an ordinary forward pass.
     """
     per_sequence = torch.zeros(batch["input_ids"].shape[0], device=batch["input_ids"].device)
-    # one forward pass under torchrun: DDP and ZeRO-3 need every rank to make the same calls
-    buckets = packed_buckets(batch, math.inf if distributed.world_size() > 1 else LENGTH_SPREAD)
-    dtype = getattr(model, "module", model).dtype
-    for bucket in buckets:
+    for bucket in packed_buckets(batch):
         heads = bucket.source_row[:, 0]
         inputs = {k: v.index_select(0, heads) for k, v in batch.items()
                   if k not in (*LAYOUT_KEYS, "input_ids", "attention_mask", *TOKEN_KEYS)}
         for key in ("input_ids", *TOKEN_KEYS):
             if key in batch:
                 inputs[key] = batch[key][bucket.source_row, bucket.source_column]
-        inputs["attention_mask"] = packed_attention_mask(model, bucket, inputs.get("token_type_ids"), dtype)
+        inputs["attention_mask"] = packed_attention_mask(model, bucket, inputs.get("token_type_ids"))
         hidden = model(**inputs, position_ids=bucket.source_column, logits_to_keep=1,
                        output_hidden_states=True).hidden_states[-1]
         # the labelled tokens as one row: TRL's selective_log_softmax loops over the leading dimension
