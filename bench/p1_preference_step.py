@@ -28,7 +28,8 @@ TOLERANCE = 1e-5
 
 def naive_logps(model, item: dict, collator) -> torch.Tensor:
     """(10,) log-probs of one pair's sequences, one whole-row forward pass per sequence (duplicates included)."""
-    from sherlock.training.preference import NUM_SEQUENCES, full_row_logps
+    from sherlock.losses import NUM_SEQUENCES
+    from sherlock.training.packing import full_row_logps
 
     values = []
     for slot in range(NUM_SEQUENCES):
@@ -43,15 +44,11 @@ def measure(workspace: Workspace, model_dir, family: str, steps: int, batch_size
     from transformers import TrainingArguments
 
     from sherlock.data.preferences import read_pairs
+    from sherlock.losses import SherlockLossConfig, sherlock_objective
     from sherlock.models.loading import load_vlm
-    from sherlock.training.preference import (
-        PreferenceCollator,
-        PreferenceDataset,
-        SherlockLossConfig,
-        SherlockTrainer,
-        compute_reference_logps,
-        sherlock_objective,
-    )
+    from sherlock.training.preference_trainer import SherlockTrainer
+    from sherlock.training.reference import compute_reference_logps
+    from sherlock.training.sequences import PreferenceCollator, PreferenceDataset
 
     model, processor = load_vlm(model_dir, dtype=torch.float32, device=str(device))
     pairs = read_pairs(workspace.pairs)

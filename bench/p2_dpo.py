@@ -109,15 +109,11 @@ def compare(workspace: Workspace, batch_size: int, device: torch.device, sft_wei
     from transformers import TrainingArguments
 
     from sherlock.data.preferences import read_pairs
+    from sherlock.losses import DPO_SEQUENCES, SherlockLossConfig
     from sherlock.models.loading import load_vlm
-    from sherlock.training.preference import (
-        DPO_SEQUENCES,
-        PreferenceCollator,
-        PreferenceDataset,
-        SherlockLossConfig,
-        SherlockTrainer,
-        compute_reference_logps,
-    )
+    from sherlock.training.preference_trainer import SherlockTrainer
+    from sherlock.training.reference import compute_reference_logps
+    from sherlock.training.sequences import PreferenceCollator, PreferenceDataset
 
     model, processor = load_vlm(workspace.model, dtype=torch.float32, device=str(device))
     with torch.no_grad():  # move π away from π_ref so that the equality check is not log 2 = log 2

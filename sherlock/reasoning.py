@@ -72,6 +72,12 @@ def truncate(response: str, step: int) -> tuple[str, str]:
     return response[:cut], response[cut:]
 
 
+def beta_weight(truncation_step, noise_level, num_steps: int = NUM_TRUNCATION_STEPS):
+    """w(i, n, ε) = 1 / (0.5 + (i/n)^(0.5 + ε/2)), the per-sample factor of β in Eq. 8: later truncation
+    steps and stronger noise weigh less. Numbers or tensors (:func:`sherlock.losses.dynamic_beta`)."""
+    return 1.0 / (0.5 + (truncation_step / num_steps) ** (0.5 + noise_level / 2))
+
+
 def cut_after_conclusion(text: str) -> str:
     """Keep generated text up to and including the first ``</CONCLUSION>`` (spec §1, Stage II)."""
     end = text.find(CONCLUSION_END)

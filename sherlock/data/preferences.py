@@ -21,9 +21,8 @@ from sherlock.chat import Context
 from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, BadLine, check_image, read_checked_jsonl
 from sherlock.data.sampling import link_or_copy
 from sherlock.data.schema import PAIRS_FILE, file_digest, without_empty_context, write_jsonl
-from sherlock.losses import beta_weight
 from sherlock.perturb import gaussian_noise, random_noise_image
-from sherlock.reasoning import NUM_TRUNCATION_STEPS
+from sherlock.reasoning import NUM_TRUNCATION_STEPS, beta_weight
 
 # The released code's scheme: k = randint(0, 2) keeps 0, 1 or 2 stages (i = k + 1); ε ~ U(0.15, 0.25)
 # with Gaussian noise for k < 2, the image replaced by uniform noise (ε := 1) for k = 2.

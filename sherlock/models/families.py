@@ -6,9 +6,11 @@ used:
 - ``token_keys``: processor outputs aligned with ``input_ids`` besides the attention mask (Mllama's
   ``cross_attention_mask``, Gemma 3's ``token_type_ids``). The preference trainer continues a prompt
   with a response suffix, so these continue too, as the prompt's last token (a text token) does, are
-  padded with the ids, and are cut with them to a length bucket (``sherlock.training.preference``).
+  padded with the ids, and are cut with them to a length bucket (``sherlock.training.packing``).
   Every other processor output is an image input that travels with its pair.
 - ``build``: the tiny instance built offline (``sherlock build-tiny --family NAME``).
+- ``image_blocks``: where a family's image tokens attend to each other both ways (Gemma 3), the blocks
+  they form; the packed preference batch's mask keeps them (``sherlock.training.packing``).
 
 The log-probs of every family are taken from the last hidden states through the output embedding, as
 each family's ``...ForConditionalGeneration.forward`` computes its logits (transformers 5.23 applies no
@@ -22,6 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from transformers.models.gemma3.modeling_gemma3 import get_block_sequence_ids_for_mask
+
 from sherlock.models.tiny import build_tiny_vlm
 from sherlock.models.tiny_gemma3 import build_tiny_gemma3
 from sherlock.models.tiny_idefics3 import build_tiny_idefics3
@@ -33,12 +38,22 @@ class Family:
     help: str
     token_keys: tuple[str, ...]
     build: Callable[..., Path]  # (output_dir, corpus, preset, image_size, vocab_size, seed) -> output_dir
+    # model inputs -> (rows, tokens) ids of the image blocks whose tokens see each other (-1 for text);
+    # None: every token attends causally
+    image_blocks: Callable[[dict], torch.Tensor] | None = None
+
+
+def gemma3_image_blocks(inputs: dict) -> torch.Tensor:
+    """Gemma 3's bidirectional image blocks, from ``token_type_ids`` (1: an image token) as its forward
+    pass finds them (transformers' ``get_block_sequence_ids_for_mask``)."""
+    return get_block_sequence_ids_for_mask(inputs["token_type_ids"])
 
 
 FAMILIES = {family.name: family for family in (
     Family("mllama", "Llama-3.2-Vision: the text cross-attends to the image tiles", ("cross_attention_mask",),
            build_tiny_vlm),
-    Family("gemma3", "Gemma 3: pooled SigLIP image tokens in the sequence", ("token_type_ids",), build_tiny_gemma3),
+    Family("gemma3", "Gemma 3: pooled SigLIP image tokens in the sequence", ("token_type_ids",), build_tiny_gemma3,
+           gemma3_image_blocks),
     Family("idefics3", "Idefics3 / SmolVLM: pixel-shuffled SigLIP image tokens in the sequence", (),
            build_tiny_idefics3),
 )}

@@ -17,15 +17,8 @@ from sherlock.data.preferences import read_pairs
 from sherlock.data.schema import open_image
 from sherlock.models.families import FAMILIES, TOKEN_KEYS
 from sherlock.models.loading import load_vlm
-from sherlock.training.preference import (
-    PreferenceCollator,
-    PreferenceDataset,
-    full_row_logps,
-    packed_logps,
-    packs_contexts,
-    pair_sequences,
-    sequence_logps,
-)
+from sherlock.training.packing import full_row_logps, packed_logps, packs_contexts, sequence_logps
+from sherlock.training.sequences import PreferenceCollator, PreferenceDataset, pair_sequences
 
 # float32 on CPU; the batched path pads, buckets and projects through the head under its own kernel calls
 TOLERANCE = {"rel": 1e-4, "abs": 1e-3}
@@ -189,14 +182,14 @@ def test_sft_and_preference_training_run_on_the_family(name, family_model_dirs, 
     import json
     import math
 
-    from sherlock.stages.preference_training import PreferenceTrainingConfig, run_train_preferences
     from sherlock.stages.sft import SFTStageConfig, run_sft
+    from sherlock.stages.train_preferences import TrainPreferencesConfig, run_train_preferences
 
     sft = run_sft(SFTStageConfig(model=str(family_model_dirs[name]), data=str(subset_dir), output=str(tmp_path / "sft"),
                                  max_steps=2, batch_size=2, logging_steps=1))
     sft_log = json.loads((sft / "trainer_state.json").read_text())["log_history"]
     assert [entry["loss"] for entry in sft_log if "loss" in entry][0] > 0
-    trained = run_train_preferences(PreferenceTrainingConfig(
+    trained = run_train_preferences(TrainPreferencesConfig(
         model=str(sft), data=str(preference_dir), output=str(tmp_path / "pref"), max_steps=1, batch_size=2,
         logging_steps=1, reference_cache=str(tmp_path / "cache")))
     log = json.loads((trained / "trainer_state.json").read_text())["log_history"]
@@ -257,12 +250,12 @@ def test_every_generating_stage_and_evaluation_run_on_the_family(name, family_mo
     from sherlock.data.schema import read_jsonl
     from sherlock.generation import DecodingConfig, generate
     from sherlock.prompts import SCL_REVIEW_PROMPTS
-    from sherlock.stages.evaluate import EvaluationConfig, run_evaluation
+    from sherlock.stages.build_preferences import BuildPreferencesConfig, run_build_preferences
+    from sherlock.stages.evaluate import EvaluateConfig, run_evaluate
     from sherlock.stages.online import OnlineConfig, run_online_iteration
-    from sherlock.stages.preferences import PreferenceDataConfig, run_build_preferences
-    from sherlock.stages.rejected import SampleRejectedConfig, run_sample_rejected
-    from sherlock.stages.scl import review_conversations
-    from sherlock.stages.stic import STICPairsConfig, run_stic_pairs
+    from sherlock.stages.sample_rejected import SampleRejectedConfig, run_sample_rejected
+    from sherlock.stages.scl_pairs import review_conversations
+    from sherlock.stages.stic_pairs import STICPairsConfig, run_stic_pairs
 
     model_dir, data = str(family_model_dirs[name]), str(subset_dir)
 
@@ -272,7 +265,7 @@ def test_every_generating_stage_and_evaluation_run_on_the_family(name, family_mo
 
     samples = rejected("y1")
     assert len(samples) == 16 and samples == rejected("y2")
-    pairs = read_pairs(run_build_preferences(PreferenceDataConfig(
+    pairs = read_pairs(run_build_preferences(BuildPreferencesConfig(
         model=model_dir, data=data, output=str(tmp_path / "pairs"), max_new_tokens=8)).parent)
     assert pairs and all(pair.prefix_w == pair.prefix_l for pair in pairs)
     register_judge("always", "return True")
@@ -287,7 +280,7 @@ def test_every_generating_stage_and_evaluation_run_on_the_family(name, family_mo
     assert len(generate(model, processor, review, [image], config=DecodingConfig(max_new_tokens=6))) == 1
     assert read_pairs(run_stic_pairs(STICPairsConfig(model=model_dir, data=data, output=str(tmp_path / "stic"),
                                                      temperature=0.0, max_new_tokens=6)).parent)
-    metrics = run_evaluation(EvaluationConfig(model=model_dir, benchmarks=f"llava_cot={data}", output=str(
+    metrics = run_evaluate(EvaluateConfig(model=model_dir, benchmarks=f"llava_cot={data}", output=str(
         tmp_path / "eval"), limit=4, correction_rounds=1, max_new_tokens=8, greedy_direct=False, blank_image=False))
     assert len(metrics["benchmarks"]["llava_cot"]["rounds"]) == 2
 

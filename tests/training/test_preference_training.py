@@ -8,17 +8,13 @@ import torch
 
 from sherlock.config import ConfigError
 from sherlock.data.preferences import read_pairs
+from sherlock.losses import DPO_SEQUENCES, NUM_SEQUENCES, SherlockLossConfig, sherlock_objective
 from sherlock.models.loading import load_vlm
-from sherlock.stages.preference_training import PreferenceTrainingConfig, run_train_preferences
-from sherlock.training import preference
-from sherlock.training.preference import (
-    NUM_SEQUENCES,
-    PreferenceCollator,
-    PreferenceDataset,
-    pair_sequences,
-    reference_cache_path,
-    sequence_logps,
-)
+from sherlock.stages.train_preferences import TrainPreferencesConfig, run_train_preferences
+from sherlock.training.packing import sequence_logps
+from sherlock.training.reference import reference_cache_path
+from sherlock.training.sequences import PreferenceCollator, PreferenceDataset, labelled_tokens, pair_sequences
+from sherlock.training.setup import IGNORE_INDEX
 
 TRL_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
                "logps/rejected", "loss/sc", "loss/dpo", "beta/sc_mean", "beta/sc_min", "beta/sc_max")
@@ -26,7 +22,7 @@ TRL_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards
 
 def _train(tiny_model_dir, preference_dir, output, **overrides):
     settings = {"logging_steps": 1, "batch_size": 4, "max_steps": 1, "reference_cache": str(output.parent / "cache")}
-    config = PreferenceTrainingConfig(model=str(tiny_model_dir), data=str(preference_dir), output=str(output),
+    config = TrainPreferencesConfig(model=str(tiny_model_dir), data=str(preference_dir), output=str(output),
                                       **settings | overrides)
     out = run_train_preferences(config)
     return json.loads((out / "trainer_state.json").read_text())["log_history"]
@@ -95,9 +91,9 @@ def test_reference_logps_are_computed_once_per_model_and_data(tiny_model_dir, pr
     def fail(*args, **kwargs):
         raise AssertionError("reference log-probs recomputed")
 
-    monkeypatch.setattr("sherlock.stages.preference_training.compute_reference_logps", fail)
+    monkeypatch.setattr("sherlock.stages.train_preferences.compute_reference_logps", fail)
     _train(tiny_model_dir, preference_dir, tmp_path / "second", dynamic_beta=False)
-    assert reference_cache_path(tmp_path, tiny_model_dir, preference_dir, preference.DPO_SEQUENCES) != \
+    assert reference_cache_path(tmp_path, tiny_model_dir, preference_dir, DPO_SEQUENCES) != \
         reference_cache_path(tmp_path, tiny_model_dir, preference_dir)  # w/o L_SC: 2 slots, its own cache
     changed = tmp_path / "changed"
     changed.mkdir()
@@ -120,16 +116,16 @@ def test_training_increases_the_preference_margin(tiny_model_dir, preference_dir
 
 def test_bad_preference_data(tiny_model_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="no preference pairs"):
-        run_train_preferences(PreferenceTrainingConfig(model=str(tiny_model_dir), data=str(tmp_path),
+        run_train_preferences(TrainPreferencesConfig(model=str(tiny_model_dir), data=str(tmp_path),
                                                        output=str(tmp_path / "o")))
     (tmp_path / "pairs.jsonl").write_text("\n")
     with pytest.raises(ValueError, match="holds no preference pairs"):
-        run_train_preferences(PreferenceTrainingConfig(model=str(tiny_model_dir), data=str(tmp_path),
+        run_train_preferences(TrainPreferencesConfig(model=str(tiny_model_dir), data=str(tmp_path),
                                                        output=str(tmp_path / "o")))
     with pytest.raises(ConfigError, match="loss would be empty"):
-        run_train_preferences(PreferenceTrainingConfig(model=str(tiny_model_dir), data=str(tmp_path),
+        run_train_preferences(TrainPreferencesConfig(model=str(tiny_model_dir), data=str(tmp_path),
                                                        output=str(tmp_path / "o"), use_sc=False, use_dpo=False))
-    assert preference.IGNORE_INDEX == torch.nn.CrossEntropyLoss().ignore_index  # the labels' mask is torch's
+    assert IGNORE_INDEX == torch.nn.CrossEntropyLoss().ignore_index  # the labels' mask is torch's
 
 
 def test_without_sc_only_chosen_and_rejected_are_run(tiny_model_dir, preference_dir):
@@ -139,17 +135,17 @@ def test_without_sc_only_chosen_and_rejected_are_run(tiny_model_dir, preference_
 
     model, processor = load_vlm(tiny_model_dir, dtype=torch.float32)
     pairs = read_pairs(preference_dir)[:3]
-    collator = preference.PreferenceCollator(processor.tokenizer.pad_token_id)
-    full = preference.PreferenceDataset(pairs, preference_dir, processor)
-    dpo = preference.PreferenceDataset(pairs, preference_dir, processor, preference.DPO_SEQUENCES)
+    collator = PreferenceCollator(processor.tokenizer.pad_token_id)
+    full = PreferenceDataset(pairs, preference_dir, processor)
+    dpo = PreferenceDataset(pairs, preference_dir, processor, DPO_SEQUENCES)
     assert [len(dpo[i]["sequences"]) for i in range(3)] == [2, 2, 2]
     with torch.no_grad():
-        ten = preference.sequence_logps(model, collator([full[i] for i in range(3)]))
-        two = preference.sequence_logps(model, collator([dpo[i] for i in range(3)]))
+        ten = sequence_logps(model, collator([full[i] for i in range(3)]))
+        two = sequence_logps(model, collator([dpo[i] for i in range(3)]))
     assert two.shape == (3, 2) and torch.allclose(two, ten[:, :2], atol=1e-4)
-    config = preference.SherlockLossConfig(use_sc=True)
+    config = SherlockLossConfig(use_sc=True)
     with pytest.raises(ValueError, match="10-sequence layout"):
-        preference.sherlock_objective(two, two, torch.ones(3), torch.zeros(3), config)
+        sherlock_objective(two, two, torch.ones(3), torch.zeros(3), config)
 
 
 def test_scl_objective_equals_trl_dpo_with_its_sft_loss(tiny_model_dir, preference_dir, tmp_path):
@@ -176,14 +172,14 @@ def test_stic_objective_is_dpo_minus_summed_likelihood_over_1024(tiny_model_dir,
             parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.02)
     reference, _ = load_vlm(tiny_model_dir, dtype=torch.float32)
     pairs = read_pairs(preference_dir)[:4]
-    dataset = PreferenceDataset(pairs, preference_dir, processor, preference.DPO_SEQUENCES)
+    dataset = PreferenceDataset(pairs, preference_dir, processor, DPO_SEQUENCES)
     batch = PreferenceCollator(processor.tokenizer.pad_token_id)([dataset[i] for i in range(4)])
-    config = PreferenceTrainingConfig(model="m", data="d", output="o", use_sc=False, dynamic_beta=False, alpha=1.0,
+    config = TrainPreferencesConfig(model="m", data="d", output="o", use_sc=False, dynamic_beta=False, alpha=1.0,
                                       dpo_beta=0.1, sft_weight=1 / 1024).loss()
     with torch.no_grad():
         policy, ref = sequence_logps(model, batch), sequence_logps(reference, batch)
-        loss, parts = preference.sherlock_objective(policy, ref, batch["truncation_step"], batch["noise_level"],
-                                                    config, preference.labelled_tokens(batch))
+        loss, parts = sherlock_objective(policy, ref, batch["truncation_step"], batch["noise_level"],
+                                                    config, labelled_tokens(batch))
     margin = (policy[:, 0] - ref[:, 0]) - (policy[:, 1] - ref[:, 1])
     expected = (torch.log1p(torch.exp(-0.1 * margin)) - policy[:, 0] / 1024).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)

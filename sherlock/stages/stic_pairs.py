@@ -1,6 +1,5 @@
-"""STIC (spec §3): description preferences from unlabeled images, then description-infused SFT.
-
-Stage 1 data (:func:`run_stic_pairs`, the authors' ``generate_pref.py``): for every image,
+"""STIC stage 1 data (spec §3, the authors' ``generate_pref.py``): description preferences from unlabeled
+images. For every image,
 
 - y_w: the model's answer to the step-by-step description prompt on the **clean** image;
 - x: one of the 8 simple description prompts (the stored training prompt);
@@ -10,43 +9,29 @@ Stage 1 data (:func:`run_stic_pairs`, the authors' ``generate_pref.py``): for ev
 Training uses the clean image for both responses: the preference step is DPO (β = 0.1) plus
 α · (−Σ log π_θ(y_w|x)), α = 1/1024 (``configs/*/train-preferences.stic.yaml``). The rejected log-probability
 is the standard one, log π(y_l|x); the authors' ``_get_noisy_batch_logps`` is not reproduced (see
-``docs/recipes.md``).
-
-Stage 2 data (:func:`run_stic_describe`, ``generate_des_stage2.py`` + ``add_des_to_data.py``): the
-stage-1 model describes the image of each item of a small labelled SFT subset (a random simple
-prompt, T = 0.2); the description goes in front of the question, the answer is unchanged, and the
-SFT stage continues training on the result.
+``docs/recipes.md``). Stage 2 data: :mod:`sherlock.stages.stic_describe`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from sherlock import distributed
-from sherlock.config import ConfigError, help_field
-from sherlock.data.llava_cot import DATA_FILE, load_data, write_llava_cot
+from sherlock.config import help_field
+from sherlock.data.llava_cot import load_data
 from sherlock.data.preferences import PreferencePair
-from sherlock.data.sampling import link_or_copy
-from sherlock.data.schema import open_image, write_jsonl
+from sherlock.data.schema import open_image
 from sherlock.generation import SamplingSettings, generate
 from sherlock.models.engines import load_generator
 from sherlock.perturb import stic_corruption
-from sherlock.prompts import (
-    STIC_DESCRIPTION_PROMPT,
-    STIC_HALLUCINATION_PROMPTS,
-    STIC_SIMPLE_PROMPTS,
-    stic_description_infused,
-)
+from sherlock.prompts import STIC_DESCRIPTION_PROMPT, STIC_HALLUCINATION_PROMPTS, STIC_SIMPLE_PROMPTS
 from sherlock.stages.io import record_stage_config
-from sherlock.stages.preferences import save_pairs
-from sherlock.stages.registry import STAGES
+from sherlock.stages.build_preferences import save_pairs
 
 STIC_TEMPERATURE = 0.2  # generate_pref.py and generate_des_stage2.py
 HALLUCINATION = "hallucination_prompt"
-DESCRIPTIONS_FILE = STAGES["stic-describe"].outputs["descriptions"]
 
 
 @dataclass(frozen=True)
@@ -102,40 +87,3 @@ def run_stic_pairs(config: STICPairsConfig) -> Path:
              if y_w != y_l]
     record_stage_config(config, config.output)
     return save_pairs(pairs, data.image_root, config.output, {"dropped_identical": len(data.records) - len(pairs)})
-
-
-@dataclass(kw_only=True)
-class STICDescribeConfig(SamplingSettings):
-    model: str = help_field(help="STIC stage-1 checkpoint that writes the descriptions", uri="model")
-    data: str = help_field(help="labelled SFT data set directory or jsonl", uri="data")
-    output: str = help_field(help="data set directory: data.jsonl with description-infused prompts + images",
-                             uri="output")
-    num_items: int | None = help_field(None, "a random subset of this many items (STIC: 5k; default: all)")
-    temperature: float = help_field(STIC_TEMPERATURE, "sampling temperature (STIC: 0.2)")
-    seed: int = help_field(0, "seed of the subset, the prompt draws and the sampling")
-
-
-def run_stic_describe(config: STICDescribeConfig) -> Path:
-    """Write the description-infused SFT set (``data.jsonl`` + images + ``descriptions.jsonl``)."""
-    data = load_data(config.data)
-    rng = random.Random(config.seed)
-    records = data.records
-    if config.num_items is not None:
-        if not 0 < config.num_items <= len(records):
-            raise ConfigError(f"num_items must be in 1..{len(records)} (the data set's size), got {config.num_items}")
-        records = rng.sample(records, config.num_items)
-    prompts = [rng.choice(STIC_SIMPLE_PROMPTS) for _ in records]
-    model, processor = load_generator(config.model, config.engine, distributed.device())
-    descriptions = generate(model, processor, prompts, [open_image(data.image_root, r) for r in records],
-                            config=config.decoding(config.seed), desc="STIC stage-2 descriptions",
-                            stream="STIC description", keys=[r.id for r in records])
-    output = Path(config.output)
-    if distributed.is_main():
-        for record in records:
-            link_or_copy(data.image_root / record.image, output / record.image)
-        write_llava_cot([dataclasses.replace(r, question=stic_description_infused(r.question, d))
-                         for r, d in zip(records, descriptions)], output / DATA_FILE)
-        write_jsonl(({"id": r.id, "prompt": p, "description": d} for r, p, d in zip(records, prompts, descriptions)),
-                    output / DESCRIPTIONS_FILE)
-    record_stage_config(config, output)
-    return output
