@@ -61,14 +61,14 @@ def build_workspace(root: Path, items: int, preset: str = "tiny", suffix_tokens:
     from sherlock.data.llava_cot import load_llava_cot
     from sherlock.data.synthetic import generate_synthetic
     from sherlock.models.tiny import build_tiny_vlm, tokenizer_corpus
-    from sherlock.stages.preferences import PreferenceDataConfig, run_build_preferences
+    from sherlock.stages.build_preferences import BuildPreferencesConfig, run_build_preferences
 
     root.mkdir(parents=True, exist_ok=True)
     data = generate_synthetic(root / "data", items, seed=0).parent
     model = build_tiny_vlm(root / "model", tokenizer_corpus(load_llava_cot(data / "data.jsonl").records), preset=preset)
     pairs = root / "pairs"
     if not (pairs / "pairs.jsonl").exists():
-        run_build_preferences(PreferenceDataConfig(model=str(model), data=str(data), output=str(pairs),
+        run_build_preferences(BuildPreferencesConfig(model=str(model), data=str(data), output=str(pairs),
                                                    max_new_tokens=suffix_tokens, seed=0))
     return Workspace(root, data, Path(model), pairs)
 

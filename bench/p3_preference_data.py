@@ -24,7 +24,7 @@ def measure(workspace: Workspace, items: int, max_new_tokens: int, device: torch
     from sherlock.generation import DecodingConfig
     from sherlock.models.loading import load_vlm
     from sherlock.reasoning import truncate
-    from sherlock.stages.preferences import rejected_suffixes
+    from sherlock.stages.build_preferences import rejected_suffixes
 
     data = load_llava_cot(workspace.data / "data.jsonl")
     records = data.records[:items]

@@ -30,9 +30,9 @@ from pathlib import Path
 
 # what a stage task imports before its stage starts (kfp's executor, the steps, the stage modules)
 PRELOAD = ("kfp.dsl.executor_main", "mlflow", "torch", "transformers", "trl", "datasets", "components.steps",
-           "sherlock.tracking", "sherlock.stages.sft", "sherlock.stages.rejected", "sherlock.stages.preferences",
-           "sherlock.stages.preference_training", "sherlock.stages.online", "sherlock.stages.evaluate",
-           "sherlock.mlflow_model")
+           "sherlock.tracking", "sherlock.stages.sft", "sherlock.stages.sample_rejected",
+           "sherlock.stages.build_preferences", "sherlock.stages.train_preferences", "sherlock.stages.online",
+           "sherlock.stages.evaluate", "sherlock.mlflow_model")
 HEADER = struct.Struct("!I")
 STATUS = struct.Struct("!i")
 

@@ -1,7 +1,7 @@
 """The one answer extractor: a response's (or CONCLUSION's) answer as an option letter, a number,
 yes/no or normalised text, and the rule-based comparisons built on it.
 
-Evaluation (:mod:`sherlock.benchmarks`), Y^l typing (:mod:`sherlock.stages.rejected`), SCL's
+Evaluation (:mod:`sherlock.benchmarks`), Y^l typing (:mod:`sherlock.stages.sample_rejected`), SCL's
 correctness typing and the online self-consistency filter all read answers here. The choice rules
 follow VLMEvalKit's ``can_infer`` (an option letter standing alone, else exactly one option's text)
 with what small models write besides: ``b``, ``**B**``, ``[B]``, ``(B)``, ``B. 12``, "the answer is

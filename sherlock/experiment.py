@@ -2,7 +2,7 @@
 
 For each seed: draw D_A, D_B and an unlabeled pool D_U from one synthetic set; start from the
 committed base model (a tiny Mllama pre-trained on perception questions,
-:mod:`sherlock.stages.perception`; one for every seed, as the paper starts from one VLM); R0 (SFT on
+:mod:`sherlock.stages.pretrain_perception`; one for every seed, as the paper starts from one VLM); R0 (SFT on
 D_A) → Y^l on D_B → Sherlock-SFT (from the base model) and its direct-only control (SFT on
 D_A ∪ D_B at the same optimizer steps, paper Table 4) → offline pairs on D_A → Sherlock offline
 (+ the static-β and w/o-L_SC ablations) → online iteration 1 on D_U. The sibling recipes start
@@ -35,10 +35,10 @@ from sherlock.diagnostics import paired_difference
 from sherlock.models import embedded_base
 from sherlock.models.loading import require_checkpoint
 from sherlock.stages.diagnose import DiagnoseConfig, run_diagnose
-from sherlock.stages.evaluate import PREDICTIONS_FILE, EvaluationConfig, run_evaluation
-from sherlock.stages.preference_training import PreferenceTrainingConfig, run_train_preferences
+from sherlock.stages.evaluate import PREDICTIONS_FILE, EvaluateConfig, run_evaluate
 from sherlock.stages.registry import STAGES, preset, stage
 from sherlock.stages.sft import SFTStageConfig, run_sft
+from sherlock.stages.train_preferences import TrainPreferencesConfig, run_train_preferences
 
 EVAL_SEED = 1_000_003  # one held-out set for every seed
 VALIDATION_SEED = 3_000_017  # one validation set: settings and the base-model gate are chosen on it
@@ -121,14 +121,14 @@ def evaluate_all(config: ExperimentConfig, seed: int, models: dict, timed, **fie
     direct, blank image, blind prior of D_A; ``sc_minus_direct``: the paired statistics of the last
     round against the direct answer; ``perception``; ``hits``: per item 1/0 of the direct answer
     and of the last round (for statistics pooled over seeds). ``fields`` are further
-    :class:`EvaluationConfig` settings (e.g. ``describe_first``).
+    :class:`EvaluateConfig` settings (e.g. ``describe_first``).
     """
     eval_dir = Path(config.workdir) / "eval"
     root = Path(config.workdir) / f"seed_{seed}"
     results = {}
     for name, model in models.items():
         output = root / "eval" / _slug(name)
-        metrics = timed(f"evaluate {name}", run_evaluation, EvaluationConfig(
+        metrics = timed(f"evaluate {name}", run_evaluate, EvaluateConfig(
             model=str(model), benchmarks=f"llava_cot={eval_dir}", correction_rounds=config.correction_rounds,
             output=str(output), prior_data=str(root / "subsets" / "D_A"),
             max_new_tokens=config.max_new_tokens, generation_batch_size=config.generation_batch_size, seed=seed,
@@ -263,7 +263,7 @@ def run_seed(config: ExperimentConfig, seed: int) -> dict:
     ablations = {"offline, w/o L_SC": {"use_sc": False}} | (
         {"offline, static β": {"dynamic_beta": False}} if config.static_beta_ablation else {})
     for name, switches in ablations.items():  # the offline step's data and reference cache, one switch changed
-        models[name] = timed(name, run_train_preferences, PreferenceTrainingConfig(
+        models[name] = timed(name, run_train_preferences, TrainPreferencesConfig(
             **preference | switches, model=str(chain["sherlock-sft"]), data=str(root / "preferences"),
             output=str(root / _slug(name))))
 

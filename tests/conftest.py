@@ -63,10 +63,10 @@ def subset_dir(tmp_path_factory, synthetic_data):
 @pytest.fixture(scope="session")
 def preference_dir(tmp_path_factory, tiny_model_dir, subset_dir):
     """Offline preference pairs on the 16-record subset; the rejected suffixes come from the tiny model."""
-    from sherlock.stages.preferences import PreferenceDataConfig, run_build_preferences
+    from sherlock.stages.build_preferences import BuildPreferencesConfig, run_build_preferences
 
     output = tmp_path_factory.mktemp("pairs")
-    run_build_preferences(PreferenceDataConfig(model=str(tiny_model_dir), data=str(subset_dir),
+    run_build_preferences(BuildPreferencesConfig(model=str(tiny_model_dir), data=str(subset_dir),
                                                output=str(output), max_new_tokens=24, seed=0))
     return output
 

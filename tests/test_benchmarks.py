@@ -21,7 +21,7 @@ from sherlock.benchmarks import (
 )
 from sherlock.config import ConfigError
 from sherlock.data.llava_cot import DataQualityError
-from sherlock.stages.evaluate import EvaluationConfig, EvaluationError, RescoreConfig, run_evaluation, run_rescore
+from sherlock.stages.evaluate import EvaluateConfig, EvaluationError, RescoreConfig, run_evaluate, run_rescore
 
 
 def _image(colour) -> str:
@@ -144,7 +144,7 @@ def test_mmvet_is_graded_by_its_and_or_answers_or_by_a_registered_model_judge(ts
         with pytest.raises(ConfigError, match=r"unknown grader .*'sherlock.graders'"):
             load_grader(name)
     with pytest.raises(ConfigError, match="unknown grader"):
-        EvaluationConfig(model="m", output="o", benchmarks="mmvet=x", grader="os:system").check()
+        EvaluateConfig(model="m", output="o", benchmarks="mmvet=x", grader="os:system").check()
 
 
 @pytest.mark.parametrize("gold, conclusion, grade", [
@@ -178,11 +178,11 @@ def test_bad_benchmark_files(tmp_path):
 
 
 def test_evaluation_stage_scores_every_round(tiny_model_dir, subset_dir, tsv_dir, tmp_path):
-    config = EvaluationConfig(model=str(tiny_model_dir), output=str(tmp_path / "eval"), correction_rounds=2,
+    config = EvaluateConfig(model=str(tiny_model_dir), output=str(tmp_path / "eval"), correction_rounds=2,
                               benchmarks=f"llava_cot={subset_dir},mmbench={tsv_dir / 'mmbench.tsv'}",
                               limit=6, max_new_tokens=12, prior_data=str(subset_dir))
     assert (config.temperature, config.top_p) == (0.6, 0.7)  # the paper's protocol by default
-    metrics = run_evaluation(config)
+    metrics = run_evaluate(config)
     synthetic = metrics["benchmarks"]["llava_cot"]["rounds"]
     assert len(synthetic) == 3 and all(r["n"] == 6 for r in synthetic)
     for name, result in metrics["benchmarks"].items():
@@ -200,7 +200,7 @@ def test_evaluation_stage_scores_every_round(tiny_model_dir, subset_dir, tsv_dir
     assert "| llava_cot | 6 |" in table and "+SC round 2" in table and "| blank image | blind prior |" in table
     assert (tmp_path / "eval/accuracy_by_round.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ConfigError, match="unknown benchmark"):
-        EvaluationConfig(model="m", output="o", benchmarks="vqav2=x").check()
+        EvaluateConfig(model="m", output="o", benchmarks="vqav2=x").check()
 
 
 def test_describe_and_respond_prefixes_the_models_own_description(tiny_model_dir, subset_dir, tmp_path):
@@ -209,9 +209,9 @@ def test_describe_and_respond_prefixes_the_models_own_description(tiny_model_dir
     from sherlock.models.loading import load_vlm
     from sherlock.prompts import STIC_DAR_PROMPT
 
-    config = EvaluationConfig(model=str(tiny_model_dir), output=str(tmp_path / "dar"), correction_rounds=1,
+    config = EvaluateConfig(model=str(tiny_model_dir), output=str(tmp_path / "dar"), correction_rounds=1,
                               benchmarks=f"llava_cot={subset_dir}", limit=3, max_new_tokens=6, describe_first=True)
-    run_evaluation(config)
+    run_evaluate(config)
     predictions = [json.loads(line) for line in (tmp_path / "dar/predictions.jsonl").read_text().splitlines()]
     items = load_benchmark("llava_cot", subset_dir, 3)
     model, processor = load_vlm(tiny_model_dir)
@@ -322,11 +322,11 @@ def test_mathvista_uses_its_question_verbatim_and_finds_the_gold_choice(tmp_path
 
 
 def test_a_failing_benchmark_keeps_the_finished_ones(tiny_model_dir, subset_dir, tsv_dir, tmp_path):
-    config = EvaluationConfig(model=str(tiny_model_dir), output=str(tmp_path / "eval"), correction_rounds=1,
+    config = EvaluateConfig(model=str(tiny_model_dir), output=str(tmp_path / "eval"), correction_rounds=1,
                               benchmarks=f"mmstar={tsv_dir / 'mmstar.tsv'},mme={tmp_path / 'missing.tsv'}",
                               max_new_tokens=4, greedy_direct=False, blank_image=False)
     with pytest.raises(EvaluationError, match=r"1 benchmark\(s\) failed.*mme.*FileNotFoundError"):
-        run_evaluation(config)
+        run_evaluate(config)
     metrics = json.loads((tmp_path / "eval/metrics.json").read_text())
     assert set(metrics["benchmarks"]) == {"mmstar"} and "FileNotFoundError" in metrics["errors"]["mme"]
     assert metrics["paper_average_missing"] == [name for name in BENCHMARKS if name != "mmstar"]

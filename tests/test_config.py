@@ -5,10 +5,10 @@ import yaml
 
 from sherlock.cli import build_parser
 from sherlock.config import EXTENDS, ConfigError, config_from_args, dump_config, load_config, read_settings
-from sherlock.stages.preference_training import PreferenceTrainingConfig
-from sherlock.stages.preferences import PreferenceDataConfig
+from sherlock.stages.build_preferences import BuildPreferencesConfig
 from sherlock.stages.registry import stage
 from sherlock.stages.sft import SFTStageConfig
+from sherlock.stages.train_preferences import TrainPreferencesConfig
 
 REQUIRED = {"model": "m", "data": "d", "output": "o"}
 
@@ -16,7 +16,7 @@ REQUIRED = {"model": "m", "data": "d", "output": "o"}
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "stage.yaml"
     path.write_text("model: m\ndata: d\noutput: o\nlearning_rate: 1.0e-4\nepochs: 2\nuse_sc: false\n")
-    config = load_config(PreferenceTrainingConfig, path, {"epochs": "3", "alpha": 1})
+    config = load_config(TrainPreferencesConfig, path, {"epochs": "3", "alpha": 1})
     assert (config.learning_rate, config.epochs, config.use_sc, config.alpha) == (1e-4, 3.0, False, 1.0)
     assert config.sc_beta == 0.25 and config.dynamic_beta
 
@@ -38,7 +38,7 @@ def test_dump_and_reload_round_trip(tmp_path):
 )
 def test_bad_values_are_named(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(PreferenceTrainingConfig, overrides=REQUIRED | overrides)
+        load_config(TrainPreferencesConfig, overrides=REQUIRED | overrides)
 
 
 def test_missing_required_field():
@@ -58,22 +58,22 @@ def test_missing_required_field():
 )
 def test_inconsistent_training_configs(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(PreferenceTrainingConfig, overrides=REQUIRED | overrides).check()
+        load_config(TrainPreferencesConfig, overrides=REQUIRED | overrides).check()
 
 
 def test_perturbation_settings_are_checked():
     with pytest.raises(ConfigError, match="not available in the released scheme"):
-        load_config(PreferenceDataConfig, overrides=REQUIRED | {"scheme": "released", "truncation_steps": "4"}
+        load_config(BuildPreferencesConfig, overrides=REQUIRED | {"scheme": "released", "truncation_steps": "4"}
                     ).check_perturbation()
     with pytest.raises(ConfigError, match="comma-separated"):
-        load_config(PreferenceDataConfig, overrides=REQUIRED | {"truncation_steps": "one"}).check_perturbation()
+        load_config(BuildPreferencesConfig, overrides=REQUIRED | {"truncation_steps": "one"}).check_perturbation()
 
 
 def test_cli_flags_override_the_yaml(tmp_path):
     path = tmp_path / "stage.yaml"
     path.write_text("model: m\ndata: d\noutput: o\nalpha: 0.5\nbatch_size: 2\n")
     args = build_parser().parse_args(["train-preferences", "--config", str(path), "--alpha", "0.1"])
-    config = config_from_args(PreferenceTrainingConfig, args)
+    config = config_from_args(TrainPreferencesConfig, args)
     assert (config.alpha, config.batch_size) == (0.1, 2)
 
 
@@ -85,12 +85,12 @@ def test_shipped_presets_load_and_pass_their_checks(preset, monkeypatch):
     """Every preset is named ``<stage>[.<variant>]`` and loads into its stage's config (``deploy``: DeployConfig)."""
     monkeypatch.chdir(REPO)  # the presets name DeepSpeed configs relative to the repository root
     from sherlock.serving.deploy import DeployConfig
-    from sherlock.stages.evaluate import EvaluationConfig
-    from sherlock.stages.scl import SCLPairsConfig
+    from sherlock.stages.evaluate import EvaluateConfig
+    from sherlock.stages.scl_pairs import SCLPairsConfig
 
     name = preset.stem.split(".")[0]
     cls = DeployConfig if name == "deploy" else stage(name).config
-    required = {"model": "m", "output": "o", "benchmarks": "b=x"} if cls is EvaluationConfig else REQUIRED
+    required = {"model": "m", "output": "o", "benchmarks": "b=x"} if cls is EvaluateConfig else REQUIRED
     if cls is DeployConfig:
         required = {"model": "models:/m@champion", "output": "o"}
     config = load_config(cls, preset, required)
@@ -108,11 +108,11 @@ def test_a_settings_file_extends_another_of_its_folder_or_a_sibling_folder(tmp_p
     (tmp_path / "paper" / "online.yaml").write_text("extends: train-preferences.offline\nbatch_size: 4\n")
     (tmp_path / "released" / "online.yaml").write_text("extends: paper/online\nsc_beta: 0.025\n")
     assert read_settings(tmp_path / "released" / "online.yaml") == {"alpha": 0.25, "batch_size": 4, "sc_beta": 0.025}
-    config = load_config(PreferenceTrainingConfig, tmp_path / "released" / "online.yaml", REQUIRED)
+    config = load_config(TrainPreferencesConfig, tmp_path / "released" / "online.yaml", REQUIRED)
     assert (config.alpha, config.batch_size, config.sc_beta) == (0.25, 4, 0.025)
     args = build_parser().parse_args(["train-preferences", "--config", str(tmp_path / "paper" / "online.yaml")]
                                      + [f"--{key}={value}" for key, value in REQUIRED.items()])
-    assert config_from_args(PreferenceTrainingConfig, args).batch_size == 4  # the CLI reads the same chain
+    assert config_from_args(TrainPreferencesConfig, args).batch_size == 4  # the CLI reads the same chain
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -16,7 +16,7 @@ from sherlock.data.llava_cot import load_llava_cot
 from sherlock.data.sampling import verify_subset
 from sherlock.data.synthetic import generate_synthetic
 from sherlock.mlflow_access import PIPELINE_PASSWORD_ENV, READER_PASSWORD_ENV, AccessConfig, grant_access
-from sherlock.stages.evaluate import EvaluationConfig
+from sherlock.stages.evaluate import EvaluateConfig
 from sherlock.stages.runner import data_digest, run_stage
 from sherlock.stages.sample import SampleConfig
 from sherlock.stages.sft import SFTStageConfig
@@ -59,7 +59,7 @@ def test_micro_pipeline_lineage_from_champion_back_to_records(mlflow_server, buc
                                      output=f"{root}/subsets", sizes="D_A=12,D_B=4"), PIPELINE_RUN)
     run_stage("sft", SFTStageConfig(model=f"s3://{bucket}/models/base", data=f"{root}/subsets/D_A",
                                     output=f"{root}/r0", max_steps=3, batch_size=4, logging_steps=1), PIPELINE_RUN)
-    metrics = run_stage("evaluate", EvaluationConfig(
+    metrics = run_stage("evaluate", EvaluateConfig(
         model=f"{root}/r0", benchmarks=f"llava_cot=s3://{bucket}/data/heldout/data.jsonl", output=f"{root}/eval_r0",
         correction_rounds=1, max_new_tokens=8, prior_data=f"{root}/subsets/D_A"), PIPELINE_RUN)
 

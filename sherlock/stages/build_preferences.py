@@ -56,7 +56,7 @@ class PerturbationSettings:
 
 
 @dataclass(kw_only=True)
-class PreferenceDataConfig(PerturbationSettings, SamplingSettings):
+class BuildPreferencesConfig(PerturbationSettings, SamplingSettings):
     model: str = help_field(help="Sherlock-SFT checkpoint that writes the rejected suffixes", uri="model")
     data: str = help_field(help="data set directory or jsonl (D_A)", uri="data")
     output: str = help_field(help="directory for pairs.jsonl, stats.json and the clean images", uri="output")
@@ -94,7 +94,7 @@ def save_pairs(pairs: list[PreferencePair], image_root: Path, output: str | Path
     return Path(output) / PAIRS_FILE
 
 
-def run_build_preferences(config: PreferenceDataConfig) -> Path:
+def run_build_preferences(config: BuildPreferencesConfig) -> Path:
     """Build the offline pairs of D_A; returns the path of ``pairs.jsonl``.
 
     A pair whose rejected suffix reproduces the chosen one exactly carries no preference and is

@@ -106,7 +106,7 @@ class BenchmarkFiles:
 
 
 @dataclass(kw_only=True)
-class EvaluationConfig(ProtocolSettings, BenchmarkFiles):
+class EvaluateConfig(ProtocolSettings, BenchmarkFiles):
     model: str = help_field(help="checkpoint to evaluate", uri="model")
     describe_first: bool = help_field(False, "describe the image first and prefix the question with it (STIC DaR)")
 
@@ -204,7 +204,7 @@ class EvaluationError(RuntimeError):
     """A benchmark failed; the others' results are written."""
 
 
-def run_evaluation(config: EvaluationConfig) -> dict:
+def run_evaluate(config: EvaluateConfig) -> dict:
     """Evaluate ``config.model`` on every benchmark; writes the outputs as each one finishes and returns
     the metrics. A benchmark that fails is recorded in ``metrics["errors"]``; the others still run, and
     :class:`EvaluationError` names the failed ones at the end."""

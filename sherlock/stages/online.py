@@ -28,10 +28,10 @@ from sherlock.data.schema import open_image
 from sherlock.generation import SamplingSettings, generate, self_correct
 from sherlock.models.loading import load_vlm
 from sherlock.reasoning import ReasoningFormatError, truncate
+from sherlock.stages.build_preferences import PerturbationSettings, rejected_suffixes, save_pairs
 from sherlock.stages.io import record_stage_config
-from sherlock.stages.preference_training import PreferenceTrainingConfig, run_train_preferences
-from sherlock.stages.preferences import PerturbationSettings, rejected_suffixes, save_pairs
 from sherlock.stages.registry import STAGES
+from sherlock.stages.train_preferences import TrainPreferencesConfig, run_train_preferences
 
 NUM_CORRECTIONS = 3  # Y², Y³, Y⁴
 # inside one iteration's directory (``output/iter_k`` of :func:`run_online`)
@@ -51,7 +51,7 @@ class UnlabeledItem:
 
 
 @dataclass(kw_only=True)
-class OnlineConfig(PreferenceTrainingConfig, PerturbationSettings, SamplingSettings):
+class OnlineConfig(TrainPreferencesConfig, PerturbationSettings, SamplingSettings):
     data: str = help_field(help="unlabeled pool: data set directory or jsonl (responses/answers are ignored)",
                            uri="data")
     output: str = help_field(help="iteration directory: pairs/ and model/", uri="output")
@@ -153,8 +153,8 @@ def run_online_iteration(config: OnlineConfig) -> Path:
         print(f"warning: the pool gave {len(pairs)} of {config.num_pairs} pairs ({stats})", file=sys.stderr)
     save_pairs(pairs, image_root, output / PAIRS_DIR, stats)
     del model
-    training_fields = {f.name for f in dataclasses.fields(PreferenceTrainingConfig)}
-    training = PreferenceTrainingConfig(**{k: v for k, v in dataclasses.asdict(config).items() if k in training_fields}
+    training_fields = {f.name for f in dataclasses.fields(TrainPreferencesConfig)}
+    training = TrainPreferencesConfig(**{k: v for k, v in dataclasses.asdict(config).items() if k in training_fields}
                                         | {"data": str(output / PAIRS_DIR), "output": str(output / MODEL_DIR)})
     return run_train_preferences(training)
 

@@ -33,7 +33,7 @@ TOKENIZER_SEED = 2_000_003
 
 
 @dataclass(kw_only=True)
-class PerceptionConfig(TrainSettings):
+class PretrainPerceptionConfig(TrainSettings):
     output: str = help_field(help="directory for the perception data, checkpoints and the base model", uri="output")
     preset: str = help_field("embedded", "tiny Mllama preset (sherlock.models.tiny.PRESETS)")
     num_items: int = help_field(20000, "perception questions (one image each)")
@@ -63,7 +63,7 @@ class PerceptionConfig(TrainSettings):
         return tuple(family for name in groups for family in FAMILY_GROUPS[name])
 
 
-def perception_validation(model_dir: Path, config: PerceptionConfig) -> dict:
+def perception_validation(model_dir: Path, config: PretrainPerceptionConfig) -> dict:
     """Exact-answer rate per question family (the record's ``tier``) on held-out perception items (indices
     after the training ones), and for "Describe the image." the fraction whose occupied cells are right."""
     import torch
@@ -87,7 +87,7 @@ def perception_validation(model_dir: Path, config: PerceptionConfig) -> dict:
     return scores | {"describe_cells_exact": sum(cells) / max(len(cells), 1), "num_items": len(drawn)}
 
 
-def run_pretrain_perception(config: PerceptionConfig) -> Path:
+def run_pretrain_perception(config: PretrainPerceptionConfig) -> Path:
     """Draw the perception data, build the tiny model and train it; returns ``output/model``.
 
     ``output/perception.json`` holds :func:`perception_validation` of the trained model.

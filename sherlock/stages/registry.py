@@ -1,16 +1,18 @@
 """The stage registry: one :class:`Stage` record per stage.
 
 A stage's name is its command (``sherlock <name>``), the key of its presets
-(``configs/<scale>/<name>[.<variant>].yaml``) and, with ``-`` written ``_``, its Kubeflow component. The
-record names the module that holds its config class and run function (imported only when the
-stage runs, so a step that samples data never imports the trainers) and the outputs it writes
-under its output directory, by name: stages, components, pipelines and the experiment runner all
-resolve output paths here, never by spelling them out.
+(``configs/<scale>/<name>[.<variant>].yaml``) and, with ``-`` written ``_``, its module
+``sherlock.stages.<name>`` and its Kubeflow component. The module holds the run function ``run_<name>``
+(``-`` written ``_``), whose ``config`` parameter's type is the stage's config class; both are imported only
+when the stage runs, so a step that samples data never imports the trainers. The record also names the
+outputs a stage writes under its output directory: stages, components, pipelines and the experiment
+runner all resolve output paths here, never by spelling them out.
 """
 
 from __future__ import annotations
 
 import importlib
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +26,6 @@ from sherlock.data.schema import PAIRS_FILE
 @dataclass(frozen=True)
 class Stage:
     name: str
-    module: str  # sherlock.stages.<module>
-    config_name: str
-    run_name: str
     help: str
     outputs: Mapping[str, str] = field(default_factory=dict)  # name -> path under the output ({config field})
     hands_on: str | None = None  # the output later steps read (None: the output directory itself)
@@ -41,14 +40,19 @@ class Stage:
         return self.component_name or self.name.replace("-", "_")
 
     @property
-    def config(self) -> type:
-        """The stage's config dataclass."""
-        return getattr(importlib.import_module(f"sherlock.stages.{self.module}"), self.config_name)
+    def module(self) -> str:
+        """The stage's module: ``sherlock.stages.<name>``, ``-`` written ``_``."""
+        return f"sherlock.stages.{self.name.replace('-', '_')}"
 
     @property
     def run(self) -> Callable:
-        """The stage function: ``run(config)``."""
-        return getattr(importlib.import_module(f"sherlock.stages.{self.module}"), self.run_name)
+        """The stage function ``run_<name>(config)`` of :attr:`module`."""
+        return getattr(importlib.import_module(self.module), f"run_{self.name.replace('-', '_')}")
+
+    @property
+    def config(self) -> type:
+        """The stage's config dataclass: the type of :attr:`run`'s ``config`` parameter."""
+        return typing.get_type_hints(self.run)["config"]
 
     def output(self, root: str, name: str, **fields) -> str:
         """Where output ``name`` lies under the output directory (a path or URI) ``root``."""
@@ -62,39 +66,29 @@ class Stage:
 
 
 _STAGES = (
-    Stage("pretrain-perception", "perception", "PerceptionConfig", "run_pretrain_perception",
-          "the embedded base model: a tiny Mllama pre-trained on synthetic perception questions",
+    Stage("pretrain-perception", "the embedded base model: a tiny Mllama pre-trained on synthetic perception questions",
           {"model": "model", "perception": "perception.json"}, multi_rank=False, trains=True),
-    Stage("sample", "sample", "SampleConfig", "run_sample",
-          "Stage I data: disjoint seeded subsets D_A, D_B with a manifest",
+    Stage("sample", "Stage I data: disjoint seeded subsets D_A, D_B with a manifest",
           {"D_A": "D_A", "D_B": "D_B", "D_U": "D_U", "manifest": MANIFEST}, component_name="sample_data",
           multi_rank=False),
-    Stage("sft", "sft", "SFTStageConfig", "run_sft", "Stage I: vanilla SFT (R0), or Sherlock-SFT with --rejected",
-          trains=True),
-    Stage("sample-rejected", "rejected", "SampleRejectedConfig", "run_sample_rejected",
-          "Stage I: sample Y^l from R0 for D_B", {"rejected": "rejected.jsonl", "stats": "stats.json"},
-          hands_on="rejected"),
-    Stage("build-preferences", "preferences", "PreferenceDataConfig", "run_build_preferences",
-          "Stage II data: truncation + visual perturbation pairs", {"pairs": PAIRS_FILE, "stats": "stats.json"}),
-    Stage("train-preferences", "preference_training", "PreferenceTrainingConfig", "run_train_preferences",
-          "Stage II/III: L_SC + α·L_DPO with dynamic β", trains=True),
-    Stage("online", "online", "OnlineConfig", "run_online", "Stage III: K label-free self-improvement iterations",
+    Stage("sft", "Stage I: vanilla SFT (R0), or Sherlock-SFT with --rejected", trains=True),
+    Stage("sample-rejected", "Stage I: sample Y^l from R0 for D_B",
+          {"rejected": "rejected.jsonl", "stats": "stats.json"}, hands_on="rejected"),
+    Stage("build-preferences", "Stage II data: truncation + visual perturbation pairs",
+          {"pairs": PAIRS_FILE, "stats": "stats.json"}),
+    Stage("train-preferences", "Stage II/III: L_SC + α·L_DPO with dynamic β", trains=True),
+    Stage("online", "Stage III: K label-free self-improvement iterations",
           {"model": "iter_{iteration}/model", "pairs": "iter_{iteration}/pairs"}, hands_on="model",
           component_name="online_iteration", trains=True, multi_node=False),
-    Stage("evaluate", "evaluate", "EvaluationConfig", "run_evaluation",
-          "direct and self-correction accuracy per benchmark",
+    Stage("evaluate", "direct and self-correction accuracy per benchmark",
           {"metrics": "metrics.json", "table": "results.md", "plot": "accuracy_by_round.png",
            "predictions": "predictions.jsonl"}),
-    Stage("diagnose", "diagnose", "DiagnoseConfig", "run_diagnose",
-          "accuracy against the blank-image and blind-prior baselines, perception, departure stages",
+    Stage("diagnose", "accuracy against the blank-image and blind-prior baselines, perception, departure stages",
           {"diagnostics": "diagnostics.json"}),
-    Stage("scl-pairs", "scl", "SCLPairsConfig", "run_scl_pairs",
-          "SCL data: two-turn answers typed by correctness, (−,+)/(+,−) pairs",
+    Stage("scl-pairs", "SCL data: two-turn answers typed by correctness, (−,+)/(+,−) pairs",
           {"pairs": PAIRS_FILE, "responses": "responses.jsonl", "stats": "stats.json"}),
-    Stage("stic-pairs", "stic", "STICPairsConfig", "run_stic_pairs",
-          "STIC stage 1 data: clean vs hallucinated/corrupted descriptions", {"pairs": PAIRS_FILE}),
-    Stage("stic-describe", "stic", "STICDescribeConfig", "run_stic_describe",
-          "STIC stage 2 data: description-infused prompts from the stage-1 model",
+    Stage("stic-pairs", "STIC stage 1 data: clean vs hallucinated/corrupted descriptions", {"pairs": PAIRS_FILE}),
+    Stage("stic-describe", "STIC stage 2 data: description-infused prompts from the stage-1 model",
           {"data": DATA_FILE, "descriptions": "descriptions.jsonl"}),
 )
 STAGES: Mapping[str, Stage] = {stage.name: stage for stage in _STAGES}

@@ -39,8 +39,8 @@ from sherlock.generation import SamplingSettings, generate
 from sherlock.models.engines import load_generator
 from sherlock.prompts import SCL_DEFAULT_REVIEW_PROMPT, SCL_REVIEW_PROMPTS, scl_first_turn, scl_review_turn
 from sherlock.reasoning import conclusion_text
+from sherlock.stages.build_preferences import save_pairs
 from sherlock.stages.io import record_stage_config
-from sherlock.stages.preferences import save_pairs
 from sherlock.stages.registry import STAGES
 
 RESPONSES_FILE = STAGES["scl-pairs"].outputs["responses"]

@@ -1,7 +1,7 @@
 """Stage I: vanilla SFT (R0 on D_A) and Sherlock-SFT (from the base model on D_B, Eq. 3).
 
 With ``rejected`` unset the stage trains x → Y^w only (R0). With ``rejected`` (the file written by
-:mod:`sherlock.stages.rejected`), each record adds a correction sequence R(Q, Y^l) + image → Y^w,
+:mod:`sherlock.stages.sample_rejected`), each record adds a correction sequence R(Q, Y^l) + image → Y^w,
 so the loss is −E[log π(Y^w|x) + log π(Y^w|x, Y^l, t)].
 """
 

@@ -27,8 +27,8 @@ from sherlock.generation import SamplingSettings, generate
 from sherlock.models.engines import load_generator
 from sherlock.perturb import stic_corruption
 from sherlock.prompts import STIC_DESCRIPTION_PROMPT, STIC_HALLUCINATION_PROMPTS, STIC_SIMPLE_PROMPTS
-from sherlock.stages.io import record_stage_config
 from sherlock.stages.build_preferences import save_pairs
+from sherlock.stages.io import record_stage_config
 
 STIC_TEMPERATURE = 0.2  # generate_pref.py and generate_des_stage2.py
 HALLUCINATION = "hallucination_prompt"

@@ -19,21 +19,13 @@ import torch
 from sherlock import distributed
 from sherlock.config import ConfigError, help_field
 from sherlock.data.preferences import read_pairs
+from sherlock.losses import DPO_SEQUENCES, NUM_SEQUENCES, SherlockLossConfig
 from sherlock.models.loading import load_vlm, require_checkpoint
 from sherlock.stages.io import record_stage_config
 from sherlock.training.memory import plan_training_step
-from sherlock.training.preference import (
-    DPO_SEQUENCES,
-    NUM_SEQUENCES,
-    PreferenceCollator,
-    PreferenceDataset,
-    SherlockLossConfig,
-    SherlockTrainer,
-    cached_reference_logps,
-    compute_reference_logps,
-    reference_cache_path,
-    sequence_extent,
-)
+from sherlock.training.preference_trainer import SherlockTrainer
+from sherlock.training.reference import cached_reference_logps, compute_reference_logps, reference_cache_path
+from sherlock.training.sequences import PreferenceCollator, PreferenceDataset, sequence_extent
 from sherlock.training.setup import (
     TrainSettings,
     prepare_model,
@@ -45,7 +37,7 @@ REFERENCE_CACHE_DIR = "reference_cache"
 
 
 @dataclass(kw_only=True)
-class PreferenceTrainingConfig(SherlockLossConfig, TrainSettings):
+class TrainPreferencesConfig(SherlockLossConfig, TrainSettings):
     """Training settings and the loss fields (:class:`SherlockLossConfig`, passed on by :meth:`loss`)."""
 
     model: str = help_field(help="starting checkpoint (Sherlock-SFT offline, π_{k-1} online)", uri="model")
@@ -70,7 +62,7 @@ class PreferenceTrainingConfig(SherlockLossConfig, TrainSettings):
             require_checkpoint(checkpoint)
 
 
-def run_train_preferences(config: PreferenceTrainingConfig) -> Path:
+def run_train_preferences(config: TrainPreferencesConfig) -> Path:
     """Train on the pairs in ``config.data``; saves the model and processor to ``config.output``."""
     config.check()
     pairs = read_pairs(config.data)

@@ -311,7 +311,7 @@ def test_scl_pipeline_runs_end_to_end_locally(tmp_path):
     """SCL through kfp.local with ``gpus=2``: every GPU step on 2 ranks (torchrun, gloo), one MLflow
     run each (rank 0's); its pairs follow the typing rules and the trained step is DPO + SFT term."""
     from sherlock.data.llava_cot import load_llava_cot
-    from sherlock.stages.scl import scl_correct
+    from sherlock.stages.scl_pairs import scl_correct
 
     summary, log = run_locally("scl", tmp_path, "--gpus", "2")
     gpu_steps = ["evaluate", "evaluate", "scl-pairs", "sft", "train-preferences"]

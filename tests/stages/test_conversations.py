@@ -13,10 +13,10 @@ from sherlock.chat import chat_prompt, prompt_turns
 from sherlock.data.llava_cot import load_data
 from sherlock.data.preferences import read_pairs
 from sherlock.data.schema import open_image, read_jsonl
-from sherlock.stages.evaluate import PREDICTIONS_FILE, EvaluationConfig, run_evaluation
-from sherlock.stages.preferences import PreferenceDataConfig, run_build_preferences
-from sherlock.stages.rejected import SampleRejectedConfig, run_sample_rejected
-from sherlock.stages.scl import review_conversations
+from sherlock.stages.build_preferences import BuildPreferencesConfig, run_build_preferences
+from sherlock.stages.evaluate import PREDICTIONS_FILE, EvaluateConfig, run_evaluate
+from sherlock.stages.sample_rejected import SampleRejectedConfig, run_sample_rejected
+from sherlock.stages.scl_pairs import review_conversations
 from sherlock.stages.sft import SFTStageConfig, run_sft
 from sherlock.training.setup import IGNORE_INDEX
 from sherlock.training.sft import LastTurnLoss, examples_from_records, sft_dataset
@@ -96,14 +96,14 @@ def test_every_stage_runs_on_conversations_and_keeps_their_context(conversations
     assert [row["id"] for row in read_jsonl(rejected)] == list(records)
     model = run_sft(SFTStageConfig(model=str(tiny_model_dir), data=str(conversations), rejected=str(rejected),
                                    output=str(tmp_path / "sft"), max_steps=1, batch_size=16))
-    pairs_file = run_build_preferences(PreferenceDataConfig(model=str(model), data=str(conversations),
+    pairs_file = run_build_preferences(BuildPreferencesConfig(model=str(model), data=str(conversations),
                                                             output=str(tmp_path / "pairs"), max_new_tokens=16))
     pairs = read_pairs(pairs_file.parent)
     assert pairs and all(pair.context == records[pair.id].context for pair in pairs)
     assert any(pair.context for pair in pairs)
     rows = read_jsonl(pairs_file)
     assert all(("context" in row) == bool(records[row["id"]].context) for row in rows)  # single turns as before
-    run_evaluation(EvaluationConfig(model=str(model), benchmarks=f"llava_cot={conversations}",
+    run_evaluate(EvaluateConfig(model=str(model), benchmarks=f"llava_cot={conversations}",
                                     output=str(tmp_path / "eval"), correction_rounds=1, max_new_tokens=16,
                                     greedy_direct=False, blank_image=False))
     predictions = read_jsonl(tmp_path / "eval" / PREDICTIONS_FILE)

@@ -12,7 +12,7 @@ from sherlock.diagnostics import caption_shapes
 from sherlock.models import EMBEDDED_BASE_DIGEST, embedded_base
 from sherlock.models.loading import load_vlm
 from sherlock.models.tiny import build_tiny_vlm
-from sherlock.stages.perception import PERCEPTION_FILE, PerceptionConfig, run_pretrain_perception
+from sherlock.stages.pretrain_perception import PERCEPTION_FILE, PretrainPerceptionConfig, run_pretrain_perception
 from sherlock.storage import IntegrityError, directory_digest
 
 
@@ -46,19 +46,20 @@ def test_reading_items_describe_the_scene_then_answer_from_that_description():
 
 
 def test_pretraining_trains_scores_held_out_items_and_rejects_bad_settings(tmp_path):
-    model_dir = run_pretrain_perception(PerceptionConfig(output=str(tmp_path / "base"), preset="tiny", num_items=24,
-                                                         max_steps=2, batch_size=4, validation_items=5))
+    model_dir = run_pretrain_perception(PretrainPerceptionConfig(output=str(tmp_path / "base"), preset="tiny",
+                                                                 num_items=24, max_steps=2, batch_size=4,
+                                                                 validation_items=5))
     scores = json.loads((tmp_path / "base" / PERCEPTION_FILE).read_text())
     assert scores["num_items"] == 5 and all(0.0 <= v <= 1.0 for k, v in scores.items() if k != "num_items")
     trained, _ = load_vlm(model_dir)
     initial, _ = load_vlm(tmp_path / "base" / "init")
     assert any(not torch.equal(p, q) for p, q in zip(trained.state_dict().values(), initial.state_dict().values()))
     with pytest.raises(ValueError, match="unknown preset"):
-        PerceptionConfig(output="o", preset="huge").check()
+        PretrainPerceptionConfig(output="o", preset="huge").check()
     with pytest.raises(ValueError, match="unknown question families"):
-        PerceptionConfig(output="o", families="perception,copying").check()
+        PretrainPerceptionConfig(output="o", families="perception,copying").check()
     # a second phase continues from the first model (and its tokenizer) on the reading families too
-    again = run_pretrain_perception(PerceptionConfig(output=str(tmp_path / "phase2"), init=str(model_dir),
+    again = run_pretrain_perception(PretrainPerceptionConfig(output=str(tmp_path / "phase2"), init=str(model_dir),
                                                      families="perception,reading", seed=1, num_items=8, max_steps=1,
                                                      batch_size=4, validation_items=0))
     assert not (tmp_path / "phase2" / "init").exists()

@@ -25,7 +25,7 @@ from sherlock.prompts import (
     STIC_SIMPLE_PROMPTS,
     scl_review_turn,
 )
-from sherlock.stages.scl import (
+from sherlock.stages.scl_pairs import (
     SCLPairsConfig,
     review_conversations,
     run_scl_pairs,
@@ -34,14 +34,8 @@ from sherlock.stages.scl import (
     scl_pair,
     scl_type,
 )
-from sherlock.stages.stic import (
-    HALLUCINATION,
-    STICDescribeConfig,
-    STICPairsConfig,
-    draw_dispreferred,
-    run_stic_describe,
-    run_stic_pairs,
-)
+from sherlock.stages.stic_describe import STICDescribeConfig, run_stic_describe
+from sherlock.stages.stic_pairs import HALLUCINATION, STICPairsConfig, draw_dispreferred, run_stic_pairs
 
 
 def record(answer: str, answer_type: str) -> Record:

@@ -10,12 +10,11 @@ from sherlock.config import ConfigError
 from sherlock.data.llava_cot import DataQualityError, load_data
 from sherlock.data.preferences import RELEASED_NOISE_RANGE, draw_perturbation, read_pairs
 from sherlock.data.schema import read_jsonl
-from sherlock.losses import beta_weight
 from sherlock.models.loading import CheckpointNotFoundError, load_vlm
 from sherlock.prompts import correction_prompt
-from sherlock.reasoning import truncate
+from sherlock.reasoning import beta_weight, truncate
 from sherlock.stages.online import OnlineConfig, load_judge, run_online_iteration, unlabeled_pool
-from sherlock.stages.rejected import SampleRejectedConfig, run_sample_rejected
+from sherlock.stages.sample_rejected import SampleRejectedConfig, run_sample_rejected
 from sherlock.stages.sft import SFTStageConfig, run_sft
 from sherlock.training.sft import correction_examples
 
