@@ -7,16 +7,19 @@ field; flags override the file, the file overrides the defaults.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from sherlock import distributed
 from sherlock.stages.registry import STAGES
 
 # The commands' modules (torch, transformers, TRL, MLflow, KServe: ~8 s) are imported where a command
-# runs, not here: `sherlock <stage> --nproc-per-node N` starts its ranks first, and each rank imports them.
+# parses its arguments or runs, not here: `sherlock --help` imports none of them, and
+# `sherlock <stage> --nproc-per-node N` starts its ranks first, and each rank imports them.
 
 
 def _positive(text: str) -> int:
@@ -52,22 +55,13 @@ def _download(args) -> None:
     print(fetch(args.uri))
 
 
-def _serve(args) -> None:
-    from sherlock.config import config_from_args
+def _serve(config) -> None:
     from sherlock.serving.server import ServeError, serve
-    from sherlock.serving.settings import ServeConfig
 
     try:
-        serve(config_from_args(ServeConfig, args))
+        serve(config)
     except ServeError as error:
         sys.exit(f"sherlock serve: error: {error}")
-
-
-def _deploy(args) -> None:
-    from sherlock.config import config_from_args
-    from sherlock.serving.deploy import DeployConfig, run_deploy
-
-    print(json.dumps(run_deploy(config_from_args(DeployConfig, args)), indent=2))
 
 
 def _build_tiny(args) -> None:
@@ -80,112 +74,148 @@ def _build_tiny(args) -> None:
                                     args.vocab_size, args.seed))
 
 
-def _dataclass_command(config_class, function):
+def _imported(path: str):
+    """The object ``module:name``, imported now."""
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _config_command(config: str, function: str | Callable):
+    """A command whose arguments are the fields of the config class ``config`` (``module:Class``); it prints
+    what ``function(config)`` returns (``function`` a callable, or ``module:name`` imported when it runs)."""
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        from sherlock.config import add_config_arguments
+
+        add_config_arguments(parser, _imported(config))
+        parser.set_defaults(func=run)
+
     def run(args) -> None:
         from sherlock.config import config_from_args
 
-        result = function(config_from_args(config_class, args))
+        run_function = _imported(function) if isinstance(function, str) else function
+        result = run_function(config_from_args(_imported(config), args))
         if isinstance(result, str | dict):
             print(result if isinstance(result, str) else json.dumps(result, indent=2))
 
-    return run
+    return add_arguments
 
 
-def _stage(command, config_class):
+def _stage(name: str):
+    """Arguments of stage ``name``: its config's fields, ``--pipeline-run-id`` and (multi-rank) ``--nproc-per-node``."""
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        from sherlock.config import add_config_arguments
+
+        record = STAGES[name]
+        add_config_arguments(parser, record.config)
+        parser.add_argument("--pipeline-run-id", default=None,
+                            help="nest the MLflow run under this pipeline run's parent run (MLFLOW_TRACKING_URI)")
+        if record.multi_rank:
+            parser.add_argument("--nproc-per-node", type=_positive, default=1,
+                                help="run on this many local ranks with torchrun (one per GPU; gloo on CPU): "
+                                     "generation shared out, data-parallel training, rank 0 writes")
+        parser.set_defaults(func=run)
+
     def run(args) -> None:
         from sherlock.config import config_from_args
         from sherlock.stages.runner import run_stage
 
-        result = run_stage(command, config_from_args(config_class, args), args.pipeline_run_id)
+        result = run_stage(name, config_from_args(STAGES[name].config, args), args.pipeline_run_id)
         if distributed.is_main():
             print(json.dumps(result, indent=2) if isinstance(result, dict) else result)
 
-    return run
+    return add_arguments
+
+
+def _synth_arguments(parser: argparse.ArgumentParser) -> None:
+    from sherlock.data.synthetic import IMAGE_SIZE, TIERS
+
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--num-items", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tiers", default=",".join(TIERS), help="comma-separated subset of " + ",".join(TIERS))
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE)
+    parser.set_defaults(func=_synth)
+
+
+def _upload_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("local", type=Path)
+    parser.add_argument("uri")
+    parser.set_defaults(func=_upload)
+
+
+def _make_buckets_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("buckets", nargs="+")
+    parser.set_defaults(func=_make_buckets)
+
+
+def _download_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("uri")
+    parser.set_defaults(func=_download)
+
+
+def _build_tiny_arguments(parser: argparse.ArgumentParser) -> None:
+    from sherlock.data.synthetic import IMAGE_SIZE
+    from sherlock.models.families import FAMILIES
+    from sherlock.models.tiny import PRESETS
+
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--corpus", type=Path, required=True, help="jsonl whose texts train the tokenizer")
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="mllama")
+    parser.add_argument("--preset", default="tiny", help=f"dimensions (mllama: {', '.join(sorted(PRESETS))}; "
+                                                         "gemma3, idefics3: tiny)")
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE)
+    parser.add_argument("--vocab-size", type=int, default=1024)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=_build_tiny)
+
+
+# The commands besides the stages: name -> (help, what adds its arguments)
+UTILITIES: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "synth": ("write the synthetic visual-reasoning data set", _synth_arguments),
+    "upload": ("copy a directory to a local path or s3:// URI with its SHA256SUMS", _upload_arguments),
+    "make-buckets": ("create S3 buckets that do not exist yet (idempotent)", _make_buckets_arguments),
+    "download": ("fetch an s3:// directory or file (checked) into the cache", _download_arguments),
+    "serve": ("serve a checkpoint with KServe (v1, v2, OpenAI chat completions)",
+              _config_command("sherlock.serving.settings:ServeConfig", _serve)),
+    "deploy": ("deploy a registered model as a KServe InferenceService (or write its manifest)",
+               _config_command("sherlock.serving.deploy:DeployConfig", "sherlock.serving.deploy:run_deploy")),
+    "build-tiny": ("build a tiny VLM checkpoint of one family (Llama-3.2-Vision, Gemma 3, Idefics3) with a "
+                   "tokenizer trained on the corpus", _build_tiny_arguments),
+    "experiment": ("all stages and ablations on the synthetic task for several seeds (docs/results.md)",
+                   _config_command("sherlock.experiment:ExperimentConfig", "sherlock.experiment:run_experiment")),
+    "rescore": ("score an evaluation's saved predictions again (the current answer extractor and grader; no model)",
+                _config_command("sherlock.stages.evaluate:RescoreConfig", "sherlock.stages.evaluate:run_rescore")),
+    "plan-memory": ("memory per GPU of a training step (DeepSpeed's estimators for model states), and what would fit",
+                    _config_command("sherlock.training.memory:PlanMemoryConfig",
+                                    "sherlock.training.memory:run_plan_memory")),
+    "mlflow-access": ("as MLflow's admin: the pipeline's and the reader's users, the experiment, the models and "
+                      "their grants", _config_command("sherlock.mlflow_access:AccessConfig",
+                                                       "sherlock.mlflow_access:grant_access")),
+}
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser that adds its arguments when it first parses: ``sherlock --help`` and the parser
+    itself import none of the commands' modules (torch, transformers, TRL, MLflow, KServe)."""
+
+    def __init__(self, *args, add_arguments: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._add_arguments = add_arguments
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._add_arguments is not None:
+            add_arguments, self._add_arguments = self._add_arguments, None
+            add_arguments(self)
+        return super().parse_known_args(args, namespace)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sherlock.config import add_config_arguments
-    from sherlock.data.synthetic import IMAGE_SIZE, TIERS
-    from sherlock.demo import DemoConfig, run_demo
-    from sherlock.experiment import ExperimentConfig, run_experiment
-    from sherlock.mlflow_access import AccessConfig, grant_access
-    from sherlock.models.families import FAMILIES
-    from sherlock.models.tiny import PRESETS
-    from sherlock.serving.deploy import DeployConfig
-    from sherlock.serving.settings import ServeConfig
-    from sherlock.stages.evaluate import RescoreConfig, run_rescore
-    from sherlock.training.memory import PlanMemoryConfig, run_plan_memory
-
     parser = argparse.ArgumentParser(prog="sherlock", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    synth = commands.add_parser("synth", help="write the synthetic visual-reasoning data set")
-    synth.add_argument("--output", type=Path, required=True)
-    synth.add_argument("--num-items", type=int, default=10_000)
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--tiers", default=",".join(TIERS), help="comma-separated subset of " + ",".join(TIERS))
-    synth.add_argument("--image-size", type=int, default=IMAGE_SIZE)
-    synth.set_defaults(func=_synth)
-
-    upload = commands.add_parser("upload", help="copy a directory to a local path or s3:// URI with its SHA256SUMS")
-    upload.add_argument("local", type=Path)
-    upload.add_argument("uri")
-    upload.set_defaults(func=_upload)
-
-    buckets = commands.add_parser("make-buckets", help="create S3 buckets that do not exist yet (idempotent)")
-    buckets.add_argument("buckets", nargs="+")
-    buckets.set_defaults(func=_make_buckets)
-
-    download = commands.add_parser("download", help="fetch an s3:// directory or file (checked) into the cache")
-    download.add_argument("uri")
-    download.set_defaults(func=_download)
-
-    serve = commands.add_parser("serve", help="serve a checkpoint with KServe (v1, v2, OpenAI chat completions)")
-    add_config_arguments(serve, ServeConfig)
-    serve.set_defaults(func=_serve)
-
-    deploy = commands.add_parser("deploy", help="deploy a registered model as a KServe InferenceService "
-                                                "(or write its manifest)")
-    add_config_arguments(deploy, DeployConfig)
-    deploy.set_defaults(func=_deploy)
-
-    tiny = commands.add_parser("build-tiny", help="build a tiny VLM checkpoint of one family (Llama-3.2-Vision, "
-                                                  "Gemma 3, Idefics3) with a tokenizer trained on the corpus")
-    tiny.add_argument("--output", type=Path, required=True)
-    tiny.add_argument("--corpus", type=Path, required=True, help="jsonl whose texts train the tokenizer")
-    tiny.add_argument("--family", choices=sorted(FAMILIES), default="mllama")
-    tiny.add_argument("--preset", default="tiny", help=f"dimensions (mllama: {', '.join(sorted(PRESETS))}; "
-                                                       "gemma3, idefics3: tiny)")
-    tiny.add_argument("--image-size", type=int, default=IMAGE_SIZE)
-    tiny.add_argument("--vocab-size", type=int, default=1024)
-    tiny.add_argument("--seed", type=int, default=0)
-    tiny.set_defaults(func=_build_tiny)
-
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
+    for name, (help_text, add_arguments) in UTILITIES.items():
+        commands.add_parser(name, help=help_text, description=help_text, add_arguments=add_arguments)
     for stage in STAGES.values():
-        command = commands.add_parser(stage.name, help=stage.help, description=stage.help)
-        add_config_arguments(command, stage.config)
-        command.add_argument("--pipeline-run-id", default=None,
-                             help="nest the MLflow run under this pipeline run's parent run (MLFLOW_TRACKING_URI)")
-        if stage.multi_rank:
-            command.add_argument("--nproc-per-node", type=_positive, default=1,
-                                 help="run on this many local ranks with torchrun (one per GPU; gloo on CPU): "
-                                      "generation shared out, data-parallel training, rank 0 writes")
-        command.set_defaults(func=_stage(stage.name, stage.config))
-
-    for name, config_class, function, help_text in (
-        ("demo", DemoConfig, run_demo, "embedded end-to-end job: data, tiny model, SFT, accuracy before/after"),
-        ("experiment", ExperimentConfig, run_experiment,
-         "all stages and ablations on the synthetic task for several seeds (docs/results.md)"),
-        ("rescore", RescoreConfig, run_rescore,
-         "score an evaluation's saved predictions again (the current answer extractor and grader; no model)"),
-        ("plan-memory", PlanMemoryConfig, run_plan_memory,
-         "memory per GPU of a training step (DeepSpeed's estimators for model states), and what would fit"),
-        ("mlflow-access", AccessConfig, grant_access,
-         "as MLflow's admin: the pipeline's and the reader's users, the experiment, the models and their grants"),
-    ):
-        command = commands.add_parser(name, help=help_text)
-        add_config_arguments(command, config_class)
-        command.set_defaults(func=_dataclass_command(config_class, function))
+        commands.add_parser(stage.name, help=stage.help, description=stage.help, add_arguments=_stage(stage.name))
     return parser
 
 
@@ -206,28 +236,19 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     ranks = _requested_ranks(argv)
     if ranks > 1 and "RANK" not in os.environ:  # start the ranks, each reruns argv (and parses and checks it)
-        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-
         try:
             distributed.launch(ranks, "sherlock.cli", argv)
-        except ChildFailedError as error:
-            rank, failure = error.get_first_failure()
-            reason = failure.message.get("message") if isinstance(failure.message, dict) else failure.message
-            if failure.exitcode > 0 and not os.path.isfile(failure.error_file):  # exited before an error was recorded
-                reason = "see its output above (e.g. the command's usage error)"
-            sys.exit(f"sherlock {argv[0]}: error: rank {rank} failed (exit code {failure.exitcode}): {reason}")
+        except distributed.RankFailed as error:
+            sys.exit(f"sherlock {argv[0]}: error: {error}")
         return
-    from sherlock.config import ConfigError
-    from sherlock.data.llava_cot import DataQualityError
-    from sherlock.models.loading import CheckpointNotFoundError
+    args = build_parser().parse_args(argv)  # imports the command's modules: its errors' classes are loaded
     from sherlock.serving.deploy import DeployError
     from sherlock.storage import StorageError
 
-    args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (DataQualityError, ConfigError, CheckpointNotFoundError, FileNotFoundError, StorageError, DeployError,
-            ValueError) as error:
+    except (ValueError, FileNotFoundError, StorageError, DeployError) as error:  # bad input (ConfigError,
+        # DataQualityError are ValueErrors; CheckpointNotFoundError a FileNotFoundError), unreachable storage
         if "RANK" in os.environ:
             raise
         sys.exit(f"sherlock {args.command}: error: {error}")

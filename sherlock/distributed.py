@@ -91,9 +91,22 @@ def map_batches(batches: Sequence[Batch], function: Callable[[Batch], list[Outpu
     return [output for index in range(len(batches)) for output in mine[index]]
 
 
+class RankFailed(RuntimeError):
+    """A rank of :func:`launch` failed: which one, its exit code and its error (or where to read it)."""
+
+
 def launch(nproc_per_node: int, module: str, argv: Sequence[str]) -> None:
     """Run ``python -m module *argv`` on ``nproc_per_node`` local ranks with torchrun (standalone
-    rendezvous) and wait; a failed rank raises ``ChildFailedError`` naming it and its error."""
+    rendezvous) and wait; a failed rank raises :class:`RankFailed` with the first failure's error."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    run(get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(nproc_per_node), "-m", module, *argv]))
+    try:
+        run(get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(nproc_per_node), "-m", module,
+                                          *argv]))
+    except ChildFailedError as error:
+        rank, failure = error.get_first_failure()
+        reason = failure.message.get("message") if isinstance(failure.message, dict) else failure.message
+        if failure.exitcode > 0 and not os.path.isfile(failure.error_file):  # exited before an error was recorded
+            reason = "see its output above (e.g. the command's usage error)"
+        raise RankFailed(f"rank {rank} failed (exit code {failure.exitcode}): {reason}") from None
