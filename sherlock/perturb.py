@@ -62,9 +62,6 @@ def colour_jitter(image: Image.Image, seed: int, brightness: float = 0.5, hue: f
     return Image.fromarray(hsv, mode="HSV").convert("RGB")
 
 
-STIC_CORRUPTIONS = ("downscale", "colour_jitter")
-
-
 def stic_corruption(image: Image.Image, seed: int) -> tuple[Image.Image, str]:
     """STIC's corrupted image and its kind: downscale or colour jitter, 50/50 (spec §3, Stage 1)."""
     rng = np.random.default_rng(seed)

@@ -8,12 +8,12 @@ import torch
 
 from sherlock.config import ConfigError
 from sherlock.data.preferences import read_pairs
-from sherlock.losses import DPO_SEQUENCES, NUM_SEQUENCES, SherlockLossConfig, sherlock_objective
+from sherlock.losses import DPO_SEQUENCES, sherlock_objective
 from sherlock.models.loading import load_vlm
 from sherlock.stages.train_preferences import TrainPreferencesConfig, run_train_preferences
 from sherlock.training.packing import sequence_logps
 from sherlock.training.reference import reference_cache_path
-from sherlock.training.sequences import PreferenceCollator, PreferenceDataset, labelled_tokens, pair_sequences
+from sherlock.training.sequences import PreferenceCollator, PreferenceDataset, labelled_tokens
 from sherlock.training.setup import IGNORE_INDEX
 
 TRL_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
@@ -26,41 +26,6 @@ def _train(tiny_model_dir, preference_dir, output, **overrides):
                                       **settings | overrides)
     out = run_train_preferences(config)
     return json.loads((out / "trainer_state.json").read_text())["log_history"]
-
-
-def test_ten_sequences_per_pair_with_suffix_only_labels(preference_dir):
-    pair = read_pairs(preference_dir)[0]
-    triples = pair_sequences(pair)
-    assert len(triples) == NUM_SEQUENCES
-    assert triples[0][1:] == ("", pair.chosen) and triples[1][1:] == ("", pair.rejected)
-    assert [t[1:] for t in triples[2:6]] == [(pair.prefix_w, pair.suffix_w), (pair.prefix_l, pair.suffix_l),
-                                           (pair.prefix_l, pair.suffix_w), (pair.prefix_w, pair.suffix_l)]
-    assert triples[2][0] == triples[5][0] != triples[6][0]
-    assert pair.rejected in triples[2][0] and pair.chosen in triples[6][0]
-
-
-def test_slot_logps_match_independent_forward_passes(tiny_model_dir, preference_dir):
-    """Deduplicated, padded batch log-probs equal one unpadded forward per sequence (HF's own loss)."""
-    model, processor = load_vlm(tiny_model_dir)
-    model.eval()
-    pairs = read_pairs(preference_dir)[:2]
-    dataset = PreferenceDataset(pairs, preference_dir, processor)
-    assert len(dataset[0]["sequences"]) < NUM_SEQUENCES, "offline pairs share prefixes: duplicates run once"
-    batch = PreferenceCollator(processor.tokenizer.pad_token_id)([dataset[0], dataset[1]])
-    with torch.no_grad():
-        batched = sequence_logps(model, batch)
-    for row, item in enumerate((dataset[0], dataset[1])):
-        for slot, index in enumerate(item["slots"]):
-            sequence = item["sequences"][index]
-            ids = sequence["input_ids"][None]
-            labels = ids.clone()
-            labels[:, : sequence["label_start"]] = -100
-            inputs = {k: v[None] for k, v in item["image_inputs"].items()}
-            with torch.no_grad():
-                out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels,
-                            cross_attention_mask=sequence["cross_attention_mask"][None], **inputs)
-            expected = -out.loss.item() * (labels[:, 1:] != -100).sum().item()
-            assert batched[row, slot].item() == pytest.approx(expected, rel=1e-4, abs=1e-3)
 
 
 @pytest.mark.parametrize(
@@ -126,26 +91,6 @@ def test_bad_preference_data(tiny_model_dir, tmp_path):
         run_train_preferences(TrainPreferencesConfig(model=str(tiny_model_dir), data=str(tmp_path),
                                                        output=str(tmp_path / "o"), use_sc=False, use_dpo=False))
     assert IGNORE_INDEX == torch.nn.CrossEntropyLoss().ignore_index  # the labels' mask is torch's
-
-
-def test_without_sc_only_chosen_and_rejected_are_run(tiny_model_dir, preference_dir):
-    """The 2-slot layout gives the same log-probs as slots 0 and 1 of the 10-slot layout."""
-    from sherlock.data.preferences import read_pairs
-    from sherlock.models.loading import load_vlm
-
-    model, processor = load_vlm(tiny_model_dir, dtype=torch.float32)
-    pairs = read_pairs(preference_dir)[:3]
-    collator = PreferenceCollator(processor.tokenizer.pad_token_id)
-    full = PreferenceDataset(pairs, preference_dir, processor)
-    dpo = PreferenceDataset(pairs, preference_dir, processor, DPO_SEQUENCES)
-    assert [len(dpo[i]["sequences"]) for i in range(3)] == [2, 2, 2]
-    with torch.no_grad():
-        ten = sequence_logps(model, collator([full[i] for i in range(3)]))
-        two = sequence_logps(model, collator([dpo[i] for i in range(3)]))
-    assert two.shape == (3, 2) and torch.allclose(two, ten[:, :2], atol=1e-4)
-    config = SherlockLossConfig(use_sc=True)
-    with pytest.raises(ValueError, match="10-sequence layout"):
-        sherlock_objective(two, two, torch.ones(3), torch.zeros(3), config)
 
 
 def test_scl_objective_equals_trl_dpo_with_its_sft_loss(tiny_model_dir, preference_dir, tmp_path):
