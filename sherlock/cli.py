@@ -181,8 +181,6 @@ UTILITIES: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
                _config_command("sherlock.serving.deploy:DeployConfig", "sherlock.serving.deploy:run_deploy")),
     "build-tiny": ("build a tiny VLM checkpoint of one family (Llama-3.2-Vision, Gemma 3, Idefics3) with a "
                    "tokenizer trained on the corpus", _build_tiny_arguments),
-    "experiment": ("all stages and ablations on the synthetic task for several seeds (docs/results.md)",
-                   _config_command("sherlock.experiment:ExperimentConfig", "sherlock.experiment:run_experiment")),
     "rescore": ("score an evaluation's saved predictions again (the current answer extractor and grader; no model)",
                 _config_command("sherlock.stages.evaluate:RescoreConfig", "sherlock.stages.evaluate:run_rescore")),
     "plan-memory": ("memory per GPU of a training step (DeepSpeed's estimators for model states), and what would fit",

@@ -5,7 +5,7 @@ the stage of ``preset`` (``sft.r0`` is stage ``sft``) as step ``step`` (its outp
 ``inputs`` (config fields: the base model, a subset, or what an earlier step handed on) and return
 what the step hands on to later steps (:meth:`sherlock.stages.registry.Stage.handed_on`). The
 Kubeflow pipelines (``pipelines/*.py``) pass a ``run`` that adds a component task and returns its
-output; the experiment (:mod:`sherlock.experiment`) one that calls the stage function and returns a
+output; the research harness (:mod:`experiments.harness`) one that calls the stage function and returns a
 path. Each recipe returns the checkpoints to evaluate, in order, by name.
 """
 

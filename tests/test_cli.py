@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sherlock.cli import build_parser, main
+from sherlock.cli import main
 
 
 def test_synth_then_sample(tmp_path, capsys):
@@ -35,7 +35,7 @@ def test_bad_input_exits_with_a_message(tmp_path):
 def test_console_script_is_installed():
     script = Path(sys.executable).parent / "sherlock"
     out = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
-    assert "experiment" in out.stdout and "sample" in out.stdout
+    assert "build-tiny" in out.stdout and "sample" in out.stdout
 
 
 STAGE_COMMANDS = ("sft", "sample-rejected", "build-preferences", "train-preferences", "online", "evaluate")
@@ -76,17 +76,18 @@ def test_stage_command_reads_a_yaml_config(tiny_model_dir, subset_dir, tmp_path,
     assert len((tmp_path / "out/rejected.jsonl").read_text().splitlines()) == 16
 
 
-def test_demo_experiment_and_compile_flags_are_parsed_like_the_stages():
+def test_experiment_and_compile_flags_are_parsed_like_the_stages():
     """One config mechanism: ``--flag false`` is False (``type=bool`` would make it True), bad values fail."""
+    from experiments.__main__ import build_parser as experiment_parser
+    from experiments.harness import ExperimentConfig
     from pipelines.common import ClusterOptions
     from sherlock.config import ConfigError, add_config_arguments, config_from_args
-    from sherlock.experiment import ExperimentConfig
 
-    args = build_parser().parse_args(["experiment", "--static-beta-ablation", "false", "--sft-epochs", "2"])
+    args = experiment_parser().parse_args(["--static-beta-ablation", "false", "--sft-epochs", "2"])
     config = config_from_args(ExperimentConfig, args)
     assert config.static_beta_ablation is False and config.sft_epochs == 2.0 and config.seeds == "0,1,2"
     with pytest.raises(ConfigError, match="static_beta_ablation must be true or false"):
-        config_from_args(ExperimentConfig, build_parser().parse_args(["experiment", "--static-beta-ablation", "no!"]))
+        config_from_args(ExperimentConfig, experiment_parser().parse_args(["--static-beta-ablation", "no!"]))
     parser = argparse.ArgumentParser()
     add_config_arguments(parser, ClusterOptions)
     options = config_from_args(ClusterOptions, parser.parse_args(["--node-selector", "pool=gpu,zone=a",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sherlock.experiment import ExperimentConfig, base_gate, results_json, results_table, run_experiment
+from experiments.harness import ExperimentConfig, base_gate, results_json, results_table, run_experiment
 
 
 def _entry(direct, sc, hits_direct, hits_sc):
@@ -49,7 +49,7 @@ def test_a_finished_stage_is_not_run_again_unless_its_config_changed(tmp_path):
     import dataclasses
     from pathlib import Path
 
-    from sherlock.experiment import timer
+    from experiments.harness import timer
 
     @dataclasses.dataclass
     class Config:
@@ -73,7 +73,7 @@ def test_a_finished_stage_is_not_run_again_unless_its_config_changed(tmp_path):
 
 
 def test_checkpoint_comparisons_are_paired_per_seed_and_pooled():
-    from sherlock.experiment import compare_checkpoints, comparisons_table
+    from experiments.harness import compare_checkpoints, comparisons_table
 
     seeds = [{"seed": k, "checkpoints": {"Sherlock-SFT": _entry(0, 0, "1100", "1110"),
                                          "R0": _entry(0, 0, "1000", "0000")}} for k in (0, 1)]
@@ -92,7 +92,7 @@ def test_one_seed_runs_the_pipelines_wiring_then_its_own_steps_and_resumes(tmp_p
     that always agrees)."""
     import json
 
-    from sherlock import experiment
+    from experiments import harness as experiment
 
     config = ExperimentConfig(workdir=str(tmp_path), seeds="0", subset_size=8, pool_size=8, online=False,
                               eval_items=8, validation_items=8, sft_epochs=1.0,
