@@ -35,19 +35,24 @@ class Stage:
     multi_node: bool = True  # its ranks read only their inputs (fetched on each node), never what rank 0 wrote
 
     @property
+    def identifier(self) -> str:
+        """The name with ``-`` written ``_``: the module, the run function and (mostly) the component."""
+        return self.name.replace("-", "_")
+
+    @property
     def component(self) -> str:
         """The name of the stage's Kubeflow component (``components/<component>/``)."""
-        return self.component_name or self.name.replace("-", "_")
+        return self.component_name or self.identifier
 
     @property
     def module(self) -> str:
-        """The stage's module: ``sherlock.stages.<name>``, ``-`` written ``_``."""
-        return f"sherlock.stages.{self.name.replace('-', '_')}"
+        """The stage's module: ``sherlock.stages.<identifier>``."""
+        return f"sherlock.stages.{self.identifier}"
 
     @property
     def run(self) -> Callable:
-        """The stage function ``run_<name>(config)`` of :attr:`module`."""
-        return getattr(importlib.import_module(self.module), f"run_{self.name.replace('-', '_')}")
+        """The stage function ``run_<identifier>(config)`` of :attr:`module`."""
+        return getattr(importlib.import_module(self.module), f"run_{self.identifier}")
 
     @property
     def config(self) -> type:
