@@ -2,7 +2,7 @@
 #   CUDA: docker build -t REGISTRY/sherlock:0.1.0-cuda .
 #   CPU:  docker build --build-arg TORCH_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu \
 #                      --build-arg TORCH_LOCAL_VERSION=+cpu -t REGISTRY/sherlock:0.1.0-cpu .
-#   Without a registry (podman, Debian's packages only): `make image` (docs/platform.md).
+#   Without a registry (podman, Debian's packages only): `make image` (docs/cluster.md).
 # PyPI's torch wheel for Linux carries the CUDA runtime; GPU nodes provide the driver (NVIDIA
 # container toolkit). The CPU variant takes the CPU build of the same version.
 # Every pip call is constrained by requirements/constraints.txt, the lock the tests run against.

@@ -52,7 +52,7 @@ test: install $(CHECKOV) $(HELM)
 	$(BIN)/pytest -q
 
 # The CPU image with podman, from Debian's and PyPI's packages only (no registry): image-base
-# debootstraps a Python base once; image builds the Dockerfile on it (docs/platform.md).
+# debootstraps a Python base once; image builds the Dockerfile on it (docs/cluster.md).
 IMAGE_TAG ?= localhost/sherlock:$(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' sherlock/__init__.py)-cpu
 image-base:
 	image/base.sh localhost/sherlock-python:3.11-bookworm

@@ -15,8 +15,8 @@ run-time part)."""
 import importlib
 
 # one folder each, components/<name>/, in pipeline order
-COMPONENTS = ("prepare_inputs", "sample_data", "sft", "sample_rejected", "build_preferences", "train_preferences",
-              "scl_pairs", "stic_pairs", "stic_describe", "online_iteration", "evaluate", "register_and_gate", "deploy")
+COMPONENTS = ("prepare_inputs", "sample", "sft", "sample_rejected", "build_preferences", "train_preferences",
+              "scl_pairs", "stic_pairs", "stic_describe", "online", "evaluate", "register_and_gate", "deploy")
 
 
 def component(name: str):

@@ -1,4 +1,5 @@
-"""Write each component's ``README.md`` from its docstring and signature: ``python -m components.readme``.
+"""Write each component's ``README.md`` from its docstring (``Args:`` say what each input means) and signature:
+``python -m components.readme``.
 
 ``--check`` writes nothing and fails when a README differs from what would be written (CI runs it
 through ``tests/components``).
@@ -9,6 +10,8 @@ import inspect
 import sys
 import typing
 from pathlib import Path
+
+import docstring_parser
 
 from components import COMPONENTS, component, images
 
@@ -28,13 +31,19 @@ def readme(name: str) -> str:
     """The README of component ``name``: what it does, where it runs, its inputs and outputs."""
     function = component(name).python_func
     signature = inspect.signature(function)
+    docstring = docstring_parser.parse(inspect.getdoc(function) or "")
+    meanings = {param.arg_name: " ".join(param.description.split()) for param in docstring.params}
+    undocumented = set(signature.parameters) - set(meanings)
+    if undocumented:
+        raise ValueError(f"component {name}: no Args: entry for {sorted(undocumented)}")
+    description = "\n\n".join(filter(None, (docstring.short_description, docstring.long_description)))
     gpu = component(name).component_spec.implementation.container.image == images.IMAGE
     image = "the GPU (CUDA) image, `SHERLOCK_IMAGE`" if gpu else "the CPU image, `SHERLOCK_CPU_IMAGE`"
-    lines = [f"# `{name}`", "", inspect.getdoc(function) or "", "",
+    lines = [f"# `{name}`", "", description, "",
              f"Runs in {image} at compile time; defined in [component.py](component.py).", "",
-             "| input | type |", "|---|---|"]
+             "| input | type | meaning |", "|---|---|---|"]
     for parameter in signature.parameters.values():
-        lines.append(f"| `{parameter.name}` | `{_type_name(parameter.annotation)}` |")
+        lines.append(f"| `{parameter.name}` | `{_type_name(parameter.annotation)}` | {meanings[parameter.name]} |")
     returned = signature.return_annotation
     outputs = getattr(returned, "__annotations__", None)
     if outputs:

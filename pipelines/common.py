@@ -18,7 +18,7 @@ from components.evaluate import evaluate
 from components.images import IMAGE
 from components.prepare_inputs import prepare_inputs
 from components.register_and_gate import register_and_gate
-from components.sample_data import sample_data
+from components.sample import sample
 from components.trainjob import RUNTIME
 from sherlock.config import ConfigError, GPUPlacement, add_config_arguments, config_from_args, help_field
 from sherlock.serving.deploy import DEPLOYER_CREDENTIALS
@@ -159,7 +159,7 @@ def inputs_and_subsets(options: ClusterOptions, base_model, train_data, benchmar
     inputs = with_platform(prepare_inputs(base_model=base_model, train_data=train_data, benchmarks=benchmarks,
                                           seed=seed, **common).set_display_name("prepare inputs"),
                            options, retries=3).set_caching_options(True)
-    subsets = with_platform(sample_data(data=inputs.outputs["train_data"], sizes=subset_sizes, seed=seed,
+    subsets = with_platform(sample(data=inputs.outputs["train_data"], sizes=subset_sizes, seed=seed,
                                         **common).set_display_name("sample subsets"),
                             options, retries=3).set_caching_options(True)
     return inputs, {name: subsets.outputs[name.lower()] for name in ("D_A", "D_B", "D_U")}
@@ -174,7 +174,7 @@ def component_runner(options: ClusterOptions, gpus, settings: dict, common: dict
 
     def run(step: str, preset_name: str, title: str, **inputs):
         stage_record = stage(preset_name.split(".")[0])
-        task = component(stage_record.component)
+        task = component(stage_record.identifier)
         if "name" in inspect.signature(task.python_func).parameters:
             inputs["name"] = step
         if options.trainer == "trainjob" and stage_record.trains:  # a CPU step that submits and waits

@@ -131,7 +131,7 @@ def trained(container):
     common = {"output_root": str(shared / "artifacts"), "pipeline_run_id": "image-test"}
     inputs = run_step(container, "prepare-inputs", common | {
         "base_model": "embedded", "train_data": "embedded", "benchmarks": "embedded", "seed": 0})
-    subsets = run_step(container, "sample-data", common | {"data": inputs["train_data"], "seed": 0,
+    subsets = run_step(container, "sample", common | {"data": inputs["train_data"], "seed": 0,
                                                            "sizes": arguments["subset_sizes"]})
     r0 = run_step(container, "sft", common | {"data": subsets["d_a"], "model": inputs["base_model"], "name": "r0",
                                               "rejected": "", "settings": arguments["sft_r0_settings"]})["Output"]

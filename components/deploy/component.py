@@ -7,7 +7,14 @@ from components.images import CPU
 
 @dsl.component(**CPU)
 def deploy(model_name: str, settings: dict, output_root: str, pipeline_run_id: str) -> str:
-    """Serve ``models:/<model_name>@champion`` as a KServe InferenceService (without a cluster: its manifest)."""
+    """Serve ``models:/<model_name>@champion`` as a KServe InferenceService (without a cluster: its manifest).
+
+    Args:
+        model_name: Registered model whose ``@champion`` is served.
+        settings: Fields of ``sherlock.serving.deploy.DeployConfig`` (namespace, resources, …).
+        output_root: Where steps write: this step writes ``<output_root>/<pipeline_run_id>/<step>``.
+        pipeline_run_id: The KFP run id: the output folder and the MLflow parent run.
+    """
     import json
 
     from components.steps import deploy_step

@@ -13,6 +13,16 @@ def register_and_gate(checkpoint: str, evaluation: str, model_name: str, metric:
 
     Returns whether this or an earlier gate of the run (``promoted_before``) moved champion; the
     decision is on the model version's ``gate.decision`` tag and in the ``gate`` metrics.
+
+    Args:
+        checkpoint: URI of the checkpoint to register.
+        evaluation: URI of its ``evaluate`` output.
+        model_name: Registered model name in MLflow.
+        metric: Selection metric, ``<benchmark>/<round>`` (e.g. ``mmstar/round_1``).
+        margin: How much higher than the champion's the metric must be to move ``champion``.
+        pipeline_run_id: The KFP run id: the output folder and the MLflow parent run.
+        promoted_before: Whether an earlier gate of this run moved ``champion``.
+        gate: The decision's scores, for the KFP UI.
     """
     from components.steps import register_step
 

@@ -8,7 +8,16 @@ from components.images import GPU
 @dsl.component(**GPU)
 def sample_rejected(model: str, data: str, settings: dict, output_root: str, pipeline_run_id: str,
                     nproc_per_node: int = 1) -> str:
-    """Stage I: sample Y^l from R0 on D_B; returns the URI of rejected.jsonl."""
+    """Stage I: sample Y^l from R0 on D_B; returns the URI of rejected.jsonl.
+
+    Args:
+        model: URI of the model the stage starts from (an ``s3://`` prefix or a directory).
+        data: URI of the stage's data set.
+        settings: The stage's config fields (``sherlock <stage> --help``): its preset and the run's overrides.
+        output_root: Where steps write: this step writes ``<output_root>/<pipeline_run_id>/<step>``.
+        pipeline_run_id: The KFP run id: the output folder and the MLflow parent run.
+        nproc_per_node: Ranks per node, one per GPU of the step.
+    """
     from components.steps import stage_step
     from sherlock.stages.registry import STAGES
 

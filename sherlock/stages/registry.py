@@ -29,20 +29,15 @@ class Stage:
     help: str
     outputs: Mapping[str, str] = field(default_factory=dict)  # name -> path under the output ({config field})
     hands_on: str | None = None  # the output later steps read (None: the output directory itself)
-    component_name: str | None = None  # its Kubeflow component, where not the name with "-" written "_"
     multi_rank: bool = True  # runs on N ranks under torchrun (sherlock.distributed); False: one process only
     trains: bool = False  # trains a model: its step holds a base and a trained model and checkpoints
     multi_node: bool = True  # its ranks read only their inputs (fetched on each node), never what rank 0 wrote
 
     @property
     def identifier(self) -> str:
-        """The name with ``-`` written ``_``: the module, the run function and (mostly) the component."""
+        """The name with ``-`` written ``_``: the module, the run function and the Kubeflow component
+        (``components/<identifier>/``)."""
         return self.name.replace("-", "_")
-
-    @property
-    def component(self) -> str:
-        """The name of the stage's Kubeflow component (``components/<component>/``)."""
-        return self.component_name or self.identifier
 
     @property
     def module(self) -> str:
@@ -74,8 +69,7 @@ _STAGES = (
     Stage("pretrain-perception", "the embedded base model: a tiny Mllama pre-trained on synthetic perception questions",
           {"model": "model", "perception": "perception.json"}, multi_rank=False, trains=True),
     Stage("sample", "Stage I data: disjoint seeded subsets D_A, D_B with a manifest",
-          {"D_A": "D_A", "D_B": "D_B", "D_U": "D_U", "manifest": MANIFEST}, component_name="sample_data",
-          multi_rank=False),
+          {"D_A": "D_A", "D_B": "D_B", "D_U": "D_U", "manifest": MANIFEST}, multi_rank=False),
     Stage("sft", "Stage I: vanilla SFT (R0), or Sherlock-SFT with --rejected", trains=True),
     Stage("sample-rejected", "Stage I: sample Y^l from R0 for D_B",
           {"rejected": "rejected.jsonl", "stats": "stats.json"}, hands_on="rejected"),
@@ -84,7 +78,7 @@ _STAGES = (
     Stage("train-preferences", "Stage II/III: L_SC + α·L_DPO with dynamic β", trains=True),
     Stage("online", "Stage III: K label-free self-improvement iterations",
           {"model": "iter_{iteration}/model", "pairs": "iter_{iteration}/pairs"}, hands_on="model",
-          component_name="online_iteration", trains=True, multi_node=False),
+          trains=True, multi_node=False),
     Stage("evaluate", "direct and self-correction accuracy per benchmark",
           {"metrics": "metrics.json", "table": "results.md", "plot": "accuracy_by_round.png",
            "predictions": "predictions.jsonl"}),

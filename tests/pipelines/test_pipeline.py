@@ -15,15 +15,15 @@ from sherlock.serving.schema import validate_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = {"sherlock": sherlock, "scl": scl, "stic": stic}
-GPU_STEPS = ("sft", "sample-rejected", "build-preferences", "train-preferences", "online-iteration", "evaluate",
+GPU_STEPS = ("sft", "sample-rejected", "build-preferences", "train-preferences", "online", "evaluate",
              "scl-pairs", "stic-pairs", "stic-describe")
-TRAINING_STEPS = ("sft", "train-preferences", "online-iteration")  # a /cache of cache_size; other GPU steps smaller
-CPU_STEPS = ("prepare-inputs", "sample-data", "register-and-gate", "deploy")
-NETWORK_STEPS = ("prepare-inputs", "sample-data", "register-and-gate", "deploy")
+TRAINING_STEPS = ("sft", "train-preferences", "online")  # a /cache of cache_size; other GPU steps smaller
+CPU_STEPS = ("prepare-inputs", "sample", "register-and-gate", "deploy")
+NETWORK_STEPS = ("prepare-inputs", "sample", "register-and-gate", "deploy")
 UNCACHED_STEPS = ("register-and-gate", "deploy")
 # recipe -> (steps, checkpoints evaluated and registered)
 EXPECTED = {
-    "sherlock": ({"sft", "sample-rejected", "build-preferences", "train-preferences", "online-iteration", "evaluate"},
+    "sherlock": ({"sft", "sample-rejected", "build-preferences", "train-preferences", "online", "evaluate"},
                  4),
     "scl": ({"sft", "scl-pairs", "train-preferences", "evaluate"}, 2),
     "stic": ({"sft", "stic-pairs", "train-preferences", "stic-describe", "evaluate"}, 3),
@@ -70,7 +70,7 @@ def test_the_recipes_share_their_components():
     """A component the pipelines have in common is the same container (image, command, code) in each."""
     executors = {recipe: load(module.PIPELINE_FILE)[0]["deploymentSpec"]["executors"]
                  for recipe, module in RECIPES.items()}
-    shared = {"exec-prepare-inputs", "exec-sample-data", "exec-sft", "exec-train-preferences", "exec-evaluate",
+    shared = {"exec-prepare-inputs", "exec-sample", "exec-sft", "exec-train-preferences", "exec-evaluate",
               "exec-register-and-gate", "exec-deploy"}
     for recipe in ("scl", "stic"):
         assert shared <= set(executors[recipe])
@@ -86,8 +86,8 @@ def test_every_stage_is_a_task_and_checkpoints_are_registered_in_order(compiled)
     assert sum(step(t) == "evaluate" for t in tasks) == sum(step(t) == "register-and-gate" for t in tasks) \
         == checkpoints
     if recipe == "sherlock":
-        assert sum(step(t) == "online-iteration" for t in tasks) == 2
-        assert "online-iteration" in tasks["online-iteration-2"]["dependentTasks"]  # π_2 starts from π_1
+        assert sum(step(t) == "online" for t in tasks) == 2
+        assert "online" in tasks["online-2"]["dependentTasks"]  # π_2 starts from π_1
     registers = sorted(t for t in tasks if step(t) == "register-and-gate")
     assert tasks[registers[0]]["inputs"]["parameters"]["promoted_before"]["runtimeValue"]["constant"] is False
     for earlier, later in zip(registers, registers[1:]):
@@ -257,7 +257,7 @@ def test_with_trainjob_the_training_steps_submit_trainjobs_and_hold_no_gpu(tmp_p
         assert resources["resourceMemoryLimit"] == options.cpu_memory
         assert task["inputs"]["parameters"]["nproc_per_node"]["componentInputParameter"] == "gpus"
         settings = load_config(TrainJobSettings, overrides=trainjob)
-        assert settings.num_nodes == (1 if step(name) == "online-iteration" else 4), name
+        assert settings.num_nodes == (1 if step(name) == "online" else 4), name
         assert settings.runtime == "sherlock-torch" and settings.image == IMAGE
         assert settings.resources == {"cpu": options.gpu_cpu, "memory": options.gpu_memory}
         assert {m["mountPath"] for m in settings.volume_mounts} == {"/dev/shm", "/cache", "/checkpoints"}

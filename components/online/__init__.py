@@ -1,0 +1,3 @@
+from components.online.component import online
+
+__all__ = ["online"]

@@ -1,0 +1,3 @@
+from components.sample.component import sample
+
+__all__ = ["sample"]
