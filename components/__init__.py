@@ -10,7 +10,8 @@ Each component has a folder ``components/<name>/``: ``component.py`` (the defini
 are fixed at compile time (:mod:`components.images`). Import a component from its folder
 (``from components.sft import sft``): this package imports none of them, so a running step that
 imports :mod:`components.steps` never needs KFP's authoring DSL (KFP's executor loads only its
-run-time part)."""
+run-time part).
+"""
 
 import importlib
 

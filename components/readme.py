@@ -55,6 +55,7 @@ def readme(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Write (or with ``--check`` compare) every component's README; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if a README is out of date; write nothing")
     args = parser.parse_args(argv)

@@ -25,6 +25,7 @@ EMBEDDED_FAMILY = "embedded:"  # base_model embedded:<family>: a tiny model of t
 
 
 def step_uri(output_root: str, pipeline_run_id: str, name: str) -> str:
+    """``<output_root>/<pipeline_run_id>/<name>``: where step ``name`` of a run writes."""
     return f"{output_root.rstrip('/')}/{pipeline_run_id}/{name}"
 
 
@@ -34,7 +35,8 @@ def stage_step(name: str, step: str, settings: dict, output_root: str, pipeline_
     ``nproc_per_node`` ranks (one per GPU of the step: ``sherlock <stage> --nproc-per-node``), or, with
     ``trainjob`` settings (:class:`components.trainjob.TrainJobSettings`), as a TrainJob on its nodes with
     ``nproc_per_node`` ranks each; returns the step's output URI (its outputs by name:
-    :meth:`sherlock.stages.registry.Stage.output`)."""
+    :meth:`sherlock.stages.registry.Stage.output`).
+    """
     output = step_uri(output_root, pipeline_run_id, step)
     config = load_config(stage(name).config, overrides=dict(settings) | uris | {"output": output})
     if trainjob:

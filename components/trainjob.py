@@ -106,7 +106,8 @@ def custom_trainer(settings: TrainJobSettings, job: str, gpus_per_node: int):
 
 def trainjob_options(settings: TrainJobSettings, labels: dict[str, str]) -> list:
     """The SDK options of a Kubernetes TrainJob: its labels and one runtime patch that places the trainer
-    pods (node selector, tolerations, service account), mounts their volumes and sets their environment."""
+    pods (node selector, tolerations, service account), mounts their volumes and sets their environment.
+    """
     from kubeflow.trainer.options.kubernetes import (
         ContainerPatch,
         JobSetSpecPatch,
@@ -132,6 +133,7 @@ def trainjob_options(settings: TrainJobSettings, labels: dict[str, str]) -> list
 
 
 def trainer_client(settings: TrainJobSettings):
+    """The Kubeflow SDK's ``TrainerClient`` for ``settings``' backend (the cluster, or local processes)."""
     from kubeflow.trainer import KubernetesBackendConfig, LocalProcessBackendConfig, TrainerClient
 
     if settings.backend == "local":

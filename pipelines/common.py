@@ -83,7 +83,8 @@ class ClusterOptions(GPUPlacement):
 
     def trainjob(self, num_nodes: int) -> dict:
         """The :class:`components.trainjob.TrainJobSettings` of a training step: the resources, placement,
-        volumes, credentials and pod labels a GPU step gets from :func:`with_platform`, for its TrainJob."""
+        volumes, credentials and pod labels a GPU step gets from :func:`with_platform`, for its TrainJob.
+        """
         env = [{"name": key, "valueFrom": {"secretKeyRef": {"name": self.s3_secret, "key": key}}} for key in S3_ENV]
         env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": self.mlflow_secret, "key": key,
                                                             "optional": key in MLFLOW_OPTIONAL_ENV}}}
@@ -112,7 +113,8 @@ class ClusterOptions(GPUPlacement):
 def with_platform(task: dsl.PipelineTask, options: ClusterOptions, gpus=None, retries: int = 1,
                   trains: bool = False) -> dsl.PipelineTask:
     """Resources, scheduling, volumes and secret-backed credentials of one step (a GPU step when ``gpus``
-    is set; ``trains``: its ``/cache`` holds checkpoints)."""
+    is set; ``trains``: its ``/cache`` holds checkpoints).
+    """
     kubernetes.use_secret_as_env(task, options.s3_secret, {key: key for key in S3_ENV})
     kubernetes.use_secret_as_env(task, options.mlflow_secret, {key: key for key in MLFLOW_ENV})
     kubernetes.use_secret_as_env(task, options.mlflow_secret, {key: key for key in MLFLOW_OPTIONAL_ENV},
@@ -169,7 +171,8 @@ def component_runner(options: ClusterOptions, gpus, settings: dict, common: dict
     """The ``run`` callback of :mod:`sherlock.recipes` in a pipeline: each step a cached GPU task of its stage's
     component, with the preset's pipeline parameter ``settings[preset]`` as its settings and one rank per
     GPU (with ``--trainer trainjob``, a training step is a CPU task whose TrainJob has the GPUs); hands on
-    the task's output."""
+    the task's output.
+    """
     gpu = gpu_step(options, gpus)
 
     def run(step: str, preset_name: str, title: str, **inputs):
@@ -190,7 +193,8 @@ def component_runner(options: ClusterOptions, gpus, settings: dict, common: dict
 def evaluate_and_deploy(checkpoints: list, benchmarks, prior_data, options: ClusterOptions, gpus, evaluate_settings,
                         model_name, selection_metric, promotion_margin, deploy_settings, run_id, common: dict) -> None:
     """Evaluate each ``(name, checkpoint URI)`` (with the blind prior of ``prior_data``), register it, gate
-    champion in order, deploy if promoted."""
+    champion in order, deploy if promoted.
+    """
     gpu = gpu_step(options, gpus)
     previous = None
     for name, checkpoint in checkpoints:

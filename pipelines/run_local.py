@@ -56,12 +56,12 @@ QUICK_RECIPE = {"scl": {"sft.r0": {"max_steps": 80, "batch_size": 8}, "scl-pairs
 
 
 def model_name(recipe: str) -> str:
+    """The registered model an embedded run of ``recipe`` writes: ``<recipe>-embedded``."""
     return f"{recipe}-embedded"
 
 
 def embedded_arguments(workdir: Path, quick: bool, recipe: str = "sherlock") -> dict:
     """Pipeline arguments of the embedded default (``quick``: the reduced configuration)."""
-
     from components.images import CPU_IMAGE
     from pipelines.common import settings_parameter
     from sherlock.serving.deploy import DeployConfig
@@ -98,6 +98,7 @@ def stage_seconds(pipeline_run_id: str) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Run a recipe's compiled pipeline through kfp.local; returns the run's summary."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("runs/pipeline"))
     parser.add_argument("--recipe", choices=RECIPES, default="sherlock", help="which pipeline to run")

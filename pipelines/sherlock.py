@@ -62,6 +62,7 @@ def build_pipeline(online_iterations: int = 2, options: ClusterOptions | None = 
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Compile the Sherlock pipeline (``python -m pipelines.sherlock --help``)."""
     def online_iterations(parser):
         parser.add_argument("--online-iterations", type=int, default=2, help="K, unrolled at compile time")
 

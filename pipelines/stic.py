@@ -65,6 +65,7 @@ def build_pipeline(warm_start: bool = True, options: ClusterOptions | None = Non
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Compile the STIC pipeline (``python -m pipelines.stic --help``)."""
     compile_command("compile the STIC pipeline", PIPELINE_FILE,
                     lambda options, args: build_pipeline(args.warm_start, options), argv, warm_start_argument)
 

@@ -48,7 +48,8 @@ def answer_part(text: str) -> str:
 
 def options_in(question: str) -> dict[str, str]:
     """The lettered options a question lists, one per line (``A. red``, ``(B) 12``, ``C: blue``),
-    or ``{}``; only an unbroken run from A counts."""
+    or ``{}``; only an unbroken run from A counts.
+    """
     found = {}
     for letter, text in _OPTION_LINE.findall(question):
         if letter != LETTERS[len(found)]:
@@ -70,7 +71,8 @@ def _canonical_number(token: str) -> str:
 
 def normalise_number(text: str) -> str | None:
     """The only number of ``text`` (``"2.0"`` → ``"2"``, ``"−1 000"`` → ``"-1000"``), None when it
-    holds none or several."""
+    holds none or several.
+    """
     numbers = _NUMBER.findall(text.translate(_DASHES))
     return _canonical_number(numbers[0]) if len(numbers) == 1 else None
 
@@ -100,7 +102,8 @@ def _letter_tokens(text: str, letters: str) -> set[str]:
 
 def extract_choice(text: str, options: Mapping[str, str] | None = None) -> str | None:
     """An option letter (see the module docstring); ``options`` (letter → text) bounds the letters
-    and lets the option's text stand for its letter."""
+    and lets the option's text stand for its letter.
+    """
     letters = "".join(options) if options else LETTERS
     part = answer_part(text)
     bare = part.strip(_WRAP + " .:!").strip()
@@ -126,7 +129,8 @@ def extract_choice(text: str, options: Mapping[str, str] | None = None) -> str |
 
 def extract_number(text: str) -> str | None:
     """A number: after "the answer is", else the only one, else the first when the text starts with
-    it (answer first), else the last (reasoning first); number words up to twenty when no digit."""
+    it (answer first), else the last (reasoning first); number words up to twenty when no digit.
+    """
     part = answer_part(text)
     if explicit := _EXPLICIT_TEXT.search(part):
         if (number := numbers_in(explicit.group(1))):
@@ -139,7 +143,8 @@ def extract_number(text: str) -> str | None:
 
 def numbers_in(text: str) -> list[str]:
     """Every number of ``text`` (an :func:`answer_part`), canonical; number words up to twenty when it
-    has no digit."""
+    has no digit.
+    """
     numbers = [_canonical_number(n) for n in _NUMBER.findall(text)]
     if numbers:
         return numbers

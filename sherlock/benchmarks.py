@@ -226,8 +226,9 @@ def _yes_no(row: dict) -> BenchmarkItem:
 
 
 def _hallusionbench(row: dict) -> BenchmarkItem:
-    """fAcc groups by (l2-category, set, figure), qAcc by (l2-category, set, question), as VLMEvalKit does:
-    set, figure and question are the 4th–6th ``_``-separated parts of the index, else columns of those names."""
+    """FAcc groups by (l2-category, set, figure), qAcc by (l2-category, set, question), as VLMEvalKit does:
+    set, figure and question are the 4th–6th ``_``-separated parts of the index, else columns of those names.
+    """
     parts = str(row["index"]).split("_")
     ids = parts[3:6] if len(parts) >= 6 else [row.get(key) for key in ("set_id", "figure_id", "question_id")]
     if not all(_present(i) for i in ids):
@@ -239,7 +240,8 @@ def _hallusionbench(row: dict) -> BenchmarkItem:
 
 def _mmmu(row: dict) -> BenchmarkItem:
     """Every image of the row goes to the model (the first, then the rest), as MMMU's questions
-    refer to ``<image 1>``, ``<image 2>`` …; a free-form question is a number or text."""
+    refer to ``<image 1>``, ``<image 2>`` …; a free-form question is a number or text.
+    """
     split = {"split": str(row["split"])} if _present(row.get("split")) else {}
     item = dataclasses.replace(_mcq(row), groups=split)
     if item.options:
@@ -273,7 +275,8 @@ def _mathvista(row: dict) -> BenchmarkItem:
 
 def _mmvet(row: dict) -> BenchmarkItem:
     """The question verbatim, graded against the gold answer; ``category`` lists its capabilities
-    (``rec,ocr,…``)."""
+    (``rec,ocr,…``).
+    """
     return BenchmarkItem(str(row["index"]), row["question"], _first_image(row), _gold(row), "open",
                          row.get("category"))
 
@@ -347,7 +350,8 @@ def mmvet_rule_grade(question: str, gold: str, response: str) -> float:
     """MM-Vet's answer syntax without its GPT-4 grader: the gold answer's ``<OR>`` alternatives, each
     a list of ``<AND>`` elements; the grade is the best alternative's fraction of elements found in the
     response's CONCLUSION (numbers compared as numbers, text as a normalised word sequence). A lower
-    bound of the GPT grader, which also credits paraphrases."""
+    bound of the GPT grader, which also credits paraphrases.
+    """
     text = answer_part(response)
     words = f" {normalise_text(text)} "
     numbers = set(numbers_in(text))
@@ -362,7 +366,8 @@ def mmvet_rule_grade(question: str, gold: str, response: str) -> float:
 
 def load_grader(name: str) -> Grader:
     """``rule`` (:func:`mmvet_rule_grade`) or a grader registered under the entry-point group
-    :data:`GRADERS` by an installed package (a model judge: ``grade(question, gold, response)`` → 0–1)."""
+    :data:`GRADERS` by an installed package (a model judge: ``grade(question, gold, response)`` → 0–1).
+    """
     return registered(GRADERS, name, {"rule": mmvet_rule_grade}, "grader")
 
 
@@ -378,7 +383,8 @@ def item_score(item: BenchmarkItem, response: str, grader: Grader = mmvet_rule_g
 
 def item_correct(item: BenchmarkItem, response: str) -> bool:
     """Rule-based correctness of one response (:mod:`sherlock.answers`; MathVista's numbers to the
-    item's precision)."""
+    item's precision).
+    """
     if item.answer_type == "number" and item.precision is not None:
         predicted, gold = extract_answer(response, "number"), normalise_number(item.answer)
         return predicted is not None and gold is not None and math.isclose(
@@ -435,7 +441,8 @@ def _graded(items: list[BenchmarkItem], grades: list[float]) -> dict:
 def score_responses(name: str, items: list[BenchmarkItem], responses: list[str],
                     grader: Grader = mmvet_rule_grade) -> dict:
     """Score one round of responses: ``score`` (accuracy or mean grade in %, or the MME total), ``stderr``,
-    per category, and the benchmark's own aggregates (module docstring)."""
+    per category, and the benchmark's own aggregates (module docstring).
+    """
     return score_items(name, items, [item_score(item, r, grader) for item, r in zip(items, responses, strict=True)])
 
 
@@ -470,7 +477,8 @@ def score_items(name: str, items: list[BenchmarkItem], hits: list[float]) -> dic
 
 def paper_average(scores: dict[str, float | None]) -> tuple[float | None, list[str]]:
     """Mean of the paper's benchmark scores with MME divided by 28 (paper Table 2), and the benchmarks it
-    lacks: the paper's average when none is missing, else the mean of those present (None if none is)."""
+    lacks: the paper's average when none is missing, else the mean of those present (None if none is).
+    """
     present = {name: scores[name] for name in PAPER_BENCHMARKS if scores.get(name) is not None}
     missing = [name for name in PAPER_BENCHMARKS if name not in present]
     if not present:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 def user_turn(text: str, num_images: int = 1) -> dict:
     """One user turn holding the image (or ``num_images`` images), then ``text`` (the Sherlock
-    training layout, spec §1)."""
+    training layout, spec §1).
+    """
     return {"role": "user", "content": [{"type": "image"}] * num_images + [{"type": "text", "text": text}]}
 
 
@@ -15,6 +16,7 @@ def follow_up_turn(text: str) -> dict:
 
 
 def assistant_turn(text: str) -> dict:
+    """An assistant message of ``text`` in the processors' chat format."""
     return {"role": "assistant", "content": [{"type": "text", "text": text}]}
 
 
@@ -23,7 +25,8 @@ Context = tuple[tuple[str, str], ...]  # earlier (question, response) turns of a
 
 def prompt_turns(text: str, context: Context = (), num_images: int = 1) -> list[dict]:
     """The messages that end with the user turn ``text``: the earlier turns of its conversation first,
-    the image in the first user turn (as LLaVA-CoT's multi-turn lines are laid out)."""
+    the image in the first user turn (as LLaVA-CoT's multi-turn lines are laid out).
+    """
     questions = [question for question, _ in context] + [text]
     messages = [user_turn(questions[0], num_images)]
     for (_, response), question in zip(context, questions[1:]):
@@ -33,7 +36,8 @@ def prompt_turns(text: str, context: Context = (), num_images: int = 1) -> list[
 
 def chat_prompt(text: str, context: Context = ()) -> str | list[dict]:
     """What :func:`sherlock.generation.generate` takes: the text alone (one user turn with the image
-    or images), or the messages after the earlier turns of its conversation."""
+    or images), or the messages after the earlier turns of its conversation.
+    """
     return prompt_turns(text, context) if context else text
 
 

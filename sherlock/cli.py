@@ -82,7 +82,8 @@ def _imported(path: str):
 
 def _config_command(config: str, function: str | Callable):
     """A command whose arguments are the fields of the config class ``config`` (``module:Class``); it prints
-    what ``function(config)`` returns (``function`` a callable, or ``module:name`` imported when it runs)."""
+    what ``function(config)`` returns (``function`` a callable, or ``module:name`` imported when it runs).
+    """
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         from sherlock.config import add_config_arguments
 
@@ -194,7 +195,8 @@ UTILITIES: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
 
 class _CommandParser(argparse.ArgumentParser):
     """A command's parser that adds its arguments when it first parses: ``sherlock --help`` and the parser
-    itself import none of the commands' modules (torch, transformers, TRL, MLflow, KServe)."""
+    itself import none of the commands' modules (torch, transformers, TRL, MLflow, KServe).
+    """
 
     def __init__(self, *args, add_arguments: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -208,6 +210,7 @@ class _CommandParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``sherlock`` parser; a command adds its arguments only when it parses (no torch import)."""
     parser = argparse.ArgumentParser(prog="sherlock", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
     for name, (help_text, add_arguments) in UTILITIES.items():
@@ -219,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _requested_ranks(argv: list[str]) -> int:
     """The ``--nproc-per-node`` of a multi-rank stage command in ``argv`` (1 otherwise, or when malformed:
-    the full parser then reports it)."""
+    the full parser then reports it).
+    """
     if not argv or argv[0] not in STAGES or not STAGES[argv[0]].multi_rank:
         return 1
     peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
@@ -231,6 +235,7 @@ def _requested_ranks(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run ``sherlock`` with ``argv``: on N ranks under torchrun when ``--nproc-per-node`` asks."""
     argv = list(sys.argv[1:] if argv is None else argv)
     ranks = _requested_ranks(argv)
     if ranks > 1 and "RANK" not in os.environ:  # start the ranks, each reruns argv (and parses and checks it)

@@ -26,7 +26,8 @@ class ConfigError(ValueError):
 
 def registered(group: str, name: str, builtins: dict, what: str):
     """``builtins[name]``, or the object an installed package registers as ``name`` under the entry-point
-    group ``group``. A setting only chooses among these names: it never names a module to import."""
+    group ``group``. A setting only chooses among these names: it never names a module to import.
+    """
     from importlib.metadata import entry_points
 
     if name in builtins:
@@ -124,7 +125,8 @@ def read_settings(path: str | Path) -> dict:
 
 def load_config(cls, path: str | Path | None = None, overrides: dict | None = None):
     """Build ``cls`` from its defaults, the settings file at ``path`` (:func:`read_settings`) and
-    ``overrides`` (in that order)."""
+    ``overrides`` (in that order).
+    """
     values = read_settings(path) if path is not None else {}
     values.update(overrides or {})
     coerced = check_fields(cls, values)
@@ -199,7 +201,8 @@ def uri_fields(config, kind: str) -> list[str]:
 @dataclass(kw_only=True)
 class GPUPlacement:
     """Where GPU work lands on the cluster: the accelerator's resource name, the node selector and the
-    tolerated taints. One declaration for the pipelines' GPU steps and the KServe predictor."""
+    tolerated taints. One declaration for the pipelines' GPU steps and the KServe predictor.
+    """
 
     accelerator: str = help_field("nvidia.com/gpu", "resource name of the GPUs")
     node_selector: str = help_field("nvidia.com/gpu.present=true", "LABEL=VALUE[,…] ('' for none)")
@@ -213,4 +216,5 @@ class GPUPlacement:
         return {key.strip(): value.strip() for key, _, value in pairs}
 
     def toleration_keys(self) -> list[str]:
+        """The tolerated taint keys, from the comma-separated ``tolerations``."""
         return [key.strip() for key in self.tolerations.split(",") if key.strip()]

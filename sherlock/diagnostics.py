@@ -107,7 +107,8 @@ def caption_shapes(caption: str | None) -> dict[str, tuple[str, str, str]]:
 
 def perception_scores(responses: list[str], gold: list[str]) -> dict[str, float]:
     """Fractions of items with the SUMMARY right, the CAPTION exact, the occupied cells exact, and of
-    gold shapes whose colour / kind / size the CAPTION gets right at their cell."""
+    gold shapes whose colour / kind / size the CAPTION gets right at their cell.
+    """
     counts = Counter()
     shapes = 0
     for response, reference in zip(responses, gold, strict=True):

@@ -28,10 +28,12 @@ Output = TypeVar("Output")
 
 
 def world_size() -> int:
+    """The number of ranks (torchrun's ``WORLD_SIZE``; 1 outside torchrun)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def rank() -> int:
+    """This process's rank (torchrun's ``RANK``; 0 outside torchrun)."""
     return int(os.environ.get("RANK", "0"))
 
 
@@ -97,7 +99,8 @@ class RankFailed(RuntimeError):
 
 def launch(nproc_per_node: int, module: str, argv: Sequence[str]) -> None:
     """Run ``python -m module *argv`` on ``nproc_per_node`` local ranks with torchrun (standalone
-    rendezvous) and wait; a failed rank raises :class:`RankFailed` with the first failure's error."""
+    rendezvous) and wait; a failed rank raises :class:`RankFailed` with the first failure's error.
+    """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 

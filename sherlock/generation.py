@@ -55,6 +55,7 @@ class SamplingSettings:
                                    "Gemma 3 and Idefics3 checkpoints)")
 
     def decoding(self, seed: int) -> DecodingConfig:
+        """The decoding settings of these fields with ``seed``."""
         return DecodingConfig(self.max_new_tokens, self.temperature, self.top_p, self.generation_batch_size, seed,
                               self.engine)
 
@@ -78,6 +79,7 @@ class PerItemSampler(LogitsProcessor):
         self.warpers = [TemperatureLogitsWarper(temperature)] + ([TopPLogitsWarper(top_p)] if top_p < 1 else [])
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """Scores with one finite logit per row: the token drawn from the row's own generator."""
         for warper in self.warpers:
             scores = warper(input_ids, scores)
         cumulative = torch.softmax(scores.float(), dim=-1).cumsum(dim=-1).cpu()
@@ -95,12 +97,14 @@ class Abandoned(StoppingCriteria):
         self.abandoned = abandoned
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        """True for every row once ``abandoned()`` is."""
         return torch.full((input_ids.shape[0],), self.abandoned(), dtype=torch.bool, device=input_ids.device)
 
 
 def prompt_text(processor, prompt: str | list[dict], prefix: str, num_images: int) -> str:
     """The text a response is generated after: the chat-templated prompt (one user turn holding
-    ``num_images`` images, or a conversation), then the assistant's ``prefix``."""
+    ``num_images`` images, or a conversation), then the assistant's ``prefix``.
+    """
     messages = prompt if isinstance(prompt, list) else [user_turn(prompt, num_images)]
     return processor.apply_chat_template(messages, add_generation_prompt=True) + prefix
 
@@ -204,7 +208,8 @@ def answer_with_corrections(model, processor, questions: list[str], images, roun
                             abandoned: Callable[[], bool] | None = None,
                             contexts: list[Context] | None = None) -> list[list[str]]:
     """Responses of round 0 (``direct`` decoding) and of ``rounds`` greedy correction rounds, round-major;
-    each question after its earlier turns (``contexts``), where given."""
+    each question after its earlier turns (``contexts``), where given.
+    """
     contexts = contexts or [()] * len(questions)
     first = generate(model, processor, [chat_prompt(q, c) for q, c in zip(questions, contexts, strict=True)], images,
                      config=direct, desc=f"{desc} direct", stream="direct", keys=keys, abandoned=abandoned)

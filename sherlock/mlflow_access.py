@@ -84,7 +84,8 @@ def _grant(auth, username: str, kind: str, resource: str, permission: str) -> No
 
 def grant_access(config: AccessConfig) -> dict:
     """Create the experiment, the registered models and the two users with their grants (as the admin
-    named by ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``). Returns what was done, without passwords."""
+    named by ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``). Returns what was done, without passwords.
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.server import get_app_client

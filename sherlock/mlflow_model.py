@@ -18,7 +18,10 @@ MAX_IMAGE_PIXELS = 2048 * 2048
 
 
 class SherlockModel(PythonModel):
+    """The checkpoint as an MLflow pyfunc: ``predict`` answers image–question rows."""
+
     def load_context(self, context):
+        """Load the checkpoint and its processor from the model's artifacts."""
         import torch
 
         from sherlock.models.loading import load_vlm
@@ -26,6 +29,7 @@ class SherlockModel(PythonModel):
         self.model, self.processor = load_vlm(context.artifacts["checkpoint"], dtype=torch.float32)
 
     def predict(self, context, model_input, params=None):
+        """Answer each row (a base64 ``image`` and a ``question``); a bad image is refused by its row."""
         from PIL import Image, UnidentifiedImageError
 
         from sherlock.data.schema import IMAGE_FORMATS, to_rgb

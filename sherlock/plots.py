@@ -30,7 +30,8 @@ def scale_groups(series: dict[str, list[float]]) -> list[list[str]]:
 
 def plot_loss_curves(log_history: list[dict], path: Path) -> bool:
     """Loss terms against the step, one panel per scale (e.g. L_SC and L_DPO apart from the SFT sum),
-    from a Trainer's ``log_history``; False when there is nothing to plot."""
+    from a Trainer's ``log_history``; False when there is nothing to plot.
+    """
     keys = sorted({k for row in log_history for k in row if k == "loss" or k.startswith("loss/")})
     if not keys:
         return False

@@ -74,7 +74,8 @@ def truncate(response: str, step: int) -> tuple[str, str]:
 
 def beta_weight(truncation_step, noise_level, num_steps: int = NUM_TRUNCATION_STEPS):
     """w(i, n, ε) = 1 / (0.5 + (i/n)^(0.5 + ε/2)), the per-sample factor of β in Eq. 8: later truncation
-    steps and stronger noise weigh less. Numbers or tensors (:func:`sherlock.losses.dynamic_beta`)."""
+    steps and stronger noise weigh less. Numbers or tensors (:func:`sherlock.losses.dynamic_beta`).
+    """
     return 1.0 / (0.5 + (truncation_step / num_steps) ** (0.5 + noise_level / 2))
 
 

@@ -39,7 +39,8 @@ def sherlock(run: Run, base, d_a, d_b, d_u, online_iterations: int) -> dict[str,
 
 def starting_model(run: Run, warm_start: bool, base, d_a) -> tuple[str, Any]:
     """``(name, model)`` a sibling recipe starts from: R0 (SFT on D_A) or, without the warm start, the base
-    model itself (one that already follows instructions)."""
+    model itself (one that already follows instructions).
+    """
     if not warm_start:
         return "base", base
     return "r0", run("r0", "sft.r0", "R0 (SFT on D_A)", model=base, data=d_a)
@@ -53,7 +54,8 @@ def scl(run: Run, start, d_b) -> dict[str, Any]:
 
 def stic(run: Run, start, d_a, d_u) -> dict[str, Any]:
     """STIC: description pairs on unlabeled D_U → stage 1 (DPO + regulariser) → the stage-1 model's
-    descriptions of a D_A subset → stage 2 (description-infused SFT)."""
+    descriptions of a D_A subset → stage 2 (description-infused SFT).
+    """
     pairs = run("stic-pairs", "stic-pairs", "STIC stage 1 pairs (unlabeled D_U)", model=start, data=d_u)
     stage1 = run("stic-stage1", "train-preferences.stic", "STIC stage 1 (DPO + regulariser)", model=start,
                  data=pairs)

@@ -45,12 +45,14 @@ class IntegrityError(StorageError):
 
 
 def is_s3(uri: str | Path) -> bool:
+    """Whether ``uri`` is an ``s3://`` URI."""
     return str(uri).startswith("s3://")
 
 
 def check_relative(name: str, what: str) -> str:
     """``name`` if it is a relative POSIX path that stays where it is put: no absolute path, no ``..``
-    or ``.`` part, no empty part, no backslash or NUL; otherwise a :class:`StorageError` naming ``what``."""
+    or ``.`` part, no empty part, no backslash or NUL; otherwise a :class:`StorageError` naming ``what``.
+    """
     parts = name.split("/")
     if (not name or name.startswith("/") or "\\" in name or "\0" in name
             or any(part in ("", ".", "..") for part in parts)):
@@ -60,7 +62,8 @@ def check_relative(name: str, what: str) -> str:
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/some/key`` → ``("bucket", "some/key")`` (no trailing slash; a key with ``..`` or
-    ``.`` parts, backslashes or empty parts is refused: it would name another place in a local cache)."""
+    ``.`` parts, backslashes or empty parts is refused: it would name another place in a local cache).
+    """
     parsed = urlparse(uri)
     if parsed.scheme != "s3" or not parsed.netloc:
         raise ValueError(f"not an s3://bucket/key URI: {uri!r}")
@@ -71,6 +74,7 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """The hex SHA-256 of the file at ``path``."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
@@ -84,6 +88,7 @@ def directory_files(root: Path) -> list[Path]:
 
 
 def manifest_text(sums: dict[str, str]) -> str:
+    """``sums`` in ``sha256sum``'s format."""
     return "".join(f"{digest}  {name}\n" for name, digest in sums.items())
 
 
@@ -99,7 +104,8 @@ def sums_digest(sums: dict[str, str]) -> str:
 
 def previous_version_uri(uri: str, digest: str) -> str:
     """Where :meth:`Storage.upload_dir` keeps the complete version (SHA256SUMS digest ``digest``) that
-    a new upload to ``uri`` replaces: the sibling prefix ``<uri>@<first 16 hex digits>``."""
+    a new upload to ``uri`` replaces: the sibling prefix ``<uri>@<first 16 hex digits>``.
+    """
     return f"{uri.rstrip('/')}@{digest[:16]}"
 
 
@@ -128,7 +134,8 @@ def write_manifest(root: str | Path) -> dict[str, str]:
 
 def parse_manifest(text: str) -> dict[str, str]:
     """``{relative path: sha256}`` of a SHA256SUMS text; every path must stay inside its directory
-    (:func:`check_relative`): a manifest from storage never chooses where a download is written."""
+    (:func:`check_relative`): a manifest from storage never chooses where a download is written.
+    """
     sums = {}
     for number, line in enumerate(text.splitlines(), 1):
         digest, sep, name = line.partition("  ")
@@ -155,6 +162,7 @@ class S3Settings:
 
     @classmethod
     def from_env(cls) -> S3Settings:
+        """The settings from ``AWS_*`` (or MLflow's S3) environment variables."""
         env = os.environ
         endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or env.get("MLFLOW_S3_ENDPOINT_URL")
         return cls(
@@ -235,6 +243,7 @@ class Storage:
         return True
 
     def exists(self, uri: str) -> bool:
+        """Whether the object ``uri`` exists."""
         from minio.error import S3Error
 
         bucket, key = self._locate(uri)
@@ -247,6 +256,7 @@ class Storage:
         return True
 
     def upload_file(self, path: str | Path, uri: str) -> None:
+        """Upload the file ``path`` to ``uri``."""
         bucket, key = self._locate(uri)
         self._call(f"upload {path} -> {uri}", self.client.fput_object, bucket, key, str(path),
                    part_size=self.part_size)
@@ -263,6 +273,7 @@ class Storage:
         return path
 
     def read_text(self, uri: str) -> str:
+        """The object ``uri`` as UTF-8 text."""
         bucket, key = self._locate(uri)
         response = self._call(f"read {uri}", self.client.get_object, bucket, key)
         try:
@@ -273,6 +284,7 @@ class Storage:
 
     # directories ---------------------------------------------------------------------------------
     def remove(self, uri: str) -> None:
+        """Remove the object ``uri``."""
         bucket, key = self._locate(uri)
         self._call(f"remove {uri}", self.client.remove_object, bucket, key)
 
@@ -355,6 +367,7 @@ def confined(root: Path, name: str) -> Path:
 
 
 def cache_root() -> Path:
+    """The download cache: ``$SHERLOCK_CACHE`` or ``~/.cache/sherlock``."""
     return Path(os.environ.get("SHERLOCK_CACHE", Path.home() / ".cache" / "sherlock"))
 
 

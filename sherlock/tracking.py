@@ -54,6 +54,7 @@ class CheckpointMismatchError(ValueError):
 
 
 def enabled() -> bool:
+    """Whether this process records to MLflow: a tracking URI is set and it is rank 0."""
     return bool(os.environ.get("MLFLOW_TRACKING_URI")) and int(os.environ.get("RANK", "0")) == 0
 
 
@@ -113,7 +114,8 @@ def stage_run(stage: str, config, pipeline_run_id: str | None = None, experiment
 
 def follow_stages(parent: str, stage_status: str) -> None:
     """The pipeline's parent run follows its stages: RUNNING while one runs, FINISHED once none does,
-    FAILED for good once one failed (KFP has no step that outlives a failure to close it)."""
+    FAILED for good once one failed (KFP has no step that outlives a failure to close it).
+    """
     client = mlflow.MlflowClient()
     info = client.get_run(parent).info
     if info.status == "FAILED":
@@ -137,7 +139,8 @@ def write_run_file(run, output_dir: str | Path) -> None:
 
 def log_data_input(uri: str, sha256: str, field: str) -> None:
     """Log the data set of config field ``field`` as a run input, named after the field (one name per
-    input): its source as an absolute URI and the first 32 hex digits of its sha256."""
+    input): its source as an absolute URI and the first 32 hex digits of its sha256.
+    """
     if "://" not in str(uri):
         uri = Path(uri).resolve().as_uri()
     with warnings.catch_warnings():  # MLflow registers the local-path source twice and warns about it
@@ -153,7 +156,8 @@ def evaluation_metrics(metrics: dict) -> dict[str, float]:
     ``paper_average/round_<k>`` (when every paper benchmark is scored), and per benchmark the baselines
     (``greedy_direct``, ``blank_image``, ``blind_prior``), ``sc_minus_direct`` with its CI bounds, the
     ``perception/<check>`` fractions and the direct answer's aAcc/fAcc/qAcc, circular ``vanilla`` and
-    per-split scores."""
+    per-split scores.
+    """
     flat = {f"{name}/round_{k}": r["score"] for name, m in metrics["benchmarks"].items()
             for k, r in enumerate(m["rounds"]) if r["score"] is not None}
     for name, m in metrics["benchmarks"].items():
@@ -219,7 +223,8 @@ def register_checkpoint(checkpoint: str | Path, model_name: str, eval_metrics: d
 
 def verify_checkpoint(version, checkpoint: str | Path) -> None:
     """Refuse a checkpoint (local directory or ``s3://`` URI) whose SHA256SUMS digest is not the one
-    its version recorded at registration (:data:`DIGEST_TAG`)."""
+    its version recorded at registration (:data:`DIGEST_TAG`).
+    """
     expected = version.tags.get(DIGEST_TAG)
     if not expected:
         raise CheckpointMismatchError(f"version {version.version} of {version.name} records no {DIGEST_TAG}: "
@@ -232,7 +237,8 @@ def verify_checkpoint(version, checkpoint: str | Path) -> None:
 
 def download_checkpoint(model_uri: str) -> Path:
     """The checkpoint directory of a model registered by :func:`register_checkpoint` (``models:/…``),
-    verified against the digest its version recorded (:func:`verify_checkpoint`)."""
+    verified against the digest its version recorded (:func:`verify_checkpoint`).
+    """
     from mlflow.store.artifact.utils.models import get_model_name_and_version
 
     client = mlflow.MlflowClient()

@@ -57,7 +57,8 @@ class BadLine(ValueError):
 
 def namespaced_id(line_id: str, image: str) -> str:
     """``<source>/<id>``, the source being the first folder of the image path (none: the id as is);
-    an id that already carries its source's prefix (a subset written back) is kept."""
+    an id that already carries its source's prefix (a subset written back) is kept.
+    """
     parts = Path(image).parts
     if len(parts) < 2 or line_id.startswith(f"{parts[0]}/"):
         return line_id
@@ -71,7 +72,8 @@ def conversation_of(record_id: str) -> str:
 
 def image_path(image_root: Path, relative: object) -> Path:
     """``image_root / relative`` for a relative path that stays under ``image_root`` (symbolic links
-    followed); anything else is a bad line: a record never names a file outside its image root."""
+    followed); anything else is a bad line: a record never names a file outside its image root.
+    """
     if not isinstance(relative, str) or not relative.strip():
         raise BadLine("image must be a non-empty string")
     path = image_root / relative

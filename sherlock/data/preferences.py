@@ -41,6 +41,7 @@ class Perturbation:
     seed: int
 
     def apply(self, image: Image.Image, legacy_uint8: bool = False) -> Image.Image:
+        """The perturbed image: uniform noise, or Gaussian noise of level ε (Eq. 1)."""
         if self.kind == "uniform":
             return random_noise_image(image, self.seed)
         return gaussian_noise(image, self.noise_level, self.seed, legacy_uint8)
@@ -86,10 +87,12 @@ class PreferencePair:
 
     @property
     def chosen(self) -> str:
+        """Y^w: the shared prefix and the chosen suffix."""
         return self.prefix_w + self.suffix_w
 
     @property
     def rejected(self) -> str:
+        """Y^l: the shared prefix and the rejected suffix."""
         return self.prefix_l + self.suffix_l
 
     @property

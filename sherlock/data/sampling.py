@@ -26,7 +26,8 @@ class ManifestMismatchError(ValueError):
 
 def units(records: list[Record]) -> list[list[Record]]:
     """Records that must share a subset: the turns of a conversation, and every record of an image
-    (connected components over both), each unit ordered by id, the units by their first id."""
+    (connected components over both), each unit ordered by id, the units by their first id.
+    """
     parent = list(range(len(records)))
 
     def root(i: int) -> int:
@@ -84,6 +85,7 @@ def sample_disjoint(records: list[Record], sizes: dict[str, int], seed: int) -> 
 
 
 def link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link ``source`` to ``target`` (a copy across file systems); an existing target is kept."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         return

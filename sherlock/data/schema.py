@@ -40,7 +40,8 @@ class Record:
     def to_llava_cot(self) -> dict:
         """The record as one line of the LLaVA-CoT-100k ``train.jsonl`` (gold fields appended). A
         follow-up turn's line holds its earlier turns too, and ``turn``: the index of its own turn
-        (the line is that one record)."""
+        (the line is that one record).
+        """
         turns = [*self.context, (self.question, self.response)]
         row = {
             "id": self.id,
@@ -61,7 +62,8 @@ class Record:
 
 def without_empty_context(row: dict) -> dict:
     """``row`` without a ``context`` key that holds nothing: a single-turn record or pair is stored
-    (and digested) as before conversations had context."""
+    (and digested) as before conversations had context.
+    """
     return {key: value for key, value in row.items() if key != "context" or value}
 
 
@@ -104,7 +106,8 @@ def open_image(image_root: Path, record: Record) -> Image.Image:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """An opened image as RGB, upright (its EXIF orientation applied), 16-bit and 32-bit integer
-    images scaled to 8 bits (PIL's own conversion clips them, which turns most of a 16-bit image white)."""
+    images scaled to 8 bits (PIL's own conversion clips them, which turns most of a 16-bit image white).
+    """
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I", "I;16", "I;16B", "I;16L"):
         pixels = np.asarray(image, dtype=np.float64)

@@ -53,6 +53,7 @@ def cell_name(row: int, col: int) -> str:
 
 @dataclass(frozen=True)
 class Shape:
+    """One shape of a synthetic image: colour, kind, size and its grid cell."""
     colour: str
     kind: str
     size: str
@@ -61,10 +62,12 @@ class Shape:
 
     @property
     def name(self) -> str:
+        """``size colour kind``, as questions and captions name it."""
         return f"{self.size} {self.colour} {self.kind}"
 
     @property
     def cell(self) -> str:
+        """The name of the shape's grid cell."""
         return cell_name(self.row, self.col)
 
 
@@ -107,6 +110,7 @@ def draw_scene(shapes: list[Shape], image_size: int, rng: random.Random) -> Imag
 
 
 def caption(shapes: list[Shape]) -> str:
+    """A caption listing every shape by cell."""
     listed = "; ".join(f"{s.cell}: a {s.name}" for s in shapes)  # cell first: then read the cell
     return f"The image shows {len(shapes)} shapes: {listed}."
 
@@ -338,7 +342,8 @@ def _how_many(rng, shapes):
 
 def _describe_then(name: str, family, instruction):
     """Reading family ``name``: describe the scene, then answer ``family``'s question from that description;
-    ``instruction`` rephrases the question ("Where are the red shapes?" → "name its red shapes")."""
+    ``instruction`` rephrases the question ("Where are the red shapes?" → "name its red shapes").
+    """
     def read(rng, shapes):
         question, answer = family(rng, shapes)
         return f"Describe the image, then {instruction(question)}.", f"{caption(shapes)} {answer}"

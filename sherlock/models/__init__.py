@@ -13,7 +13,8 @@ EMBEDDED_BASE_DIGEST = "58ea330f48952abd67392cf6802153698caf79117b952db7a96e28f9
 
 def embedded_base() -> Path:
     """The committed base model's directory, after checking every file against its SHA256SUMS and the
-    manifest against :data:`EMBEDDED_BASE_DIGEST`."""
+    manifest against :data:`EMBEDDED_BASE_DIGEST`.
+    """
     from sherlock.storage import MANIFEST_FILE, IntegrityError, directory_digest, file_sums, parse_manifest
 
     recorded = parse_manifest((EMBEDDED_BASE / MANIFEST_FILE).read_text())

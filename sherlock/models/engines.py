@@ -54,6 +54,7 @@ def check_vllm_checkpoint(path: str | Path) -> Path:
 
 
 def load_vllm(path: str | Path) -> VLLMModel:
+    """The vLLM engine on checkpoint ``path`` (the ``vllm`` extra and a CUDA GPU)."""
     path = check_vllm_checkpoint(path)
     try:
         import vllm
@@ -64,7 +65,8 @@ def load_vllm(path: str | Path) -> VLLMModel:
 
 def load_generator(path: str | Path, engine: str = "hf", device: str | None = None):
     """``(model, processor)`` for a stage that only generates: the HF model (float32) on ``device``, or
-    with ``engine="vllm"`` a :class:`VLLMModel` (checked before vLLM is imported)."""
+    with ``engine="vllm"`` a :class:`VLLMModel` (checked before vLLM is imported).
+    """
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {ENGINES}, got {engine!r}")
     if engine == "vllm":
@@ -75,8 +77,9 @@ def load_generator(path: str | Path, engine: str = "hf", device: str | None = No
 
 def vllm_requests(texts: list[str], images: list[list[Image.Image]], max_new_tokens: int, temperature: float,
                   top_p: float, seeds: list[int]) -> tuple[list[dict], list[dict]]:
-    """vLLM's prompts (text + ``multi_modal_data``) and the keyword arguments of each item's
-    ``SamplingParams``: greedy at ``temperature`` 0 (no seed), else the item's own seed."""
+    """VLLM's prompts (text + ``multi_modal_data``) and the keyword arguments of each item's
+    ``SamplingParams``: greedy at ``temperature`` 0 (no seed), else the item's own seed.
+    """
     sampling = temperature > 0
     prompts = [{"prompt": text, "multi_modal_data": {"image": list(shown)}}
                for text, shown in zip(texts, images, strict=True)]

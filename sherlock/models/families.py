@@ -34,6 +34,7 @@ from sherlock.models.tiny_idefics3 import build_tiny_idefics3
 
 @dataclass(frozen=True)
 class Family:
+    """A model family: its name, the token ids it needs, its tiny builder and its image-block mask."""
     name: str
     help: str
     token_keys: tuple[str, ...]
@@ -45,7 +46,8 @@ class Family:
 
 def gemma3_image_blocks(inputs: dict) -> torch.Tensor:
     """Gemma 3's bidirectional image blocks, from ``token_type_ids`` (1: an image token) as its forward
-    pass finds them (transformers' ``get_block_sequence_ids_for_mask``)."""
+    pass finds them (transformers' ``get_block_sequence_ids_for_mask``).
+    """
     return get_block_sequence_ids_for_mask(inputs["token_type_ids"])
 
 
@@ -61,6 +63,7 @@ TOKEN_KEYS = tuple(dict.fromkeys(key for family in FAMILIES.values() for key in 
 
 
 def family(name: str) -> Family:
+    """The family ``name`` of :data:`FAMILIES`; an unknown name is a ``ValueError``."""
     if name not in FAMILIES:
         raise ValueError(f"unknown model family {name!r}; the families are {sorted(FAMILIES)}")
     return FAMILIES[name]

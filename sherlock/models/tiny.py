@@ -38,7 +38,8 @@ def chat_template(header: str, end_of_turn: str, image: str, generation_prompt: 
     """A chat template in the layout every tiny family shares: ``bos_token``, then each message opened
     by ``header`` (a Jinja expression of ``message``), a user turn's images as ``image``, every turn
     closed by ``end_of_turn`` + ``separator``; an assistant turn's text and its ``end_of_turn`` are
-    wrapped in ``{% generation %}`` (the trainable span of assistant-only loss)."""
+    wrapped in ``{% generation %}`` (the trainable span of assistant-only loss).
+    """
     return (
         "{{- bos_token }}"
         "{%- for message in messages %}"
@@ -148,11 +149,13 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1024,
 
 
 def build_processor(tokenizer: PreTrainedTokenizerFast, image_size: int) -> MllamaProcessor:
+    """The Mllama processor of a tiny model: one tile of ``image_size`` pixels."""
     image_processor = MllamaImageProcessorPil(size={"height": image_size, "width": image_size}, max_image_tiles=1)
     return MllamaProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
 
 
 def build_config(preset: TinyPreset, tokenizer: PreTrainedTokenizerFast, image_size: int) -> MllamaConfig:
+    """The Mllama config of ``preset`` with the tokenizer's special token ids."""
     ids = tokenizer.convert_tokens_to_ids
     vision = {
         "hidden_size": preset.vision_hidden,

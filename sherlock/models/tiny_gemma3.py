@@ -37,7 +37,8 @@ def initialise_from_scratch(model: Gemma3ForConditionalGeneration) -> None:
     """Give the image a way in: Gemma 3 initialises its projection from the vision tower to the text at
     zero (a pretrained tower added to a pretrained text model), which leaves a model trained from scratch
     blind (every image the same zero tokens, no gradient into the tower). It is drawn like a linear layer's
-    weights instead (std 1/sqrt(vision width))."""
+    weights instead (std 1/sqrt(vision width)).
+    """
     projection = model.model.multi_modal_projector.mm_input_projection_weight
     with torch.no_grad():
         projection.normal_(0.0, projection.shape[0] ** -0.5)

@@ -45,6 +45,7 @@ class DeployError(RuntimeError):
 
 @dataclass(kw_only=True)
 class DeployConfig(GPUPlacement):
+    """Config of ``sherlock deploy``: the registered model, the InferenceService and its placement."""
     model: str = help_field(help="registered model: models:/NAME@ALIAS or models:/NAME/VERSION")
     output: str = help_field(help="directory (or s3:// prefix) for inferenceservice.yaml and deployment.json",
                              uri="output")
@@ -148,7 +149,8 @@ def deployer_kubeconfig(credentials: Path) -> dict | None:
     """A kubeconfig (as a dict) of the deployer's token where its Secret is mounted (``credentials``,
     :data:`DEPLOYER_CREDENTIALS` in the deploy step): the in-cluster API
     server, ``credentials/token`` as the bearer, ``credentials/ca.crt`` to verify it. ``None`` where it is
-    not mounted: the kubeconfig, or the pod's own ServiceAccount, as the Kubernetes client finds them."""
+    not mounted: the kubeconfig, or the pod's own ServiceAccount, as the Kubernetes client finds them.
+    """
     if not (credentials / "token").is_file():
         return None
     host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
@@ -165,7 +167,8 @@ def deployer_kubeconfig(credentials: Path) -> dict | None:
 
 def kserve_client():
     """The KServe client of the deploy step: as the deployer (:func:`deployer_kubeconfig`) where its
-    token is mounted, else from ``KUBECONFIG``, ``~/.kube/config`` or the pod's ServiceAccount."""
+    token is mounted, else from ``KUBECONFIG``, ``~/.kube/config`` or the pod's ServiceAccount.
+    """
     from kserve import KServeClient
 
     deployer = deployer_kubeconfig(DEPLOYER_CREDENTIALS)

@@ -40,6 +40,7 @@ class OpenAIError(Exception):
         self.status, self.kind, self.param, self.code, self.headers = status, kind, param, code, headers
 
     def response(self) -> JSONResponse:
+        """The error as OpenAI's ``{"error": {...}}`` body with its status."""
         error = {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}
         return JSONResponse({"error": error}, status_code=self.status, headers=self.headers)
 

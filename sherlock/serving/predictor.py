@@ -84,6 +84,7 @@ class Decoding:
 
 @dataclass
 class Query:
+    """One question about one image, validated, with its decoding settings."""
     question: str
     data: bytes  # the encoded image, checked but not yet decoded
     pixels: int
@@ -239,6 +240,7 @@ class RawBytesDataPlane(DataPlane):
     """
 
     def decode_inference_request(self, body, headers, model_name: str) -> InferRequest:
+        """KServe's decoding, with JSON accepted without a JSON Content-Type."""
         length = (headers or {}).get(INFERENCE_CONTENT_LENGTH_HEADER)
         if isinstance(body, bytes) and length is None:  # JSON sent without a JSON Content-Type (curl -d)
             try:
@@ -291,6 +293,7 @@ class SherlockPredictor(kserve.Model):
         self._queue: asyncio.Queue | None = None
 
     def load(self) -> bool:
+        """Load the checkpoint; KServe calls it once before serving."""
         import torch
 
         from sherlock.models.loading import load_vlm
@@ -300,13 +303,16 @@ class SherlockPredictor(kserve.Model):
         return self.ready
 
     def get_input_types(self) -> list[dict]:
+        """The v2 inputs: ``image`` and ``question``, one element per query."""
         return [{"name": "image", "datatype": "BYTES", "shape": [-1]},
                 {"name": "question", "datatype": "BYTES", "shape": [-1]}]
 
     def get_output_types(self) -> list[dict]:
+        """The v2 output: ``answer``, one element per query."""
         return [{"name": "answer", "datatype": "BYTES", "shape": [-1]}]
 
     async def predict(self, payload, headers=None, response_headers=None):
+        """Answer a v1 (``instances``) or v2 (``InferRequest``) request."""
         if isinstance(payload, InferRequest):
             answers = await self.answer_request(partial(parse_v2, payload, self.limits))
             return InferResponse(model_name=self.name, infer_outputs=[InferOutput(

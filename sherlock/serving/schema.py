@@ -128,7 +128,8 @@ def generate_schema(kind: str) -> dict:
 
 def trainer_schema(kind: str) -> dict:
     """The JSON schema of a Kubeflow Trainer kind from its kubeflow-trainer-api model, made strict: an object
-    with declared properties takes no other (the models, like the API server's pruning, would drop them)."""
+    with declared properties takes no other (the models, like the API server's pruning, would drop them).
+    """
     from kubeflow_trainer_api import models
 
     schema = getattr(models, TRAINER_KINDS[kind]).model_json_schema(by_alias=True)
@@ -154,6 +155,7 @@ def trainer_schema(kind: str) -> dict:
 
 
 def schema_file(kind: str) -> Path:
+    """The committed JSON schema of KServe kind ``kind``."""
     return CRD_DIR / f"{kind.lower()}-{KSERVE_GROUP}-{KSERVE_KINDS[kind][0]}.json"
 
 
@@ -187,6 +189,7 @@ def validate_manifest(document: dict) -> None:
 
 
 def main() -> None:
+    """Write the schemas of KServe's CRDs under :data:`CRD_DIR`."""
     CRD_DIR.mkdir(exist_ok=True)
     for kind in KSERVE_KINDS:
         schema_file(kind).write_text(json.dumps(generate_schema(kind), indent=1) + "\n")

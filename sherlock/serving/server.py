@@ -43,7 +43,8 @@ def error_body(path: str, prefix: str, message: str, kind: str) -> bytes:
 class RequestGuard:
     """ASGI middleware: reads an HTTP body whole, up to ``max_body_bytes`` (413 past it, from the
     Content-Length when there is one), then runs the app; when the client disconnects before the
-    response is complete, the app's task is cancelled (the predictor drops its queued queries)."""
+    response is complete, the app's task is cancelled (the predictor drops its queued queries).
+    """
 
     def __init__(self, app, max_body_bytes: int, openai_prefix: str):
         self.app, self.max_body_bytes, self.openai_prefix = app, max_body_bytes, openai_prefix
@@ -56,6 +57,7 @@ class RequestGuard:
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope, receive, send):
+        """Refuse an oversized body before the app reads it; pass everything else on."""
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         too_large = f"the request body is over the {self.max_body_bytes}-byte limit"

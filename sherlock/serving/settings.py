@@ -1,5 +1,6 @@
 """Settings of ``sherlock serve``: the request limits and the server's options (no KServe import:
-the command line reads them before KServe parses ``sys.argv``)."""
+the command line reads them before KServe parses ``sys.argv``).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ OPENAI_PREFIX = os.environ.get("KSERVE_OPENAI_ROUTE_PREFIX", "/openai")  # KServ
 @dataclass(kw_only=True)
 class Limits:
     """Request limits: a request past one is a 400 (413 for the body) naming it; pending work past
-    ``max_pending_*`` is a 429 with Retry-After; a request past ``request_timeout_s`` is a 504."""
+    ``max_pending_*`` is a 429 with Retry-After; a request past ``request_timeout_s`` is a 504.
+    """
 
     max_body_bytes: int = help_field(32 * 2**20, "largest request body (413 past it)")
     max_image_bytes: int = help_field(8 * 2**20, "largest encoded image")

@@ -39,6 +39,7 @@ class PerturbationSettings:
     legacy_uint8_noise: bool = help_field(False, "wrap Gaussian noise modulo 256 like the released code")
 
     def steps(self) -> tuple[int, ...] | None:
+        """The truncation steps to draw from, or None for the scheme's own."""
         if self.truncation_steps is None:
             return None
         try:
@@ -57,6 +58,7 @@ class PerturbationSettings:
 
 @dataclass(kw_only=True)
 class BuildPreferencesConfig(PerturbationSettings, SamplingSettings):
+    """Config of ``sherlock build-preferences`` (Alg. 1)."""
     model: str = help_field(help="Sherlock-SFT checkpoint that writes the rejected suffixes", uri="model")
     data: str = help_field(help="data set directory or jsonl (D_A)", uri="data")
     output: str = help_field(help="directory for pairs.jsonl, stats.json and the clean images", uri="output")
@@ -69,7 +71,8 @@ def rejected_suffixes(
     keys: list[str] | None = None,
 ) -> list[str]:
     """Y^l_{≥i} ~ π(· | question, perturbed image, prefix) for every item (Alg. 1, lines 6–9); each
-    prompt as :func:`sherlock.generation.generate` takes it (a question after its earlier turns)."""
+    prompt as :func:`sherlock.generation.generate` takes it (a question after its earlier turns).
+    """
     perturbed = [p.apply(image, legacy_uint8) for p, image in zip(perturbations, images, strict=True)]
     return generate(model, processor, prompts, perturbed, prefixes, decoding, desc="rejected suffixes",
                     stream="rejected suffix", keys=keys)
@@ -77,7 +80,8 @@ def rejected_suffixes(
 
 def save_pairs(pairs: list[PreferencePair], image_root: Path, output: str | Path, stats: dict) -> Path:
     """Write the pairs and their statistics (counts per step, β weights, what was dropped); returns the
-    pairs file. Rank 0 writes; every rank waits until it has (a training step may read them next)."""
+    pairs file. Rank 0 writes; every rank waits until it has (a training step may read them next).
+    """
     if not pairs:
         raise ValueError(f"no preference pairs were built ({stats}); nothing to train on")
     weights = [p.beta_weight for p in pairs]

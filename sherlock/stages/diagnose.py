@@ -30,6 +30,7 @@ DIAGNOSTICS_FILE = STAGES["diagnose"].outputs["diagnostics"]
 
 @dataclass(kw_only=True)
 class DiagnoseConfig(ProtocolSettings):
+    """Config of ``sherlock diagnose``."""
     model: str = help_field(help="checkpoint to diagnose", uri="model")
     data: str = help_field(help="labelled data set directory or jsonl (synthetic or LLaVA-CoT layout)", uri="data")
     output: str = help_field(help="directory for diagnostics.json", uri="output")
@@ -37,6 +38,7 @@ class DiagnoseConfig(ProtocolSettings):
     correction_rounds: int = help_field(1, "greedy self-correction rounds after the direct answer")
 
     def check(self) -> None:
+        """Refuse a bad protocol or item count before a model is loaded."""
         self.check_protocol()
         if self.num_items is not None and self.num_items <= 0:
             raise ConfigError("num_items must be positive")

@@ -71,6 +71,7 @@ class ProtocolSettings(SamplingSettings):
     seed: int = help_field(0, "sampling seed of the direct answers")
 
     def check_protocol(self) -> None:
+        """Refuse bad protocol settings (rounds, samples) with a :class:`ConfigError`."""
         if self.correction_rounds < 0:
             raise ConfigError("correction_rounds must be >= 0")
 
@@ -78,7 +79,8 @@ class ProtocolSettings(SamplingSettings):
 @dataclass(kw_only=True)
 class BenchmarkFiles:
     """Which benchmark files are scored, what becomes of their bad rows and how open answers are graded
-    (evaluate and rescore)."""
+    (evaluate and rescore).
+    """
 
     benchmarks: str = help_field(help="comma-separated NAME=PATH, NAME in llava_cot," + ",".join(BENCHMARKS),
                                   uri="named_data")
@@ -91,9 +93,11 @@ class BenchmarkFiles:
                                      "or a model judge registered under the entry-point group sherlock.graders")
 
     def parsed_benchmarks(self) -> dict[str, str]:
+        """The benchmarks as ``{name: file}``."""
         return parse_named(self.benchmarks, "benchmarks")
 
     def check_benchmarks(self) -> None:
+        """Refuse a benchmark name the evaluator does not know."""
         unknown = set(self.parsed_benchmarks()) - set(BENCHMARKS) - {"llava_cot"}
         if unknown:
             raise ConfigError(f"unknown benchmark(s) {sorted(unknown)}; known: llava_cot, {', '.join(BENCHMARKS)}")
@@ -107,10 +111,12 @@ class BenchmarkFiles:
 
 @dataclass(kw_only=True)
 class EvaluateConfig(ProtocolSettings, BenchmarkFiles):
+    """Config of ``sherlock evaluate``."""
     model: str = help_field(help="checkpoint to evaluate", uri="model")
     describe_first: bool = help_field(False, "describe the image first and prefix the question with it (STIC DaR)")
 
     def check(self) -> None:
+        """Refuse bad settings before a model is loaded."""
         self.check_protocol()
         self.check_benchmarks()
 
@@ -124,7 +130,8 @@ def _score(result: dict | None) -> str:
 
 def summary_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
     """Header and one row per benchmark: every round (± stderr), SC − direct with its paired 95 % CI,
-    and the baselines (greedy direct, blank image, blind prior)."""
+    and the baselines (greedy direct, blank image, blind prior).
+    """
     rounds = max(len(m["rounds"]) for m in metrics["benchmarks"].values())
     header = (["benchmark", "n", "direct"] + [f"+SC round {k}" for k in range(1, rounds)]
               + ["SC − direct [95% CI]", "greedy direct", "blank image", "blind prior"])
@@ -169,7 +176,8 @@ def evaluate_benchmark(model, processor, name: str, items: list[BenchmarkItem], 
                        prior: BlindPrior | None, questions: list[str] | None = None,
                        grader: Grader = mmvet_rule_grade) -> tuple[dict, list[list[str]], list[list[float]]]:
     """Metrics of one benchmark (see the module docstring), the responses of every round and their
-    per-item scores (1/0 by the rules; the grader's 0–1 grade for open-ended answers)."""
+    per-item scores (1/0 by the rules; the grader's 0–1 grade for open-ended answers).
+    """
     images, keys = [i.images for i in items], [i.id for i in items]
     questions = questions or [i.prompt for i in items]
     contexts = [i.context for i in items]
@@ -207,7 +215,8 @@ class EvaluationError(RuntimeError):
 def run_evaluate(config: EvaluateConfig) -> dict:
     """Evaluate ``config.model`` on every benchmark; writes the outputs as each one finishes and returns
     the metrics. A benchmark that fails is recorded in ``metrics["errors"]``; the others still run, and
-    :class:`EvaluationError` names the failed ones at the end."""
+    :class:`EvaluationError` names the failed ones at the end.
+    """
     config.check()
     grader = load_grader(config.grader)
     model, processor = load_generator(config.model, config.engine, distributed.device())
@@ -250,7 +259,8 @@ def run_evaluate(config: EvaluateConfig) -> dict:
 
 def write_outputs(metrics: dict, predictions: list[dict], output: Path, correction_rounds: int) -> None:
     """The metrics (with the paper average over the benchmarks so far), table, predictions and plot
-    (written by rank 0)."""
+    (written by rank 0).
+    """
     per_round = [{name: m["rounds"][k]["score"] for name, m in metrics["benchmarks"].items()}
                  for k in range(correction_rounds + 1)]
     averages = [paper_average(scores) for scores in per_round]
@@ -267,6 +277,7 @@ def write_outputs(metrics: dict, predictions: list[dict], output: Path, correcti
 
 @dataclass(kw_only=True)
 class RescoreConfig(BenchmarkFiles):
+    """Config of ``sherlock rescore``: score saved predictions again."""
     predictions: str = help_field(help="predictions.jsonl written by `sherlock evaluate` on these benchmark files")
     seed: int = help_field(0, "seed of the paired bootstrap of SC − direct")
 
@@ -274,7 +285,8 @@ class RescoreConfig(BenchmarkFiles):
 def saved_predictions(path: Path, quarantine: Path) -> dict[str, dict[str, dict]]:
     """The rows of a ``predictions.jsonl`` by benchmark and id; any malformed line (not an object, a
     field of the wrong type, rounds of unequal length, a repeated id) refuses the file, naming the
-    line in ``quarantine``."""
+    line in ``quarantine``.
+    """
     rows: dict[str, dict[str, dict]] = {}
 
     def row_of(row: object) -> list[dict]:
@@ -300,7 +312,8 @@ def saved_predictions(path: Path, quarantine: Path) -> dict[str, dict[str, dict]
 def matched_items(items: list[BenchmarkItem], rows: dict[str, dict], name: str) -> list[tuple[BenchmarkItem, dict]]:
     """Each saved row with its item, in the benchmark's order. A row matches the item of its id, or the
     one item whose id without its source prefix is the row's (predictions written before LLaVA-CoT ids
-    were namespaced by source); a row without an item is an error."""
+    were namespaced by source); a row without an item is an error.
+    """
     by_id = {item.id: item for item in items}
     bare: dict[str, list[BenchmarkItem]] = {}
     for item in items:
@@ -317,7 +330,8 @@ def matched_items(items: list[BenchmarkItem], rows: dict[str, dict], name: str) 
 def run_rescore(config: RescoreConfig) -> dict:
     """Score saved predictions again with the current answer extractor and grader: no model, the
     benchmark files they were made on. Writes the evaluate outputs (each row's ``correct`` re-scored,
-    ``correct_before`` kept) and, per benchmark and round, how many scores moved up and down."""
+    ``correct_before`` kept) and, per benchmark and round, how many scores moved up and down.
+    """
     config.check_benchmarks()
     grader = load_grader(config.grader)
     output = Path(config.output)

@@ -52,6 +52,7 @@ class UnlabeledItem:
 
 @dataclass(kw_only=True)
 class OnlineConfig(TrainPreferencesConfig, PerturbationSettings, SamplingSettings):
+    """Config of ``sherlock online`` (§3.3): pair construction and training per iteration."""
     data: str = help_field(help="unlabeled pool: data set directory or jsonl (responses/answers are ignored)",
                            uri="data")
     output: str = help_field(help="iteration directory: pairs/ and model/", uri="output")
@@ -63,6 +64,7 @@ class OnlineConfig(TrainPreferencesConfig, PerturbationSettings, SamplingSetting
     learning_rate: float = help_field(5e-7, "peak learning rate (paper: 5e-7 online)")
 
     def check(self) -> None:
+        """Refuse bad settings before a model is loaded."""
         self.check_perturbation()
         if self.iterations <= 0 or self.iteration <= 0:
             raise ConfigError("iteration and iterations must be positive")
@@ -77,18 +79,21 @@ class OnlineConfig(TrainPreferencesConfig, PerturbationSettings, SamplingSetting
 
 def rule_judge(question: str, responses: list[str]) -> bool:
     """The default judge: the same option, yes/no, number or normalised text in every response
-    (:func:`sherlock.answers.answers_agree`, with the question's options)."""
+    (:func:`sherlock.answers.answers_agree`, with the question's options).
+    """
     return answers_agree(responses, options_in(question))
 
 
 def load_judge(name: str) -> Judge:
     """``rule`` (:func:`rule_judge`) or a judge an installed package registers under the entry-point
     group :data:`JUDGES` (``name = "module:function"``, the function taking ``(question, responses)``).
-    A run parameter only chooses among registered names: it never names a module to import."""
+    A run parameter only chooses among registered names: it never names a module to import.
+    """
     return registered(JUDGES, name, {"rule": rule_judge}, "judge")
 
 
 def unlabeled_pool(path: str | Path) -> tuple[list[UnlabeledItem], Path]:
+    """The unlabeled items of ``path`` (answers and responses dropped) and their image root."""
     data = load_data(path)
     return [UnlabeledItem(r.id, r.image, r.question, r.context) for r in data.records], data.image_root
 

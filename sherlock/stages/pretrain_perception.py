@@ -34,6 +34,7 @@ TOKENIZER_SEED = 2_000_003
 
 @dataclass(kw_only=True)
 class PretrainPerceptionConfig(TrainSettings):
+    """Config of ``sherlock pretrain-perception``."""
     output: str = help_field(help="directory for the perception data, checkpoints and the base model", uri="output")
     preset: str = help_field("embedded", "tiny Mllama preset (sherlock.models.tiny.PRESETS)")
     num_items: int = help_field(20000, "perception questions (one image each)")
@@ -49,6 +50,7 @@ class PretrainPerceptionConfig(TrainSettings):
                                         "tiny model", uri="model")
 
     def check(self) -> None:
+        """Refuse bad settings before training."""
         self.check_training()
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
@@ -57,6 +59,7 @@ class PretrainPerceptionConfig(TrainSettings):
         self.question_families()
 
     def question_families(self) -> tuple:
+        """The synthetic question families of the named groups."""
         groups = [name.strip() for name in self.families.split(",")]
         if unknown := sorted(set(groups) - set(FAMILY_GROUPS)):
             raise ConfigError(f"unknown question families {unknown}; choose from {sorted(FAMILY_GROUPS)}")
@@ -65,7 +68,8 @@ class PretrainPerceptionConfig(TrainSettings):
 
 def perception_validation(model_dir: Path, config: PretrainPerceptionConfig) -> dict:
     """Exact-answer rate per question family (the record's ``tier``) on held-out perception items (indices
-    after the training ones), and for "Describe the image." the fraction whose occupied cells are right."""
+    after the training ones), and for "Describe the image." the fraction whose occupied cells are right.
+    """
     import torch
 
     from sherlock.diagnostics import caption_shapes

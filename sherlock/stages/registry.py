@@ -25,6 +25,7 @@ from sherlock.data.schema import PAIRS_FILE
 
 @dataclass(frozen=True)
 class Stage:
+    """A stage: its name (the command, module, run function and component) and how it runs."""
     name: str
     help: str
     outputs: Mapping[str, str] = field(default_factory=dict)  # name -> path under the output ({config field})
@@ -36,7 +37,8 @@ class Stage:
     @property
     def identifier(self) -> str:
         """The name with ``-`` written ``_``: the module, the run function and the Kubeflow component
-        (``components/<identifier>/``)."""
+        (``components/<identifier>/``).
+        """
         return self.name.replace("-", "_")
 
     @property
@@ -104,14 +106,16 @@ def stage(name: str) -> Stage:
 def preset(name: str, scale: str = "paper", config: type | None = None) -> dict:
     """The preset ``configs/<scale>/<stage>[.<variant>].yaml`` (with the preset it ``extends``:
     :func:`sherlock.config.read_settings`) checked against its stage's config class, or against
-    ``config`` for a preset of another command (``deploy``); see :func:`check_settings`."""
+    ``config`` for a preset of another command (``deploy``); see :func:`check_settings`.
+    """
     values = read_settings(CONFIGS / scale / f"{name}.yaml")
     return check_settings(config or stage(name.split(".")[0]).config, values)
 
 
 def check_settings(config: type, values: dict) -> dict:
     """``values`` (a pipeline step's settings) checked against ``config``: every key a field, every value of
-    its type, and no input or output location (the pipeline wires those). Returns ``values``."""
+    its type, and no input or output location (the pipeline wires those). Returns ``values``.
+    """
     locations = {field for kind in URI_KINDS for field in uri_fields(config, kind)}
     if wired := sorted(locations & set(values)):
         raise ConfigError(f"{config.__name__} settings may not set {wired}: the pipeline passes them between steps")

@@ -19,6 +19,7 @@ from sherlock.stages.io import record_stage_config
 
 @dataclass(kw_only=True)
 class SampleConfig:
+    """Config of ``sherlock sample``."""
     data: str = help_field(help="LLaVA-CoT style jsonl, or a directory holding it and its images", uri="data")
     data_file: str = help_field("train.jsonl", "the jsonl's name when data is a directory")
     output: str = help_field(help="directory for the subsets and manifest.json", uri="output")
@@ -27,6 +28,7 @@ class SampleConfig:
     max_bad_fraction: float = help_field(DEFAULT_MAX_BAD_FRACTION, "largest tolerated fraction of invalid lines")
 
     def parsed_sizes(self) -> dict[str, int]:
+        """The subset sizes as ``{name: size}``."""
         try:
             sizes = {name.strip(): int(size) for name, size in (part.split("=") for part in self.sizes.split(","))}
         except ValueError:

@@ -23,6 +23,7 @@ REJECTED_FILE, STATS_FILE = (STAGES["sample-rejected"].outputs[name] for name in
 
 @dataclass(kw_only=True)
 class SampleRejectedConfig(SamplingSettings):
+    """Config of ``sherlock sample-rejected``."""
     model: str = help_field(help="R0 checkpoint", uri="model")
     data: str = help_field(help="data set directory or jsonl (D_B)", uri="data")
     output: str = help_field(help="directory for rejected.jsonl", uri="output")

@@ -54,10 +54,10 @@ FIRST_TURNS = ("scl", "question")
 
 
 def scl_answer(response: str, answer_type: str) -> str | None:
-    """The answer of an SCL response: the ``## X ##`` patterns first (spec §2, in order).
+    r"""The answer of an SCL response: the ``## X ##`` patterns first (spec §2, in order).
 
     Without them, the CONCLUSION block (this project's response format), then, for option
-    letters, the authors' fallback ``([ABCD])\\.``.
+    letters, the authors' fallback ``([ABCD])\.``.
     """
     for pattern in SCL_ANSWER_PATTERNS:
         if match := pattern.search(response):
@@ -92,7 +92,8 @@ def scl_pair(record: Record, initial: str, refined: str, kind: int) -> Preferenc
 def review_conversations(first_turns: list[str], initial: list[str], review_prompt: int,
                          contexts: list[Context]) -> list[list[dict]]:
     """Turn 2 of every chat: [turn 1 (image + text, after the question's earlier turns), the initial
-    answer, the review request]."""
+    answer, the review request].
+    """
     review = follow_up_turn(scl_review_turn(review_prompt))
     return [[*prompt_turns(first, context), assistant_turn(answer), review]
             for first, answer, context in zip(first_turns, initial, contexts, strict=True)]
@@ -100,6 +101,7 @@ def review_conversations(first_turns: list[str], initial: list[str], review_prom
 
 @dataclass(kw_only=True)
 class SCLPairsConfig(SamplingSettings):
+    """Config of ``sherlock scl-pairs``."""
     model: str = help_field(help="instruction-following checkpoint that answers and reviews", uri="model")
     data: str = help_field(help="labelled data set directory or jsonl (gold answers judge both turns)", uri="data")
     output: str = help_field(help="directory for pairs.jsonl, responses.jsonl, stats.json and the images",
@@ -109,6 +111,7 @@ class SCLPairsConfig(SamplingSettings):
     seed: int = help_field(0, "sampling seed")
 
     def check(self) -> None:
+        """Refuse bad settings before a model is loaded."""
         if not 0 <= self.review_prompt < len(SCL_REVIEW_PROMPTS):
             raise ConfigError(f"review_prompt must be in 0..{len(SCL_REVIEW_PROMPTS) - 1}, got {self.review_prompt}")
         if self.first_turn not in FIRST_TURNS:

@@ -21,6 +21,7 @@ from sherlock.training.sft import correction_examples, examples_from_records, tr
 
 @dataclass(kw_only=True)
 class SFTStageConfig(TrainSettings):
+    """Config of ``sherlock sft`` (R0, or Sherlock-SFT with ``rejected``)."""
     model: str = help_field(help="starting checkpoint (the base model)", uri="model")
     data: str = help_field(help="data set directory or jsonl (D_A for R0, D_B for Sherlock-SFT)", uri="data")
     output: str = help_field(help="directory for checkpoints and the trained model", uri="output")
@@ -30,6 +31,7 @@ class SFTStageConfig(TrainSettings):
                                        "micro-batches of similar length (no effect at grad_accum 1)")
 
     def check(self) -> None:
+        """Refuse bad settings and a missing checkpoint before training."""
         self.check_training()
         require_checkpoint(self.model)
 

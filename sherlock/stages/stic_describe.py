@@ -28,6 +28,7 @@ DESCRIPTIONS_FILE = STAGES["stic-describe"].outputs["descriptions"]
 
 @dataclass(kw_only=True)
 class STICDescribeConfig(SamplingSettings):
+    """Config of ``sherlock stic-describe``."""
     model: str = help_field(help="STIC stage-1 checkpoint that writes the descriptions", uri="model")
     data: str = help_field(help="labelled SFT data set directory or jsonl", uri="data")
     output: str = help_field(help="data set directory: data.jsonl with description-infused prompts + images",

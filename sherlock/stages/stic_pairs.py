@@ -1,5 +1,6 @@
-"""STIC stage 1 data (spec §3, the authors' ``generate_pref.py``): description preferences from unlabeled
-images. For every image,
+"""STIC stage 1 data (spec §3, the authors' ``generate_pref.py``): description preferences from unlabeled images.
+
+For every image,
 
 - y_w: the model's answer to the step-by-step description prompt on the **clean** image;
 - x: one of the 8 simple description prompts (the stored training prompt);
@@ -37,7 +38,8 @@ HALLUCINATION = "hallucination_prompt"
 @dataclass(frozen=True)
 class Dispreferred:
     """How y_l of one image is drawn: the simple prompt x, the prompt y_l answers, and the corruption seed
-    (``None``: a hallucination prompt on the clean image)."""
+    (``None``: a hallucination prompt on the clean image).
+    """
 
     simple_prompt: str
     prompt: str
@@ -45,7 +47,7 @@ class Dispreferred:
 
 
 def draw_dispreferred(rng: random.Random) -> Dispreferred:
-    """x ~ U(simple prompts); y_l from a hallucination prompt (p = 0.5) or from x on a corrupted image."""
+    """X ~ U(simple prompts); y_l from a hallucination prompt (p = 0.5) or from x on a corrupted image."""
     simple = rng.choice(STIC_SIMPLE_PROMPTS)
     if rng.random() < 0.5:
         return Dispreferred(simple, rng.choice(STIC_HALLUCINATION_PROMPTS), None)
@@ -54,6 +56,7 @@ def draw_dispreferred(rng: random.Random) -> Dispreferred:
 
 @dataclass(kw_only=True)
 class STICPairsConfig(SamplingSettings):
+    """Config of ``sherlock stic-pairs``."""
     model: str = help_field(help="checkpoint that writes both descriptions (the model STIC improves)", uri="model")
     data: str = help_field(help="data set directory or jsonl; only its images are used (unlabeled)", uri="data")
     output: str = help_field(help="directory for pairs.jsonl, stats.json and the clean images", uri="output")

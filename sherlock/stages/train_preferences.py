@@ -50,6 +50,7 @@ class TrainPreferencesConfig(SherlockLossConfig, TrainSettings):
     warmup_ratio: float = help_field(0.0, "fraction of steps with linear warm-up")
 
     def check(self) -> None:
+        """Refuse bad settings before training."""
         self.check_training()
         if not (self.use_sc or self.use_dpo):
             raise ConfigError("use_sc and use_dpo are both false: the loss would be empty")

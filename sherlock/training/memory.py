@@ -59,9 +59,11 @@ class MemoryPlan:
 
     @property
     def per_gpu(self) -> int:
+        """Bytes per GPU: model states and activations."""
         return self.model_states + self.activations
 
     def line(self) -> str:
+        """The plan as one line for logs and refusals."""
         return (f"memory plan ({self.description}): {self.per_gpu / GiB:.1f} GiB per GPU = model states "
                 f"{self.model_states / GiB:.1f} + activations {self.activations / GiB:.1f}"
                 + (f"; CPU {self.cpu_per_node / GiB:.0f} GiB per node" if self.cpu_per_node else ""))
@@ -89,6 +91,7 @@ class Layout:
         return self.batch_size * self.rows_per_example
 
     def describe(self) -> str:
+        """The layout in words (ZeRO stage, offload, GPUs, batch)."""
         zero = f"ZeRO-{self.zero_stage}" if self.zero_stage else "DDP"
         offload = "+".join(name for name, on in (("optimizer", self.offload_optimizer), ("params", self.offload_params))
                            if on)
@@ -124,7 +127,8 @@ def model_shape(model_dir: str | Path, lora_target: str = DEFAULT_LORA_TARGET, l
 
 def model_states(shape: ModelShape, layout: Layout) -> tuple[int, int]:
     """(GPU bytes, CPU bytes per node) of weights, gradients and optimizer states; DeepSpeed's estimators
-    for full fine-tuning under ZeRO-2/3 (imported there only: DDP and LoRA need no DeepSpeed installed)."""
+    for full fine-tuning under ZeRO-2/3 (imported there only: DDP and LoRA need no DeepSpeed installed).
+    """
     gpus = layout.gpus_per_node * layout.nodes
     if layout.finetuning == "full" and layout.zero_stage == 3:
         from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
@@ -160,6 +164,7 @@ def activations(shape: ModelShape, layout: Layout) -> int:
 
 
 def plan(shape: ModelShape, layout: Layout) -> MemoryPlan:
+    """The memory plan of ``shape`` trained in ``layout``."""
     gpu, cpu = model_states(shape, layout)
     return MemoryPlan(gpu, activations(shape, layout), cpu, layout.describe())
 
@@ -191,7 +196,8 @@ def alternatives(layout: Layout) -> list[tuple[str, Layout]]:
 
 def check_fits(shape: ModelShape, layout: Layout, gpu_bytes: int) -> MemoryPlan:
     """The plan, or :class:`ConfigError` when it needs more than :data:`HEADROOM` of ``gpu_bytes``,
-    naming the first alternative setting that fits."""
+    naming the first alternative setting that fits.
+    """
     needed = plan(shape, layout)
     budget = HEADROOM * gpu_bytes
     if needed.per_gpu <= budget:
@@ -217,7 +223,8 @@ def layout_of(settings, gpus_per_node: int, nodes: int, sequence_length: int, ro
 
 def plan_training_step(model_dir: str | Path, settings, sequence_length: int, rows_per_example: int) -> MemoryPlan:
     """Plan the step of ``settings`` (a :class:`~sherlock.training.setup.TrainSettings`) on this job's GPUs,
-    print it, and on GPUs refuse what does not fit (:func:`check_fits`) before the model is loaded."""
+    print it, and on GPUs refuse what does not fit (:func:`check_fits`) before the model is loaded.
+    """
     import torch
 
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))

@@ -23,7 +23,8 @@ LENGTH_SPREAD = 1.3  # a length bucket's longest row is at most this times its s
 
 def bucket_spread() -> float:
     """:data:`LENGTH_SPREAD`, or one bucket under torchrun: DDP and ZeRO-3 need every rank to make the
-    same forward calls."""
+    same forward calls.
+    """
     return math.inf if distributed.world_size() > 1 else LENGTH_SPREAD
 
 
@@ -38,16 +39,17 @@ def length_buckets(lengths: list[int], spread: float) -> list[list[int]]:
 
 
 def label_logps(head, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log π of each label token from the last hidden states (the output projection and log-softmax)."""
+    """Log π of each label token from the last hidden states (the output projection and log-softmax)."""
     return selective_log_softmax(head(hidden), labels)
 
 
 def labelled_logps(model, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log π(label) of each token, 0 where unlabelled; ``hidden[..., t, :]`` predicts ``labels[..., t]``.
+    """Log π(label) of each token, 0 where unlabelled; ``hidden[..., t, :]`` predicts ``labels[..., t]``.
 
     The logits are never kept for the backward pass: the output projection and log-softmax run under
     activation checkpointing, so a batch holds tokens × hidden activations there instead of tokens ×
-    vocabulary."""
+    vocabulary.
+    """
     head = getattr(model, "module", model).get_output_embeddings()  # through DDP / DeepSpeed wrappers
     inputs = (head, hidden, labels.clamp(min=0))
     token_logps = checkpoint(label_logps, *inputs, use_reentrant=False) if torch.is_grad_enabled() \
@@ -60,14 +62,16 @@ PACKING_ATTENTION = ("sdpa", "eager")  # the attention implementations that take
 
 def packs_contexts(model) -> bool:
     """Whether :func:`sequence_logps` may pack each context with its suffixes (:func:`packed_logps`): the
-    model's attention must take an arbitrary 4-D mask (SDPA, eager; FlashAttention 2 takes none)."""
+    model's attention must take an arbitrary 4-D mask (SDPA, eager; FlashAttention 2 takes none).
+    """
     unwrapped = getattr(model, "module", model)
     return unwrapped.config.get_text_config()._attn_implementation in PACKING_ATTENTION
 
 
 def full_row_logps(model, batch: dict) -> torch.Tensor:
     """Σ log π(labels) of every row from whole-row forward passes: rows in length buckets, each cut to
-    its own longest row; under torchrun one pass over all rows."""
+    its own longest row; under torchrun one pass over all rows.
+    """
     lengths = batch["attention_mask"].sum(-1).tolist()
     per_sequence = [None] * len(lengths)
     for rows in length_buckets(lengths, bucket_spread()):
@@ -148,7 +152,8 @@ def packed_attention_mask(model, bucket: PackedBucket, inputs: dict):
     """The additive 4-D mask of packed rows: causal, a suffix sees its context and itself, never another
     suffix; an image's tokens see each other where the family says so (:attr:`Family.image_blocks`,
     Gemma 3); padding sees only itself. With sliding-window layers, the mask per layer type: the window
-    counts positions, which the packing keeps."""
+    counts positions, which the packing keeps.
+    """
     index = torch.arange(bucket.valid.shape[1], device=bucket.valid.device)
     query, key = (slice(None), slice(None), None), (slice(None), None, slice(None))
     segment = bucket.segment

@@ -27,7 +27,8 @@ from sherlock.training.setup import ConvertedCheckpointResume
 
 class SherlockTrainer(ConvertedCheckpointResume, Trainer):
     """``Trainer`` whose loss is :func:`sherlock_objective` (L_Sherlock over the 10-sequence layout, or
-    DPO with an SFT term over 2) with cached reference log-probs."""
+    DPO with an SFT term over 2) with cached reference log-probs.
+    """
 
     def __init__(self, *args, reference_logps: torch.Tensor, loss_config: SherlockLossConfig, **kwargs):
         super().__init__(*args, **kwargs)
@@ -37,6 +38,7 @@ class SherlockTrainer(ConvertedCheckpointResume, Trainer):
         self._metrics: dict[str, list[float]] = defaultdict(list)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The Sherlock objective (Eqs. 6–8) of the batch against the cached reference log-probs."""
         policy = sequence_logps(model, inputs)
         reference = self.reference_logps[inputs["index"].cpu()].to(policy.device)
         loss, parts = sherlock_objective(policy, reference, inputs["truncation_step"], inputs["noise_level"],

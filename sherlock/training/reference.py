@@ -1,5 +1,6 @@
 """Reference log-probs: log π_ref of every pair's sequences from a frozen copy of the starting checkpoint,
-computed once per (model, data) and cached on disk."""
+computed once per (model, data) and cached on disk.
+"""
 
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ def reference_cache_path(cache_dir: str | Path, reference_dir: str | Path, data_
 
 @torch.no_grad()
 def compute_reference_logps(model, dataset: PreferenceDataset, collator, batch_size: int = 8) -> torch.Tensor:
-    """log π_ref of every pair's sequences, shape (pairs, slots), in data set order; under torchrun the
-    batches are shared out over the ranks and every rank gets the whole table."""
+    """Log π_ref of every pair's sequences, shape (pairs, slots), in data set order; under torchrun the
+    batches are shared out over the ranks and every rank gets the whole table.
+    """
     model.eval()
     def batch_logps(start: int) -> list[torch.Tensor]:
         batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])

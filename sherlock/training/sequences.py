@@ -30,7 +30,8 @@ LAYOUT_KEYS = ("slots", "index", "truncation_step", "noise_level", "labels", "co
 
 def pair_sequences(pair: PreferencePair, num_slots: int = NUM_SEQUENCES) -> list[tuple[str, str, str]]:
     """The (prompt, prefix, suffix) triples of one pair in slot order: all 10, or the 2 of L_DPO. Each
-    prompt is the last user turn, after the pair's context."""
+    prompt is the last user turn, after the pair's context.
+    """
     triples = [(pair.question, "", pair.chosen), (pair.question, "", pair.rejected)]
     if num_slots == DPO_SEQUENCES:
         return triples
@@ -46,7 +47,8 @@ def pair_sequences(pair: PreferencePair, num_slots: int = NUM_SEQUENCES) -> list
 
 def sequence_extent(pairs: list[PreferencePair], processor, num_slots: int = NUM_SEQUENCES) -> tuple[int, int]:
     """(most unique sequences of one pair, tokens of the longest sequence): what a micro-batch of one
-    pair runs at most, for the memory plan (:mod:`sherlock.training.memory`)."""
+    pair runs at most, for the memory plan (:mod:`sherlock.training.memory`).
+    """
     unique = [list(dict.fromkeys(pair_sequences(pair, num_slots))) for pair in pairs]
     texts = [processor.apply_chat_template(prompt_turns(prompt, pair.context), add_generation_prompt=True)
              + prefix + suffix for pair, triples in zip(pairs, unique) for prompt, prefix, suffix in triples]
@@ -110,11 +112,13 @@ class PreferenceDataset(Dataset):
 @dataclass
 class PreferenceCollator:
     """Pads the unique sequences of a batch of pairs into one model batch (right padding). Each row
-    also names its context (prompt + prefix: an id unique in the batch) and where its labels start."""
+    also names its context (prompt + prefix: an id unique in the batch) and where its labels start.
+    """
 
     pad_token_id: int
 
     def __call__(self, items: list[dict]) -> dict:
+        """Pad the batch's sequences and keep each item's slot layout."""
         sequences, slots = [], []
         for item in items:
             slots.append([len(sequences) + s for s in item["slots"]])

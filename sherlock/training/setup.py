@@ -184,7 +184,8 @@ class ConvertedCheckpointResume:
 def incomplete(checkpoint: Path) -> str | None:
     """Why ``checkpoint`` cannot be resumed from (a save cut short), or None when it is complete: a
     readable ``trainer_state.json``, every safetensors file whole (and every shard of an index), the
-    optimizer and scheduler states (torch's zip format) whole where present."""
+    optimizer and scheduler states (torch's zip format) whole where present.
+    """
     try:
         json.loads((checkpoint / TRAINER_STATE).read_text())["global_step"]
     except (OSError, ValueError, KeyError) as error:
@@ -210,7 +211,8 @@ def incomplete(checkpoint: Path) -> str | None:
 
 def resume_checkpoint(settings: TrainSettings, output_dir: str | Path) -> str | None:
     """The newest complete ``checkpoint-N`` in ``output_dir`` when resuming is on (:func:`incomplete`:
-    a checkpoint whose save was cut short is skipped, with its reason, for the one before it)."""
+    a checkpoint whose save was cut short is skipped, with its reason, for the one before it).
+    """
     output_dir = Path(output_dir)
     if not settings.resume or not output_dir.is_dir():
         return None
@@ -228,6 +230,7 @@ class MlflowMetricsCallback(TrainerCallback):
     """Logs every ``Trainer`` log line (loss terms, ``rewards/*``, β statistics) to the active MLflow run."""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        """Log the trainer's metrics to the active MLflow run at the global step."""
         import mlflow
 
         if state.is_world_process_zero and mlflow.active_run() is not None and logs:

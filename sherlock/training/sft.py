@@ -43,7 +43,8 @@ from sherlock.training.setup import (
 @dataclass(frozen=True)
 class SFTExample:
     """One training sequence: a user prompt with an image (after the earlier turns of its
-    conversation), and the target response."""
+    conversation), and the target response.
+    """
 
     prompt: str
     response: str
@@ -70,12 +71,14 @@ def correction_examples(records: list[Record], rejected: dict[str, str], image_r
 
 class LastTurnLoss:
     """Wraps TRL's collator: of the assistant tokens it labels, only the last turn's stay labelled
-    (the earlier turns of a conversation are context)."""
+    (the earlier turns of a conversation are context).
+    """
 
     def __init__(self, collator):
         self.collator = collator
 
     def __call__(self, examples: list[dict]) -> dict:
+        """Collate ``examples`` with TRL's collator, then unlabel every assistant turn but the last."""
         batch = self.collator(examples)
         labels = batch["labels"]
         labelled = labels != IGNORE_INDEX
@@ -92,7 +95,8 @@ class VLMSFTTrainer(ConvertedCheckpointResume, SFTTrainer):
     VLM checkpoints with converted weight names correctly and, under
     ``train_sampling_strategy="batch_rebalance"``, keeps the precomputed length column for the
     sampler (TRL keeps only messages and images of a vision data set) and shuffles with the run's data
-    seed (transformers 5.23 leaves the sampler at its default seed, 42, whatever the run's seed)."""
+    seed (transformers 5.23 leaves the sampler at its default seed, 42, whatever the run's seed).
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -113,7 +117,8 @@ class VLMSFTTrainer(ConvertedCheckpointResume, SFTTrainer):
 
 def sft_dataset(examples: list[SFTExample], lengths: list[int] | None = None) -> Dataset:
     """A ``messages`` + ``images`` dataset in the layout TRL's vision SFT collator expects, with a
-    ``length`` column (tokens per example) when ``lengths`` are given."""
+    ``length`` column (tokens per example) when ``lengths`` are given.
+    """
     if not examples:
         raise ValueError("the SFT data set is empty")
     columns = {
