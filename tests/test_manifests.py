@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from sherlock.serving.schema import validate_manifest
+from tests.admission import admission
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
@@ -469,30 +470,19 @@ def test_values_validate_against_the_schema():
         assert list(validator.iter_errors(broken)), path
 
 
-def admission(isvc: dict) -> list[str]:
-    """The messages of the validations of manifests/cluster-policy that refuse ``isvc``, evaluated by a
-    real CEL implementation (variables first, in order, as the API server does). There is no API
-    server here: this checks the policy's logic, not its registration."""
-    import cel
-
-    (policy,) = [d for d in render("cluster-policy") if d["kind"] == "ValidatingAdmissionPolicy"]
-    context = {"object": isvc, "variables": {}}
-    for variable in policy["spec"]["variables"]:
-        context["variables"][variable["name"]] = cel.evaluate(variable["expression"], context)
-    return [check["message"] for check in policy["spec"]["validations"]
-            if cel.evaluate(check["expression"], context) is not True]
-
-
 def test_cluster_policy_validates_strictly_and_binds_the_namespace():
     documents = render("cluster-policy")
     assert {d["kind"] for d in documents} == {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
     for document in documents:
         assert "namespace" not in document["metadata"]  # cluster-scoped
         validate_manifest(document)
-    (binding,) = [d for d in documents if d["kind"] == "ValidatingAdmissionPolicyBinding"]
-    assert binding["spec"]["validationActions"] == ["Deny"]
-    assert binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"] == {
-        "kubernetes.io/metadata.name": "sherlock"}
+    bindings = {d["spec"]["policyName"]: d for d in documents if d["kind"] == "ValidatingAdmissionPolicyBinding"}
+    policies = {d["metadata"]["name"]: d for d in documents if d["kind"] == "ValidatingAdmissionPolicy"}
+    assert set(bindings) == set(policies) == {"sherlock-inferenceservices", "sherlock-trainjobs"}
+    for binding in bindings.values():
+        assert binding["spec"]["validationActions"] == ["Deny"]
+        assert binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"] == {
+            "kubernetes.io/metadata.name": "sherlock"}
 
 
 def test_admission_policy_admits_what_deploy_writes_and_refuses_tampered_services():
@@ -507,12 +497,12 @@ def test_admission_policy_admits_what_deploy_writes_and_refuses_tampered_service
         "model": "models:/sherlock@champion", "output": "/tmp/unused", "name": name}), "s3://sherlock/r/ckpt", version))
         for name in ("sherlock", "sherlock-scl", "sherlock-stic")}
     for name, isvc in deployed.items():
-        assert admission(isvc) == [], name
+        assert admission("sherlock-inferenceservices", isvc) == [], name
 
     def tampered(change) -> list[str]:
         isvc = copy.deepcopy(deployed["sherlock"])
         change(isvc)
-        return admission(isvc)
+        return admission("sherlock-inferenceservices", isvc)
 
     predictor = lambda isvc: isvc["spec"]["predictor"]  # noqa: E731
     container = lambda isvc: predictor(isvc)["containers"][0]  # noqa: E731
@@ -526,14 +516,40 @@ def test_admission_policy_admits_what_deploy_writes_and_refuses_tampered_service
         "only emptyDir": lambda i: predictor(i)["volumes"].append({"name": "s",
                                                                    "secret": {"secretName": "sherlock-minio"}}),
     }
-    cases["project image (model)"] = lambda i: predictor(i).update(model={"modelFormat": {"name": "sherlock"},
-                                                                          "image": "docker.io/attacker/x:1"})
+    fields = "the predictor has only the fields"
+    cases[f"{fields} (model)"] = lambda i: predictor(i).update(model={"modelFormat": {"name": "sherlock"},
+                                                                     "image": "docker.io/attacker/x:1"})
+    # the bypasses of a deny-list: a framework field, the model field with another runtime, a worker
+    cases[f"{fields} (framework)"] = lambda i: predictor(i).update(sklearn={
+        "image": "docker.io/attacker/x:1", "command": ["sh", "-c", "env"],
+        "envFrom": [{"secretRef": {"name": "sherlock-minio"}}]})
+    cases[f"{fields} (runtime)"] = lambda i: predictor(i).update(model={
+        "modelFormat": {"name": "huggingface"}, "runtime": "kserve-huggingfaceserver",
+        "args": ["--trust_remote_code"], "storageUri": "https://attacker.example/model"})
+    cases[f"{fields} (worker)"] = lambda i: predictor(i).update(workerSpec={"containers": [
+        {"image": "docker.io/attacker/x:1"}]})
+    cases[f"{fields} (host)"] = lambda i: predictor(i).update(hostNetwork=True)
+    cases["one container (two)"] = lambda i: predictor(i)["containers"].append(dict(container(i), name="side"))
+    cases["allow-listed flags (URI)"] = lambda i: container(i)["args"].extend(["--model", "models:/evil@x"])
+    cases["allow-listed flags (flag)"] = lambda i: container(i)["args"].append("--trust-remote-code")
+    cases["HTTP probes (exec)"] = lambda i: container(i).update(livenessProbe={"exec": {"command": ["sh", "-c", "id"]}})
+    cases["HTTP probes (host port)"] = lambda i: container(i)["ports"][0].update(hostPort=8080)
+    cases["STORAGE_URI under (bucket)"] = lambda i: container(i)["env"][0].update(value="s3://other/ckpt")
+    cases["only variables.env (name)"] = lambda i: container(i)["env"].append({"name": "LD_PRELOAD", "value": "/x"})
+    cases["non-root (privileged)"] = lambda i: container(i)["securityContext"].update(privileged=True)
+    cases["non-root (capability)"] = lambda i: container(i)["securityContext"]["capabilities"].update(add=["NET_RAW"])
+    cases["non-root (root)"] = lambda i: container(i)["securityContext"].update(runAsNonRoot=False)
+    cases["labels are (NetworkPolicy label)"] = lambda i: i["metadata"]["labels"].update(
+        {"sherlock.dev/s3-client": "true"})
+    cases["labels are (mesh)"] = lambda i: i["metadata"]["annotations"].update({"sidecar.istio.io/inject": "false"})
     cases["nothing from a Secret (env)"] = lambda i: container(i)["env"].append(
         {"name": "K", "valueFrom": {"secretKeyRef": {"name": "sherlock-minio", "key": "MINIO_ROOT_PASSWORD"}}})
     for expected, change in cases.items():
         refused = tampered(change)
         assert len(refused) == 1 and expected.split(" (")[0] in refused[0], (expected, refused)
     assert tampered(lambda i: container(i).update(image="ghcr.io/sherlock-vlm/sherlock@sha256:" + "0" * 64)) == []
+    token = {"name": "token", "secret": {"secretName": "sherlock-serving-token"}}
+    assert tampered(lambda i: predictor(i)["volumes"].append(token)) == []  # the predictor's bearer token
 
 
 def test_the_trainer_runtime_validates_and_the_chart_renders_the_same():

@@ -196,3 +196,56 @@ def test_a_step_runs_as_a_trainjob_on_the_sdks_local_backend(tiny_model_dir, sub
     assert "rank 1 of world size 2" in log and "Completed with code 0" in log
     state = json.loads((Path(output) / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and (Path(output) / "model.safetensors").is_file()
+
+
+def test_trainjob_admission_admits_the_steps_trainjob_and_refuses_what_would_change_its_identity(cluster):
+    """manifests/cluster-policy/trainjob-policy.yaml (CEL evaluated here: see tests/admission.py) against the
+    TrainJob a step submits through the SDK, and against TrainJobs a pipeline step could submit instead."""
+    import copy
+
+    from tests.admission import admission
+
+    options = ClusterOptions(trainer="trainjob", num_nodes=2, checkpoint_pvc="checkpoints", gpu_memory="512Gi",
+                             s3_ca_configmap="sherlock-s3-ca")
+    _, job = submitted(cluster, options)
+    assert admission("sherlock-trainjobs", job) == []
+
+    def pod(j):
+        return j["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0][
+            "template"]["spec"]["template"]
+
+    def tampered(change) -> list[str]:
+        changed = copy.deepcopy(job)
+        change(changed)
+        return admission("sherlock-trainjobs", changed)
+
+    minio = {"name": "K", "valueFrom": {"secretKeyRef": {"name": "sherlock-minio", "key": "MINIO_ROOT_PASSWORD"}}}
+    cases = {
+        "the project's runtime": lambda j: j["spec"]["runtimeRef"].update(name="torch-distributed"),
+        "the project's runtime (initializer)": lambda j: j["spec"].update(initializer={"model": {
+            "storageUri": "hf://attacker/model"}}),
+        "the project image": lambda j: j["spec"]["trainer"].update(image="docker.io/attacker/miner:1"),
+        "ServiceAccount": lambda j: pod(j)["spec"].update(serviceAccountName="sherlock-deployer"),
+        "ServiceAccount (host)": lambda j: pod(j)["spec"].update(hostNetwork=True),
+        "only emptyDir": lambda j: pod(j)["spec"]["volumes"].append(
+            {"name": "token", "secret": {"secretName": "sherlock-deployer-token"}}),
+        "only emptyDir (root)": lambda j: pod(j)["spec"]["volumes"].append(
+            {"name": "minio", "secret": {"secretName": "sherlock-minio"}}),
+        "only emptyDir (host)": lambda j: pod(j)["spec"]["volumes"].append({"name": "h", "hostPath": {"path": "/"}}),
+        "environment from": lambda j: pod(j)["spec"]["containers"][0]["env"].append(minio),
+        "environment from (trainer)": lambda j: j["spec"]["trainer"].update(env=[minio]),
+        "environment from (image)": lambda j: pod(j)["spec"]["containers"][0].update(image="attacker:1"),
+        "a runtime patch sets (label)": lambda j: pod(j)["metadata"]["labels"].update(
+            {"app.kubernetes.io/name": "mlflow"}),
+        "a runtime patch sets (jobset)": lambda j: j["spec"]["runtimePatches"][0]["trainingRuntimeSpec"].update(
+            mlPolicy={"numNodes": 64}),
+    }
+    for expected, change in cases.items():
+        refused = tampered(change)
+        assert len(refused) == 1 and expected.split(" (")[0] in refused[0], (expected, refused)
+    # the project's own options, set the way an attacker would: refused before anything runs
+    settings = settings_of(options, 1, service_account="sherlock-deployer",
+                           volumes=[{"name": "t", "secret": {"secretName": "sherlock-deployer-token"}}])
+    name = submit_trainjob(kubernetes_client(cluster), settings, "sft", {"model": "m", "data": "d", "output": "o"},
+                           "run-2", 1, {})
+    assert len(admission("sherlock-trainjobs", cluster.resources["trainjobs"][(NAMESPACE, name)])) == 2
