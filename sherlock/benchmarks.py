@@ -299,7 +299,7 @@ BENCHMARKS = {
     "hallusionbench": Benchmark("HallusionBench", _hallusionbench, "hallusion",
                                 "score = aAcc (questions); fAcc (figures) and qAcc (questions over figures) beside it"),
     "mmmu": Benchmark("MMMU_DEV_VAL", _mmmu, "mmmu",
-                      "score = the validation split (dev beside it); the first image of multi-image questions"),
+                      "score = the validation split (dev beside it); every image of a multi-image question"),
     "mathvista": Benchmark("MathVista_MINI", _mathvista, "accuracy",
                            "rule-based answer extraction; the official metric extracts answers with GPT"),
     "mme": Benchmark("MME", _yes_no, "mme", "perception + cognition score, acc + acc+ per subtask (max 2800)"),

@@ -548,8 +548,11 @@ def test_admission_policy_admits_what_deploy_writes_and_refuses_tampered_service
         refused = tampered(change)
         assert len(refused) == 1 and expected.split(" (")[0] in refused[0], (expected, refused)
     assert tampered(lambda i: container(i).update(image="ghcr.io/sherlock-vlm/sherlock@sha256:" + "0" * 64)) == []
-    token = {"name": "token", "secret": {"secretName": "sherlock-serving-token"}}
-    assert tampered(lambda i: predictor(i)["volumes"].append(token)) == []  # the predictor's bearer token
+    with_token = to_manifest(inference_service(load_config(DeployConfig, overrides={
+        "model": "models:/sherlock@champion", "output": "/tmp/unused", "token_secret": "sherlock-serving-token"}),
+        "s3://sherlock/r/ckpt", version))  # the predictor's bearer token, mounted from its Secret
+    assert "--token-file" in container(with_token)["args"] and admission("sherlock-inferenceservices", with_token) == []
+    assert predictor(with_token)["volumes"][-1] == {"name": "token", "secret": {"secretName": "sherlock-serving-token"}}
 
 
 def test_the_trainer_runtime_validates_and_the_chart_renders_the_same():

@@ -37,6 +37,8 @@ CLUSTER_SCHEMES = ("s3://", "gs://", "pvc://", "https://", "hf://")  # what the 
 # where the deploy step finds the deployer's ServiceAccount token Secret (token, ca.crt): a KFP run has one
 # ServiceAccount for every step, so the right to write InferenceServices is mounted into this step alone
 DEPLOYER_CREDENTIALS = Path("/var/run/secrets/sherlock-deployer")
+TOKEN_DIR = "/var/run/secrets/sherlock-serving"  # where the predictor reads its bearer token (token_secret)
+TERMINATION_MARGIN_S = 10  # SIGTERM to SIGKILL beyond the server's own drain
 
 
 class DeployError(RuntimeError):
@@ -63,6 +65,10 @@ class DeployConfig(GPUPlacement):
     canary_traffic_percent: int = help_field(100, help="traffic for the new revision when patching (Serverless)")
     max_batch_size: int = help_field(8, help="requests answered by one generate call")
     batch_wait_ms: float = help_field(10.0, help="how long a batch waits to fill")
+    request_timeout_s: float = help_field(300.0, help="a request's deadline; the pod's termination grace "
+                                                       "period covers it")
+    token_secret: str = help_field("", help="Secret whose key `token` callers must send as a bearer token "
+                                            "('' : none; the mesh authenticates callers)")
     load_seconds: int = help_field(600, help="allowed model load time before liveness checks begin")
     timeout_seconds: int = help_field(900, help="how long to wait for Ready")
     poll_seconds: float = help_field(10.0, help="status polling interval while waiting")
@@ -88,6 +94,8 @@ def inference_service(config: DeployConfig, storage_uri: str, version) -> object
     from kserve import V1beta1InferenceService, V1beta1InferenceServiceSpec, V1beta1PredictorSpec, constants
     from kubernetes import client
 
+    from sherlock.serving.server import grace_period
+
     requests = {"cpu": config.cpu, "memory": config.memory}
     limits = {"memory": config.memory}
     if config.gpus:
@@ -96,7 +104,9 @@ def inference_service(config: DeployConfig, storage_uri: str, version) -> object
     container = client.V1Container(
         name="kserve-container", image=config.image, command=["sherlock", "serve"],
         args=["--model", MODEL_DIR, "--name", config.name, "--host", "0.0.0.0", "--http-port", str(PORT),
-              "--max-batch-size", str(config.max_batch_size), "--batch-wait-ms", str(config.batch_wait_ms)],
+              "--max-batch-size", str(config.max_batch_size), "--batch-wait-ms", str(config.batch_wait_ms),
+              "--request-timeout-s", str(config.request_timeout_s)]
+        + (["--token-file", f"{TOKEN_DIR}/token"] if config.token_secret else []),
         env=[client.V1EnvVar(name="STORAGE_URI", value=storage_uri),
              client.V1EnvVar(name="HF_HUB_OFFLINE", value="1"), client.V1EnvVar(name="HOME", value="/tmp"),
              client.V1EnvVar(name="SHERLOCK_CACHE", value=CACHE_DIR)],
@@ -113,13 +123,18 @@ def inference_service(config: DeployConfig, storage_uri: str, version) -> object
                 type="RuntimeDefault")),
         # a read-only root: every path the server writes is an emptyDir, writable by whatever user the pod runs as
         volume_mounts=[client.V1VolumeMount(name="tmp", mount_path="/tmp"),
-                       client.V1VolumeMount(name="cache", mount_path=CACHE_DIR)])
+                       client.V1VolumeMount(name="cache", mount_path=CACHE_DIR)]
+        + ([client.V1VolumeMount(name="token", mount_path=TOKEN_DIR, read_only=True)] if config.token_secret else []))
     predictor = V1beta1PredictorSpec(
         containers=[container], service_account_name=config.service_account,
         node_selector=config.selector() or None,
         tolerations=[client.V1Toleration(key=key, operator="Exists", effect="NoSchedule")
                      for key in config.toleration_keys()] or None,
-        volumes=[client.V1Volume(name=name, empty_dir=client.V1EmptyDirVolumeSource()) for name in ("tmp", "cache")],
+        volumes=[client.V1Volume(name=name, empty_dir=client.V1EmptyDirVolumeSource()) for name in ("tmp", "cache")]
+        + ([client.V1Volume(name="token", secret=client.V1SecretVolumeSource(secret_name=config.token_secret))]
+           if config.token_secret else []),
+        # SIGTERM to SIGKILL: the server drains for the request deadline (sherlock serve), plus a margin
+        termination_grace_period_seconds=grace_period(config.request_timeout_s) + TERMINATION_MARGIN_S,
         min_replicas=config.min_replicas, max_replicas=config.max_replicas)
     metadata = client.V1ObjectMeta(
         name=config.name, namespace=config.namespace,

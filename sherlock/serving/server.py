@@ -2,17 +2,23 @@
 
 The socket is bound before the model loads, so a taken port fails at once with its reason, and
 listens only once the model is loaded (readiness probes fail until then). :class:`RequestGuard`
-bounds the body and cancels a request whose client went away. gRPC is not served: the limits and
-cancellation here are enforced on HTTP only.
+bounds the body and cancels a request whose client went away; :class:`ClosedRoutes` keeps KServe's
+model-repository routes and the API docs closed and liveness honest; :class:`BearerToken` (with
+``--token-file``) refuses a request without the token. After SIGTERM the socket stops accepting (a new
+connection is refused) and requests in flight get their deadline to finish. gRPC is not served: the
+limits and cancellation here are enforced on HTTP only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
+import math
 import signal
 import socket
 import sys
+from collections.abc import Callable
 
 from sherlock.serving.settings import Limits, ServeConfig
 
@@ -33,6 +39,11 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def grace_period(request_timeout_s: float) -> int:
+    """Seconds the drain after SIGTERM waits for requests in flight: the request deadline and 5 s more."""
+    return math.ceil(request_timeout_s) + 5
+
+
 def error_body(path: str, prefix: str, message: str, kind: str) -> bytes:
     """An error in the route's own shape: OpenAI's ``{"error": {…}}`` under the prefix, KServe's otherwise."""
     if path.startswith(prefix + "/v1/"):
@@ -50,11 +61,7 @@ class RequestGuard:
         self.app, self.max_body_bytes, self.openai_prefix = app, max_body_bytes, openai_prefix
 
     async def _refuse(self, scope, send, status: int, message: str, kind: str) -> None:
-        body = error_body(scope["path"], self.openai_prefix, message, kind)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+        await respond(send, status, error_body(scope["path"], self.openai_prefix, message, kind))
 
     async def __call__(self, scope, receive, send):
         """Refuse an oversized body before the app reads it; pass everything else on."""
@@ -110,6 +117,61 @@ class RequestGuard:
             watcher.cancel()
 
 
+CLOSED_PREFIXES = ("/v2/repository/", "/openapi.json", "/docs", "/redoc")  # KServe's and FastAPI's, not served
+
+
+class ClosedRoutes:
+    """ASGI middleware: KServe's model-repository extension (``POST /v2/repository/models/<name>/unload``:
+    one anonymous call left the predictor answering 404 while liveness stayed 200) and FastAPI's API docs
+    answer 404; liveness (``GET /``) answers 503 once ``ready()`` is false (the predictor's batcher ended),
+    so the kubelet restarts the pod. KServe registers both on every server and always answers liveness.
+    """
+
+    def __init__(self, app, ready: Callable[[], bool]):
+        self.app, self.ready = app, ready
+
+    async def __call__(self, scope, receive, send):
+        """Refuse a closed route, or liveness of a model that is no longer ready; pass the rest on."""
+        if scope["type"] == "http" and scope["path"].startswith(CLOSED_PREFIXES):
+            return await respond(send, 404, json.dumps({"error": "Not Found"}).encode())
+        if scope["type"] == "http" and scope["path"] == "/" and not self.ready():
+            return await respond(send, 503, json.dumps({"error": "the model is no longer ready"}).encode())
+        return await self.app(scope, receive, send)
+
+
+async def respond(send, status: int, body: bytes, headers: tuple = ()) -> None:
+    """Send a whole JSON response of ``status`` and close the connection."""
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close"), *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BearerToken:
+    """ASGI middleware: every HTTP request but the health probes (``probes``: the kubelet sends no
+    credentials) must carry ``Authorization: Bearer <token>``, compared in constant time; else 401 with
+    ``WWW-Authenticate: Bearer``, before the body is read. OpenAI's client sends its ``api_key`` this way.
+    """
+
+    def __init__(self, app, token: str, probes: frozenset[str], openai_prefix: str):
+        self.app, self.probes, self.openai_prefix = app, probes, openai_prefix
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope, receive, send):
+        """Pass a probe or a request with the token on; refuse anything else."""
+        if scope["type"] != "http" or (scope["method"] == "GET" and scope["path"] in self.probes):
+            return await self.app(scope, receive, send)
+        if hmac.compare_digest(dict(scope["headers"]).get(b"authorization", b""), self.expected):
+            return await self.app(scope, receive, send)
+        body = error_body(scope["path"], self.openai_prefix, "a valid bearer token is required", "authentication_error")
+        await respond(send, 401, body, ((b"www-authenticate", b"Bearer"),))
+
+
+def probe_paths(name: str) -> frozenset[str]:
+    """The health routes of model ``name`` (liveness, readiness, v1 and v2), served without a token."""
+    return frozenset({"/", "/v2/health/live", "/v2/health/ready", f"/v1/models/{name}", f"/v2/models/{name}/ready"})
+
+
 def serve(config: ServeConfig) -> None:
     """Bind, load ``config.model`` (path, ``s3://`` or ``models:/<name>@<alias>``), then serve until SIGTERM."""
     sock = bind(config.host, config.http_port)
@@ -130,8 +192,10 @@ def serve(config: ServeConfig) -> None:
     predictor.load()
     repository = ModelRepository()
     repository.update(predictor)
+    # a request may run request_timeout_s: the drain after SIGTERM waits that long (plus a margin) for it
     server = RESTServer("kserve.model_server:app", RawBytesDataPlane(model_registry=repository),
-                        ModelRepositoryExtension(model_registry=repository), config.http_port, workers=1)
+                        ModelRepositoryExtension(model_registry=repository), config.http_port, workers=1,
+                        grace_period=grace_period(config.request_timeout_s))
 
     def refuse(status: int, headers: dict | None = None):
         return lambda request, error: ORJSONResponse({"error": str(error)}, status_code=status, headers=headers)
@@ -140,6 +204,10 @@ def serve(config: ServeConfig) -> None:
     app.add_exception_handler(DeadlineExceeded, refuse(504))
     app.include_router(openai_router(predictor, config.openai_route_prefix))
     app.add_middleware(RequestGuard, max_body_bytes=config.max_body_bytes, openai_prefix=config.openai_route_prefix)
+    app.add_middleware(ClosedRoutes, ready=lambda: predictor.ready)
+    if config.token_file:  # outermost: an unauthenticated request is refused before its body is read
+        app.add_middleware(BearerToken, token=config.token(), probes=probe_paths(config.name),
+                           openai_prefix=config.openai_route_prefix)
     host, port = sock.getsockname()[:2]
     print(f"model {config.name} loaded from {config.model}; serving on http://{host}:{port} (v1, v2 and "
           f"{config.openai_route_prefix}/v1/chat/completions)", flush=True)

@@ -43,14 +43,28 @@ class ServeConfig(Limits):
     batch_wait_ms: float = help_field(10.0, "how long a batch waits to fill")
     openai_route_prefix: str = help_field(OPENAI_PREFIX, "prefix of PREFIX/v1/chat/completions and "
                                                          "PREFIX/v1/models ('' serves /v1/chat/completions)")
+    token_file: str = help_field("", "file holding a bearer token every request but the health probes must send "
+                                     "(Authorization: Bearer TOKEN); '' serves without one (auth in the mesh)")
 
     def __post_init__(self) -> None:
         if self.openai_route_prefix and not self.openai_route_prefix.startswith("/"):
             self.openai_route_prefix = "/" + self.openai_route_prefix
         self.openai_route_prefix = self.openai_route_prefix.rstrip("/")
+        if self.token_file:
+            self.token()
         bad = [f"{name}={value}" for name, value in vars(self).items()
                if (name.startswith("max_") or name == "request_timeout_s") and value <= 0]
         if bad or self.batch_wait_ms < 0 or not 0 <= self.http_port < 65536:
             raise ConfigError(f"need positive limits ({', '.join(bad) or 'ok'}), batch_wait_ms >= 0 and "
                               f"http_port in [0, 65535] (0: any free port), got {self.batch_wait_ms} and "
                               f"{self.http_port}")
+
+    def token(self) -> str:
+        """The bearer token of :attr:`token_file` (whitespace stripped); an empty or unreadable file is refused."""
+        try:
+            token = open(self.token_file, encoding="utf-8").read().strip()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"cannot read token_file {self.token_file}: {error}") from None
+        if len(token) < 16:
+            raise ConfigError(f"token_file {self.token_file} holds {len(token)} characters; a token needs 16 or more")
+        return token

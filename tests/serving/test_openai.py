@@ -72,18 +72,21 @@ def test_errors_are_openai_shaped(client, settings, error, text):
     assert text in caught.value.message and caught.value.body["type"] == "invalid_request_error"
 
 
-def test_the_docs_curl_lines_run_verbatim(server, tmp_path):
-    """Every ``curl`` line of docs/serving.md's first example, run by bash with shapes.png beside it."""
+def test_the_docs_curl_lines_run_as_pasted(server, tmp_path):
+    """docs/serving.md's first example as pasted into bash, shapes.png beside it: only its address is changed
+    to this server's, and its first line (``sherlock serve``, which this test's server stands for) dropped."""
     block = re.search(r"```bash\n(.*?)```", (ROOT / "docs/serving.md").read_text(), re.DOTALL).group(1)
-    lines = [line for line in block.replace("\\\n", "").splitlines() if line.startswith("curl ")]
-    assert len(lines) == 3, lines  # v1, v2, OpenAI chat
+    serve, script = block.split("\n", 1)
+    assert serve.startswith(".venv/bin/sherlock serve") and script.count("curl ") == 3  # v1, v2, OpenAI chat
     (tmp_path / "shapes.png").write_bytes(png_bytes())
-    for line in lines:
-        result = subprocess.run(["bash", "-c", line.replace("localhost:8080", f"127.0.0.1:{server.port}")],
-                                cwd=tmp_path, capture_output=True, text=True, timeout=180)
-        assert result.returncode == 0, result.stderr
-        body = json.loads(result.stdout)
-        assert "error" not in body and ("predictions" in body or "outputs" in body or "choices" in body), body
+    result = subprocess.run(["bash", "-e", "-c", script.replace("localhost:8080", f"127.0.0.1:{server.port}")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    decoder, position, bodies = json.JSONDecoder(), 0, []
+    while position < len(result.stdout):
+        body, position = decoder.raw_decode(result.stdout, position)
+        bodies.append(body)
+    assert [next(iter(body)) for body in bodies] == ["predictions", "model_name", "id"], bodies
 
 
 def test_the_route_prefix_follows_kserve_openai_route_prefix(tiny_model_dir, tmp_path, monkeypatch):

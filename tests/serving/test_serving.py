@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import httpx
 import numpy as np
@@ -176,6 +177,9 @@ def test_the_deployed_command_line_serves_answers_its_probes_and_stops_on_sigter
     (container,) = to_manifest(inference_service(config, "s3://b/k", SimpleNamespace(name="m", version="1")))[
         "spec"]["predictor"]["containers"]
     assert container["args"][container["args"].index("--host") + 1] == "0.0.0.0"  # a pod serves its own IP
+    (predictor,) = [to_manifest(inference_service(config, "s3://b/k", SimpleNamespace(name="m", version="1")))[
+        "spec"]["predictor"]]
+    assert predictor["terminationGracePeriodSeconds"] > config.request_timeout_s  # SIGKILL after the drain
     port, log = free_port(), tmp_path / "server.log"
     argv = [str(tiny_model_dir) if arg == MODEL_DIR else str(port) if arg == str(PORT) else arg
             for arg in container["command"] + container["args"]]
@@ -188,7 +192,25 @@ def test_the_deployed_command_line_serves_answers_its_probes_and_stops_on_sigter
             assert container[probe]["httpGet"]["port"] == PORT
             assert httpx.get(url + container[probe]["httpGet"]["path"]).status_code == 200, probe
         assert httpx.get(f"{url}/v1/models/not-{config.name}").status_code == 404
+        # a request in flight (its body still arriving) when SIGTERM comes: a new connection is refused at
+        # once, the request in flight is answered, then the server exits
+        body = json.dumps({"instances": [{"image": png(), "question": QUESTION, "max_new_tokens": 4}]}).encode()
+        inflight = socket.create_connection(("127.0.0.1", port))
+        inflight.sendall(b"POST /v1/models/vlm:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
         process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # until the server has taken the signal
+            try:
+                httpx.get(f"{url}/v2/health/live", timeout=2)
+            except httpx.ConnectError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("new connections still accepted 10 s after SIGTERM")
+        inflight.sendall(body[10:])
+        assert inflight.makefile("rb").readline().startswith(b"HTTP/1.1 200"), "the request in flight was dropped"
+        inflight.close()
         assert process.wait(30) == 0
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{url}/v2/models/vlm/ready")
@@ -225,3 +247,83 @@ def test_raw_bytes_data_plane_against_kserves_own():
     for bad in (body[:-3], b"!" + body[1:]):  # a tensor cut short, a header that is not JSON
         with pytest.raises(InvalidInput):
             ours.decode_inference_request(bad, headers, "m")
+
+
+def test_no_repository_or_api_docs_routes_and_an_unload_attempt_changes_nothing(server):
+    """KServe registers model load/unload and FastAPI its API docs on every server; one anonymous unload
+    left the predictor answering 404 while liveness stayed 200. None of these routes is served here."""
+    for path in ("/v2/repository/models/sherlock/unload", "/v2/repository/models/sherlock/load",
+                 "/v2/repository/index"):
+        assert httpx.post(server.url + path).status_code == 404, path
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert httpx.get(server.url + path).status_code == 404, path
+    assert httpx.get(f"{server.url}/v1/models/sherlock").status_code == 200
+    assert httpx.get(f"{server.url}/").json() == {"status": "alive"}
+    assert predict_v1(server.url, {"image": png(), "question": QUESTION, "max_new_tokens": 4}).status_code == 200
+
+
+def test_liveness_follows_the_model():
+    """Liveness answers 503 once the predictor is no longer ready (its batcher ended), so the kubelet
+    restarts the pod; KServe's own liveness, the same app without :class:`ClosedRoutes`, answers 200."""
+    from kserve.model_repository import ModelRepository
+    from kserve.model_server import app
+    from kserve.protocol.dataplane import DataPlane
+    from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+    from kserve.protocol.rest.server import RESTServer
+
+    from sherlock.serving.server import ClosedRoutes
+
+    repository = ModelRepository()
+    RESTServer("kserve.model_server:app", DataPlane(repository), ModelRepositoryExtension(repository),
+               0).create_application()
+    ready = {"value": True}
+    guarded = ClosedRoutes(app, ready=lambda: ready["value"])
+
+    async def get(asgi, path):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://t") as client:
+            return await client.get(path)
+
+    assert asyncio.run(get(guarded, "/")).status_code == 200
+    assert asyncio.run(get(guarded, "/openapi.json")).status_code == 404
+    assert asyncio.run(get(app, "/openapi.json")).status_code == 200  # what ClosedRoutes closes
+    ready["value"] = False
+    assert asyncio.run(get(guarded, "/")).status_code == 503
+    assert asyncio.run(get(app, "/")).json() == {"status": "alive"}  # KServe's: alive whatever the model does
+
+
+def test_a_bearer_token_guards_every_route_but_the_probes(tiny_model_dir, tmp_path):
+    """With --token-file, a request without the token (or with another) is a 401 before its body is read;
+    the kubelet's probes need none; KServe's and OpenAI's clients send it as a bearer token."""
+    from openai import APIStatusError, OpenAI
+    from served import start_server
+
+    token = "s3cr3t-" + "x" * 24
+    (tmp_path / "token").write_text(token + "\n")
+    served = start_server(tiny_model_dir, tmp_path / "server.log", "--token-file", str(tmp_path / "token"))
+    try:
+        url, body = served.url, {"instances": [{"image": png(), "question": QUESTION, "max_new_tokens": 4}]}
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+            refused = httpx.post(f"{url}/v1/models/sherlock:predict", json=body, headers=headers)
+            assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer", headers
+        assert httpx.get(f"{url}/metrics").status_code == 401
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        for probe in ("/", "/v2/health/live", "/v2/health/ready", "/v1/models/sherlock", "/v2/models/sherlock/ready"):
+            assert httpx.get(url + probe).status_code == 200, probe
+        allowed = {"Authorization": f"Bearer {token}"}
+        assert httpx.post(f"{url}/v1/models/sherlock:predict", json=body, headers=allowed).status_code == 200
+        assert httpx.get(f"{url}/metrics", headers=allowed).status_code == 200
+        image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + png()}}
+        messages = [{"role": "user", "content": [{"type": "text", "text": QUESTION}, image]}]
+        with pytest.raises(APIStatusError) as refused:
+            OpenAI(base_url=f"{url}/openai/v1", api_key="wrong").chat.completions.create(
+                model="sherlock", messages=messages, max_tokens=4)
+        assert refused.value.status_code == 401 and "bearer token" in refused.value.message
+        answer = OpenAI(base_url=f"{url}/openai/v1", api_key=token).chat.completions.create(
+            model="sherlock", messages=messages, max_tokens=4)
+        assert answer.choices[0].message.content is not None
+    finally:
+        served.stop()
+    (tmp_path / "short").write_text("abc")
+    refused = subprocess.run([sys.executable, "-m", "sherlock.cli", "serve", "--model", str(tiny_model_dir),
+                              "--token-file", str(tmp_path / "short")], capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "16 or more" in refused.stderr
