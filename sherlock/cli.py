@@ -38,7 +38,7 @@ def _synth(args) -> None:
 def _upload(args) -> None:
     from sherlock.storage import publish
 
-    print(publish(args.local, args.uri))
+    print(publish(args.local, args.uri, follow_symlinks=args.follow_symlinks))
 
 
 def _make_buckets(args) -> None:
@@ -141,6 +141,8 @@ def _synth_arguments(parser: argparse.ArgumentParser) -> None:
 def _upload_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("local", type=Path)
     parser.add_argument("uri")
+    parser.add_argument("--follow-symlinks", action="store_true",
+                        help="publish what symbolic links under LOCAL point to (refused without this flag)")
     parser.set_defaults(func=_upload)
 
 

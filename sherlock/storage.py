@@ -82,9 +82,39 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def directory_files(root: Path) -> list[Path]:
-    """Every regular file under ``root`` (relative paths, sorted), the manifest excluded."""
-    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and p != root / MANIFEST_FILE)
+class SymlinkError(StorageError):
+    """A directory to publish holds symbolic links and was not asked to follow them."""
+
+
+def directory_files(root: Path, follow_symlinks: bool = False) -> list[Path]:
+    """Every regular file under ``root`` (relative paths, sorted), the manifest excluded.
+
+    A symbolic link is refused (:class:`SymlinkError`, every link with its target): a linked file would
+    publish bytes from outside the directory (a private key), a linked directory would be skipped. With
+    ``follow_symlinks`` both are followed on purpose (a data set whose ``images -> /shared/images``), each
+    noted on stderr; a link to a directory above it, or to nothing, is refused either way.
+    """
+    files, links, walked = [], [], set()
+    for directory, subdirectories, names in os.walk(root, followlinks=follow_symlinks):
+        here = Path(directory)
+        if here.resolve() in walked:
+            raise SymlinkError(f"{here} reaches {here.resolve()} a second time (a link to a directory above it, "
+                               "or two links to one directory)")
+        walked.add(here.resolve())
+        for name in subdirectories + names:
+            path = here / name
+            if path.is_symlink():
+                if not path.exists():
+                    raise SymlinkError(f"{path} is a symbolic link to nothing ({os.readlink(path)})")
+                links.append(path)
+        files += [(here / name).relative_to(root) for name in names if (here / name).is_file()]
+    if links and not follow_symlinks:
+        listed = "\n".join(f"  {link} -> {os.readlink(link)}" for link in links)
+        raise SymlinkError(f"{root} holds symbolic links; copy what they point to into it, or follow them on "
+                           f"purpose (sherlock upload --follow-symlinks):\n{listed}")
+    for link in links:
+        print(f"following {link} -> {link.resolve()}", file=sys.stderr)
+    return sorted(path for path in files if path != Path(MANIFEST_FILE))
 
 
 def manifest_text(sums: dict[str, str]) -> str:
@@ -92,9 +122,12 @@ def manifest_text(sums: dict[str, str]) -> str:
     return "".join(f"{digest}  {name}\n" for name, digest in sums.items())
 
 
-def file_sums(root: str | Path) -> dict[str, str]:
-    """``{relative path: sha256}`` of every file under ``root`` (its manifest excluded)."""
-    return {path.as_posix(): sha256_file(Path(root) / path) for path in directory_files(Path(root))}
+def file_sums(root: str | Path, follow_symlinks: bool = False) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``root`` (its manifest excluded; links:
+    :func:`directory_files`).
+    """
+    return {path.as_posix(): sha256_file(Path(root) / path)
+            for path in directory_files(Path(root), follow_symlinks)}
 
 
 def sums_digest(sums: dict[str, str]) -> str:
@@ -124,10 +157,10 @@ def directory_digest(root: str | Path, storage: Storage | None = None) -> str:
     return sums_digest(sums)
 
 
-def write_manifest(root: str | Path) -> dict[str, str]:
+def write_manifest(root: str | Path, follow_symlinks: bool = False) -> dict[str, str]:
     """Hash every file under ``root`` into ``root/SHA256SUMS``; returns ``{relative path: sha256}``."""
     root = Path(root)
-    sums = file_sums(root)
+    sums = file_sums(root, follow_symlinks)
     (root / MANIFEST_FILE).write_text(manifest_text(sums))
     return sums
 
@@ -305,7 +338,7 @@ class Storage:
             self._call(f"copy {uri}/{name} -> {target}/{name}", self.client.copy_object, target_bucket, target_key,
                        CopySource(bucket, key))
 
-    def upload_dir(self, local: str | Path, uri: str) -> dict[str, str]:
+    def upload_dir(self, local: str | Path, uri: str, follow_symlinks: bool = False) -> dict[str, str]:
         """Upload every file under ``local`` to the prefix ``uri``, manifest last; returns the sums.
 
         Never destroys a complete version: when ``uri`` already holds one with other contents, it is
@@ -314,10 +347,10 @@ class Storage:
         and the previous version whole beside it. Objects under ``uri`` that the new manifest does not
         list (the previous version's, a cut upload's) are removed before the manifest goes up, so the
         prefix holds exactly the new version (KServe's storage initializer copies every key under it).
-        The same contents again is a no-op (a retried step).
+        The same contents again is a no-op (a retried step). Symbolic links: :func:`directory_files`.
         """
         local, uri = Path(local), uri.rstrip("/")
-        sums = write_manifest(local)
+        sums = write_manifest(local, follow_symlinks)
         previous = self.manifest(uri)
         if previous == sums:
             return sums
@@ -386,6 +419,7 @@ def fetch(uri: str | Path, storage: Storage | None = None, with_directory: bool 
     bucket, key = split_s3_uri(uri)
     target = cache_root() / "s3" / bucket / key
     target.parent.mkdir(parents=True, exist_ok=True)
+    check_no_links(cache_root(), target)
     with open(f"{target}.lock", "w") as lock:  # processes of one node (torchrun ranks) download once
         fcntl.flock(lock, fcntl.LOCK_EX)
         storage = storage or Storage()
@@ -431,17 +465,31 @@ def _fetch_s3(uri: str, target: Path, storage: Storage, covering) -> Path:
     return storage.download_dir(uri, target, sums)
 
 
-def publish(local: str | Path, uri: str | Path, storage: Storage | None = None) -> str:
+def check_no_links(root: Path, path: Path) -> None:
+    """Refuse ``path`` under ``root`` when a part of it below ``root`` is a symbolic link: a cache
+    directory replaced by a link would have downloads written wherever it points.
+    """
+    for part in [path, *path.parents]:
+        if part == root:
+            return
+        if part.is_symlink():
+            raise StorageError(f"{part} is a symbolic link (to {os.readlink(part)}); the cache under {root} holds "
+                               "only what it downloaded: remove the link")
+
+
+def publish(local: str | Path, uri: str | Path, storage: Storage | None = None, follow_symlinks: bool = False) -> str:
     """Make the directory ``local`` available at ``uri``: uploaded to S3, or copied to a local path.
 
-    Either way the directory gets a SHA256SUMS manifest. Returns ``uri`` as a string.
+    Either way the directory gets a SHA256SUMS manifest; symbolic links are refused unless
+    ``follow_symlinks`` (:func:`directory_files`). Returns ``uri`` as a string.
     """
     local = Path(local)
     if is_s3(uri):
-        (storage or Storage()).upload_dir(local, str(uri))
+        (storage or Storage()).upload_dir(local, str(uri), follow_symlinks)
     elif Path(uri).resolve() != local.resolve():
-        shutil.copytree(local, uri, dirs_exist_ok=True)
+        directory_files(local, follow_symlinks)  # refused before anything is copied
+        shutil.copytree(local, uri, dirs_exist_ok=True)  # links copied as what they point to
         write_manifest(uri)
     else:
-        write_manifest(local)
+        write_manifest(local, follow_symlinks)
     return str(uri)

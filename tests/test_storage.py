@@ -1,7 +1,9 @@
 """The URI layer against a real HTTP S3 endpoint (moto's server, authentication on)."""
 
 import os
+import shutil
 import subprocess
+import sys
 
 import pytest
 from servers import FaultyProxy
@@ -168,3 +170,49 @@ def test_a_cached_file_changed_on_disk_is_downloaded_again(tree, bucket, tmp_pat
 def test_secrets_stay_out_of_the_settings_repr():
     text = repr(S3Settings(access_key="AKIAEXAMPLE", secret_key="s3cr3t-value", session_token="t0ken-value"))
     assert "AKIAEXAMPLE" in text and "s3cr3t-value" not in text and "t0ken-value" not in text
+
+
+def test_symbolic_links_are_refused_unless_followed_on_purpose(tree, bucket, tmp_path, monkeypatch):
+    """A linked file would upload bytes from outside the directory (a private key), a linked directory was
+    silently skipped (the manifest listed no images); both are refused, naming the link, and uploaded
+    only with follow_symlinks (``sherlock upload --follow-symlinks``). A cycle is refused either way."""
+    secret = tmp_path / "id_ed25519"
+    secret.write_text("PRIVATE KEY")
+    images = tmp_path / "shared-images"
+    images.mkdir()
+    (images / "a.png").write_bytes(b"png bytes")
+    (tree / "key").symlink_to(secret)
+    (tree / "images").symlink_to(images)
+    storage = Storage()
+    with pytest.raises(StorageError, match=r"symbolic links.*\n.*images -> .*shared-images\n.*key -> .*id_ed25519"):
+        storage.upload_dir(tree, f"s3://{bucket}/linked")
+    assert storage.list_names(f"s3://{bucket}/linked") == []  # refused before anything went up
+    with pytest.raises(StorageError, match="symbolic links"):
+        publish(tree, tmp_path / "copy")
+    assert not (tmp_path / "copy").exists()
+
+    (tree / "key").unlink()
+    result = subprocess.run([sys.executable, "-m", "sherlock.cli", "upload", "--follow-symlinks", str(tree),
+                             f"s3://{bucket}/linked"], capture_output=True, text=True, env=os.environ, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "following" in result.stderr and "shared-images" in result.stderr
+    monkeypatch.setenv("SHERLOCK_CACHE", str(tmp_path / "cache"))
+    assert (fetch(f"s3://{bucket}/linked") / "images" / "a.png").read_bytes() == b"png bytes"
+
+    (images / "loop").symlink_to(tree)
+    with pytest.raises(StorageError, match="a second time"):
+        storage.upload_dir(tree, f"s3://{bucket}/linked", follow_symlinks=True)
+
+
+def test_a_cache_directory_replaced_by_a_link_is_refused(tree, bucket, tmp_path, monkeypatch):
+    """A download never follows a link planted in the cache: the files would land where it points."""
+    monkeypatch.setenv("SHERLOCK_CACHE", str(tmp_path / "cache"))
+    uri = publish(tree, f"s3://{bucket}/data/subset")
+    local = fetch(uri)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.rmtree(local)
+    local.symlink_to(elsewhere)
+    with pytest.raises(StorageError, match="is a symbolic link"):
+        fetch(uri)
+    assert list(elsewhere.iterdir()) == []
