@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import io
 import math
+import re
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -48,12 +49,13 @@ from sherlock.answers import (
 from sherlock.chat import Context
 from sherlock.config import registered
 from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, DataQualityError, load_data
-from sherlock.data.schema import open_image, write_jsonl
+from sherlock.data.schema import MAX_DATA_IMAGE_PIXELS, open_image, write_jsonl
 
 OPTION_LETTERS = "ABCDEFGHI"
 MCQ_INSTRUCTION = "Please select the correct answer from the options above."
 MME_CATEGORIES_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 MME_SCALE = 28  # the paper's average divides MME (max 2800) by 28
+NOT_UTF8 = re.compile("[\udc80-\udcff]")  # bytes that are not UTF-8, as surrogateescape keeps them
 IMAGE_REFERENCE_LENGTH = 64  # VLMEvalKit: an image cell this short is the index of the row whose image it repeats
 CIRCULAR_OFFSET = 1_000_000  # MMBench: row index + k·10⁶ is rotation k of question ``index``
 GRADERS = "sherlock.graders"  # entry-point group of MM-Vet graders: grade(question, gold, response) -> 0..1
@@ -110,6 +112,9 @@ def _decode_images(value: str) -> list[Image.Image]:
             raise BadRow(f"image {number} is not base64") from None
         try:
             with Image.open(io.BytesIO(data)) as image:
+                if image.width * image.height > MAX_DATA_IMAGE_PIXELS:
+                    raise BadRow(f"image {number} is {image.width}x{image.height}, over the {MAX_DATA_IMAGE_PIXELS}-"
+                                 "pixel limit")
                 images.append(image.convert("RGB"))  # decodes every pixel: a truncated file fails here
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
             raise BadRow(f"image {number} does not decode ({type(error).__name__}: {error})") from None
@@ -121,27 +126,24 @@ def _first_image(row: dict) -> Image.Image:
     return _decode_images(row["image"])[0]
 
 
-def read_tsv(path: str | Path) -> list[tuple[int, dict]]:
-    """``(line, row)`` of every data row, with VLMEvalKit's image references resolved.
+def read_tsv(path: str | Path) -> list[tuple[int, dict, str | None]]:
+    """``(line, row, fault)`` of every data row, with VLMEvalKit's image references resolved; ``fault``
+    says why the row cannot be read (``None``: it can), and the row is then quarantined with its line.
 
     An ``image`` cell of at most :data:`IMAGE_REFERENCE_LENGTH` characters is the index of the row
     whose image it repeats ("for saving space"); the row gets that image and ``image_of`` = the index.
-    A reference to a missing row or to another reference is left in place: the row is then
-    quarantined when it becomes an item.
+    Faults: a row with more or fewer cells than the header, bytes that are not UTF-8 (the file is read
+    with them escaped, so only their rows are lost), an empty image cell, a reference to a missing row
+    (a short cell of digits) or to another reference.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"benchmark file not found: {path}")
     csv.field_size_limit(sys.maxsize)
-    rows = []
-    try:
-        with open(path, encoding="utf-8", newline="") as source:
-            reader = csv.DictReader(source, delimiter="\t")
-            for row in reader:
-                rows.append((reader.line_num, row))
-            columns = set(reader.fieldnames or ())
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path} is not UTF-8 text ({error})") from None
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t")
+    rows = [(reader.line_num, row) for row in reader]
+    columns = set(reader.fieldnames or ())
     if not rows:
         raise ValueError(f"{path} holds no rows")
     if "answer" not in columns and {"index", "question", "image"} <= columns:
@@ -153,12 +155,30 @@ def read_tsv(path: str | Path) -> list[tuple[int, dict]]:
     images = {str(row["index"]): row["image"] or "" for _, row in rows}
     resolved = []
     for line, row in rows:
-        cell = row["image"] or ""
-        target = images.get(cell.strip()) if len(cell) <= IMAGE_REFERENCE_LENGTH else None
-        if target is not None and len(target) > IMAGE_REFERENCE_LENGTH:
-            row = row | {"image": target, "image_of": cell.strip()}
-        resolved.append((line, row))
+        cell, fault = row["image"] or "", _row_fault(row, len(columns))
+        if fault is None and not cell.strip():
+            fault = "the image cell is empty"
+        elif fault is None and len(cell) <= IMAGE_REFERENCE_LENGTH and (cell.strip() in images
+                                                                         or cell.strip().isdigit()):
+            target = images.get(cell.strip())
+            if target is None or len(target) <= IMAGE_REFERENCE_LENGTH:
+                fault = (f"image cell {cell.strip()!r} refers to row index {cell.strip()!r}, which "
+                         + ("does not exist" if target is None else "holds a reference itself, not an image"))
+            else:
+                row = row | {"image": target, "image_of": cell.strip()}
+        resolved.append((line, row, fault))
     return resolved
+
+
+def _row_fault(row: dict, num_columns: int) -> str | None:
+    """Why a TSV row cannot be read as its header says: ragged, or not UTF-8 (``None``: it can)."""
+    if None in row:  # csv puts cells past the header under the key None
+        return f"{num_columns + len(row[None])} cells; the header has {num_columns}"
+    if any(value is None for value in row.values()):
+        return f"{sum(value is not None for value in row.values())} cells; the header has {num_columns}"
+    if not_utf8 := [key for key, value in row.items() if NOT_UTF8.search(value)]:
+        return f"bytes that are not UTF-8 in column(s) {not_utf8}"
+    return None
 
 
 def _present(value) -> bool:
@@ -331,8 +351,10 @@ def load_benchmark(name: str, path: str | Path, limit: int | None = None, quaran
         raise ValueError(f"unknown benchmark {name!r}; choose from {sorted(BENCHMARKS) + ['llava_cot']}")
     rows = read_tsv(path)[:limit]
     items, bad = [], []
-    for line, row in rows:
+    for line, row, fault in rows:
         try:
+            if fault is not None:
+                raise BadRow(fault)
             items.append(BENCHMARKS[name].item(row))
         except BadRow as error:
             bad.append({"line": line, "index": row.get("index"), "reason": str(error)})

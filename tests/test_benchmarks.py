@@ -249,14 +249,30 @@ def test_bad_rows_are_quarantined_with_line_and_reason_and_too_many_refuse_the_f
     rows[7] |= {"image": "not base64 at all, and longer than sixty-four characters so not a reference!"}
     rows[9] |= {"image": truncated}
     rows[12] |= {"answer": "nan"}
+    rows[14] |= {"image": ""}
+    rows[16] |= {"image": "3"}  # names a row that holds a reference itself
+    bomb = io.BytesIO()
+    Image.new("1", (12000, 12000)).save(bomb, format="PNG")  # a few KB, 144 Mpx: under PIL's bomb check
+    rows[18] |= {"image": base64.b64encode(bomb.getvalue()).decode()}
     path = _tsv(tmp_path / "MMStar.tsv", rows)
-    items = load_benchmark("mmstar", path, quarantine=tmp_path / "q.jsonl", max_bad_fraction=0.05)
-    assert len(items) == 196 and {i.id for i in items}.isdisjoint({"3", "7", "9", "12"})
+    lines = path.read_bytes().split(b"\r\n")  # csv's line terminator
+    lines[21] += b"\tan extra cell"  # row 20: ragged, one cell past the header
+    lines[23] = lines[23].rsplit(b"\t", 1)[0]  # row 22: one cell short
+    lines[25] = lines[25].replace(b"What", b"Wh\xffat", 1)  # row 24: a byte that is not UTF-8
+    path.write_bytes(b"\r\n".join(lines))
+    items = load_benchmark("mmstar", path, quarantine=tmp_path / "q.jsonl", max_bad_fraction=0.06)
+    faulty = {"3", "7", "9", "12", "14", "16", "18", "20", "22", "24"}
+    assert len(items) == 190 and {i.id for i in items}.isdisjoint(faulty)
     bad = [json.loads(line) for line in (tmp_path / "q.jsonl").read_text().splitlines()]
-    assert [(b["line"], b["index"]) for b in bad] == [(5, "3"), (9, "7"), (11, "9"), (14, "12")]
-    assert [b["reason"].split(" (")[0] for b in bad] == ["image 1 is not base64", "image 1 is not base64",
-                                                         "image 1 does not decode", "no gold answer"]
-    with pytest.raises(DataQualityError, match=r"4 of 200 rows of .*MMStar.tsv.*line 5, index 3"):
+    assert [(b["line"], b["index"]) for b in bad] == [(int(i) + 2, i) for i in sorted(faulty, key=int)]
+    assert [b["reason"].split(" (")[0] for b in bad] == [
+        "image cell '999' refers to row index '999', which does not exist", "image 1 is not base64",
+        "image 1 does not decode", "no gold answer", "the image cell is empty",
+        "image cell '3' refers to row index '3', which holds a reference itself, not an image",
+        "image 1 is 12000x12000, over the 16777216-pixel limit", f"{len(rows[0]) + 1} cells; the header has "
+        f"{len(rows[0])}", f"{len(rows[0]) - 1} cells; the header has {len(rows[0])}",
+        "bytes that are not UTF-8 in column(s) ['question']"]
+    with pytest.raises(DataQualityError, match=r"10 of 200 rows of .*MMStar.tsv.*line 5, index 3"):
         load_benchmark("mmstar", path, quarantine=tmp_path / "q2.jsonl")  # the default limit: 1 %
 
 

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from sherlock import distributed
 from sherlock.answers import ANSWER_TYPES
-from sherlock.data.schema import Record, write_jsonl
+from sherlock.data.schema import MAX_DATA_IMAGE_PIXELS, Record, write_jsonl
 from sherlock.reasoning import ReasoningFormatError, parse_stages
 
 DEFAULT_MAX_BAD_FRACTION = 0.01
@@ -85,13 +85,20 @@ def image_path(image_root: Path, relative: object) -> Path:
 
 
 def check_image(image_root: Path, relative: object, cache: dict[str, str | None]) -> None:
-    """The image decodes completely (``verify()`` decodes nothing: a truncated file would pass it)."""
+    """The image decodes completely (``verify()`` decodes nothing: a truncated file would pass it) and
+    has at most :data:`MAX_DATA_IMAGE_PIXELS` pixels (read from its header, before decoding).
+    """
     path = image_path(image_root, relative)
     if relative not in cache:
         try:
             with Image.open(path) as image:
+                if image.width * image.height > MAX_DATA_IMAGE_PIXELS:
+                    raise BadLine(f"image too large: {path} is {image.width}x{image.height}, over the "
+                                  f"{MAX_DATA_IMAGE_PIXELS}-pixel limit of training images")
                 image.load()
             cache[relative] = None
+        except BadLine as error:
+            cache[relative] = str(error)
         except FileNotFoundError:
             cache[relative] = f"image not found: {path}"
         except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:

@@ -96,6 +96,9 @@ def file_digest(path: Path) -> str:
 
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")  # what a served model decodes from a caller's bytes
+# a training or benchmark image larger than this is quarantined before it is decoded: a 420 KB PNG of
+# 12000 x 12000 passed PIL's bomb check and took training to 1.7 GB RSS (processors resize far below it)
+MAX_DATA_IMAGE_PIXELS = 4096 * 4096
 
 
 def open_image(image_root: Path, record: Record) -> Image.Image:

@@ -196,7 +196,8 @@ def _png_header_only(path, width, height):
 
 def test_hostile_lines_and_images_are_quarantined_with_their_line_never_a_crash(tmp_path):
     """Invalid UTF-8, non-string values, paths out of the image root (``..``, absolute, a symbolic link),
-    a truncated JPEG (which ``verify()`` passes) and a decompression bomb's header: each line is
+    a truncated JPEG (which ``verify()`` passes), a decompression bomb's header and a 12000 x 12000 PNG (under
+    PIL's bomb check, 1.7 GB of training RSS): each line is
     quarantined with its number and reason; the good lines load."""
     from PIL import Image
 
@@ -208,29 +209,31 @@ def test_hostile_lines_and_images_are_quarantined_with_their_line_never_a_crash(
     with Image.open(images / "truncated.jpg") as image:
         image.verify()  # what the loader used to check: it passes
     _png_header_only(images / "bomb.png", 20000, 20000)
+    _png_header_only(images / "big.png", 12000, 12000)
     (tmp_path / "outside.jpg").write_bytes(whole)
     (images / "link.jpg").symlink_to(tmp_path / "outside.jpg")
     good = json.loads((FIXTURE / "train.jsonl").read_text().splitlines()[0])
     lines = [json.dumps({**good, "id": name, "image": image}) for name, image in [
         ("truncated", "coco/train2017/truncated.jpg"), ("bomb", "coco/train2017/bomb.png"),
-        ("dotdot", "../outside.jpg"), ("absolute", str(tmp_path / "outside.jpg")), ("link", "coco/train2017/link.jpg"),
-        ("not-a-string", 7)]]
+        ("big", "coco/train2017/big.png"), ("dotdot", "../outside.jpg"), ("absolute", str(tmp_path / "outside.jpg")),
+        ("link", "coco/train2017/link.jpg"), ("not-a-string", 7)]]
     lines.append(json.dumps({**good, "id": "number-value", "conversations": [
         good["conversations"][0], {"from": "gpt", "value": 42}]}))
     with open(root / "train.jsonl", "ab") as out:
         out.write(("\n".join(lines) + "\n").encode())
         out.write(json.dumps({**good, "id": "latin-1"}).encode()[:-2] + b'\xe9"}\n')  # one invalid UTF-8 byte
     data = load_llava_cot(root / "train.jsonl", max_bad_fraction=1.0)
-    assert data.num_lines == 14 and len(data.records) == 7
+    assert data.num_lines == 15 and len(data.records) == 7
     rows = [json.loads(line) for line in data.quarantine_path.read_text().splitlines()]
     reasons = {row["line"]: row["reason"] for row in rows}
-    assert sorted(reasons) == list(range(7, 15))
+    assert sorted(reasons) == list(range(7, 16))
     assert reasons[7].startswith("image unreadable") and "truncated" in reasons[7]
     assert "DecompressionBombError" in reasons[8]
-    assert "leaves the image root" in reasons[9] and "leaves the image root" in reasons[10]
-    assert "resolves outside the image root" in reasons[11]
-    assert reasons[12] == "image must be a non-empty string" and reasons[13] == "turn 0: message values must be strings"
-    assert reasons[14].startswith("not UTF-8 text") and "\ufffd" in rows[-1]["raw"]
+    assert reasons[9].startswith("image too large") and "12000x12000, over the 16777216-pixel limit" in reasons[9]
+    assert "leaves the image root" in reasons[10] and "leaves the image root" in reasons[11]
+    assert "resolves outside the image root" in reasons[12]
+    assert reasons[13] == "image must be a non-empty string" and reasons[14] == "turn 0: message values must be strings"
+    assert reasons[15].startswith("not UTF-8 text") and "\ufffd" in rows[-1]["raw"]
 
 
 def test_images_are_read_upright_and_16_bit_ones_keep_their_tones(tmp_path):
