@@ -5,17 +5,19 @@ import csv
 import io
 import json
 import re
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from sherlock.answers import answer_part, normalise_number, normalise_text, numbers_in
 from sherlock.benchmarks import (
     BENCHMARKS,
     MCQ_INSTRUCTION,
     load_benchmark,
     load_grader,
     mme_score,
-    mmvet_rule_grade,
+    mmvet_keyword_grade,
     paper_average,
     score_responses,
 )
@@ -43,6 +45,7 @@ MCQ = [{"index": 0, "question": "What colour is the image?", "hint": "A flat ima
         "C": "green", "D": "nan", "answer": "A", "category": "colour", "image": RED},
        {"index": 1, "question": "What colour is the image?", "hint": "nan", "A": "red", "B": "blue", "C": "nan",
         "D": "nan", "answer": "B", "category": "colour", "image": BLUE}]
+FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures"
 FIXTURES = {
     "mmbench": MCQ,
     "mmstar": [{k: v for k, v in row.items() if k != "hint"} | {"l2_category": "x"} for row in MCQ],
@@ -154,10 +157,44 @@ def test_mmvet_is_graded_by_its_and_or_answers_or_by_a_registered_model_judge(ts
     ("2", "There are two.", 1.0), ("2", "There are 12.", 0.0), ("12.0", "12", 1.0),
     ("4<AND>blue", "Four blue cars.", 1.0), ("4<AND>blue", "4 red cars.", 0.5),
 ])
-def test_mmvet_rule_grade_reads_numbers_as_the_answer_extractor_does(gold, conclusion, grade):
-    """The rule grader finds numbers with :func:`sherlock.answers.numbers_in` (dashes, digit groups,
+def test_mmvet_keyword_grade_reads_numbers_as_the_answer_extractor_does(gold, conclusion, grade):
+    """The keyword grader finds numbers with :func:`sherlock.answers.numbers_in` (dashes, digit groups,
     number words), the same reading as evaluation and the online self-consistency filter."""
-    assert mmvet_rule_grade("q", gold, _conclude(conclusion)) == grade
+    assert mmvet_keyword_grade("q", gold, _conclude(conclusion)) == grade
+
+
+def grader_agreement(grader) -> dict[str, tuple[int, int]]:
+    """``{kind: (cases graded within 0.05 of the reference, cases)}`` on tests/fixtures/mmvet_graded.jsonl: 44
+    MM-Vet-style questions, gold answers and CONCLUSIONs, each with the grade MM-Vet's GPT-4 rubric gives
+    (graded by hand for this set; not MM-Vet's own data or its grader's output)."""
+    agreement = {}
+    for line in (FIXTURE_DIR / "mmvet_graded.jsonl").read_text().splitlines():
+        case = json.loads(line)
+        grade = grader(case["question"], case["gold"], _conclude(case["conclusion"]))
+        hits, total = agreement.get(case["kind"], (0, 0))
+        agreement[case["kind"]] = (hits + (abs(grade - case["grade"]) <= 0.05), total + 1)
+    return agreement
+
+
+def test_the_keyword_grader_on_a_graded_set_denials_and_hedges_get_nothing():
+    """MM-Vet's keyword grading gave 1.0 to "It is not red; it is blue." (gold red), "1, 2, 3, 4 or 5" (gold 4)
+    and "yes or no, I am not sure". Here it agrees with the reference on every exact, wrong, multi-part,
+    negated and hedged case, never grades above it, and misses every paraphrase (what a GPT-4 grader adds).
+    Printed per kind with ``-s``; the plain element match (negations and hedges credited) beside it."""
+    def element_match(question, gold, response):  # the grader before negations and hedges were read
+        words, numbers = f" {normalise_text(answer_part(response))} ", set(numbers_in(answer_part(response)))
+        return max(sum(normalise_number(e) in numbers if normalise_number(e) is not None
+                       else f" {normalise_text(e)} " in words for e in alternative.split("<AND>"))
+                   / len(alternative.split("<AND>")) for alternative in gold.split("<OR>"))
+
+    ours, before = grader_agreement(mmvet_keyword_grade), grader_agreement(element_match)
+    for kind, (hits, total) in ours.items():
+        print(f"{kind:10s} keyword grader {hits}/{total}   element match {before[kind][0]}/{total}")
+    assert {kind: hits for kind, (hits, total) in ours.items() if hits < total} == {"paraphrase": 0}
+    assert before["negation"][0] < ours["negation"][1] and before["hedge"][0] == 0  # what the fix changes
+    for line in (FIXTURE_DIR / "mmvet_graded.jsonl").read_text().splitlines():
+        case = json.loads(line)
+        assert mmvet_keyword_grade("q", case["gold"], _conclude(case["conclusion"])) <= case["grade"] + 0.01, case
 
 
 def test_paper_average_divides_mme_by_28():

@@ -34,7 +34,7 @@ from sherlock.benchmarks import (
     item_score,
     load_benchmark,
     load_grader,
-    mmvet_rule_grade,
+    mmvet_keyword_grade,
     paper_average,
     score_items,
     score_responses,
@@ -89,8 +89,9 @@ class BenchmarkFiles:
     limit: int | None = help_field(None, "evaluate only the first N items of each benchmark")
     max_bad_fraction: float = help_field(DEFAULT_MAX_BAD_FRACTION, "refuse a benchmark file when more of its rows "
                                                                    "than this are quarantined")
-    grader: str = help_field("rule", "MM-Vet's grader: 'rule' (its <AND>/<OR> answers matched in the CONCLUSION) "
-                                     "or a model judge registered under the entry-point group sherlock.graders")
+    grader: str = help_field("keyword", "MM-Vet's grader: 'keyword' (its <AND>/<OR> answers affirmed in the "
+                                        "CONCLUSION) or a model judge registered under the entry-point group "
+                                        "sherlock.graders")
 
     def parsed_benchmarks(self) -> dict[str, str]:
         """The benchmarks as ``{name: file}``."""
@@ -174,7 +175,7 @@ def blank_images(images: list[list[Image.Image]]) -> list[list[Image.Image]]:
 
 def evaluate_benchmark(model, processor, name: str, items: list[BenchmarkItem], config: ProtocolSettings,
                        prior: BlindPrior | None, questions: list[str] | None = None,
-                       grader: Grader = mmvet_rule_grade) -> tuple[dict, list[list[str]], list[list[float]]]:
+                       grader: Grader = mmvet_keyword_grade) -> tuple[dict, list[list[str]], list[list[float]]]:
     """Metrics of one benchmark (see the module docstring), the responses of every round and their
     per-item scores (1/0 by the rules; the grader's 0–1 grade for open-ended answers).
     """
