@@ -21,6 +21,7 @@ from components.register_and_gate import register_and_gate
 from components.sample import sample
 from components.trainjob import RUNTIME
 from sherlock.config import ConfigError, GPUPlacement, add_config_arguments, config_from_args, help_field
+from sherlock.gate import GATE_KEY_ENV
 from sherlock.serving.deploy import DEPLOYER_CREDENTIALS
 from sherlock.stages.registry import stage
 
@@ -67,6 +68,9 @@ class ClusterOptions(GPUPlacement):
     deployer_secret: str = help_field("sherlock-deployer-token", "token Secret of the ServiceAccount that may write "
                                                                  "InferenceServices, mounted into the deploy step "
                                                                  "alone ('': the run's own ServiceAccount deploys)")
+    gate_secret: str = help_field("sherlock-gate", "Secret whose SHERLOCK_GATE_KEY the gate signs promoted versions "
+                                                   "with and deploy checks, mounted into those steps alone ('': "
+                                                   "neither signs nor checks; deploy checks provenance only)")
     trainer: str = help_field("in-pod", "in-pod: a training step runs its ranks in its own pod; trainjob: it submits "
                                         "a Kubeflow Trainer TrainJob (num_nodes × gpus ranks) and waits for it")
     num_nodes: int = help_field(1, "nodes of a training step's TrainJob (--trainer trainjob; an online iteration "
@@ -206,6 +210,7 @@ def evaluate_and_deploy(checkpoints: list, benchmarks, prior_data, options: Clus
             metric=selection_metric, margin=promotion_margin, pipeline_run_id=run_id,
             promoted_before=False if previous is None else previous.outputs["Output"]), options, retries=3)
         gate.set_display_name(f"register {name}").set_caching_options(False)
+        with_gate_key(gate, options)
         previous = gate
     with dsl.If(previous.outputs["Output"] == True, name="this run promoted a champion"):  # noqa: E712
         deployer = with_platform(deploy(model_name=model_name, settings=deploy_settings, **common), options,
@@ -213,6 +218,16 @@ def evaluate_and_deploy(checkpoints: list, benchmarks, prior_data, options: Clus
         if options.deployer_secret:  # the only step that may write InferenceServices (manifests/: sherlock-deployer)
             kubernetes.use_secret_as_volume(deployer, secret_name=options.deployer_secret,
                                             mount_path=str(DEPLOYER_CREDENTIALS))
+        with_gate_key(deployer, options)
+
+
+def with_gate_key(task, options: ClusterOptions):
+    """The gate's signing key (:data:`sherlock.tracking.GATE_KEY_ENV`) for the gate and deploy steps alone:
+    every step holds the pipeline's MLflow login, which may move aliases; only these two may sign or check.
+    """
+    if options.gate_secret:
+        kubernetes.use_secret_as_env(task, options.gate_secret, {GATE_KEY_ENV: GATE_KEY_ENV})
+    return task
 
 
 def compile_command(description: str, default_output: Path, build, argv: list[str] | None = None,

@@ -22,12 +22,14 @@ import contextlib
 import io
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from pipelines.warm_tasks import warm_tasks
+from sherlock.gate import GATE_KEY_ENV
 
 PIPELINES = Path(__file__).resolve().parent
 RECIPES = ("sherlock", "scl", "stic")
@@ -127,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
         compiler.Compiler().compile(build_pipeline(args.online_iterations), str(package))
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
     os.environ.setdefault("SHERLOCK_CACHE", str(workdir / "cache"))
+    os.environ.setdefault(GATE_KEY_ENV, gate_key_of(workdir))  # the gate signs, the served champion is checked
 
     import mlflow
     from kfp import components, local
@@ -141,6 +144,17 @@ def main(argv: list[str] | None = None) -> dict:
         pipeline(**embedded_arguments(workdir, args.quick, args.recipe), gpus=args.gpus, base_model=args.base_model)
     total = time.perf_counter() - start
     return report(workdir, total, model_name(args.recipe))
+
+
+def gate_key_of(workdir: Path) -> str:
+    """The gate's signing key of the runs in ``workdir`` (``gate.key``, made once, readable by its owner
+    only): a champion promoted in an earlier run keeps its signature valid.
+    """
+    path = workdir / "gate.key"
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(32))
+    return path.read_text().strip()
 
 
 def ask_served_champion(item, workdir: Path, name: str) -> dict:

@@ -13,7 +13,8 @@ Passwords come from the environment (Secrets), never from flags: a user that exi
 non-admin and gets the password of the environment, so re-running the Job after rotating a Secret
 rotates the password. Who may move ``champion`` is therefore who holds the pipeline user's
 password; :func:`sherlock.tracking.gate_champion` further refuses versions that were not registered
-by the pipeline run asking.
+by the pipeline run asking, and signs what it promotes with a key no other step holds
+(:mod:`sherlock.gate`), which deploy and serve check.
 """
 
 from __future__ import annotations

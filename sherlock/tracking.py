@@ -9,7 +9,12 @@ Tracking is on when ``MLFLOW_TRACKING_URI`` is set (``sqlite:///…`` for the em
 2. :func:`register_checkpoint` logs an evaluated checkpoint as a model *in the run that trained it*,
    registers it with its eval metrics and lineage as version tags and points ``challenger`` at it;
 3. :func:`gate_champion` moves ``champion`` only when the challenger, registered by the asking
-   pipeline run (:func:`check_provenance`), beats it by a margin.
+   pipeline run (:func:`check_provenance`), beats it by a margin, and signs what it promotes with the
+   gate's key (:mod:`sherlock.gate`, mounted into the gate and deploy steps alone);
+4. deploy and serve put a version in front of callers only when :func:`check_deployable` passes: its
+   own pipeline's stage run logged it and, where the process holds the gate's key, the gate signed it.
+   Whoever holds the pipeline's MLflow login can move ``champion`` (MLflow grants alias moves with
+   version writes), but cannot sign.
 
 On the platform MLflow runs its auth app and the steps log in as a non-admin pipeline user
 (:mod:`sherlock.mlflow_access`).
@@ -23,6 +28,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -37,6 +43,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 import sherlock
+from sherlock.gate import GATE_KEY_ENV, GATE_SIGNATURE_TAG, gate_key, gate_signature, signed
 from sherlock.storage import directory_digest
 
 RUN_FILE = "mlflow_run.json"  # written into a stage's output directory: which run produced it
@@ -236,13 +243,15 @@ def verify_checkpoint(version, checkpoint: str | Path) -> None:
 
 
 def download_checkpoint(model_uri: str) -> Path:
-    """The checkpoint directory of a model registered by :func:`register_checkpoint` (``models:/…``),
-    verified against the digest its version recorded (:func:`verify_checkpoint`).
+    """The checkpoint directory of a model registered by :func:`register_checkpoint` (``models:/…``) that
+    may be served (:func:`check_deployable`), verified against the digest its version recorded
+    (:func:`verify_checkpoint`).
     """
     from mlflow.store.artifact.utils.models import get_model_name_and_version
 
     client = mlflow.MlflowClient()
     version = client.get_model_version(*get_model_name_and_version(client, model_uri))
+    check_deployable(client, version)
     model = Path(mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}"))
     flavor = yaml.safe_load((model / "MLmodel").read_text())["flavors"]["python_function"]
     checkpoint = model / flavor["artifacts"]["checkpoint"]["path"]
@@ -274,12 +283,35 @@ def check_provenance(client, version, pipeline_run_id: str) -> None:
                               f"pipeline run {pipeline_run_id!r}")
 
 
+def check_deployable(client, version) -> None:
+    """Refuse to serve ``version`` unless a stage run of its own pipeline run logged it
+    (:func:`check_provenance`) and, where this process holds the gate's key, the gate signed it when it
+    promoted it (:func:`sherlock.gate.gate_signature`). Without the key (a local run) only the first is checked, said
+    on stderr.
+    """
+    pipeline_run_id = version.tags.get("pipeline_run_id")
+    if not pipeline_run_id:
+        raise ProvenanceError(f"version {version.version} of {version.name} has no pipeline_run_id tag: "
+                              "no pipeline registered it")
+    check_provenance(client, version, pipeline_run_id)
+    key = gate_key()
+    if key is None:
+        print(f"warning: no ${GATE_KEY_ENV} here: the gate's signature of version {version.version} of "
+              f"{version.name} is not checked", file=sys.stderr)
+        return
+    if not signed(version, key, DIGEST_TAG):
+        raise ProvenanceError(f"version {version.version} of {version.name} carries no valid {GATE_SIGNATURE_TAG}: "
+                              "the gate did not promote it (an alias moved by another hand, or a tag changed since)")
+
+
 def gate_champion(model_name: str, version: str, metric: str, pipeline_run_id: str, margin: float = 0.0) -> dict:
     """Point ``champion`` at ``version`` if its ``eval.<metric>`` beats the champion's by more than ``margin``.
 
     Only a version registered by pipeline run ``pipeline_run_id`` is considered (:func:`check_provenance`).
-    With no champion yet the version becomes champion. Returns the decision with both scores; the
-    decision is also written to the version's tags.
+    With no champion yet the version becomes champion; where this process holds the gate's key, so it
+    does over a champion the gate never signed (moved there by another hand, or promoted before
+    signatures), and a promoted version is signed (:func:`sherlock.gate.gate_signature`). Returns the decision with
+    both scores; the decision is also written to the version's tags.
     """
     client = mlflow.MlflowClient()
     version = str(version)
@@ -293,9 +325,17 @@ def gate_champion(model_name: str, version: str, metric: str, pipeline_run_id: s
         champion = client.get_model_version_by_alias(model_name, CHAMPION)
     except MlflowException:
         champion = None
+    signing_key = gate_key()
+    if champion is not None and signing_key is not None and not signed(champion, signing_key, DIGEST_TAG):
+        print(f"champion (version {champion.version} of {model_name}) was not signed by the gate: not a score to "
+              "beat", file=sys.stderr)
+        champion = None
     champion_score = float(champion.tags[key]) if champion is not None and key in champion.tags else None
     promote = champion is None or champion_score is None or score > champion_score + margin
     if promote:
+        if signing_key is not None:  # signed before the alias moves: a champion is never unsigned
+            client.set_model_version_tag(model_name, version, GATE_SIGNATURE_TAG,
+                                         gate_signature(challenger, signing_key, DIGEST_TAG))
         client.set_registered_model_alias(model_name, CHAMPION, version)
     decision = {"promoted": promote, "metric": metric, "margin": margin, "challenger_version": version,
                 "challenger_score": score, "champion_version": str(champion.version) if champion else None,

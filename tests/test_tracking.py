@@ -230,12 +230,11 @@ def test_a_registered_checkpoint_changed_in_the_artifact_store_is_refused(tiny_m
     import shutil
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow.create_experiment("digest", artifact_location=(tmp_path / "artifacts").as_uri())
-    mlflow.set_experiment("digest")
+    mlflow.create_experiment("sherlock", artifact_location=(tmp_path / "artifacts").as_uri())
     checkpoint = shutil.copytree(tiny_model_dir, tmp_path / "checkpoint")
-    with mlflow.start_run() as run:
+    with tracking.stage_run("sft", SampleConfig(data="d", output="o"), "kfp-run-digest") as run:
         tracking.write_run_file(run, checkpoint)
-    version = tracking.register_checkpoint(checkpoint, "digest-model", {}, {})
+    version = tracking.register_checkpoint(checkpoint, "digest-model", {}, {"pipeline_run_id": "kfp-run-digest"})
     assert version.tags[tracking.DIGEST_TAG] == tracking.directory_digest(checkpoint)
     assert tracking.download_checkpoint("models:/digest-model/1").is_dir()
     (stored,) = (tmp_path / "artifacts").glob("**/artifacts/checkpoint/model.safetensors")

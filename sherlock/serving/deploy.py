@@ -227,11 +227,16 @@ def run_deploy(config: DeployConfig) -> dict:
     import mlflow
     from mlflow.store.artifact.utils.models import get_model_name_and_version
 
+    from sherlock.gate import GateKeyError
     from sherlock.serving.schema import validate_manifest
-    from sherlock.tracking import CheckpointMismatchError, verify_checkpoint
+    from sherlock.tracking import CheckpointMismatchError, ProvenanceError, check_deployable, verify_checkpoint
 
     client = mlflow.MlflowClient()
     version = client.get_model_version(*get_model_name_and_version(client, config.model))
+    try:
+        check_deployable(client, version)  # a pipeline's stage run logged it, and the gate promoted it
+    except (ProvenanceError, GateKeyError) as error:
+        raise DeployError(f"{config.model}: {error}") from None
     storage_uri = version.tags.get("checkpoint_uri")
     if not storage_uri:
         raise DeployError(f"{config.model} (version {version.version}) has no checkpoint_uri tag: "

@@ -192,6 +192,23 @@ def test_only_the_deploy_step_holds_the_deployers_token(compiled, tmp_path):
     assert not [platform for platform in without.values() if "secretAsVolume" in platform]
 
 
+def test_only_the_gate_and_deploy_steps_hold_the_gates_key(compiled, tmp_path):
+    """Every step holds the pipeline's MLflow login (which may move aliases); the key that signs a promotion
+    (sherlock.gate) is in the gate and deploy steps alone, so no other step can make a champion deployable."""
+    from sherlock.gate import GATE_KEY_ENV
+
+    def holders(executors):
+        return {executor.rsplit("-", 1)[0] if executor[-1].isdigit() else executor
+                for executor, platform in executors.items()
+                for secret in platform.get("secretAsEnv", []) if secret["secretName"] == "sherlock-gate"
+                and secret["keyToEnv"] == [{"secretKey": GATE_KEY_ENV, "envVar": GATE_KEY_ENV}]}
+
+    _, _, executors = compiled
+    assert holders(executors) == {"exec-register-and-gate", "exec-deploy"}
+    _, without = load_compiled(tmp_path, "--gate-secret", "")
+    assert holders(without) == set()
+
+
 def test_a_private_s3_ca_is_trusted_by_every_step_and_trainjob(tmp_path):
     """``--s3-ca-configmap`` (MinIO with TLS: manifests/overlays/minio-tls): every step mounts the CA and
     points AWS_CA_BUNDLE at it (what sherlock.storage and MLflow's boto3 read), and so do TrainJobs."""

@@ -10,12 +10,17 @@ import pytest
 import yaml
 from servers import self_signed_certificate
 
+from sherlock import tracking
 from sherlock.config import ConfigError, load_config
+from sherlock.gate import GATE_KEY_ENV, GATE_SIGNATURE_TAG
 from sherlock.serving.deploy import MANIFEST_FILE, DeployConfig, DeployError, run_deploy
 from sherlock.serving.schema import KSERVE_KINDS, ManifestError, generate_schema, schema_file, validate_manifest
+from sherlock.stages.sample import SampleConfig
 from sherlock.storage import directory_digest, publish, split_s3_uri
 from sherlock.tracking import DIGEST_TAG
 from tests.kube_api import KubeAPI
+
+PIPELINE_RUN = "run-1"
 
 
 def published_checkpoint(tmp_path, uri: str, weights: bytes = b"w" * 64) -> str:
@@ -27,10 +32,15 @@ def published_checkpoint(tmp_path, uri: str, weights: bytes = b"w" * 64) -> str:
     return publish(local, uri)
 
 
-def register(client, uri: str) -> str:
-    """A version registered the way the pipeline registers checkpoints: its URI and SHA256SUMS digest."""
-    tags = {"checkpoint_uri": uri, DIGEST_TAG: directory_digest(uri)}
-    return client.create_model_version("sherlock", source=uri, tags=tags).version
+def register(client, uri: str, tags: dict | None = None) -> str:
+    """A version registered the way the pipeline registers checkpoints: logged in a stage run of pipeline run
+    ``PIPELINE_RUN``, with its URI and SHA256SUMS digest (``tags`` replace those; a None value drops one)."""
+    with tracking.stage_run("sft", SampleConfig(data="d", output="o"), PIPELINE_RUN) as run:
+        pass
+    tags = {"checkpoint_uri": uri, "pipeline_run_id": PIPELINE_RUN} | (
+        tags if tags is not None and DIGEST_TAG in tags else {DIGEST_TAG: directory_digest(uri)}) | (tags or {})
+    return client.create_model_version("sherlock", source=uri, run_id=run.info.run_id,
+                                       tags={key: value for key, value in tags.items() if value is not None}).version
 
 
 @pytest.fixture
@@ -45,6 +55,7 @@ def registry(checkpoint, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    mlflow.create_experiment("sherlock", artifact_location=(tmp_path / "artifacts").as_uri())
     client = mlflow.MlflowClient()
     client.create_registered_model("sherlock")
     client.set_registered_model_alias("sherlock", "champion", register(client, checkpoint))
@@ -52,7 +63,7 @@ def registry(checkpoint, tmp_path, monkeypatch):
 
 
 def deploy(tmp_path, **overrides) -> dict:
-    bucket = split_s3_uri(mlflow.MlflowClient().get_model_version_by_alias("sherlock", "champion").source)[0]
+    bucket = split_s3_uri(mlflow.MlflowClient().get_model_version("sherlock", "1").source)[0]  # the fixture's
     config = load_config(DeployConfig, overrides={"model": "models:/sherlock@champion",
                                                   "output": str(tmp_path / "deploy"),
                                                   "checkpoint_roots": f"s3://{bucket}/runs/", **overrides})
@@ -209,9 +220,12 @@ def test_forbidden_and_unfetchable_checkpoints_are_named(registry, tmp_path, mon
     local = register(registry, str(tmp_path / "local"))
     with pytest.raises(DeployError, match="which a cluster cannot fetch"):
         deploy(tmp_path, model=f"models:/sherlock/{local}", mode="cluster", checkpoint_roots=str(tmp_path))
-    unregistered = registry.create_model_version("sherlock", source=str(tmp_path))
-    with pytest.raises(DeployError, match="no checkpoint_uri tag"):
+    unregistered = registry.create_model_version("sherlock", source=str(tmp_path))  # by hand, no pipeline
+    with pytest.raises(DeployError, match="no pipeline_run_id tag"):
         deploy(tmp_path, model=f"models:/sherlock/{unregistered.version}")
+    untagged = register(registry, str(tmp_path), {"checkpoint_uri": None, DIGEST_TAG: None})
+    with pytest.raises(DeployError, match="no checkpoint_uri tag"):
+        deploy(tmp_path, model=f"models:/sherlock/{untagged}")
 
 
 def test_a_checkpoint_outside_the_roots_or_not_the_registered_one_is_refused(registry, checkpoint, cluster, tmp_path):
@@ -220,9 +234,7 @@ def test_a_checkpoint_outside_the_roots_or_not_the_registered_one_is_refused(reg
     import shutil
 
     def champion(uri: str, digest: str | None = "0" * 64) -> None:
-        tags = {"checkpoint_uri": uri} | ({DIGEST_TAG: digest} if digest else {})
-        version = registry.create_model_version("sherlock", source=checkpoint, tags=tags).version
-        registry.set_registered_model_alias("sherlock", "champion", version)
+        registry.set_registered_model_alias("sherlock", "champion", register(registry, uri, {DIGEST_TAG: digest}))
 
     champion("https://attacker.invalid/evil-model")
     with pytest.raises(DeployError, match="outside the checkpoint roots"):
@@ -268,3 +280,44 @@ def test_the_deploy_step_writes_as_the_deployer_whose_token_is_mounted(registry,
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
     with pytest.raises(DeployError, match="not in a pod"):
         deploy(tmp_path, mode="cluster")
+
+
+def test_deploy_and_serve_refuse_a_champion_the_gate_did_not_promote(registry, checkpoint, tmp_path, monkeypatch):
+    """The attack: with the pipeline's MLflow login and S3 key (what every step holds), a checkpoint is
+    logged in a forged stage run of a pipeline run, with its own digest, and champion moved to it. The
+    gate signs what it promotes with a key mounted into the gate and deploy steps alone; deploy and serve
+    check the signature: refused. The version the gate promoted deploys."""
+    monkeypatch.setenv(GATE_KEY_ENV, "k" * 64)
+    registry.delete_registered_model_alias("sherlock", "champion")
+    registry.set_model_version_tag("sherlock", "1", "eval.acc", "50")
+    assert tracking.gate_champion("sherlock", "1", "acc", PIPELINE_RUN)["promoted"]
+    assert deploy(tmp_path)["version"] == "1"
+
+    forged = register(registry, published_checkpoint(tmp_path, f"s3://{split_s3_uri(checkpoint)[0]}/runs/run-1/evil",
+                                                     b"x" * 64))
+    registry.set_registered_model_alias("sherlock", "champion", forged)
+    with pytest.raises(DeployError, match="no valid gate.signature"):
+        deploy(tmp_path)
+    signed = registry.get_model_version("sherlock", "1").tags[GATE_SIGNATURE_TAG]
+    registry.set_model_version_tag("sherlock", forged, GATE_SIGNATURE_TAG, signed)  # copied: fits no other
+    with pytest.raises(DeployError, match="no valid gate.signature"):
+        deploy(tmp_path)
+    with pytest.raises(tracking.ProvenanceError, match="no valid gate.signature"):
+        tracking.download_checkpoint("models:/sherlock@champion")  # what sherlock serve --model models:/… loads
+    registry.set_model_version_tag("sherlock", "1", "checkpoint_uri", f"{checkpoint}-v2")  # a signed tag changed
+    with pytest.raises(DeployError, match="no valid gate.signature"):
+        deploy(tmp_path, model="models:/sherlock/1")
+    monkeypatch.setenv(GATE_KEY_ENV, "short")
+    with pytest.raises(DeployError, match="needs 32 or more"):
+        deploy(tmp_path)
+
+
+def test_the_gate_does_not_defend_a_champion_it_never_signed(registry, checkpoint, tmp_path, monkeypatch):
+    """A champion moved by another hand (or promoted before signatures) is not a score to beat: the next
+    challenger the gate passes is promoted and signed, whatever the unsigned champion's tag claims."""
+    monkeypatch.setenv(GATE_KEY_ENV, "k" * 64)
+    registry.set_model_version_tag("sherlock", "1", "eval.acc", "100")  # champion (the fixture's), unsigned
+    challenger = register(registry, checkpoint, {"eval.acc": "40"})
+    decision = tracking.gate_champion("sherlock", challenger, "acc", PIPELINE_RUN)
+    assert decision["promoted"] and decision["champion_version"] is None
+    assert deploy(tmp_path)["version"] == str(challenger)
