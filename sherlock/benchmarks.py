@@ -424,6 +424,13 @@ def item_score(item: BenchmarkItem, response: str, grader: Grader = mmvet_keywor
     return float(item_correct(item, response))
 
 
+def read_answer(item: BenchmarkItem, response: str) -> str | None:
+    """The answer ``response`` gives to ``item``, read as its kind (an open answer as text), or None: what
+    majority voting counts (:func:`sherlock.headroom.sample_headroom`).
+    """
+    return extract_answer(response, "text" if item.answer_type == "open" else item.answer_type, item.options)
+
+
 def item_correct(item: BenchmarkItem, response: str) -> bool:
     """Rule-based correctness of one response (:mod:`sherlock.answers`; MathVista's numbers to the
     item's precision).

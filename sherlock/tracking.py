@@ -161,7 +161,9 @@ def log_data_input(uri: str, sha256: str, field: str) -> None:
 def evaluation_metrics(metrics: dict) -> dict[str, float]:
     """Flat metrics of evaluate's metrics.json: ``<benchmark>/round_<k>`` (0 = direct),
     ``paper_average/round_<k>`` (when every paper benchmark is scored), and per benchmark the baselines
-    (``greedy_direct``, ``blank_image``, ``blind_prior``), ``sc_minus_direct`` with its CI bounds, the
+    (``greedy_direct``, ``blank_image``, ``blind_prior``), ``sc_minus_direct`` with its CI bounds, the headroom
+    (``oracle_gated/round_<k>``, ``flips/round_<k>/<kind>``, ``k``, ``pass_at_1``, ``pass_at_k``,
+    ``majority_at_k``: :mod:`sherlock.headroom`), the
     ``perception/<check>`` fractions and the direct answer's aAcc/fAcc/qAcc, circular ``vanilla`` and
     per-split scores.
     """
@@ -177,6 +179,10 @@ def evaluation_metrics(metrics: dict) -> dict[str, float]:
             flat |= {f"{name}/sc_minus_direct": paired["difference"],
                      f"{name}/sc_minus_direct_ci_low": paired["ci_low"],
                      f"{name}/sc_minus_direct_ci_high": paired["ci_high"]}
+        flat |= {f"{name}/oracle_gated/round_{k}": value for k, value in enumerate(m.get("oracle_gated", []))}
+        flat |= {f"{name}/flips/round_{k}/{kind}": count for k, flips in enumerate(m.get("flips", []), 1)
+                 for kind, count in flips.items()}
+        flat |= {f"{name}/{key}": value for key, value in (m.get("samples") or {}).items()}
         flat |= {f"{name}/perception/{key}": value for key, value in m.get("perception", {}).items()}
         direct = m["rounds"][0]  # the benchmark's own aggregates, named as VLMEvalKit names them
         flat |= {f"{name}/{key}": direct[key] for key in ("aAcc", "fAcc", "qAcc", "vanilla") if key in direct}

@@ -228,13 +228,22 @@ def test_evaluation_stage_scores_every_round(tiny_model_dir, subset_dir, tsv_dir
         assert paired["difference"] == pytest.approx(result["rounds"][2]["score"] - result["rounds"][0]["score"])
         assert paired["ci_low"] <= paired["difference"] <= paired["ci_high"]
     assert "perception" in metrics["benchmarks"]["llava_cot"] and "perception" not in metrics["benchmarks"]["mmbench"]
+    predictions = [json.loads(line) for line in (tmp_path / "eval/predictions.jsonl").read_text().splitlines()]
+    for name, result in metrics["benchmarks"].items():  # the headroom, consistent with the per-item scores
+        correct = [p["correct"] for p in predictions if p["benchmark"] == name]
+        assert result["oracle_gated"][0] == pytest.approx(100 * sum(c[0] for c in correct) / len(correct))
+        assert result["oracle_gated"][-1] == pytest.approx(100 * sum(max(c) for c in correct) / len(correct))
+        assert [sum(f.values()) for f in result["flips"]] == [len(correct)] * 2
+        samples = result["samples"]
+        assert samples["k"] == 3 and samples["pass_at_1"] <= samples["pass_at_k"]
+        assert samples["majority_at_k"] <= samples["pass_at_k"]
     wrong = round(6 * (1 - synthetic[0]["score"] / 100))
     assert sum(metrics["benchmarks"]["llava_cot"]["departure"].values()) == wrong
     assert {"easy", "medium", "hard"} >= set(synthetic[0]["per_category"])
-    predictions = [json.loads(line) for line in (tmp_path / "eval/predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 8 and all(len(p["responses"]) == 3 for p in predictions)
     table = (tmp_path / "eval/results.md").read_text()
     assert "| llava_cot | 6 |" in table and "+SC round 2" in table and "| blank image | blind prior |" in table
+    assert "| oracle-gated SC | pass@1 | maj@k | pass@k |" in table
     assert (tmp_path / "eval/accuracy_by_round.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ConfigError, match="unknown benchmark"):
         EvaluateConfig(model="m", output="o", benchmarks="vqav2=x").check()

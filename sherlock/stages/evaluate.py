@@ -36,6 +36,7 @@ from sherlock.benchmarks import (
     load_grader,
     mmvet_keyword_grade,
     paper_average,
+    read_answer,
     score_items,
     score_responses,
 )
@@ -45,6 +46,7 @@ from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, BadLine, load_data
 from sherlock.data.schema import write_jsonl
 from sherlock.diagnostics import BlindPrior, departure_histogram, paired_difference, perception_scores
 from sherlock.generation import DecodingConfig, SamplingSettings, answer_with_corrections, generate
+from sherlock.headroom import flip_counts, oracle_gated, sample_headroom
 from sherlock.models.engines import load_generator
 from sherlock.plots import plot_rounds
 from sherlock.prompts import STIC_DAR_PROMPT, stic_description_infused
@@ -69,11 +71,20 @@ class ProtocolSettings(SamplingSettings):
     prior_data: str | None = help_field(None, "labelled training data: score its blind prior on each benchmark",
                                         uri="data")
     seed: int = help_field(0, "sampling seed of the direct answers")
+    headroom_samples: int | None = help_field(None, "k sampled direct answers for pass@k and majority@k "
+                                                    "(sherlock.headroom; default 1 + correction_rounds: the "
+                                                    "rounds' compute; 1: none)")
 
     def check_protocol(self) -> None:
         """Refuse bad protocol settings (rounds, samples) with a :class:`ConfigError`."""
         if self.correction_rounds < 0:
             raise ConfigError("correction_rounds must be >= 0")
+        if self.headroom_samples is not None and self.headroom_samples < 1:
+            raise ConfigError(f"headroom_samples must be >= 1, got {self.headroom_samples}")
+
+    def samples(self) -> int:
+        """K of pass@k and majority@k: :attr:`headroom_samples`, or 1 + the correction rounds."""
+        return self.headroom_samples if self.headroom_samples is not None else 1 + self.correction_rounds
 
 
 @dataclass(kw_only=True)
@@ -130,17 +141,22 @@ def _score(result: dict | None) -> str:
 
 
 def summary_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
-    """Header and one row per benchmark: every round (± stderr), SC − direct with its paired 95 % CI,
-    and the baselines (greedy direct, blank image, blind prior).
+    """Header and one row per benchmark: every round (± stderr), SC − direct with its paired 95 % CI, what
+    the same compute buys otherwise (:mod:`sherlock.headroom`: the oracle-gated last round, pass@1,
+    majority@k and pass@k of k sampled direct answers, per-item means) and the baselines (greedy direct,
+    blank image, blind prior).
     """
     rounds = max(len(m["rounds"]) for m in metrics["benchmarks"].values())
     header = (["benchmark", "n", "direct"] + [f"+SC round {k}" for k in range(1, rounds)]
-              + ["SC − direct [95% CI]", "greedy direct", "blank image", "blind prior"])
+              + ["SC − direct [95% CI]", "oracle-gated SC", "pass@1", "maj@k", "pass@k", "greedy direct",
+                 "blank image", "blind prior"])
     rows = []
     for name, m in metrics["benchmarks"].items():
-        paired = m.get("sc_minus_direct")
+        paired, samples = m.get("sc_minus_direct"), m.get("samples") or {}
         rows.append([name, str(m["rounds"][0]["n"])] + [_score(r) for r in m["rounds"]] + [
             f"{paired['difference']:+.1f} [{paired['ci_low']:+.1f}, {paired['ci_high']:+.1f}]" if paired else "–",
+            f"{m['oracle_gated'][-1]:.1f}" if m.get("oracle_gated") else "–",
+            *(f"{samples[key]:.1f}" if key in samples else "–" for key in ("pass_at_1", "majority_at_k", "pass_at_k")),
             _score(m.get("greedy_direct")), _score(m.get("blank_image")),
             f"{m['blind_prior']:.1f}" if m.get("blind_prior") is not None else "–"])
     return header, rows
@@ -191,6 +207,14 @@ def evaluate_benchmark(model, processor, name: str, items: list[BenchmarkItem], 
     result: dict = {"rounds": [score_items(name, items, h) for h in hits]}
     if config.correction_rounds:
         result["sc_minus_direct"] = paired_difference(hits[-1], hits[0], seed=config.seed)
+        result["flips"], result["oracle_gated"] = flip_counts(hits), oracle_gated(hits)
+    if config.samples() > 1:  # round 0 is the first sample; the others from their own streams
+        samples = [rounds[0]] + [generate(model, processor, prompts, images, config=direct,
+                                          desc=f"{name} direct sample {j + 1}", stream=f"direct sample {j}", keys=keys)
+                                 for j in range(1, config.samples())]
+        scores = [[item_score(item, s[i], grader) for s in samples] for i, item in enumerate(items)]
+        answers = [[read_answer(item, s[i]) for s in samples] for i, item in enumerate(items)]
+        result["samples"] = sample_headroom(scores, answers)
     if config.greedy_direct:
         greedy = dataclasses.replace(direct, temperature=0.0, top_p=1.0)
         result["greedy_direct"] = score_responses(name, items, generate(
