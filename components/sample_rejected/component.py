@@ -11,8 +11,8 @@ def sample_rejected(model: str, data: str, settings: dict, output_root: str, pip
     """Stage I: sample Y^l from R0 on D_B; returns the URI of rejected.jsonl.
 
     Args:
-        model: URI of the model the stage starts from (an ``s3://`` prefix or a directory).
-        data: URI of the stage's data set.
+        model: URI of R0, the model that answers D_B.
+        data: URI of D_B, whose records' responses are Y^w.
         settings: The stage's config fields (``sherlock <stage> --help``): its preset and the run's overrides.
         output_root: Where steps write: this step writes ``<output_root>/<pipeline_run_id>/<step>``.
         pipeline_run_id: The KFP run id: the output folder and the MLflow parent run.

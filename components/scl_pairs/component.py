@@ -11,8 +11,8 @@ def scl_pairs(model: str, data: str, settings: dict, output_root: str, pipeline_
     """SCL data: answer, review in the same chat, keep (−,+) and (+,−) outcomes as DPO pairs.
 
     Args:
-        model: URI of the model the stage starts from (an ``s3://`` prefix or a directory).
-        data: URI of the stage's data set.
+        model: URI of the instruction-following model that answers and reviews.
+        data: URI of D_B (labelled: the gold answer types both turns).
         settings: The stage's config fields (``sherlock <stage> --help``): its preset and the run's overrides.
         output_root: Where steps write: this step writes ``<output_root>/<pipeline_run_id>/<step>``.
         pipeline_run_id: The KFP run id: the output folder and the MLflow parent run.

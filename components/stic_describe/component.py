@@ -11,8 +11,8 @@ def stic_describe(model: str, data: str, settings: dict, output_root: str, pipel
     """STIC stage 2 data: the stage-1 model's image descriptions put in front of the SFT questions.
 
     Args:
-        model: URI of the model the stage starts from (an ``s3://`` prefix or a directory).
-        data: URI of the stage's data set.
+        model: URI of the STIC stage-1 model that writes the descriptions.
+        data: URI of the labelled SFT subset the descriptions are put in front of.
         settings: The stage's config fields (``sherlock <stage> --help``): its preset and the run's overrides.
         output_root: Where steps write: this step writes ``<output_root>/<pipeline_run_id>/<step>``.
         pipeline_run_id: The KFP run id: the output folder and the MLflow parent run.

@@ -11,8 +11,8 @@ def stic_pairs(model: str, data: str, settings: dict, output_root: str, pipeline
     """STIC stage 1 data: a described clean image preferred over a hallucinated or corrupted-image one.
 
     Args:
-        model: URI of the model the stage starts from (an ``s3://`` prefix or a directory).
-        data: URI of the stage's data set.
+        model: URI of the model STIC improves (it writes both descriptions).
+        data: URI of the unlabeled pool D_U (only its images are read).
         settings: The stage's config fields (``sherlock <stage> --help``): its preset and the run's overrides.
         output_root: Where steps write: this step writes ``<output_root>/<pipeline_run_id>/<step>``.
         pipeline_run_id: The KFP run id: the output folder and the MLflow parent run.
