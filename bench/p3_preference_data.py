@@ -21,7 +21,7 @@ def measure(workspace: Workspace, items: int, max_new_tokens: int, device: torch
     from sherlock.data.llava_cot import load_llava_cot
     from sherlock.data.preferences import draw_perturbation
     from sherlock.data.schema import open_image
-    from sherlock.generation import DecodingConfig
+    from sherlock.decoding import DecodingConfig
     from sherlock.models.loading import load_vlm
     from sherlock.reasoning import truncate
     from sherlock.stages.build_preferences import rejected_suffixes

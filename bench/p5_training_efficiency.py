@@ -24,7 +24,8 @@ def sft_batch(workspace: Workspace, batch_size: int, device: torch.device):
 
     from sherlock.data.llava_cot import load_llava_cot
     from sherlock.models.loading import load_vlm
-    from sherlock.training.setup import TrainSettings, training_arguments
+    from sherlock.training.settings import TrainSettings
+    from sherlock.training.setup import training_arguments
     from sherlock.training.sft import VLMSFTTrainer, examples_from_records, sft_dataset
 
     data = load_llava_cot(workspace.data / "data.jsonl")

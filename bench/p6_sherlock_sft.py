@@ -52,7 +52,7 @@ def padding(workspace: Workspace, examples) -> dict[str, float]:
 
 
 def run(workspace: Workspace, quick: bool, device: torch.device) -> Result:
-    from sherlock.training.setup import TrainSettings
+    from sherlock.training.settings import TrainSettings
     from sherlock.training.sft import train_sft
 
     examples = sherlock_sft_examples(workspace)

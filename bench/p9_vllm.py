@@ -23,7 +23,8 @@ def run(workspace: Workspace, quick: bool, device) -> Result:
         raise RuntimeError("P9 needs a CUDA GPU and the vllm extra (pip install 'sherlock-vlm[vllm]')")
     from sherlock.data.llava_cot import load_llava_cot
     from sherlock.data.schema import open_image
-    from sherlock.generation import DecodingConfig, generate
+    from sherlock.decoding import DecodingConfig
+    from sherlock.generation import generate
     from sherlock.models.engines import load_generator
     from sherlock.models.families import family
     from sherlock.models.tiny import tokenizer_corpus

@@ -47,7 +47,8 @@ def measure(workspace: Workspace, requests: int, max_new_tokens: int, device: to
 
     from sherlock.data.llava_cot import load_llava_cot
     from sherlock.data.schema import open_image
-    from sherlock.generation import DecodingConfig, answer_with_corrections
+    from sherlock.decoding import DecodingConfig
+    from sherlock.generation import answer_with_corrections
     from sherlock.machine import free_port
     from sherlock.models.loading import load_vlm
 

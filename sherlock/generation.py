@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -26,38 +25,9 @@ from transformers import (
 
 from sherlock import distributed
 from sherlock.chat import Context, chat_prompt, user_turn
-from sherlock.config import help_field
+from sherlock.decoding import DecodingConfig
 from sherlock.prompts import correction_prompt
 from sherlock.reasoning import CONCLUSION_END, cut_after_conclusion
-
-
-@dataclass
-class DecodingConfig:
-    """Decoding settings. ``temperature = 0`` is greedy decoding."""
-
-    max_new_tokens: int = 512
-    temperature: float = 0.0
-    top_p: float = 1.0
-    batch_size: int = 32
-    seed: int = 0
-    engine: str = "hf"  # or "vllm" (sherlock.models.engines)
-
-
-@dataclass(kw_only=True)
-class SamplingSettings:
-    """Decoding settings of a stage that samples responses (spec §1: T = 0.7)."""
-
-    temperature: float = help_field(0.7, "sampling temperature (0: greedy)")
-    top_p: float = help_field(1.0, "nucleus sampling threshold")
-    max_new_tokens: int = help_field(512, "longest generated response")
-    generation_batch_size: int = help_field(32, "prompts per generate call")
-    engine: str = help_field("hf", "generation engine: hf (transformers) or vllm (the vllm extra and a CUDA GPU; "
-                                   "Gemma 3 and Idefics3 checkpoints)")
-
-    def decoding(self, seed: int) -> DecodingConfig:
-        """The decoding settings of these fields with ``seed``."""
-        return DecodingConfig(self.max_new_tokens, self.temperature, self.top_p, self.generation_batch_size, seed,
-                              self.engine)
 
 
 def item_seed(seed: int, stream: str, key: str) -> int:

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from sherlock.config import help_field
 from sherlock.reasoning import NUM_TRUNCATION_STEPS, beta_weight
@@ -40,6 +38,9 @@ DPO_SEQUENCES = 2  # slots 0 and 1: all L_DPO needs
 DPO_CHOSEN, DPO_REJECTED = 0, 1
 # (r_sw_pw, r_sl_pl, r_sw_pl, r_sl_pw) slots under the contexts (R(Y^l), R(Y^w)), see self_correction_loss.
 SC_SLOTS = ((2, 6), (3, 7), (4, 8), (5, 9))
+
+if TYPE_CHECKING:  # torch is imported where a loss is computed: the command line reads the config without it
+    import torch
 
 
 def log_ratio(policy_logps: torch.Tensor, reference_logps: torch.Tensor) -> torch.Tensor:
@@ -60,6 +61,8 @@ def dynamic_beta(
     With ``dynamic=False`` every sample gets the static ``base`` (the static-β ablation). The
     authors' released code uses base 0.025 for L_SC and 0.1 for L_DPO (spec §1, Dynamic β).
     """
+    import torch
+
     step = torch.as_tensor(truncation_step, dtype=torch.float64)
     noise = torch.as_tensor(noise_level, dtype=torch.float64)
     if ((step < 1) | (step > num_steps)).any():
@@ -72,6 +75,8 @@ def dynamic_beta(
 
 def dpo_loss(chosen_log_ratio: torch.Tensor, rejected_log_ratio: torch.Tensor, beta) -> torch.Tensor:
     """L_DPO = −log σ(β · [r(Y^w|x) − r(Y^l|x)]) (sigmoid DPO; Sherlock Eq. 7, SCL §2)."""
+    import torch.nn.functional as F
+
     return -F.logsigmoid(beta * (chosen_log_ratio - rejected_log_ratio))
 
 
@@ -91,6 +96,8 @@ def self_correction_loss(
         v = β [r(Y^w_{≥i} | Y^w_{<i}) − r(Y^l_{≥i} | Y^l_{<i})]
         u = β [r(Y^w_{≥i} | Y^l_{<i}) − r(Y^l_{≥i} | Y^w_{<i})]
     """
+    import torch
+
     beta = torch.as_tensor(beta, dtype=r_sw_pw.dtype, device=r_sw_pw.device)
     if beta.ndim == 1:
         beta = beta[:, None]
@@ -107,6 +114,8 @@ def sherlock_loss(
     use_dpo: bool = True,
 ) -> torch.Tensor:
     """L_Sherlock = L_SC + α · L_DPO (α = 0.25, paper Table 6); switches drop either term (ablations)."""
+    import torch
+
     if not (use_sc or use_dpo):
         raise ValueError("at least one of L_SC and L_DPO must be used")
     loss = torch.zeros_like(sc_loss if use_sc else dpo)
@@ -162,6 +171,8 @@ def sherlock_objective(policy: torch.Tensor, reference: torch.Tensor, truncation
     reported as 0 without its slots. Returns ``(loss, (r, β_SC, β_DPO, L_SC, L_DPO, L_SFT))`` with
     the per-pair parts for logging.
     """
+    import torch
+
     if cfg.sft_weight and cfg.sft_per_token and tokens is None:
         raise ValueError("the per-token SFT term needs the labelled-token counts")
     r = policy - reference

@@ -33,7 +33,8 @@ class SherlockModel(PythonModel):
         from PIL import Image, UnidentifiedImageError
 
         from sherlock.data.schema import IMAGE_FORMATS, to_rgb
-        from sherlock.generation import DecodingConfig, answer_with_corrections
+        from sherlock.decoding import DecodingConfig
+        from sherlock.generation import answer_with_corrections
         from sherlock.reasoning import conclusion_text
 
         images = []

@@ -251,7 +251,8 @@ def test_evaluation_stage_scores_every_round(tiny_model_dir, subset_dir, tsv_dir
 
 def test_describe_and_respond_prefixes_the_models_own_description(tiny_model_dir, subset_dir, tmp_path):
     """STIC's DaR: the greedy description of STIC_DAR_PROMPT goes in front of every question."""
-    from sherlock.generation import DecodingConfig, generate
+    from sherlock.decoding import DecodingConfig
+    from sherlock.generation import generate
     from sherlock.models.loading import load_vlm
     from sherlock.prompts import STIC_DAR_PROMPT
 

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from sherlock.config import ConfigError
-from sherlock.generation import DecodingConfig, generate, item_seed, prompt_text
+from sherlock.decoding import DecodingConfig
+from sherlock.generation import generate, item_seed, prompt_text
 from sherlock.models.engines import VLLMModel, load_generator, vllm_requests
 from sherlock.stages.online import OnlineConfig
 

@@ -3,7 +3,8 @@
 import pytest
 
 from sherlock.data.schema import open_image
-from sherlock.generation import DecodingConfig, generate, item_seed
+from sherlock.decoding import DecodingConfig
+from sherlock.generation import generate, item_seed
 from sherlock.models.loading import load_vlm
 from sherlock.reasoning import truncate
 

@@ -415,7 +415,8 @@ class SherlockPredictor(kserve.Model):
         the last response stopped at ``max_new_tokens`` before its CONCLUSION closed.
         """
         from sherlock.chat import user_turn
-        from sherlock.generation import DecodingConfig, answer_with_corrections
+        from sherlock.decoding import DecodingConfig
+        from sherlock.generation import answer_with_corrections
         from sherlock.prompts import correction_prompt
         from sherlock.reasoning import CONCLUSION_END, conclusion_text
 

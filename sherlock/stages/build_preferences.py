@@ -21,8 +21,7 @@ from sherlock.config import ConfigError, help_field
 from sherlock.data.llava_cot import load_data
 from sherlock.data.preferences import Perturbation, PreferencePair, draw_perturbation, write_pairs
 from sherlock.data.schema import PAIRS_FILE, open_image
-from sherlock.generation import DecodingConfig, SamplingSettings, generate
-from sherlock.models.engines import load_generator
+from sherlock.decoding import DecodingConfig, SamplingSettings
 from sherlock.reasoning import truncate
 from sherlock.stages.io import record_stage_config
 from sherlock.stages.registry import STAGES
@@ -73,6 +72,8 @@ def rejected_suffixes(
     """Y^l_{≥i} ~ π(· | question, perturbed image, prefix) for every item (Alg. 1, lines 6–9); each
     prompt as :func:`sherlock.generation.generate` takes it (a question after its earlier turns).
     """
+    from sherlock.generation import generate
+
     perturbed = [p.apply(image, legacy_uint8) for p, image in zip(perturbations, images, strict=True)]
     return generate(model, processor, prompts, perturbed, prefixes, decoding, desc="rejected suffixes",
                     stream="rejected suffix", keys=keys)
@@ -104,6 +105,8 @@ def run_build_preferences(config: BuildPreferencesConfig) -> Path:
     A pair whose rejected suffix reproduces the chosen one exactly carries no preference and is
     dropped; the count is written to ``stats.json``.
     """
+    from sherlock.models.engines import load_generator
+
     config.check_perturbation()
     data = load_data(config.data)
     rng = random.Random(config.seed)

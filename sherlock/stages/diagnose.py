@@ -20,7 +20,6 @@ from sherlock.benchmarks import load_benchmark
 from sherlock.config import ConfigError, help_field
 from sherlock.data.llava_cot import load_data
 from sherlock.diagnostics import BlindPrior, leave_one_out_prior_accuracy
-from sherlock.models.engines import load_generator
 from sherlock.stages.evaluate import ProtocolSettings, evaluate_benchmark
 from sherlock.stages.io import record_stage_config
 from sherlock.stages.registry import STAGES
@@ -46,6 +45,8 @@ class DiagnoseConfig(ProtocolSettings):
 
 def run_diagnose(config: DiagnoseConfig) -> dict:
     """Diagnose ``config.model`` on ``config.data``; writes and returns the diagnostics."""
+    from sherlock.models.engines import load_generator
+
     config.check()
     items = load_benchmark("llava_cot", config.data, config.num_items)
     model, processor = load_generator(config.model, config.engine, distributed.device())

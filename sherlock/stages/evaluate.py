@@ -44,11 +44,9 @@ from sherlock.chat import chat_prompt
 from sherlock.config import ConfigError, help_field, parse_named
 from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, BadLine, load_data, read_checked_jsonl
 from sherlock.data.schema import write_jsonl
+from sherlock.decoding import DecodingConfig, SamplingSettings
 from sherlock.diagnostics import BlindPrior, departure_histogram, paired_difference, perception_scores
-from sherlock.generation import DecodingConfig, SamplingSettings, answer_with_corrections, generate
 from sherlock.headroom import flip_counts, oracle_gated, sample_headroom
-from sherlock.models.engines import load_generator
-from sherlock.plots import plot_rounds
 from sherlock.prompts import STIC_DAR_PROMPT, stic_description_infused
 from sherlock.stages.io import record_stage_config
 from sherlock.stages.registry import STAGES
@@ -195,6 +193,8 @@ def evaluate_benchmark(model, processor, name: str, items: list[BenchmarkItem], 
     """Metrics of one benchmark (see the module docstring), the responses of every round and their
     per-item scores (1/0 by the rules; the grader's 0–1 grade for open-ended answers).
     """
+    from sherlock.generation import answer_with_corrections, generate
+
     images, keys = [i.images for i in items], [i.id for i in items]
     questions = questions or [i.prompt for i in items]
     contexts = [i.context for i in items]
@@ -242,6 +242,9 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     the metrics. A benchmark that fails is recorded in ``metrics["errors"]``; the others still run, and
     :class:`EvaluationError` names the failed ones at the end.
     """
+    from sherlock.generation import generate
+    from sherlock.models.engines import load_generator
+
     config.check()
     grader = load_grader(config.grader)
     model, processor = load_generator(config.model, config.engine, distributed.device())
@@ -286,6 +289,8 @@ def write_outputs(metrics: dict, predictions: list[dict], output: Path, correcti
     """The metrics (with the paper average over the benchmarks so far), table, predictions and plot
     (written by rank 0).
     """
+    from sherlock.plots import plot_rounds
+
     per_round = [{name: m["rounds"][k]["score"] for name, m in metrics["benchmarks"].items()}
                  for k in range(correction_rounds + 1)]
     averages = [paper_average(scores) for scores in per_round]

@@ -16,8 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from sherlock import distributed
 from sherlock.answers import answers_agree, options_in
 from sherlock.chat import Context, chat_prompt
@@ -25,8 +23,7 @@ from sherlock.config import ConfigError, help_field, registered
 from sherlock.data.llava_cot import load_data
 from sherlock.data.preferences import PreferencePair, draw_perturbation
 from sherlock.data.schema import open_image
-from sherlock.generation import SamplingSettings, generate, self_correct
-from sherlock.models.loading import load_vlm
+from sherlock.decoding import SamplingSettings
 from sherlock.reasoning import ReasoningFormatError, truncate
 from sherlock.stages.build_preferences import PerturbationSettings, rejected_suffixes, save_pairs
 from sherlock.stages.io import record_stage_config
@@ -101,6 +98,8 @@ def unlabeled_pool(path: str | Path) -> tuple[list[UnlabeledItem], Path]:
 def collect_pairs(model, processor, items: list[UnlabeledItem], image_root: Path, config: OnlineConfig,
                   judge: Judge) -> tuple[list[PreferencePair], dict]:
     """Sample, self-correct, filter by agreement and build pairs until ``num_pairs`` or the pool runs out."""
+    from sherlock.generation import generate, self_correct
+
     rng = random.Random(f"{config.seed}:{config.iteration}")
     order = rng.sample(range(len(items)), len(items))
     decoding = config.decoding(config.seed * 1000 + config.iteration)
@@ -147,6 +146,10 @@ def collect_pairs(model, processor, items: list[UnlabeledItem], image_root: Path
 
 def run_online_iteration(config: OnlineConfig) -> Path:
     """One iteration: collect pairs with π_{k−1} = ``config.model`` and train π_k; returns π_k's directory."""
+    import torch
+
+    from sherlock.models.loading import load_vlm
+
     config.check()
     items, image_root = unlabeled_pool(config.data)
     model, processor = load_vlm(config.model, dtype=torch.float32, device=distributed.device())

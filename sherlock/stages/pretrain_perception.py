@@ -20,12 +20,9 @@ from tqdm.auto import tqdm
 
 from sherlock.config import ConfigError, help_field
 from sherlock.data.synthetic import FAMILY_GROUPS, IMAGE_SIZE, TIERS, make_item, make_perception_item
-from sherlock.models.loading import require_checkpoint
-from sherlock.models.tiny import PRESETS, build_tiny_vlm, tokenizer_corpus
 from sherlock.stages.io import record_stage_config
 from sherlock.stages.registry import STAGES
-from sherlock.training.setup import TrainSettings
-from sherlock.training.sft import SFTExample, train_sft
+from sherlock.training.settings import TrainSettings
 
 PERCEPTION_FILE = STAGES["pretrain-perception"].outputs["perception"]
 TOKENIZER_ITEMS = 3000  # task items (a seed namespace of their own) whose texts train the tokenizer
@@ -51,6 +48,8 @@ class PretrainPerceptionConfig(TrainSettings):
 
     def check(self) -> None:
         """Refuse bad settings before training."""
+        from sherlock.models.tiny import PRESETS
+
         self.check_training()
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
@@ -72,8 +71,9 @@ def perception_validation(model_dir: Path, config: PretrainPerceptionConfig) -> 
     """
     import torch
 
+    from sherlock.decoding import DecodingConfig
     from sherlock.diagnostics import caption_shapes
-    from sherlock.generation import DecodingConfig, generate
+    from sherlock.generation import generate
     from sherlock.models.loading import load_vlm
 
     drawn = [make_perception_item(config.seed, config.num_items + k, config.image_size, config.question_families())
@@ -96,6 +96,10 @@ def run_pretrain_perception(config: PretrainPerceptionConfig) -> Path:
 
     ``output/perception.json`` holds :func:`perception_validation` of the trained model.
     """
+    from sherlock.models.loading import require_checkpoint
+    from sherlock.models.tiny import build_tiny_vlm, tokenizer_corpus
+    from sherlock.training.sft import SFTExample, train_sft
+
     config.check()
     output = Path(config.output)
     images = output / "data" / "images"

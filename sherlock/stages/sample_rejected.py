@@ -12,9 +12,8 @@ from sherlock.chat import chat_prompt
 from sherlock.config import help_field
 from sherlock.data.llava_cot import load_data
 from sherlock.data.schema import open_image, write_jsonl
+from sherlock.decoding import SamplingSettings
 from sherlock.diagnostics import departure_histogram
-from sherlock.generation import SamplingSettings, generate
-from sherlock.models.engines import load_generator
 from sherlock.stages.io import record_stage_config
 from sherlock.stages.registry import STAGES
 
@@ -38,6 +37,9 @@ def run_sample_rejected(config: SampleRejectedConfig) -> Path:
     where Y^l first departs from Y^w (the record's response), counted over all samples and over
     the wrong ones: what a correction sequence teaches to fix.
     """
+    from sherlock.generation import generate
+    from sherlock.models.engines import load_generator
+
     data = load_data(config.data)
     model, processor = load_generator(config.model, config.engine, distributed.device())
     images = [open_image(data.image_root, r) for r in data.records]

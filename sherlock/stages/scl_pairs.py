@@ -35,8 +35,7 @@ from sherlock.config import ConfigError, help_field
 from sherlock.data.llava_cot import load_data
 from sherlock.data.preferences import PreferencePair
 from sherlock.data.schema import Record, open_image, write_jsonl
-from sherlock.generation import SamplingSettings, generate
-from sherlock.models.engines import load_generator
+from sherlock.decoding import SamplingSettings
 from sherlock.prompts import SCL_DEFAULT_REVIEW_PROMPT, SCL_REVIEW_PROMPTS, scl_first_turn, scl_review_turn
 from sherlock.reasoning import conclusion_text
 from sherlock.stages.build_preferences import save_pairs
@@ -124,6 +123,9 @@ def run_scl_pairs(config: SCLPairsConfig) -> Path:
     Every response with its correctness and type goes to ``responses.jsonl``; the type counts go
     to ``stats.json``. No type-2/3 outcome at all is an error (nothing to train on).
     """
+    from sherlock.generation import generate
+    from sherlock.models.engines import load_generator
+
     config.check()
     data = load_data(config.data)
     unlabelled = [r.id for r in data.records if r.answer is None]

@@ -13,10 +13,8 @@ from pathlib import Path
 from sherlock.config import help_field
 from sherlock.data.llava_cot import load_data
 from sherlock.data.schema import read_jsonl
-from sherlock.models.loading import require_checkpoint
 from sherlock.stages.io import record_stage_config
-from sherlock.training.setup import TrainSettings
-from sherlock.training.sft import correction_examples, examples_from_records, train_sft
+from sherlock.training.settings import TrainSettings
 
 
 @dataclass(kw_only=True)
@@ -32,12 +30,16 @@ class SFTStageConfig(TrainSettings):
 
     def check(self) -> None:
         """Refuse bad settings and a missing checkpoint before training."""
+        from sherlock.models.loading import require_checkpoint
+
         self.check_training()
         require_checkpoint(self.model)
 
 
 def run_sft(config: SFTStageConfig) -> Path:
     """Train and save the model; returns the output directory."""
+    from sherlock.training.sft import correction_examples, examples_from_records, train_sft
+
     config.check()
     data = load_data(config.data)
     examples = examples_from_records(data.records, data.image_root)

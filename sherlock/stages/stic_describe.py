@@ -16,8 +16,7 @@ from sherlock.config import ConfigError, help_field
 from sherlock.data.llava_cot import DATA_FILE, load_data, write_llava_cot
 from sherlock.data.sampling import link_or_copy
 from sherlock.data.schema import open_image, write_jsonl
-from sherlock.generation import SamplingSettings, generate
-from sherlock.models.engines import load_generator
+from sherlock.decoding import SamplingSettings
 from sherlock.prompts import STIC_SIMPLE_PROMPTS, stic_description_infused
 from sherlock.stages.io import record_stage_config
 from sherlock.stages.registry import STAGES
@@ -40,6 +39,9 @@ class STICDescribeConfig(SamplingSettings):
 
 def run_stic_describe(config: STICDescribeConfig) -> Path:
     """Write the description-infused SFT set (``data.jsonl`` + images + ``descriptions.jsonl``)."""
+    from sherlock.generation import generate
+    from sherlock.models.engines import load_generator
+
     data = load_data(config.data)
     rng = random.Random(config.seed)
     records = data.records

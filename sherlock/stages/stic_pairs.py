@@ -24,8 +24,7 @@ from sherlock.config import help_field
 from sherlock.data.llava_cot import load_data
 from sherlock.data.preferences import PreferencePair
 from sherlock.data.schema import open_image
-from sherlock.generation import SamplingSettings, generate
-from sherlock.models.engines import load_generator
+from sherlock.decoding import SamplingSettings
 from sherlock.perturb import stic_corruption
 from sherlock.prompts import STIC_DESCRIPTION_PROMPT, STIC_HALLUCINATION_PROMPTS, STIC_SIMPLE_PROMPTS
 from sherlock.stages.build_preferences import save_pairs
@@ -70,6 +69,9 @@ def run_stic_pairs(config: STICPairsConfig) -> Path:
     A pair whose two descriptions are identical carries no preference and is dropped (counted in
     ``stats.json``).
     """
+    from sherlock.generation import generate
+    from sherlock.models.engines import load_generator
+
     data = load_data(config.data)
     rng = random.Random(config.seed)
     draws = [draw_dispreferred(rng) for _ in data.records]

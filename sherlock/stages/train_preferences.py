@@ -14,24 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from sherlock import distributed
 from sherlock.config import ConfigError, help_field
 from sherlock.data.preferences import read_pairs
 from sherlock.losses import DPO_SEQUENCES, NUM_SEQUENCES, SherlockLossConfig
-from sherlock.models.loading import load_vlm, require_checkpoint
 from sherlock.stages.io import record_stage_config
-from sherlock.training.memory import plan_training_step
-from sherlock.training.preference_trainer import SherlockTrainer
-from sherlock.training.reference import cached_reference_logps, compute_reference_logps, reference_cache_path
-from sherlock.training.sequences import PreferenceCollator, PreferenceDataset, sequence_extent
-from sherlock.training.setup import (
-    TrainSettings,
-    prepare_model,
-    train_and_save,
-    training_arguments,
-)
+from sherlock.training.settings import TrainSettings
 
 REFERENCE_CACHE_DIR = "reference_cache"
 
@@ -51,6 +39,8 @@ class TrainPreferencesConfig(SherlockLossConfig, TrainSettings):
 
     def check(self) -> None:
         """Refuse bad settings before training."""
+        from sherlock.models.loading import require_checkpoint
+
         self.check_training()
         if not (self.use_sc or self.use_dpo):
             raise ConfigError("use_sc and use_dpo are both false: the loss would be empty")
@@ -65,6 +55,15 @@ class TrainPreferencesConfig(SherlockLossConfig, TrainSettings):
 
 def run_train_preferences(config: TrainPreferencesConfig) -> Path:
     """Train on the pairs in ``config.data``; saves the model and processor to ``config.output``."""
+    import torch
+
+    from sherlock.models.loading import load_vlm
+    from sherlock.training.memory import plan_training_step
+    from sherlock.training.preference_trainer import SherlockTrainer
+    from sherlock.training.reference import cached_reference_logps, compute_reference_logps, reference_cache_path
+    from sherlock.training.sequences import PreferenceCollator, PreferenceDataset, sequence_extent
+    from sherlock.training.setup import prepare_model, train_and_save, training_arguments
+
     config.check()
     pairs = read_pairs(config.data)
     model, processor = load_vlm(config.model, dtype=torch.float32)

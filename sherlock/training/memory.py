@@ -22,7 +22,7 @@ from pathlib import Path
 
 from sherlock import distributed
 from sherlock.config import ConfigError, help_field
-from sherlock.training.setup import DEFAULT_LORA_TARGET, deepspeed_layout
+from sherlock.training.settings import DEFAULT_LORA_TARGET, deepspeed_layout
 
 GiB = 2**30
 HEADROOM = 0.9  # a plan fits when it needs at most this fraction of a GPU's memory
@@ -222,7 +222,7 @@ def layout_of(settings, gpus_per_node: int, nodes: int, sequence_length: int, ro
 
 
 def plan_training_step(model_dir: str | Path, settings, sequence_length: int, rows_per_example: int) -> MemoryPlan:
-    """Plan the step of ``settings`` (a :class:`~sherlock.training.setup.TrainSettings`) on this job's GPUs,
+    """Plan the step of ``settings`` (a :class:`~sherlock.training.settings.TrainSettings`) on this job's GPUs,
     print it, and on GPUs refuse what does not fit (:func:`check_fits`) before the model is loaded.
     """
     import torch

@@ -1,7 +1,7 @@
-"""What every training stage shares: optimiser settings, LoRA/freezing, checkpoints and resume.
+"""What every training stage shares, applied: LoRA/freezing, training arguments, checkpoints and resume.
 
-:class:`TrainSettings` is inherited by the SFT and preference stage configs; it maps onto
-``transformers.TrainingArguments`` (or TRL's subclasses) with :func:`training_arguments`.
+:class:`~sherlock.training.settings.TrainSettings` (inherited by the SFT and preference stage configs)
+maps onto ``transformers.TrainingArguments`` (or TRL's subclasses) with :func:`training_arguments`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import os
 import re
 import sys
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,7 +18,8 @@ from safetensors import SafetensorError, safe_open
 from transformers import TrainerCallback, TrainingArguments
 
 from sherlock import distributed
-from sherlock.config import ConfigError, help_field
+from sherlock.config import ConfigError
+from sherlock.training.settings import TrainSettings, deepspeed_layout
 
 IGNORE_INDEX = -100  # a label position no loss is taken on (transformers' and TRL's convention)
 
@@ -28,68 +28,8 @@ IGNORE_INDEX = -100  # a label position no loss is taken on (transformers' and T
 VISION_MODULES = ("vision_model", "vision_tower", "visual")
 PROJECTOR_MODULES = ("multi_modal_projector", "mm_projector", "connector")
 LANGUAGE_MODULES = ("language_model", "text_model", "lm_head")
-# LoRA on the language model's attention and MLP projections (cross-attention layers included).
-DEFAULT_LORA_TARGET = r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-FINETUNING_MODES = ("full", "lora")
 CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")  # the Trainer's periodic saves
 TRAINER_STATE = "trainer_state.json"
-
-
-@dataclass(kw_only=True)
-class TrainSettings:
-    """Optimiser, schedule, parameter-efficiency and checkpointing settings of a training stage."""
-
-    learning_rate: float = help_field(1e-5, "peak learning rate")
-    epochs: float = help_field(1.0, "number of passes over the data")
-    max_steps: int = help_field(-1, "stop after this many optimiser steps (-1: use epochs)")
-    batch_size: int = help_field(16, "examples per device per step")
-    grad_accum: int = help_field(1, "gradient accumulation steps")
-    warmup_ratio: float = help_field(0.03, "fraction of steps with linear warm-up")
-    weight_decay: float = help_field(0.0, "AdamW weight decay")
-    lr_scheduler: str = help_field("cosine", "transformers scheduler name")
-    seed: int = help_field(0, "seed of initialisation-free randomness (data order, dropout)")
-    logging_steps: int = help_field(10, "log metrics every this many steps")
-    save_steps: int = help_field(0, "checkpoint every this many steps (0: only the final model)")
-    resume: bool = help_field(True, "resume from the last checkpoint in the output directory")
-    finetuning: str = help_field("full", "full or lora")
-    lora_r: int = help_field(8, "LoRA rank")
-    lora_alpha: int = help_field(16, "LoRA alpha")
-    lora_dropout: float = help_field(0.05, "LoRA dropout")
-    lora_target: str = help_field(DEFAULT_LORA_TARGET, "regex of the modules LoRA adapts")
-    freeze_vision: bool = help_field(False, "freeze the vision tower")
-    freeze_projector: bool = help_field(False, "freeze the multimodal projector")
-    freeze_language: bool = help_field(False, "freeze the language model")
-    deepspeed: str | None = help_field(None, "DeepSpeed JSON config (e.g. configs/deepspeed/zero3.json)")
-    gradient_checkpointing: bool = help_field(False, "recompute activations in the backward pass")
-
-    def check_training(self) -> None:
-        """Raise :class:`ConfigError` on inconsistent settings."""
-        if self.finetuning not in FINETUNING_MODES:
-            raise ConfigError(f"finetuning must be one of {FINETUNING_MODES}, got {self.finetuning!r}")
-        if self.freeze_vision and self.freeze_projector and self.freeze_language:
-            raise ConfigError("freezing the vision tower, projector and language model leaves nothing to train")
-        if self.finetuning == "lora" and self.freeze_language:
-            raise ConfigError("LoRA adapts the language model: freeze_language contradicts finetuning=lora")
-        for name in ("learning_rate", "batch_size", "grad_accum"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive")
-        if self.epochs <= 0 and self.max_steps <= 0:
-            raise ConfigError("set epochs > 0 or max_steps > 0")
-        if self.deepspeed and not Path(self.deepspeed).is_file():
-            raise ConfigError(f"DeepSpeed config not found: {self.deepspeed}")
-        if self.finetuning == "lora" and deepspeed_layout(self.deepspeed)["zero_stage"] == 3:
-            raise ConfigError("LoRA adapters are merged into the saved model, which ZeRO-3's partitioned weights "
-                              "do not allow: train LoRA with configs/deepspeed/zero2.json or without DeepSpeed")
-
-
-def deepspeed_layout(path: str | None) -> dict:
-    """``zero_stage``, ``offload_optimizer``, ``offload_params`` of a DeepSpeed JSON config (none: DDP, stage 0)."""
-    if not path:
-        return {"zero_stage": 0, "offload_optimizer": False, "offload_params": False}
-    zero = json.loads(Path(path).read_text()).get("zero_optimization", {})
-    return {"zero_stage": int(zero.get("stage", 0)),
-            "offload_optimizer": zero.get("offload_optimizer", {}).get("device") == "cpu",
-            "offload_params": zero.get("offload_param", {}).get("device") == "cpu"}
 
 
 def _modules(model, names: tuple[str, ...]):

@@ -30,10 +30,10 @@ from sherlock.data.schema import Record
 from sherlock.models.loading import load_vlm
 from sherlock.prompts import correction_prompt
 from sherlock.training.memory import plan_training_step
+from sherlock.training.settings import TrainSettings
 from sherlock.training.setup import (
     IGNORE_INDEX,
     ConvertedCheckpointResume,
-    TrainSettings,
     prepare_model,
     train_and_save,
     training_arguments,

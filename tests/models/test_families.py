@@ -15,7 +15,8 @@ def test_build_tiny_makes_each_family_from_the_command_line(tmp_path, synthetic_
     """``sherlock build-tiny --family NAME``: the family's real model and processor classes, the stage tags
     atomic, only the assistant turn marked for the loss, generation through the project's ``generate``."""
     from sherlock.cli import main
-    from sherlock.generation import DecodingConfig, generate
+    from sherlock.decoding import DecodingConfig
+    from sherlock.generation import generate
     from sherlock.models.tiny import STAGE_TAGS
 
     corpus = synthetic_data.path
@@ -84,7 +85,8 @@ def part_of(parameter: str) -> str:
 @pytest.mark.parametrize("frozen", ["vision", "projector", "language"])
 def test_freezing_touches_exactly_that_part(fresh_model, frozen):
     """``freeze_<part>: true`` turns off every parameter of that part of the family's layout and no other."""
-    from sherlock.training.setup import TrainSettings, prepare_model
+    from sherlock.training.settings import TrainSettings
+    from sherlock.training.setup import prepare_model
 
     name, model = fresh_model
     model = prepare_model(model, TrainSettings(**{f"freeze_{frozen}": True}))
@@ -97,7 +99,8 @@ def test_freezing_touches_exactly_that_part(fresh_model, frozen):
 def test_lora_adapts_exactly_the_language_models_projections(fresh_model):
     """The default LoRA target: adapters on every attention and MLP projection of the language model
     (cross-attention layers included), none in the vision tower or the projector; only they train."""
-    from sherlock.training.setup import TrainSettings, prepare_model
+    from sherlock.training.settings import TrainSettings
+    from sherlock.training.setup import prepare_model
 
     name, model = fresh_model
     projections = {module for module, _ in model.named_modules()
@@ -118,7 +121,8 @@ def test_every_generating_stage_and_evaluation_run_on_the_family(name, family_mo
     review turn, STIC pairs and evaluation with a correction round (serving: tests/serving)."""
     from sherlock.data.llava_cot import load_data
     from sherlock.data.schema import read_jsonl
-    from sherlock.generation import DecodingConfig, generate
+    from sherlock.decoding import DecodingConfig
+    from sherlock.generation import generate
     from sherlock.prompts import SCL_REVIEW_PROMPTS
     from sherlock.stages.build_preferences import BuildPreferencesConfig, run_build_preferences
     from sherlock.stages.evaluate import EvaluateConfig, run_evaluate

@@ -3,7 +3,8 @@ import torch
 
 from sherlock.chat import conversation, user_turn
 from sherlock.data.schema import open_image
-from sherlock.generation import DecodingConfig, generate
+from sherlock.decoding import DecodingConfig
+from sherlock.generation import generate
 from sherlock.models.loading import CheckpointNotFoundError, load_vlm
 from sherlock.models.tiny import STAGE_TAGS, build_tiny_vlm
 
@@ -68,7 +69,7 @@ def test_unknown_preset(tmp_path):
 
 
 def test_sft_trains_the_assistant_turn(tiny_model_dir, synthetic_data, tmp_path):
-    from sherlock.training.setup import TrainSettings
+    from sherlock.training.settings import TrainSettings
     from sherlock.training.sft import examples_from_records, sft_dataset, train_sft
 
     examples = examples_from_records(synthetic_data.records[:64], synthetic_data.image_root)

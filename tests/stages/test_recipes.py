@@ -15,7 +15,8 @@ from sherlock.data.llava_cot import load_llava_cot
 from sherlock.data.preferences import read_pairs
 from sherlock.data.schema import Record
 from sherlock.data.synthetic import SOURCE
-from sherlock.generation import DecodingConfig, generate
+from sherlock.decoding import DecodingConfig
+from sherlock.generation import generate
 from sherlock.models.loading import load_vlm
 from sherlock.perturb import stic_corruption
 from sherlock.prompts import (

@@ -64,7 +64,8 @@ def test_lora_initialisation_follows_the_stage_seed(tiny_model_dir):
     """The adapters' random A matrices depend on ``seed`` only, not on what the process drew before."""
     import torch
 
-    from sherlock.training.setup import TrainSettings, prepare_model
+    from sherlock.training.settings import TrainSettings
+    from sherlock.training.setup import prepare_model
 
     def adapters(seed: int, draws: int) -> dict:
         torch.rand(draws)  # earlier use of the global generator (generation, other stages)

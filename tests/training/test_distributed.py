@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from sherlock.models.families import FAMILIES
-from sherlock.training.setup import TrainSettings, training_arguments
+from sherlock.training.settings import TrainSettings
+from sherlock.training.setup import training_arguments
 
 REPO = Path(__file__).resolve().parents[2]
 CONSTANT_LR = ["--lr-scheduler", "constant", "--warmup-ratio", "0", "--logging-steps", "1", "--learning-rate", "2e-5"]

@@ -6,7 +6,8 @@ import pytest
 from trl import SFTConfig, SFTTrainer
 
 from sherlock.models.loading import load_vlm
-from sherlock.training.setup import TrainSettings, training_arguments
+from sherlock.training.settings import TrainSettings
+from sherlock.training.setup import training_arguments
 from sherlock.training.sft import (
     VLMSFTTrainer,
     correction_examples,

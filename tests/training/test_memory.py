@@ -15,7 +15,7 @@ from sherlock.training.memory import (
     plan,
     run_plan_memory,
 )
-from sherlock.training.setup import deepspeed_layout
+from sherlock.training.settings import deepspeed_layout
 
 REPO = Path(__file__).resolve().parents[2]
 PAPER_MODEL = REPO / "configs" / "models" / "llama-3.2-11b-vision"  # Llama-3.2-11B-Vision's config.json
@@ -68,7 +68,8 @@ def test_an_11b_full_fine_tune_on_one_80gb_gpu_is_refused_with_what_would_fit(pa
 def test_lora_is_counted_as_peft_trains_it(tiny_model_dir):
     """The plan's LoRA parameters (r × (in + out) of every targeted linear layer) are PEFT's trainable ones."""
     from sherlock.models.loading import load_vlm
-    from sherlock.training.setup import TrainSettings, prepare_model
+    from sherlock.training.settings import TrainSettings
+    from sherlock.training.setup import prepare_model
 
     settings = TrainSettings(finetuning="lora", lora_r=4)
     model = prepare_model(load_vlm(tiny_model_dir)[0], settings)

@@ -56,7 +56,7 @@ def test_reference_logps_are_computed_once_per_model_and_data(tiny_model_dir, pr
     def fail(*args, **kwargs):
         raise AssertionError("reference log-probs recomputed")
 
-    monkeypatch.setattr("sherlock.stages.train_preferences.compute_reference_logps", fail)
+    monkeypatch.setattr("sherlock.training.reference.compute_reference_logps", fail)
     _train(tiny_model_dir, preference_dir, tmp_path / "second", dynamic_beta=False)
     assert reference_cache_path(tmp_path, tiny_model_dir, preference_dir, DPO_SEQUENCES) != \
         reference_cache_path(tmp_path, tiny_model_dir, preference_dir)  # w/o L_SC: 2 slots, its own cache
