@@ -222,7 +222,7 @@ def evaluate_and_deploy(checkpoints: list, benchmarks, prior_data, options: Clus
 
 
 def with_gate_key(task, options: ClusterOptions):
-    """The gate's signing key (:data:`sherlock.tracking.GATE_KEY_ENV`) for the gate and deploy steps alone:
+    """The gate's signing key (:data:`sherlock.gate.GATE_KEY_ENV`) for the gate and deploy steps alone:
     every step holds the pipeline's MLflow login, which may move aliases; only these two may sign or check.
     """
     if options.gate_secret:

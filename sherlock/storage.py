@@ -418,8 +418,8 @@ def fetch(uri: str | Path, storage: Storage | None = None, with_directory: bool 
     uri = str(uri).rstrip("/")
     bucket, key = split_s3_uri(uri)
     target = cache_root() / "s3" / bucket / key
+    check_no_links(cache_root(), target)  # before anything is made through a planted link
     target.parent.mkdir(parents=True, exist_ok=True)
-    check_no_links(cache_root(), target)
     with open(f"{target}.lock", "w") as lock:  # processes of one node (torchrun ranks) download once
         fcntl.flock(lock, fcntl.LOCK_EX)
         storage = storage or Storage()

@@ -212,7 +212,7 @@ def evaluate_benchmark(model, processor, name: str, items: list[BenchmarkItem], 
         samples = [rounds[0]] + [generate(model, processor, prompts, images, config=direct,
                                           desc=f"{name} direct sample {j + 1}", stream=f"direct sample {j}", keys=keys)
                                  for j in range(1, config.samples())]
-        scores = [[item_score(item, s[i], grader) for s in samples] for i, item in enumerate(items)]
+        scores = [[hits[0][i]] + [item_score(item, s[i], grader) for s in samples[1:]] for i, item in enumerate(items)]
         answers = [[read_answer(item, s[i]) for s in samples] for i, item in enumerate(items)]
         result["samples"] = sample_headroom(scores, answers)
     if config.greedy_direct:
