@@ -2,7 +2,8 @@
 #   CUDA: docker build -t REGISTRY/sherlock:0.1.0-cuda .
 #   CPU:  docker build --build-arg TORCH_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu \
 #                      --build-arg TORCH_LOCAL_VERSION=+cpu -t REGISTRY/sherlock:0.1.0-cpu .
-#   Without a registry (podman, Debian's packages only): `make image` (docs/cluster.md).
+#   Without a registry (podman, Debian's packages only): `make image` (docs/cluster.md), the CUDA variant
+#   (PyPI's wheel, which runs on the CPU as well).
 # PyPI's torch wheel for Linux carries the CUDA runtime; GPU nodes provide the driver (NVIDIA
 # container toolkit). The CPU variant takes the CPU build of the same version.
 # Every pip call is constrained by requirements/constraints.txt, the lock the tests run against.
@@ -13,13 +14,15 @@ ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ARG TORCH_EXTRA_INDEX_URL=""
 ARG TORCH_LOCAL_VERSION=""
+# a machine's own package index, mounted read-only into the build (`make image`); none by default
+ARG PIP_EXTRA_INDEX_URL=""
 ENV PIP_NO_CACHE_DIR=1 PATH=/opt/sherlock/bin:${PATH}
 RUN apt-get update && apt-get install -y --no-install-recommends g++ libgomp1 && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/sherlock
 WORKDIR /app
 COPY requirements/constraints.txt requirements/constraints.txt
 RUN pip install -c requirements/constraints.txt ${TORCH_EXTRA_INDEX_URL:+--extra-index-url ${TORCH_EXTRA_INDEX_URL}} \
-        "torch==2.13.0${TORCH_LOCAL_VERSION}" \
+        "torch==2.14.1${TORCH_LOCAL_VERSION}" "torchvision==0.29.1${TORCH_LOCAL_VERSION}" \
     && pip install -c requirements/constraints.txt ninja py-cpuinfo packaging setuptools wheel \
     && DS_BUILD_OPS=0 DS_BUILD_CPU_ADAM=1 pip install --no-build-isolation -c requirements/constraints.txt deepspeed
 COPY pyproject.toml README.md ./

@@ -15,7 +15,7 @@ HELM := .tools/helm/helm
 
 $(BIN)/sherlock: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -c $(CONSTRAINTS) torch==2.13.0
+	$(BIN)/pip install -q -c $(CONSTRAINTS) torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[all,dev]"
 	touch $@
 
@@ -51,15 +51,20 @@ test: install $(CHECKOV) $(HELM)
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
-# The CPU image with podman, from Debian's and PyPI's packages only (no registry): image-base
+# The project image with podman, from Debian's and PyPI's packages only (no registry): image-base
 # debootstraps a Python base once; image builds the Dockerfile on it (docs/cluster.md).
-IMAGE_TAG ?= localhost/sherlock:$(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' sherlock/__init__.py)-cpu
+# PyPI's torch wheel carries CUDA and runs on the CPU too: the -cuda variant, the only torch 2.14.1 on PyPI.
+# A machine's own package index (/opt/pypi*) is mounted read-only into the build, so pip takes torch there.
+IMAGE_TAG ?= localhost/sherlock:$(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' sherlock/__init__.py)-cuda
+PIP_INDEX_DIRS := $(wildcard /opt/pypi /opt/pypi-more)
 image-base:
 	image/base.sh localhost/sherlock-python:3.11-bookworm
 
 image: image-base
 	podman build --isolation chroot --build-arg PYTHON_IMAGE=localhost/sherlock-python:3.11-bookworm \
-	    --build-arg TORCH_LOCAL_VERSION=+cpu --build-arg GIT_COMMIT=$$(git rev-parse HEAD) \
+	    $(foreach d,$(PIP_INDEX_DIRS),-v $(d):$(d):ro) \
+	    --build-arg PIP_EXTRA_INDEX_URL="$(strip $(foreach d,$(PIP_INDEX_DIRS),file://$(d)/simple))" \
+	    --build-arg GIT_COMMIT=$$(git rev-parse HEAD) \
 	    --build-arg IMAGE_REF=$(IMAGE_TAG) -t $(IMAGE_TAG) .
 
 test-image: install

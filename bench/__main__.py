@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 BENCHMARKS = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "serving", "P9")
-GPU_ONLY = ("P9",)  # run only when named: CUDA and the vllm extra
+GPU_ONLY = ("P9",)  # run only when named: CUDA and vLLM
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """P9: vLLM against the HF engine — greedy answers to the same items on one CUDA GPU.
 
-Needs a CUDA GPU and the vllm extra (``pip install 'sherlock-vlm[vllm]'``); CI has neither, and
+Needs a CUDA GPU and vLLM installed (no release admits the project's torch yet: pyproject.toml); CI has neither, and
 ``tests/test_engines.py`` checks the adapter's requests on CPU. A tiny Gemma 3 (vLLM no longer
 serves Mllama) with a tokenizer trained on the workspace's data answers every item greedily through
 :func:`sherlock.generation.generate` with each engine (``engine: hf`` and ``engine: vllm``, the same
@@ -20,7 +20,7 @@ MAX_NEW_TOKENS = 48
 
 def run(workspace: Workspace, quick: bool, device) -> Result:
     if device.type != "cuda":
-        raise RuntimeError("P9 needs a CUDA GPU and the vllm extra (pip install 'sherlock-vlm[vllm]')")
+        raise RuntimeError("P9 needs a CUDA GPU and vLLM installed")
     from sherlock.data.llava_cot import load_llava_cot
     from sherlock.data.schema import open_image
     from sherlock.decoding import DecodingConfig

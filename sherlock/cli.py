@@ -182,8 +182,8 @@ UTILITIES: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
               _config_command("sherlock.serving.settings:ServeConfig", _serve)),
     "deploy": ("deploy a registered model as a KServe InferenceService (or write its manifest)",
                _config_command("sherlock.serving.deploy:DeployConfig", "sherlock.serving.deploy:run_deploy")),
-    "build-tiny": ("build a tiny VLM checkpoint of one family (Llama-3.2-Vision, Gemma 3, Idefics3) with a "
-                   "tokenizer trained on the corpus", _build_tiny_arguments),
+    "build-tiny": ("build a tiny VLM checkpoint of one family (Llama-3.2-Vision, Gemma 3, Idefics3, Qwen2.5-VL, "
+                   "Qwen3-VL) with a tokenizer trained on the corpus", _build_tiny_arguments),
     "rescore": ("score an evaluation's saved predictions again (the current answer extractor and grader; no model)",
                 _config_command("sherlock.stages.evaluate:RescoreConfig", "sherlock.stages.evaluate:run_rescore")),
     "plan-memory": ("memory per GPU of a training step (DeepSpeed's estimators for model states), and what would fit",

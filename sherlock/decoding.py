@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sherlock.config import help_field
+from sherlock.image_budget import ImageBudget
 
 
 @dataclass
@@ -22,15 +23,15 @@ class DecodingConfig:
 
 
 @dataclass(kw_only=True)
-class SamplingSettings:
-    """Decoding settings of a stage that samples responses (spec §1: T = 0.7)."""
+class SamplingSettings(ImageBudget):
+    """Decoding settings of a stage that samples responses (spec §1: T = 0.7), and its image token budget."""
 
     temperature: float = help_field(0.7, "sampling temperature (0: greedy)")
     top_p: float = help_field(1.0, "nucleus sampling threshold")
     max_new_tokens: int = help_field(512, "longest generated response")
     generation_batch_size: int = help_field(32, "prompts per generate call")
-    engine: str = help_field("hf", "generation engine: hf (transformers) or vllm (the vllm extra and a CUDA GPU; "
-                                   "Gemma 3 and Idefics3 checkpoints)")
+    engine: str = help_field("hf", "generation engine: hf (transformers) or vllm (vLLM installed and a CUDA GPU; "
+                                   "Gemma 3, Idefics3 and Qwen checkpoints)")
 
     def decoding(self, seed: int) -> DecodingConfig:
         """The decoding settings of these fields with ``seed``."""

@@ -23,10 +23,11 @@ def test_quick_mode_reports_every_benchmark(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(output.read_text())
     names = [r["name"] for r in report["results"]]
-    assert [name.split()[0] for name in names] == ["P1"] * 7 + ["P2", "P3", "P5", "P6", "P7", "P8", "P8", "Serving",
+    assert [name.split()[0] for name in names] == ["P1"] * 11 + ["P2", "P3", "P5", "P6", "P7", "P8", "P8", "Serving",
                                                                  "Serving"]
-    assert [r["details"]["family"] for r in report["results"][:7]] == ["mllama"] * 3 + ["gemma3"] * 2 + ["idefics3"] * 2
-    assert all("peak memory" in names[i] for i in (1, 4, 6))
+    assert [r["details"]["family"] for r in report["results"][:11]] == ["mllama"] * 3 + [
+        family for family in ("gemma3", "idefics3", "qwen2_5_vl", "qwen3_vl") for _ in range(2)]
+    assert all("peak memory" in names[i] for i in (1, 4, 6, 8, 10))
     assert "activation checkpointing" in names[2] and report["results"][2]["details"]["memory_ratio"] > 0
     for entry in report["results"]:
         assert entry["project"] > 0 and entry["baseline"] > 0 and entry["target"] > 0, entry
@@ -35,7 +36,7 @@ def test_quick_mode_reports_every_benchmark(tmp_path):
                                                else entry["project"] / entry["baseline"])
         assert f"{entry['name']:<28}" in result.stdout
     by_name = {r["name"].split()[0]: r for r in report["results"]}
-    assert all(r["details"]["max_loss_difference"] <= 1e-5 for r in report["results"][:7])
+    assert all(r["details"]["max_loss_difference"] <= 1e-5 for r in report["results"][:11])
     assert by_name["P2"]["details"]["max_loss_difference"] <= 1e-4
     assert report["machine"]["quick"] is True
 

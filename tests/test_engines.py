@@ -61,10 +61,30 @@ def test_generate_sends_the_same_requests_and_cuts_after_the_conclusion(gemma3, 
     assert [p["seed"] for p in params] == [item_seed(5, "Y^l", "x"), item_seed(5, "Y^l", "y")]
 
 
+@pytest.mark.parametrize("name", ["qwen2_5_vl", "qwen3_vl"])
+def test_a_qwen_request_holds_one_placeholder_per_image_whose_grid_the_processor_makes(name, family_model_dirs):
+    """vLLM computes Qwen's ``image_grid_thw`` itself from the images: the request's text holds the image
+    placeholder once per image (not expanded), and Qwen's own processor, given that text and those images,
+    gives one grid row per image and as many image tokens as the grids hold merged patches."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(family_model_dirs[name])
+    texts = [prompt_text(processor, "How many red shapes?", "", 1), prompt_text(processor, "Which is blue?", "", 2)]
+    prompts, _ = vllm_requests(texts, IMAGES, 16, 0.7, 1.0, [1, 2])
+    merge = processor.image_processor.merge_size ** 2
+    for prompt in prompts:
+        shown = prompt["multi_modal_data"]["image"]
+        assert prompt["prompt"].count(processor.image_token) == len(shown)
+        encoded = processor(images=[shown], text=[prompt["prompt"]], return_tensors="pt")
+        assert encoded["image_grid_thw"].shape == (len(shown), 3)
+        tokens = (encoded["input_ids"] == processor.image_token_id).sum().item()
+        assert tokens == encoded["image_grid_thw"].prod(-1).sum().item() // merge == 9 * len(shown)
+
+
 def test_what_vllm_cannot_serve_is_refused_before_it_is_imported(gemma3, tiny_model_dir, monkeypatch):
     model_dir, _ = gemma3
     monkeypatch.setitem(sys.modules, "vllm", None)  # not installed (as in CI): the import fails
-    with pytest.raises(ConfigError, match=r"pip install 'sherlock-vlm\[vllm\]'"):
+    with pytest.raises(ConfigError, match=r"needs vLLM installed .* \(none does up to vLLM 0.34.0"):
         load_generator(model_dir, "vllm")
     with pytest.raises(ConfigError, match=r"'mllama' checkpoint.*vllm-project/vllm#24907"):
         load_generator(tiny_model_dir, "vllm")

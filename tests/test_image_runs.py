@@ -26,7 +26,7 @@ from PIL import Image
 from sherlock.machine import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-IMAGE = os.environ.get("SHERLOCK_TEST_IMAGE", "localhost/sherlock:0.1.0-cpu")
+IMAGE = os.environ.get("SHERLOCK_TEST_IMAGE", "localhost/sherlock:0.1.0-cuda")
 MANIFEST_UID = "10001"  # manifests/ and charts/ run the image as this uid
 
 

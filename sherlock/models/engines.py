@@ -7,8 +7,10 @@ and one seed per item (:func:`sherlock.generation.item_seed`). vLLM draws its ow
 seed, so sampled responses differ from HF's, but not between batches or runs; greedy ones should
 agree up to numerics.
 
-vLLM is an optional extra (``pip install 'sherlock-vlm[vllm]'``, a CUDA GPU), imported only here. It
-serves the Gemma 3 and Idefics3 families, and no longer Mllama: vLLM dropped its encoder-decoder
+vLLM is optional (a CUDA GPU), imported only here, and not an extra: no release admits the project's
+torch 2.14.1 and transformers 5.23.0 yet (0.34.0 pins torch 2.14.0, transformers < 5.23). It serves the
+Gemma 3, Idefics3, Qwen2.5-VL and Qwen3-VL families (Qwen's image grid is vLLM's to compute from the
+images: a request carries the image placeholder once per image), and no longer Mllama: vLLM dropped its encoder-decoder
 models, Mllama among them, with its V0 engine (vllm-project/vllm#24907, v0.10.2). One process drives
 the engine: a step on several ranks keeps ``engine: hf``.
 """
@@ -21,15 +23,15 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import AutoProcessor
 
 from sherlock import distributed
 from sherlock.config import ConfigError
-from sherlock.models.loading import load_vlm, require_checkpoint
+from sherlock.models.loading import load_processor, load_vlm, require_checkpoint
 from sherlock.reasoning import CONCLUSION_END, cut_after_conclusion
 
 ENGINES = ("hf", "vllm")
-VLLM_FAMILIES = ("gemma3", "idefics3")  # config.json model_type; vLLM has no Mllama since #24907
+# config.json model_type; vLLM has no Mllama since #24907
+VLLM_FAMILIES = ("gemma3", "idefics3", "qwen2_5_vl", "qwen3_vl")
 MAX_IMAGES_PER_PROMPT = 8  # MMMU questions hold up to 7
 
 
@@ -59,20 +61,23 @@ def load_vllm(path: str | Path) -> VLLMModel:
     try:
         import vllm
     except ImportError:
-        raise ConfigError("engine vllm needs the vllm extra: pip install 'sherlock-vlm[vllm]' (a CUDA GPU)") from None
+        raise ConfigError("engine vllm needs vLLM installed (a CUDA GPU) in a release whose pins admit "
+                          "this torch and transformers (none does up to vLLM 0.34.0: pyproject.toml)") from None
     return VLLMModel(path, vllm.LLM(model=str(path), seed=0, limit_mm_per_prompt={"image": MAX_IMAGES_PER_PROMPT}))
 
 
-def load_generator(path: str | Path, engine: str = "hf", device: str | None = None):
+def load_generator(path: str | Path, engine: str = "hf", device: str | None = None,
+                   image_budget: dict[str, int] | None = None):
     """``(model, processor)`` for a stage that only generates: the HF model (float32) on ``device``, or
-    with ``engine="vllm"`` a :class:`VLLMModel` (checked before vLLM is imported).
+    with ``engine="vllm"`` a :class:`VLLMModel` (checked before vLLM is imported); the processor with the
+    image token budget ``image_budget`` (:func:`sherlock.models.loading.load_processor`).
     """
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {ENGINES}, got {engine!r}")
     if engine == "vllm":
         model = load_vllm(path)
-        return model, AutoProcessor.from_pretrained(model.path, local_files_only=True)
-    return load_vlm(path, dtype=torch.float32, device=device)
+        return model, load_processor(model.path, image_budget)
+    return load_vlm(path, dtype=torch.float32, device=device, image_budget=image_budget)
 
 
 def vllm_requests(texts: list[str], images: list[list[Image.Image]], max_new_tokens: int, temperature: float,

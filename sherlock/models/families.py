@@ -11,6 +11,12 @@ used:
 - ``build``: the tiny instance built offline (``sherlock build-tiny --family NAME``).
 - ``image_blocks``: where a family's image tokens attend to each other both ways (Gemma 3), the blocks
   they form; the packed preference batch's mask keeps them (``sherlock.training.packing``).
+- ``positions``: where a family's rotary positions are not the token index (Qwen's M-RoPE: 3-D, from the
+  image grid), the position ids of whole rows, which the packed preference batch gathers per token.
+
+Qwen's image inputs are rows of patches concatenated over a batch's images, counted by ``image_grid_thw``
+(``sherlock.training.sequences`` regroups them per sequence by rows); every other family's have a batch
+dimension.
 
 The log-probs of every family are taken from the last hidden states through the output embedding, as
 each family's ``...ForConditionalGeneration.forward`` computes its logits (transformers 5.23 applies no
@@ -30,6 +36,7 @@ from transformers.models.gemma3.modeling_gemma3 import get_block_sequence_ids_fo
 from sherlock.models.tiny import build_tiny_vlm
 from sherlock.models.tiny_gemma3 import build_tiny_gemma3
 from sherlock.models.tiny_idefics3 import build_tiny_idefics3
+from sherlock.models.tiny_qwen import build_tiny_qwen2_5_vl, build_tiny_qwen3_vl
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,8 @@ class Family:
     # model inputs -> (rows, tokens) ids of the image blocks whose tokens see each other (-1 for text);
     # None: every token attends causally
     image_blocks: Callable[[dict], torch.Tensor] | None = None
+    # (model, whole rows' inputs) -> (3, rows, tokens) position ids; None: a token's column is its position
+    positions: Callable[[torch.nn.Module, dict], torch.Tensor] | None = None
 
 
 def gemma3_image_blocks(inputs: dict) -> torch.Tensor:
@@ -51,6 +60,16 @@ def gemma3_image_blocks(inputs: dict) -> torch.Tensor:
     return get_block_sequence_ids_for_mask(inputs["token_type_ids"])
 
 
+def mrope_positions(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
+    """Qwen's 3-D (temporal, height, width) positions of right-padded whole rows, as its forward pass
+    computes them (``get_rope_index``: a text token advances all three, an image's tokens take their grid
+    cell's row and column).
+    """
+    owner = next(module for module in model.modules() if hasattr(module, "get_rope_index"))
+    return owner.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
+                                image_grid_thw=inputs["image_grid_thw"], attention_mask=inputs["attention_mask"])[0]
+
+
 FAMILIES = {family.name: family for family in (
     Family("mllama", "Llama-3.2-Vision: the text cross-attends to the image tiles", ("cross_attention_mask",),
            build_tiny_vlm),
@@ -58,6 +77,10 @@ FAMILIES = {family.name: family for family in (
            gemma3_image_blocks),
     Family("idefics3", "Idefics3 / SmolVLM: pixel-shuffled SigLIP image tokens in the sequence", (),
            build_tiny_idefics3),
+    Family("qwen2_5_vl", "Qwen2.5-VL: merged ViT patch tokens at 3-D rotary positions (M-RoPE)",
+           ("mm_token_type_ids",), build_tiny_qwen2_5_vl, positions=mrope_positions),
+    Family("qwen3_vl", "Qwen3-VL: Qwen2.5-VL's layout with DeepStack visual features in the first text layers",
+           ("mm_token_type_ids",), build_tiny_qwen3_vl, positions=mrope_positions),
 )}
 TOKEN_KEYS = tuple(dict.fromkeys(key for family in FAMILIES.values() for key in family.token_keys))
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from sherlock.config import ConfigError
+
 
 class CheckpointNotFoundError(FileNotFoundError):
     """The path does not hold a saved model (no ``config.json``)."""
@@ -20,15 +22,50 @@ def require_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_vlm(path: str | Path, dtype: torch.dtype | str = "auto", device: str | None = None):
-    """Load ``(model, processor)`` from a ``save_pretrained`` directory.
+def attend_across_images(model) -> int:
+    """Make Mllama's attention to the image non-causal whatever mask a caller passes, and return how many
+    modules were set.
+
+    transformers 5.23 never sets ``is_causal`` on ``MllamaTextCrossAttention`` or ``MllamaVisionAttention``,
+    and its SDPA path takes a module without the flag as causal when no mask is passed: text tokens would
+    then see only the first image patches (huggingface/transformers#48172). Every path of the project
+    passes the processor's ``cross_attention_mask``; this sets ``is_causal = False`` on exactly those
+    modules where transformers left it unset, so no result depends on that. Other families: nothing.
+    """
+    from transformers.models.mllama.modeling_mllama import MllamaTextCrossAttention, MllamaVisionAttention
+
+    unset = (module for module in model.modules() if not hasattr(module, "is_causal"))
+    modules = [module for module in unset if isinstance(module, MllamaTextCrossAttention | MllamaVisionAttention)]
+    for module in modules:
+        module.is_causal = False
+    return len(modules)
+
+
+def load_processor(path: str | Path, image_budget: dict[str, int] | None = None):
+    """The checkpoint's processor, with the image token budget ``image_budget`` (``min_pixels`` /
+    ``max_pixels``: :class:`sherlock.image_budget.ImageBudget`) where one is given; a processor that
+    sizes images otherwise (Mllama's tiles, Gemma 3's and Idefics3's fixed sizes) refuses one.
+    """
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True, **(image_budget or {}))
+    size = getattr(processor.image_processor, "size", None)
+    edges = {"min_pixels": getattr(size, "shortest_edge", None), "max_pixels": getattr(size, "longest_edge", None)}
+    if any(edges[name] != value for name, value in (image_budget or {}).items()):
+        raise ConfigError(f"{type(processor.image_processor).__name__} of {path} takes no pixel budget: min_pixels "
+                          "and max_pixels are for processors that resize to one (Qwen2.5-VL, Qwen3-VL)")
+    return processor
+
+
+def load_vlm(path: str | Path, dtype: torch.dtype | str = "auto", device: str | None = None,
+             image_budget: dict[str, int] | None = None):
+    """Load ``(model, processor)`` from a ``save_pretrained`` directory (the processor: :func:`load_processor`).
 
     Works for the tiny Mllama and for Llama-3.2-11B-Vision-Instruct alike; nothing is fetched
     from a hub (``local_files_only``).
     """
     path = require_checkpoint(path)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True)
-    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    attend_across_images(model)
+    processor = load_processor(path, image_budget)
     if device is not None:
         model = model.to(device)
     return model, processor

@@ -34,14 +34,15 @@ IMAGE, PAD = "<|image|>", "<|finetune_right_pad_id|>"
 SPECIAL_TOKENS = [BOS, EOS, START_HEADER, END_HEADER, EOT, IMAGE, PAD]
 STAGE_TAGS = [tag for stage in STAGES for tag in (f"<{stage}>", f"</{stage}>")]
 
-def chat_template(header: str, end_of_turn: str, image: str, generation_prompt: str, separator: str = "") -> str:
-    """A chat template in the layout every tiny family shares: ``bos_token``, then each message opened
+def chat_template(header: str, end_of_turn: str, image: str, generation_prompt: str, separator: str = "",
+                  bos: bool = True) -> str:
+    """A chat template in the layout every tiny family shares: ``bos_token`` (where ``bos``), then each message opened
     by ``header`` (a Jinja expression of ``message``), a user turn's images as ``image``, every turn
     closed by ``end_of_turn`` + ``separator``; an assistant turn's text and its ``end_of_turn`` are
     wrapped in ``{% generation %}`` (the trainable span of assistant-only loss).
     """
     return (
-        "{{- bos_token }}"
+        ("{{- bos_token }}" if bos else "") +
         "{%- for message in messages %}"
         f"{{{{- {header} }}}}"
         "{%- if message['role'] == 'assistant' %}{% generation %}"
@@ -111,7 +112,7 @@ class TokenizerSpec:
     """
 
     special_tokens: tuple[str, ...]
-    bos: str
+    bos: str | None  # None: the family has no beginning-of-text token (Qwen)
     eos: str
     pad: str
     chat_template: str

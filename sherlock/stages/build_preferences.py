@@ -112,7 +112,7 @@ def run_build_preferences(config: BuildPreferencesConfig) -> Path:
     rng = random.Random(config.seed)
     draws = [draw_perturbation(rng, config.scheme, config.steps()) for _ in data.records]
     splits = [truncate(r.response, d.truncation_step) for r, d in zip(data.records, draws)]
-    model, processor = load_generator(config.model, config.engine, distributed.device())
+    model, processor = load_generator(config.model, config.engine, distributed.device(), config.image_budget())
     suffixes = rejected_suffixes(
         model, processor, [chat_prompt(r.question, r.context) for r in data.records],
         [open_image(data.image_root, r) for r in data.records],

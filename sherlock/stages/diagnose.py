@@ -49,7 +49,7 @@ def run_diagnose(config: DiagnoseConfig) -> dict:
 
     config.check()
     items = load_benchmark("llava_cot", config.data, config.num_items)
-    model, processor = load_generator(config.model, config.engine, distributed.device())
+    model, processor = load_generator(config.model, config.engine, distributed.device(), config.image_budget())
     prior = BlindPrior(load_data(config.prior_data).records) if config.prior_data else None
     result, _, _ = evaluate_benchmark(model, processor, "llava_cot", items, config, prior)
     rounds = [r["score"] / 100 for r in result["rounds"]]

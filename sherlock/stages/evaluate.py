@@ -247,7 +247,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
 
     config.check()
     grader = load_grader(config.grader)
-    model, processor = load_generator(config.model, config.engine, distributed.device())
+    model, processor = load_generator(config.model, config.engine, distributed.device(), config.image_budget())
     prior = BlindPrior(load_data(config.prior_data).records) if config.prior_data else None
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)

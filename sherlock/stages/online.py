@@ -152,7 +152,8 @@ def run_online_iteration(config: OnlineConfig) -> Path:
 
     config.check()
     items, image_root = unlabeled_pool(config.data)
-    model, processor = load_vlm(config.model, dtype=torch.float32, device=distributed.device())
+    model, processor = load_vlm(config.model, dtype=torch.float32, device=distributed.device(),
+                                image_budget=config.image_budget())
     pairs, stats = collect_pairs(model, processor, items, image_root, config, load_judge(config.judge))
     output = Path(config.output)
     record_stage_config(config, output)

@@ -41,7 +41,7 @@ def run_sample_rejected(config: SampleRejectedConfig) -> Path:
     from sherlock.models.engines import load_generator
 
     data = load_data(config.data)
-    model, processor = load_generator(config.model, config.engine, distributed.device())
+    model, processor = load_generator(config.model, config.engine, distributed.device(), config.image_budget())
     images = [open_image(data.image_root, r) for r in data.records]
     samples = generate(model, processor, [chat_prompt(r.question, r.context) for r in data.records], images,
                        config=config.decoding(config.seed), desc="sampling Y^l", stream="Y^l",

@@ -132,7 +132,7 @@ def run_scl_pairs(config: SCLPairsConfig) -> Path:
     if unlabelled:
         raise ValueError(f"{len(unlabelled)} records of {config.data} have no gold answer (first: {unlabelled[0]}); "
                          "SCL types need the correctness of both turns")
-    model, processor = load_generator(config.model, config.engine, distributed.device())
+    model, processor = load_generator(config.model, config.engine, distributed.device(), config.image_budget())
     images = [open_image(data.image_root, r) for r in data.records]
     decoding = config.decoding(config.seed)
     first_turns = [scl_first_turn(r.question) if config.first_turn == "scl" else r.question for r in data.records]

@@ -50,7 +50,7 @@ def run_stic_describe(config: STICDescribeConfig) -> Path:
             raise ConfigError(f"num_items must be in 1..{len(records)} (the data set's size), got {config.num_items}")
         records = rng.sample(records, config.num_items)
     prompts = [rng.choice(STIC_SIMPLE_PROMPTS) for _ in records]
-    model, processor = load_generator(config.model, config.engine, distributed.device())
+    model, processor = load_generator(config.model, config.engine, distributed.device(), config.image_budget())
     descriptions = generate(model, processor, prompts, [open_image(data.image_root, r) for r in records],
                             config=config.decoding(config.seed), desc="STIC stage-2 descriptions",
                             stream="STIC description", keys=[r.id for r in records])

@@ -78,7 +78,7 @@ def run_stic_pairs(config: STICPairsConfig) -> Path:
     images = [open_image(data.image_root, r) for r in data.records]
     corrupted = [(image, HALLUCINATION) if d.corruption_seed is None else stic_corruption(image, d.corruption_seed)
                  for d, image in zip(draws, images)]
-    model, processor = load_generator(config.model, config.engine, distributed.device())
+    model, processor = load_generator(config.model, config.engine, distributed.device(), config.image_budget())
     decoding = config.decoding(config.seed)
     preferred = generate(model, processor, [STIC_DESCRIPTION_PROMPT] * len(images), images, config=decoding,
                          desc="STIC preferred descriptions", stream="STIC y_w",

@@ -66,7 +66,7 @@ def run_train_preferences(config: TrainPreferencesConfig) -> Path:
 
     config.check()
     pairs = read_pairs(config.data)
-    model, processor = load_vlm(config.model, dtype=torch.float32)
+    model, processor = load_vlm(config.model, dtype=torch.float32, image_budget=config.image_budget())
     num_slots = NUM_SEQUENCES if config.use_sc else DPO_SEQUENCES
     rows, longest = sequence_extent(pairs, processor, num_slots)
     plan_training_step(config.model, config, longest, rows_per_example=rows)  # on CPU still: refuse before a GPU

@@ -100,8 +100,29 @@ class Layout:
                 f"{', activation checkpointing' if self.gradient_checkpointing else ''}")
 
 
-def model_shape(model_dir: str | Path, lora_target: str = DEFAULT_LORA_TARGET, lora_r: int = 8) -> ModelShape:
-    """Count the parameters of the checkpoint's model built on the meta device (its ``config.json`` only)."""
+def image_budget_pixels(model_dir: str | Path) -> int:
+    """The most pixels the checkpoint's image processor gives one image (Qwen's ``max_pixels``: its
+    ``size.longest_edge``), from ``processor_config.json`` or ``preprocessor_config.json``.
+    """
+    import json
+
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        path = Path(model_dir) / name
+        if path.is_file():
+            settings = json.loads(path.read_text())
+            settings = settings.get("image_processor", settings)
+            if budget := settings.get("max_pixels") or settings.get("size", {}).get("longest_edge"):
+                return int(budget)
+    raise ConfigError(f"{model_dir}: the vision config has no image_size and no processor config gives an image "
+                      "budget (max_pixels); save the processor beside config.json")
+
+
+def model_shape(model_dir: str | Path, lora_target: str = DEFAULT_LORA_TARGET, lora_r: int = 8,
+                max_pixels: int | None = None) -> ModelShape:
+    """Count the parameters of the checkpoint's model built on the meta device (its ``config.json``; for a
+    vision tower without a fixed image size, Qwen's, ``max_pixels`` or else the processor's pixel budget:
+    :func:`image_budget_pixels`).
+    """
     import re
 
     import torch
@@ -118,9 +139,13 @@ def model_shape(model_dir: str | Path, lora_target: str = DEFAULT_LORA_TARGET, l
              "largest_layer": max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()),
              "hidden": text.hidden_size, "layers": text.num_hidden_layers, "vocabulary": text.vocab_size}
     if vision is not None:
-        patches = (vision.image_size // vision.patch_size) ** 2 + 1
+        if hasattr(vision, "image_size"):
+            patches = (vision.image_size // vision.patch_size) ** 2 + 1
+        else:  # Qwen: as many patches as the image budget allows
+            patches = (max_pixels or image_budget_pixels(model_dir)) // vision.patch_size ** 2
+        layers = getattr(vision, "num_hidden_layers", None) or vision.depth
         shape |= {"vision_hidden": vision.hidden_size,
-                  "vision_layers": vision.num_hidden_layers + getattr(vision, "num_global_layers", 0),
+                  "vision_layers": layers + getattr(vision, "num_global_layers", 0),
                   "vision_tokens": patches * getattr(vision, "max_num_tiles", 1)}
     return ModelShape(**shape)
 
@@ -229,7 +254,7 @@ def plan_training_step(model_dir: str | Path, settings, sequence_length: int, ro
 
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     layout = layout_of(settings, local, max(1, distributed.world_size() // local), sequence_length, rows_per_example)
-    shape = model_shape(model_dir, settings.lora_target, settings.lora_r)
+    shape = model_shape(model_dir, settings.lora_target, settings.lora_r, settings.max_pixels)
     result = (check_fits(shape, layout, torch.cuda.get_device_properties(distributed.device()).total_memory)
               if torch.cuda.is_available() else plan(shape, layout))
     if distributed.is_main():
@@ -254,12 +279,14 @@ class PlanMemoryConfig:
     rows_per_example: int = help_field(1, "sequences per example (Sherlock preference pairs: up to 10, 8 unique)")
     gradient_checkpointing: bool = help_field(False, "recompute activations in the backward pass")
     freeze_vision: bool = help_field(False, "freeze the vision tower")
+    max_pixels: int | None = help_field(None, "most pixels of one image, for a tower without a fixed image size "
+                                              "(Qwen's max_pixels; unset: the checkpoint's processor's)")
 
 
 def run_plan_memory(config: PlanMemoryConfig) -> dict:
     """The plan of ``config`` in GiB, and either ``fits: true`` or the refusal with what would fit."""
     layout = layout_of(config, config.gpus_per_node, config.nodes, config.sequence_length, config.rows_per_example)
-    shape = model_shape(config.model, lora_r=config.lora_r)
+    shape = model_shape(config.model, lora_r=config.lora_r, max_pixels=config.max_pixels)
     needed = plan(shape, layout)
     result = {"layout": needed.description, "parameters": shape.parameters,
               "per_gpu_gib": round(needed.per_gpu / GiB, 1), "model_states_gib": round(needed.model_states / GiB, 1),

@@ -15,7 +15,7 @@ from trl.trainer.utils import selective_log_softmax
 
 from sherlock import distributed
 from sherlock.models.families import FAMILIES, TOKEN_KEYS
-from sherlock.training.sequences import LAYOUT_KEYS
+from sherlock.training.sequences import image_inputs_of_rows
 from sherlock.training.setup import IGNORE_INDEX
 
 LENGTH_SPREAD = 1.3  # a length bucket's longest row is at most this times its shortest
@@ -77,10 +77,10 @@ def full_row_logps(model, batch: dict) -> torch.Tensor:
     for rows in length_buckets(lengths, bucket_spread()):
         width = max(lengths[row] for row in rows)
         index = torch.tensor(rows, device=batch["input_ids"].device)
-        chunk = {k: v.index_select(0, index) for k, v in batch.items() if k not in LAYOUT_KEYS}
+        chunk = image_inputs_of_rows(batch, index)
         for key in ("input_ids", "attention_mask", *TOKEN_KEYS):
-            if key in chunk:
-                chunk[key] = chunk[key][:, :width]
+            if key in batch:
+                chunk[key] = batch[key].index_select(0, index)[:, :width]
         hidden = model(**chunk, logits_to_keep=1, output_hidden_states=True).hidden_states[-1][:, :-1]
         labels = batch["labels"].index_select(0, index)[:, 1:width]
         for row, value in zip(rows, labelled_logps(model, hidden, labels).sum(-1)):
@@ -191,15 +191,18 @@ def packed_logps(model, batch: dict) -> torch.Tensor:
     checkpointing see an ordinary forward pass.
     """
     per_sequence = torch.zeros(batch["input_ids"].shape[0], device=batch["input_ids"].device)
+    family = FAMILIES.get(getattr(model, "module", model).config.model_type)
+    row_positions = family.positions(model, batch) if family is not None and family.positions else None
     for bucket in packed_buckets(batch):
-        heads = bucket.source_row[:, 0]
-        inputs = {k: v.index_select(0, heads) for k, v in batch.items()
-                  if k not in (*LAYOUT_KEYS, "input_ids", "attention_mask", *TOKEN_KEYS)}
+        inputs = image_inputs_of_rows(batch, bucket.source_row[:, 0])
         for key in ("input_ids", *TOKEN_KEYS):
             if key in batch:
                 inputs[key] = batch[key][bucket.source_row, bucket.source_column]
         inputs["attention_mask"] = packed_attention_mask(model, bucket, inputs)
-        hidden = model(**inputs, position_ids=bucket.source_column, logits_to_keep=1,
+        # each token at its own row's position: the column, or the family's (M-RoPE: 3-D) position there
+        positions = bucket.source_column if row_positions is None else \
+            row_positions[:, bucket.source_row, bucket.source_column]
+        hidden = model(**inputs, position_ids=positions, logits_to_keep=1,
                        output_hidden_states=True).hidden_states[-1]
         # the labelled tokens as one row: TRL's selective_log_softmax loops over the leading dimension
         labels = batch["labels"][bucket.label]

@@ -26,6 +26,24 @@ from sherlock.training.setup import IGNORE_INDEX
 
 # the batch keys that are not model inputs
 LAYOUT_KEYS = ("slots", "index", "truncation_step", "noise_level", "labels", "context", "label_start")
+# Qwen's image inputs: patch rows of all a batch's images, concatenated, each image's (t, h, w) grid here
+PATCH_GRID = "image_grid_thw"
+
+
+def image_inputs_of_rows(batch: dict, rows: torch.Tensor) -> dict:
+    """The image inputs of the batch rows ``rows`` (one image each), in that order: rows of a batch
+    dimension selected, or, for patch rows (:data:`PATCH_GRID`), each row's patches cut out by its grid and
+    regrouped in the order of ``rows`` (never stacked per sequence: TRL #2660).
+    """
+    keys = [k for k in batch if k not in (*LAYOUT_KEYS, "input_ids", "attention_mask", *TOKEN_KEYS)]
+    if PATCH_GRID not in batch:
+        return {k: batch[k].index_select(0, rows) for k in keys}
+    grid = batch[PATCH_GRID]
+    ends = grid.prod(-1).cumsum(0)
+    patches = torch.cat([torch.arange(int(ends[r]) - int(grid[r].prod()), int(ends[r]), device=grid.device)
+                         for r in rows.tolist()])
+    return {k: batch[k].index_select(0, rows) if k == PATCH_GRID else batch[k].index_select(0, patches)
+            for k in keys}
 
 
 def pair_sequences(pair: PreferencePair, num_slots: int = NUM_SEQUENCES) -> list[tuple[str, str, str]]:
@@ -98,7 +116,9 @@ class PreferenceDataset(Dataset):
                     values = context[key][0]
                     sequence[key] = torch.cat([values, values[-1:].expand(len(suffix_ids), *values.shape[1:])])
             sequences.append(sequence)
-        image_inputs = {k: v[0] for k, v in encoded[0].items() if k not in ("input_ids", "attention_mask", *TOKEN_KEYS)}
+        patch_rows = PATCH_GRID in encoded[0]  # already without a batch dimension
+        image_inputs = {k: v if patch_rows else v[0] for k, v in encoded[0].items()
+                        if k not in ("input_ids", "attention_mask", *TOKEN_KEYS)}
         return {
             "index": index,
             "sequences": sequences,
@@ -145,8 +165,9 @@ class PreferenceCollator:
                 for row, sequence in enumerate(sequences):
                     padded[row, : len(sequence["input_ids"])] = sequence[key]
                 batch[key] = padded
+        join = torch.cat if PATCH_GRID in items[0]["image_inputs"] else torch.stack  # patch rows: one after another
         for key in items[0]["image_inputs"]:
-            batch[key] = torch.stack([items[owner]["image_inputs"][key] for owner in owner_of])
+            batch[key] = join([items[owner]["image_inputs"][key] for owner in owner_of])
         batch.update(
             input_ids=input_ids,
             attention_mask=attention_mask,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sherlock.config import ConfigError, help_field
+from sherlock.image_budget import ImageBudget
 
 # LoRA on the language model's attention and MLP projections (cross-attention layers included).
 DEFAULT_LORA_TARGET = r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -17,8 +18,10 @@ FINETUNING_MODES = ("full", "lora")
 
 
 @dataclass(kw_only=True)
-class TrainSettings:
-    """Optimiser, schedule, parameter-efficiency and checkpointing settings of a training stage."""
+class TrainSettings(ImageBudget):
+    """Optimiser, schedule, parameter-efficiency and checkpointing settings of a training stage, and its
+    image token budget.
+    """
 
     learning_rate: float = help_field(1e-5, "peak learning rate")
     epochs: float = help_field(1.0, "number of passes over the data")

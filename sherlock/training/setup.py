@@ -23,30 +23,39 @@ from sherlock.training.settings import TrainSettings, deepspeed_layout
 
 IGNORE_INDEX = -100  # a label position no loss is taken on (transformers' and TRL's convention)
 
-# Sub-modules of the common VLM layouts (Mllama, Gemma 3, LLaVA, Qwen2-VL, Idefics3: its language model is
-# "text_model"); tests/models/test_families.py checks them on every family of sherlock.models.families.
+# Sub-modules of the common VLM layouts (Mllama, Gemma 3, LLaVA, Idefics3: its language model is "text_model";
+# Qwen-VL: the projector, "merger" and Qwen3-VL's DeepStack mergers, inside the tower "visual");
+# tests/models/test_families.py checks them on every family of sherlock.models.families.
 VISION_MODULES = ("vision_model", "vision_tower", "visual")
-PROJECTOR_MODULES = ("multi_modal_projector", "mm_projector", "connector")
+PROJECTOR_MODULES = ("multi_modal_projector", "mm_projector", "connector", "merger", "deepstack_merger_list")
 LANGUAGE_MODULES = ("language_model", "text_model", "lm_head")
 CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")  # the Trainer's periodic saves
 TRAINER_STATE = "trainer_state.json"
 
 
-def _modules(model, names: tuple[str, ...]):
-    return [module for name, module in model.named_modules() if name.split(".")[-1] in names]
+def part_of(parameter: str) -> str | None:
+    """``projector``, ``vision`` or ``language``: the part a parameter's name puts it in (the projector
+    first, which Qwen nests inside its tower), or None.
+    """
+    modules = set(parameter.split(".")[:-1])
+    for part, names in (("projector", PROJECTOR_MODULES), ("vision", VISION_MODULES), ("language", LANGUAGE_MODULES)):
+        if modules & set(names):
+            return part
+    return None
 
 
 def freeze_modules(model, settings: TrainSettings) -> None:
     """Turn off gradients of the parts ``settings`` freezes; fails if a frozen part is not found."""
-    for flag, names in ((settings.freeze_vision, VISION_MODULES), (settings.freeze_projector, PROJECTOR_MODULES),
-                        (settings.freeze_language, LANGUAGE_MODULES)):
-        if not flag:
-            continue
-        found = _modules(model, names)
-        if not found:
-            raise ConfigError(f"no module named any of {names} in {type(model).__name__}")
-        for module in found:
-            module.requires_grad_(False)
+    frozen = {part for part, flag in (("vision", settings.freeze_vision), ("projector", settings.freeze_projector),
+                                      ("language", settings.freeze_language)) if flag}
+    found = set()
+    for name, parameter in model.named_parameters():
+        if (part := part_of(name)) in frozen:
+            parameter.requires_grad_(False)
+            found.add(part)
+    if missing := frozen - found:
+        raise ConfigError(f"no {' or '.join(sorted(missing))} module in {type(model).__name__} (its modules are "
+                          f"named {VISION_MODULES}, {PROJECTOR_MODULES} or {LANGUAGE_MODULES} in the common layouts)")
 
 
 def prepare_model(model, settings: TrainSettings):

@@ -151,7 +151,7 @@ def train_sft(model_dir: str | Path, examples: list[SFTExample], output_dir: str
     ``output_dir`` and a rerun resumes from the last one. ``length_balanced``: micro-batches of
     similar length within each step (the module docstring).
     """
-    model, processor = load_vlm(model_dir, dtype=torch.float32)
+    model, processor = load_vlm(model_dir, dtype=torch.float32, image_budget=settings.image_budget())
     lengths = token_lengths(examples, processor)
     plan_training_step(model_dir, settings, max(lengths), rows_per_example=1)  # on CPU still: refuse before a GPU
     model = prepare_model(model, settings)

@@ -186,7 +186,7 @@ def test_a_step_runs_as_a_trainjob_on_the_sdks_local_backend(tiny_model_dir, sub
                     str(tmp_path / "wheel"), str(ROOT)], check=True)
     (wheel,) = (tmp_path / "wheel").glob("sherlock_vlm-*.whl")
     trainjob = {"backend": "local", "poll_s": 1, "timeout_s": 1800, "local_env": environment,
-                "packages": ["torch==2.13.0", f"sherlock-vlm[tracking] @ {wheel.as_uri()}"]}
+                "packages": ["torch==2.14.1", "torchvision==0.29.1", f"sherlock-vlm[tracking] @ {wheel.as_uri()}"]}
     output = sft.python_func(name="sft-r0", model=str(tiny_model_dir), data=str(subset_dir),
                              settings={"batch_size": 2, "max_steps": 2, "logging_steps": 1},
                              output_root=str(tmp_path / "runs"), pipeline_run_id="run-local", nproc_per_node=2,

@@ -22,7 +22,9 @@ def test_build_tiny_makes_each_family_from_the_command_line(tmp_path, synthetic_
     corpus = synthetic_data.path
     expected = {"mllama": ("MllamaForConditionalGeneration", "MllamaProcessor"),
                 "gemma3": ("Gemma3ForConditionalGeneration", "Gemma3Processor"),
-                "idefics3": ("Idefics3ForConditionalGeneration", "Idefics3Processor")}
+                "idefics3": ("Idefics3ForConditionalGeneration", "Idefics3Processor"),
+                "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor"),
+                "qwen3_vl": ("Qwen3VLForConditionalGeneration", "Qwen3VLProcessor")}
     assert set(expected) == set(FAMILIES)
     records = synthetic_data.records[:2]
     images = [open_image(synthetic_data.image_root, r) for r in records]
@@ -74,8 +76,9 @@ def fresh_model(request, family_model_dirs):
     return request.param, load_vlm(family_model_dirs[request.param], dtype=torch.float32)[0]
 
 
-PART = {"vision": ("vision_model", "vision_tower"), "projector": ("multi_modal_projector", "connector"),
-        "language": ("language_model", "text_model", "lm_head")}
+# the projector first: Qwen-VL nests it ("merger", Qwen3-VL's DeepStack mergers) inside its tower "visual"
+PART = {"projector": ("multi_modal_projector", "connector", "merger", "deepstack_merger_list"),
+        "vision": ("vision_model", "vision_tower", "visual"), "language": ("language_model", "text_model", "lm_head")}
 
 
 def part_of(parameter: str) -> str:
@@ -174,3 +177,32 @@ def test_lora_sft_merges_into_the_language_model_only(name, family_model_dirs, s
     assert set(trained) == set(base)
     changed = {part_of(key) for key in base if not torch.equal(base[key], trained[key])}
     assert changed == {"language"}, (name, changed)
+
+
+def test_the_image_budget_sets_qwens_image_tokens_and_is_refused_where_images_have_a_fixed_size(family_model_dirs,
+                                                                                                tmp_path):
+    """``max_pixels`` / ``min_pixels`` reach Qwen's processor (an image of 144² pixels: 9 image tokens at
+    the tiny model's 72² budget, 4 at 48²); a processor that sizes images otherwise refuses a budget
+    rather than ignoring it; a budget that is none is refused before anything loads."""
+    from PIL import Image
+
+    from sherlock.config import ConfigError
+    from sherlock.image_budget import ImageBudget
+    from sherlock.models.loading import load_processor
+
+    image = Image.new("RGB", (144, 144), (200, 0, 0))
+    for name in ("qwen2_5_vl", "qwen3_vl"):
+        def image_tokens(processor):
+            text = processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q?"}]}])
+            ids = processor(images=[[image]], text=[text], return_tensors="pt")["input_ids"]
+            return (ids == processor.image_token_id).sum().item()
+
+        assert image_tokens(load_processor(family_model_dirs[name])) == 9, name
+        budget = ImageBudget(min_pixels=48 * 48, max_pixels=48 * 48).image_budget()
+        assert image_tokens(load_processor(family_model_dirs[name], budget)) == 4, name
+    for name in ("mllama", "gemma3", "idefics3"):
+        with pytest.raises(ConfigError, match="takes no pixel budget"):
+            load_processor(family_model_dirs[name], {"max_pixels": 4096})
+    with pytest.raises(ConfigError, match="exceeds max_pixels"):
+        ImageBudget(min_pixels=4096, max_pixels=1024).image_budget()

@@ -101,3 +101,41 @@ def test_presets_build_the_named_sizes(tmp_path, synthetic_corpus):
         sizes[preset] = sum(p.numel() for p in model.parameters())
         assert model.config.vision_config.image_size == 72 and model.config.vision_config.max_num_tiles == 1
     assert 2 * sizes["tiny"] < sizes["small"]
+
+
+def test_mllama_attends_to_every_image_token_whatever_mask_is_passed(tiny_model_dir, synthetic_data):
+    """huggingface/transformers#48172 against the unpatched model: with no mask, transformers 5.23's SDPA
+    makes Mllama's cross-attention causal over the image (its eager path does not); after
+    ``attend_across_images`` (which ``load_vlm`` applies) the two agree. The project's own forward pass
+    (the processor's ``cross_attention_mask`` passed, as in training, the reference pass, generation and
+    serving) gives the same logits with and without the flag: no result depended on the bug."""
+    from transformers import AutoModelForImageTextToText
+    from transformers.models.mllama.modeling_mllama import MllamaTextCrossAttention
+
+    from sherlock.models.loading import attend_across_images
+
+    raw = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32,
+                                                      local_files_only=True).eval()
+    model, processor = load_vlm(tiny_model_dir, dtype=torch.float32)
+    record = synthetic_data.records[0]
+    text = processor.apply_chat_template(conversation(record.question, None), add_generation_prompt=True)
+    inputs = processor(images=[[open_image(synthetic_data.image_root, record)]], text=[text], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(raw(**inputs).logits, model.eval()(**inputs).logits)
+    cross = next(m for m in raw.modules() if isinstance(m, MllamaTextCrossAttention))
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(1, 6, cross.config.hidden_size, generator=generator)
+    image = torch.randn(1, 10, cross.config.hidden_size, generator=generator)
+
+    def attend(implementation: str) -> torch.Tensor:
+        cross.config._attn_implementation = implementation
+        with torch.no_grad():
+            return cross(hidden, cross_attention_states=image)[0]
+
+    eager, unpatched = attend("eager"), attend("sdpa")
+    assert (eager - unpatched).abs().max() > 1e-3, "transformers fixed #48172: attend_across_images can go"
+    layers = raw.config.text_config.cross_attention_layers
+    assert attend_across_images(raw) == len(layers) + sum(1 for n, _ in raw.named_modules() if n.endswith(".self_attn")
+                                                          and ".vision_model." in f".{n}")
+    assert torch.allclose(attend("sdpa"), eager, atol=1e-5)
+    assert attend_across_images(model) == 0, "load_vlm has set the flag on every such module"

@@ -87,3 +87,20 @@ def test_the_plan_shrinks_with_what_the_docs_say_shrinks_it(paper_shape):
     assert plan(paper_shape, sharded).model_states < plan(paper_shape, replicated).model_states
     assert plan(paper_shape, Layout(finetuning="lora")).model_states < plan(paper_shape, Layout()).model_states
     assert plan(paper_shape, Layout(freeze_vision=True)).activations < plan(paper_shape, Layout()).activations
+
+
+@pytest.mark.parametrize("directory, parameters, patch", [("qwen2.5-vl-7b-instruct", 8_292_166_656, 14),
+                                                          ("qwen3-vl-8b-instruct", 8_767_123_696, 16)])
+def test_qwen_is_counted_with_its_published_parameters_and_its_image_budget(directory, parameters, patch, tmp_path):
+    """Qwen2.5-VL-7B / Qwen3-VL-8B from their published configs: the published parameter counts; the
+    tower's tokens are the patches the image budget allows (the processor's, or ``max_pixels``); a
+    checkpoint without a processor to read one from is refused, not guessed."""
+    import shutil
+
+    model = REPO / "configs" / "models" / directory
+    own, budgeted = model_shape(model), model_shape(model, max_pixels=1280 * (2 * patch) ** 2)
+    assert own.parameters == budgeted.parameters == parameters
+    assert budgeted.vision_tokens == 4 * 1280 and own.vision_tokens > 10 * budgeted.vision_tokens
+    shutil.copy(model / "config.json", tmp_path / "config.json")
+    with pytest.raises(ConfigError, match="no image_size and no processor config"):
+        model_shape(tmp_path)
