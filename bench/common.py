@@ -89,6 +89,13 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def loss_tolerance(tolerance: float, dtype: torch.dtype) -> float:
+    """The loss-equality bound of a benchmark in ``dtype``: ``tolerance`` in float32; in bfloat16 (8
+    mantissa bits: two summation orders of a loss near 1 differ by ~1e-2) 5e-2.
+    """
+    return tolerance if dtype == torch.float32 else max(tolerance, 5e-2)
+
+
 class PeakMemory:
     """Peak memory growth inside the block: CUDA allocator peak on a GPU, else sampled process RSS (200 Hz).
 

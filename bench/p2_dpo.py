@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.common import Result, Workspace, alternate, median
+from bench.common import Result, Workspace, alternate, loss_tolerance, median
 
 TARGET = 1.3
 TOLERANCE = 1e-4
@@ -104,7 +104,8 @@ class Compared:
     pairs: int
 
 
-def compare(workspace: Workspace, batch_size: int, device: torch.device, sft_weight: float = 0.0) -> Compared:
+def compare(workspace: Workspace, batch_size: int, device: torch.device, sft_weight: float = 0.0,
+            dtype: torch.dtype = torch.float32) -> Compared:
     """Both trainers (plain DPO, β = 0.1; with ``sft_weight``, plus the per-token SFT term on y_w)."""
     from transformers import TrainingArguments
 
@@ -115,12 +116,12 @@ def compare(workspace: Workspace, batch_size: int, device: torch.device, sft_wei
     from sherlock.training.reference import compute_reference_logps
     from sherlock.training.sequences import PreferenceCollator, PreferenceDataset
 
-    model, processor = load_vlm(workspace.model, dtype=torch.float32, device=str(device))
+    model, processor = load_vlm(workspace.model, dtype=dtype, device=str(device))
     with torch.no_grad():  # move π away from π_ref so that the equality check is not log 2 = log 2
         generator = torch.Generator().manual_seed(0)
         for parameter in model.model.language_model.parameters():
             parameter.add_(torch.randn(parameter.shape, generator=generator).to(parameter) * 0.02)
-    reference, _ = load_vlm(workspace.model, dtype=torch.float32, device=str(device))
+    reference, _ = load_vlm(workspace.model, dtype=dtype, device=str(device))
     reference.eval().requires_grad_(False)
     pairs = read_pairs(workspace.pairs)
     dataset = PreferenceDataset(pairs, workspace.pairs, processor, DPO_SEQUENCES)
@@ -147,13 +148,14 @@ def compare(workspace: Workspace, batch_size: int, device: torch.device, sft_wei
     return Compared(model, trl_model, our_loss, trl_loss, batches, reference_seconds, len(pairs))
 
 
-def measure(workspace: Workspace, steps: int, batch_size: int, device: torch.device) -> Result:
-    compared = compare(workspace, batch_size, device)
+def measure(workspace: Workspace, steps: int, batch_size: int, device: torch.device,
+            dtype: torch.dtype = torch.float32) -> Result:
+    compared = compare(workspace, batch_size, device, dtype=dtype)
     model, trl_model, batches = compared.model, compared.trl_model, compared.batches
     our_loss, trl_loss, reference_seconds = compared.our_loss, compared.trl_loss, compared.reference_seconds
     with torch.no_grad():
         differences = [abs(float(our_loss(b)) - float(trl_loss(b))) for b in batches[: steps + 1]]
-    if max(differences) > TOLERANCE:
+    if max(differences) > loss_tolerance(TOLERANCE, dtype):
         raise AssertionError(f"P2: the project's and TRL's DPO losses differ by {max(differences):.2e}")
 
     optimizers = {"project": torch.optim.AdamW(model.parameters(), lr=1e-5),
@@ -172,7 +174,8 @@ def measure(workspace: Workspace, steps: int, batch_size: int, device: torch.dev
     project, baseline = batch_size / median(times["project"]), batch_size / median(times["baseline"])
     return Result("P2 plain DPO step", "pairs/s", project, baseline, project / baseline, TARGET, {
         "batch_pairs": batch_size, "steps": steps, "max_loss_difference": max(differences),
-        "reference_precompute_seconds": reference_seconds, "pairs": compared.pairs})
+        "reference_precompute_seconds": reference_seconds, "pairs": compared.pairs,
+        "dtype": str(dtype).removeprefix("torch.")})
 
 
 def run(workspace: Workspace, quick: bool, device: torch.device) -> Result:

@@ -8,12 +8,13 @@ import time
 import torch
 
 
-def matmul_flops_per_second(device: torch.device | None = None, sizes=(512, 1024, 2048), repeats: int = 5) -> float:
-    """Best FLOP/s of an (n × n) @ (n × n) float32 product over ``sizes``."""
+def matmul_flops_per_second(device: torch.device | None = None, sizes=(512, 1024, 2048), repeats: int = 5,
+                            dtype: torch.dtype = torch.float32) -> float:
+    """Best FLOP/s of an (n × n) @ (n × n) product in ``dtype`` over ``sizes``."""
     device = device or torch.device("cpu")
     best = 0.0
     for n in sizes:
-        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
         torch.mm(a, b)
         for _ in range(repeats):
             if device.type == "cuda":
