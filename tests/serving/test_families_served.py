@@ -1,5 +1,7 @@
 """``sherlock serve`` on every model family beside Mllama (whose checkpoint the other serving tests use):
-KServe's v1 protocol and OpenAI's client, each with a correction round, from a real server subprocess."""
+KServe's v1 and v2 protocols and OpenAI's client, each with a correction round, from a real server subprocess."""
+
+import json
 
 import httpx
 import openai
@@ -18,6 +20,13 @@ def test_the_family_is_served_to_kserve_and_openai_clients(name, family_model_di
         assert response.status_code == 200, response.text
         (answer,) = response.json()["predictions"]
         assert len(answer["rounds"]) == 2 and answer["usage"]["prompt_tokens"] > 0
+        v2 = httpx.post(f"{server.url}/v2/models/sherlock/infer", timeout=120, json={
+            "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [png()]},
+                       {"name": "question", "shape": [1], "datatype": "BYTES", "data": [QUESTION]}],
+            "parameters": {"max_new_tokens": 6, "self_correction_rounds": 1}})
+        assert v2.status_code == 200, v2.text
+        (output,) = v2.json()["outputs"]
+        assert output["name"] == "answer" and len(json.loads(output["data"][0])["rounds"]) == 2
         image = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png()}"}}
         with openai.OpenAI(base_url=f"{server.url}/openai/v1", api_key="unused", max_retries=0, timeout=120) as client:
             completion = client.chat.completions.create(
