@@ -18,7 +18,7 @@ from sherlock.config import dump_config, load_config
 from sherlock.distributed import launch
 from sherlock.stages.registry import stage
 from sherlock.stages.runner import run_stage
-from sherlock.storage import MANIFEST_FILE, fetch, publish
+from sherlock.storage import MANIFEST_FILE, copy_published, directory_digest, fetch, publish
 
 EMBEDDED = "embedded"  # the value of base_model / train_data that selects the embedded default
 EMBEDDED_FAMILY = "embedded:"  # base_model embedded:<family>: a tiny model of that family, drawn at random
@@ -102,19 +102,27 @@ def embedded_inputs(base_model: str, train_data: str, benchmarks: str, output_ro
 
 
 def register_step(checkpoint: str, evaluation: str, model_name: str, metric: str, margin: float,
-                  pipeline_run_id: str) -> dict:
-    """Register an evaluated checkpoint (alias ``challenger``) and let the gate move ``champion``."""
+                  pipeline_run_id: str, registry_root: str) -> dict:
+    """Register an evaluated checkpoint (alias ``challenger``) and let the gate move ``champion``.
+
+    The version names a copy of the checkpoint under ``<registry_root>/<model_name>/<digest>``: the only
+    prefix a predictor's S3 identity may read (docs/reliability.md); ``trained_uri`` keeps where it was made.
+    """
     from sherlock import tracking
     from sherlock.stages.runner import METRICS_FILE
 
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", model_name):
+        raise ValueError(f"model name {model_name!r}: letters, digits, '.', '_' and '-' only (it names a prefix)")
     metrics = tracking.evaluation_metrics(json.loads((fetch(evaluation) / METRICS_FILE).read_text()))
     local = fetch(checkpoint)
+    registered = copy_published(checkpoint, f"{registry_root.rstrip('/')}/{model_name}/{directory_digest(local)}")
     version = tracking.register_checkpoint(local, model_name, metrics, {
-        "checkpoint_uri": checkpoint, "evaluation_uri": evaluation, "pipeline_run_id": pipeline_run_id})
+        "checkpoint_uri": registered, "trained_uri": checkpoint, "evaluation_uri": evaluation,
+        "pipeline_run_id": pipeline_run_id})
     return tracking.gate_champion(model_name, version.version, metric, pipeline_run_id, margin)
 
 
-def deploy_step(model_name: str, settings: dict, output_root: str, pipeline_run_id: str) -> dict:
+def deploy_step(model_name: str, settings: dict, output_root: str, pipeline_run_id: str, registry_root: str) -> dict:
     """Deploy the registry's champion of ``model_name`` with :class:`DeployConfig` ``settings``.
 
     The InferenceService is named after the registered model unless ``settings`` name it, so the
@@ -122,9 +130,9 @@ def deploy_step(model_name: str, settings: dict, output_root: str, pipeline_run_
     """
     from sherlock.serving.deploy import DeployConfig, run_deploy
 
-    overrides = {"name": model_name} | dict(settings) | {  # only this pipeline's outputs are deployed
+    overrides = {"name": model_name} | dict(settings) | {  # only registered checkpoints are deployed
         "model": f"models:/{model_name}@champion", "output": step_uri(output_root, pipeline_run_id, "deploy"),
-        "checkpoint_roots": output_root}
+        "checkpoint_roots": f"{registry_root.rstrip('/')}/"}
     return run_deploy(load_config(DeployConfig, overrides=overrides))
 
 

@@ -30,7 +30,7 @@ from sherlock.stages.registry import stage
 # (kubeflow/pipelines#11662) and resolves a run parameter in a resource limit (#11501: gpus).
 MIN_KFP_BACKEND = "2.5.0"
 S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-S3_CA_DIR = "/etc/sherlock-s3-ca"  # the mounted s3_ca_configmap (manifests/overlays/minio-tls, the chart)
+S3_CA_DIR = "/etc/sherlock-s3-ca"  # the mounted s3_ca_configmap (manifests/overlays/s3-tls, the chart)
 S3_CA_BUNDLE = f"{S3_CA_DIR}/cabundle.crt"  # its AWS_CA_BUNDLE (cabundle.crt: KServe's key name)
 MLFLOW_ENV, MLFLOW_OPTIONAL_ENV = ("MLFLOW_TRACKING_URI",), ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 POD_LABELS = ("sherlock.dev/s3-client", "sherlock.dev/mlflow-client")
@@ -59,10 +59,11 @@ class ClusterOptions(GPUPlacement):
                                                     "checkpoint (11B in bf16: 21 GB) and its data")
     checkpoint_pvc: str | None = help_field(None, "PVC mounted at /checkpoints on GPU steps "
                                                   "(then output_root=/checkpoints/…)")
-    s3_secret: str = help_field("sherlock-s3", "Secret with AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
-                                               "AWS_SECRET_ACCESS_KEY")
-    s3_ca_configmap: str | None = help_field(None, "ConfigMap whose cabundle.crt is the S3 endpoint's CA (MinIO "
-                                                   "with TLS, a private CA): mounted on every step as AWS_CA_BUNDLE")
+    s3_secret: str = help_field("sherlock-s3", "the steps' S3 identity: Secret with AWS_ENDPOINT_URL, "
+                                               "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY")
+    s3_ca_configmap: str | None = help_field(None, "ConfigMap whose cabundle.crt is the S3 endpoint's CA (the "
+                                                   "store with TLS, a private CA): mounted on every step as "
+                                                   "AWS_CA_BUNDLE")
     mlflow_secret: str = help_field("sherlock-mlflow", "Secret with MLFLOW_TRACKING_URI (optional "
                                                        "MLFLOW_TRACKING_USERNAME/PASSWORD)")
     deployer_secret: str = help_field("sherlock-deployer-token", "token Secret of the ServiceAccount that may write "
@@ -78,6 +79,8 @@ class ClusterOptions(GPUPlacement):
     trainjob_runtime: str = help_field(RUNTIME, "the ClusterTrainingRuntime of the TrainJobs (manifests/trainer/)")
     trainjob_service_account: str = help_field("sherlock-trainjob", "service account of the TrainJobs' pods "
                                                                     "(no Kubernetes API access)")
+    trainjob_s3_secret: str = help_field("sherlock-s3-trainjob", "the TrainJobs' S3 identity (keys as in s3_secret): "
+                                                                 "it may write runs/ but not registered checkpoints")
 
     def __post_init__(self):
         if self.trainer not in ("in-pod", "trainjob"):
@@ -89,7 +92,8 @@ class ClusterOptions(GPUPlacement):
         """The :class:`components.trainjob.TrainJobSettings` of a training step: the resources, placement,
         volumes, credentials and pod labels a GPU step gets from :func:`with_platform`, for its TrainJob.
         """
-        env = [{"name": key, "valueFrom": {"secretKeyRef": {"name": self.s3_secret, "key": key}}} for key in S3_ENV]
+        env = [{"name": key, "valueFrom": {"secretKeyRef": {"name": self.trainjob_s3_secret, "key": key}}}
+               for key in S3_ENV]
         env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": self.mlflow_secret, "key": key,
                                                             "optional": key in MLFLOW_OPTIONAL_ENV}}}
                 for key in (*MLFLOW_ENV, *MLFLOW_OPTIONAL_ENV)]
@@ -126,7 +130,7 @@ def with_platform(task: dsl.PipelineTask, options: ClusterOptions, gpus=None, re
     if options.s3_ca_configmap:  # trust the S3 endpoint's CA (AWS_CA_BUNDLE: sherlock.storage, MLflow's boto3)
         kubernetes.use_config_map_as_volume(task, options.s3_ca_configmap, mount_path=S3_CA_DIR)
         task.set_env_variable("AWS_CA_BUNDLE", S3_CA_BUNDLE)
-    for label in (*POD_LABELS, STEP_LABEL):  # the NetworkPolicies of manifests/ admit these pods to MinIO and MLflow
+    for label in (*POD_LABELS, STEP_LABEL):  # the NetworkPolicies of manifests/ admit these pods to S3 and MLflow
         kubernetes.add_pod_label(task, label, "true")
     task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0)
     if gpus is None:
@@ -195,9 +199,10 @@ def component_runner(options: ClusterOptions, gpus, settings: dict, common: dict
 
 
 def evaluate_and_deploy(checkpoints: list, benchmarks, prior_data, options: ClusterOptions, gpus, evaluate_settings,
-                        model_name, selection_metric, promotion_margin, deploy_settings, run_id, common: dict) -> None:
+                        model_name, selection_metric, promotion_margin, deploy_settings, run_id, registry_root,
+                        common: dict) -> None:
     """Evaluate each ``(name, checkpoint URI)`` (with the blind prior of ``prior_data``), register it, gate
-    champion in order, deploy if promoted.
+    champion in order, deploy if promoted. Registered checkpoints are copied under ``registry_root``.
     """
     gpu = gpu_step(options, gpus)
     previous = None
@@ -207,13 +212,14 @@ def evaluate_and_deploy(checkpoints: list, benchmarks, prior_data, options: Clus
         # one version at a time, in checkpoint order: each gate sees the champion the previous one left
         gate = with_platform(register_and_gate(
             checkpoint=checkpoint, evaluation=scores.outputs["Output"], model_name=model_name,
-            metric=selection_metric, margin=promotion_margin, pipeline_run_id=run_id,
+            metric=selection_metric, margin=promotion_margin, pipeline_run_id=run_id, registry_root=registry_root,
             promoted_before=False if previous is None else previous.outputs["Output"]), options, retries=3)
         gate.set_display_name(f"register {name}").set_caching_options(False)
         with_gate_key(gate, options)
         previous = gate
     with dsl.If(previous.outputs["Output"] == True, name="this run promoted a champion"):  # noqa: E712
-        deployer = with_platform(deploy(model_name=model_name, settings=deploy_settings, **common), options,
+        deployer = with_platform(deploy(model_name=model_name, settings=deploy_settings, registry_root=registry_root,
+                                        **common), options,
                                  retries=3).set_display_name("deploy champion to KServe").set_caching_options(False)
         if options.deployer_secret:  # the only step that may write InferenceServices (manifests/: sherlock-deployer)
             kubernetes.use_secret_as_volume(deployer, secret_name=options.deployer_secret,

@@ -78,6 +78,7 @@ def embedded_arguments(workdir: Path, quick: bool, recipe: str = "sherlock") -> 
         arguments[settings_parameter(name)] = values
     return arguments | {
         "output_root": str(workdir / "artifacts"),
+        "registry_root": str(workdir / "registry"),
         "subset_sizes": (QUICK_SUBSETS if quick else SUBSETS)[recipe],
         "evaluate_settings": preset("evaluate", "embedded") | ({"limit": 8} if quick else {}),
         "model_name": model_name(recipe),

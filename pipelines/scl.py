@@ -34,6 +34,7 @@ def build_pipeline(warm_start: bool = True, options: ClusterOptions | None = Non
         train_data: str = "embedded",
         benchmarks: str = "embedded",
         output_root: str = "s3://sherlock/runs",
+        registry_root: str = "s3://sherlock-models",
         subset_sizes: str = "D_A=10000,D_B=5000",
         seed: int = 0,
         sft_r0_settings: dict = preset("sft.r0"),
@@ -56,7 +57,7 @@ def build_pipeline(warm_start: bool = True, options: ClusterOptions | None = Non
         checkpoints = {start_name: start} | recipes.scl(run, start, subsets["D_B"])
         evaluate_and_deploy(list(checkpoints.items()), inputs.outputs["benchmarks"], subsets["D_A"], options, gpus,
                             evaluate_settings, model_name, selection_metric, promotion_margin, deploy_settings, run_id,
-                            common)
+                            registry_root, common)
 
     return scl
 

@@ -29,6 +29,7 @@ def build_pipeline(online_iterations: int = 2, options: ClusterOptions | None = 
         train_data: str = "embedded",
         benchmarks: str = "embedded",
         output_root: str = "s3://sherlock/runs",
+        registry_root: str = "s3://sherlock-models",
         subset_sizes: str = "D_A=10000,D_B=10000,D_U=5000",
         seed: int = 0,
         sft_r0_settings: dict = preset("sft.r0"),
@@ -56,7 +57,7 @@ def build_pipeline(online_iterations: int = 2, options: ClusterOptions | None = 
         del checkpoints["r0"]  # no candidate for the champion: a vanilla-SFT model cannot correct itself
         evaluate_and_deploy(list(checkpoints.items()), inputs.outputs["benchmarks"], subsets["D_A"], options, gpus,
                             evaluate_settings, model_name, selection_metric, promotion_margin, deploy_settings, run_id,
-                            common)
+                            registry_root, common)
 
     return sherlock
 

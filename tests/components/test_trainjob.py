@@ -94,8 +94,9 @@ def test_the_trainjob_of_a_step_validates_and_carries_the_steps_placement(cluste
     assert {m["mountPath"] for m in container["volumeMounts"]} == {"/dev/shm", "/cache", "/checkpoints"}
     env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") or e.get("value")
            for e in container["env"]}
-    assert env["AWS_SECRET_ACCESS_KEY"] == "sherlock-s3" and env["MLFLOW_TRACKING_URI"] == "sherlock-mlflow"
-    assert env["SHERLOCK_CACHE"] == "/cache"
+    # the TrainJobs' own S3 identity (writes runs/, not registered checkpoints), never the steps'
+    assert env["AWS_SECRET_ACCESS_KEY"] == env["AWS_ACCESS_KEY_ID"] == "sherlock-s3-trainjob"
+    assert env["MLFLOW_TRACKING_URI"] == "sherlock-mlflow" and env["SHERLOCK_CACHE"] == "/cache"
     assert job["metadata"]["labels"] == {"sherlock.dev/step": "sft-r0"}
 
     # the step's function and its call travel in the runtime's shell script: the config base64-encoded,

@@ -43,19 +43,21 @@ capabilities:
           protocol: TCP
 {{- end }}
 
-{{- /* egress to the bundled MinIO, or to any address on the S3 ports when an external store is used */}}
-{{- define "sherlock.minioEgress" }}
-    {{- if .Values.minio.enabled }}
+{{- /* egress to the bundled SeaweedFS, or to any address on the usual S3 ports when an external store is used */}}
+{{- define "sherlock.s3Egress" }}
+    {{- if .Values.seaweedfs.enabled }}
     - to:
         - podSelector:
             matchLabels:
-              app.kubernetes.io/name: minio
+              app.kubernetes.io/name: seaweedfs
       ports:
-        - port: 9000
+        - port: 8333
           protocol: TCP
     {{- else }}
     - ports:
         - port: 443
+          protocol: TCP
+        - port: 8333
           protocol: TCP
         - port: 9000
           protocol: TCP
