@@ -137,8 +137,23 @@ def evaluate_all(config: ExperimentConfig, seed: int, models: dict, timed, **fie
                          "baselines": {key: metrics[key]["score"] for key in ("greedy_direct", "blank_image")}
                          | {"blind_prior": metrics["blind_prior"]},
                          "sc_minus_direct": metrics.get("sc_minus_direct"), "perception": metrics.get("perception"),
-                         "departure": metrics.get("departure"), "hits": item_hits(output / PREDICTIONS_FILE)}
+                         "departure": metrics.get("departure"), "hits": item_hits(output / PREDICTIONS_FILE),
+                         "headroom": headroom_fields(metrics)}
     return results
+
+
+HEADROOM_FIELDS = ("pass_at_1", "pass_at_k", "majority_at_k", "oracle_gated", "verifier_gated", "flips", "wait")
+
+
+def headroom_fields(metrics: dict) -> dict:
+    """What the rounds did beside what the same compute buys (:mod:`sherlock.headroom`), as results.json
+    holds it per checkpoint and seed: the k-sample numbers, the gated rounds, the flips, the "Wait"
+    continuation (where measured)."""
+    found = dict(metrics.get("samples") or {}) | {key: metrics[key] for key in ("oracle_gated", "verifier_gated",
+                                                                                "flips") if key in metrics}
+    if metrics.get("wait"):
+        found["wait"] = metrics["wait"]["score"]
+    return {key: found[key] for key in HEADROOM_FIELDS if key in found}
 
 
 def item_hits(predictions: Path) -> dict[str, str]:
@@ -343,8 +358,9 @@ def comparisons_table(rows: list[dict]) -> str:
 
 
 def results_json(summaries: list[dict]) -> dict:
-    """``docs/results.json``: per checkpoint and seed the accuracies and baselines; per checkpoint the
-    paired 95 % CI of SC − direct pooled over the seeds' items and the per-seed differences."""
+    """``docs/results.json``: per checkpoint and seed the accuracies, baselines and headroom
+    (:data:`HEADROOM_FIELDS`, where the seed's evaluation measured them); per checkpoint the paired 95 % CI of
+    SC − direct pooled over the seeds' items and the per-seed differences."""
     checkpoints = {}
     for name in (n for n in CHECKPOINTS if all(n in s["checkpoints"] for s in summaries)):
         entries = {str(s["seed"]): s["checkpoints"][name] for s in summaries}
@@ -352,7 +368,7 @@ def results_json(summaries: list[dict]) -> dict:
             "seeds": {seed: {"direct": e["scores"][0], "sc_rounds": e["scores"][1:],
                              "greedy_direct": e["baselines"]["greedy_direct"],
                              "blank_image": e["baselines"]["blank_image"], "blind_prior": e["baselines"]["blind_prior"]}
-                      for seed, e in entries.items()},
+                      | e.get("headroom", {}) for seed, e in entries.items()},
             "sc_minus_direct": {"per_seed": {seed: e["sc_minus_direct"]["difference"] for seed, e in entries.items()},
                                 "pooled": pooled_sc_minus_direct(list(entries.values()))}}
     return {"units": "accuracy in %, held-out synthetic items", "checkpoints": checkpoints,

@@ -10,6 +10,12 @@ aggregation):
 - ``oracle_gated``: the accuracy per round when a correction counts only where the answer before it was
   wrong (a perfect verifier). Along one correction chain this is "any round up to r right": the chain a
   gate stops once right is the same chain until then;
+- ``verifier_gated``: the accuracy per round when a verifier (:mod:`sherlock.verifiers`) decides where the
+  chain stops: round r's answer counts only where the verifier rejected every answer before it; with
+  ``verifier`` its rejection rates on right and on wrong direct answers (a verifier worth gating on
+  rejects far more wrong than right ones);
+- ``slices``: the direct and last-round accuracy and the last round's flips per answer format and per
+  item family (a benchmark's category: the embedded task's tier);
 - ``samples``: from k sampled direct answers (k = 1 + rounds by default: the rounds' compute),
   ``pass_at_1`` (the mean over the samples), ``pass_at_k`` (any sample right) and ``majority_at_k``
   (the most frequent readable answer, ties to the earliest).
@@ -46,6 +52,45 @@ def oracle_gated(hits: list[list[float]]) -> list[float]:
         best = [max(b, s) for b, s in zip(best, scores, strict=True)]
         accuracies.append(100 * sum(best) / len(best))
     return accuracies
+
+
+def verifier_gated(hits: list[list[float]], accepted: list[list[bool]]) -> list[float]:
+    """Accuracy (%) per round when the chain of item i stops at its first response the verifier accepts:
+    ``accepted[r][i]`` for the responses of rounds 0..R−1 (the last round is never asked).
+    """
+    if len(accepted) != len(hits) - 1:
+        raise ValueError(f"need the verifier's decision on rounds 0..{len(hits) - 2}, got {len(accepted)} rounds")
+    current, going = list(hits[0]), [True] * len(hits[0])
+    accuracies = [100 * sum(current) / len(current)]
+    for decisions, scores in zip(accepted, hits[1:], strict=True):
+        going = [g and not a for g, a in zip(going, decisions, strict=True)]
+        current = [s if g else c for g, s, c in zip(going, scores, current, strict=True)]
+        accuracies.append(100 * sum(current) / len(current))
+    return accuracies
+
+
+def rejection_rates(hits: list[float], accepted: list[bool]) -> dict[str, float | None]:
+    """How often (%) a verifier rejects right and wrong answers (None where there are none)."""
+    right = [not a for h, a in zip(hits, accepted, strict=True) if h >= RIGHT]
+    wrong = [not a for h, a in zip(hits, accepted, strict=True) if h < RIGHT]
+    return {"rejects_right": 100 * sum(right) / len(right) if right else None,
+            "rejects_wrong": 100 * sum(wrong) / len(wrong) if wrong else None}
+
+
+def slices(labels: dict[str, list[str]], hits: list[list[float]]) -> dict[str, dict[str, dict]]:
+    """Per grouping (e.g. ``format``) and label (``number``): n, the direct and last-round accuracy (%) and
+    the last round's flips, from ``labels[grouping][i]`` of each item.
+    """
+    result: dict[str, dict[str, dict]] = {}
+    for grouping, item_labels in labels.items():
+        for label in sorted(set(item_labels)):
+            members = [i for i, value in enumerate(item_labels) if value == label]
+            rows = [[scores[i] for i in members] for scores in hits]
+            result.setdefault(grouping, {})[label] = {
+                "n": len(members), "direct": 100 * sum(rows[0]) / len(members),
+                "last": 100 * sum(rows[-1]) / len(members),
+                **({"flips": flip_counts([rows[-2], rows[-1]])[0]} if len(rows) > 1 else {})}
+    return result
 
 
 def sample_headroom(scores: list[list[float]], answers: list[list[str | None]]) -> dict[str, float | int]:

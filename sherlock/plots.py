@@ -62,7 +62,9 @@ def plot_beta_histogram(weights: list[float], path: Path) -> None:
 
 
 def plot_rounds(metrics: dict, path: Path) -> None:
-    """Accuracy per round with its standard error, integer rounds, and the baselines as lines."""
+    """Accuracy per round with its standard error, integer rounds, the oracle- and verifier-gated rounds, and
+    the baselines as lines.
+    """
     figure, axes = plt.subplots(figsize=(5.5, 3.8))
     for index, (name, m) in enumerate(metrics["benchmarks"].items()):
         scores = [r["score"] for r in m["rounds"]]
@@ -71,6 +73,12 @@ def plot_rounds(metrics: dict, path: Path) -> None:
         colour = f"C{index}"
         axes.errorbar(range(len(scores)), scores, yerr=[r.get("stderr") or 0 for r in m["rounds"]], marker="o",
                       capsize=3, color=colour, label=f"{name} (sampled direct, greedy rounds)")
+        for key, style in (("oracle_gated", "--"), ("verifier_gated", "-.")):  # the headroom, per round
+            if m.get(key):
+                axes.plot(range(len(m[key])), m[key], linestyle=style, color=colour, alpha=0.6,
+                          label=f"{name} {key.replace('_', '-')}")
+        if m.get("wait") and m["wait"]["score"] is not None:  # one round's compute: drawn at round 1
+            axes.plot([1], [m["wait"]["score"]], marker="^", linestyle="", color=colour, label=f"{name} Wait")
         if m.get("greedy_direct") and m["greedy_direct"]["score"] is not None:
             axes.plot([0], [m["greedy_direct"]["score"]], marker="s", linestyle="", color=colour,
                       label=f"{name} greedy direct")

@@ -30,6 +30,10 @@ def correction_prompt(question: str, example_response: str) -> str:
     return SHERLOCK_CORRECTION_TEMPLATE.format(question=question, example_response=example_response)
 
 
+# The cheapest self-correction: the model's own answer, continued after this cue (arXiv 2507.02778)
+WAIT_CUE = "Wait,"
+
+
 # --- SCL: two-turn self-correction (spec §2) ------------------------------------------------
 
 SCL_STEP_BY_STEP = "Explain your reasoning step-by-step."

@@ -26,6 +26,7 @@ import dataclasses
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -158,19 +159,24 @@ def log_data_input(uri: str, sha256: str, field: str) -> None:
     mlflow.set_tag(f"sherlock.data.{field}.sha256", sha256)
 
 
+METRIC_UNSAFE = re.compile(r"[^\w .-]")  # what MLflow refuses in a metric name's part
+
+
 def evaluation_metrics(metrics: dict) -> dict[str, float]:
     """Flat metrics of evaluate's metrics.json: ``<benchmark>/round_<k>`` (0 = direct),
     ``paper_average/round_<k>`` (when every paper benchmark is scored), and per benchmark the baselines
-    (``greedy_direct``, ``blank_image``, ``blind_prior``), ``sc_minus_direct`` with its CI bounds, the headroom
-    (``oracle_gated/round_<k>``, ``flips/round_<k>/<kind>``, ``k``, ``pass_at_1``, ``pass_at_k``,
-    ``majority_at_k``: :mod:`sherlock.headroom`), the
+    (``greedy_direct``, ``blank_image``, ``blind_prior``, ``wait``), ``sc_minus_direct`` with its CI bounds, the
+    headroom
+    (``oracle_gated/round_<k>``, ``verifier_gated/round_<k>``, ``verifier/rejects_right|wrong``,
+    ``flips/round_<k>/<kind>``, ``slices/<format|family>/<label>/<direct|last>``, ``k``, ``pass_at_1``,
+    ``pass_at_k``, ``majority_at_k``: :mod:`sherlock.headroom`), the
     ``perception/<check>`` fractions and the direct answer's aAcc/fAcc/qAcc, circular ``vanilla`` and
     per-split scores.
     """
     flat = {f"{name}/round_{k}": r["score"] for name, m in metrics["benchmarks"].items()
             for k, r in enumerate(m["rounds"]) if r["score"] is not None}
     for name, m in metrics["benchmarks"].items():
-        flat |= {f"{name}/{key}": m[key]["score"] for key in ("greedy_direct", "blank_image")
+        flat |= {f"{name}/{key}": m[key]["score"] for key in ("greedy_direct", "blank_image", "wait")
                  if m.get(key) and m[key]["score"] is not None}
         if m.get("blind_prior") is not None:
             flat[f"{name}/blind_prior"] = m["blind_prior"]
@@ -180,6 +186,12 @@ def evaluation_metrics(metrics: dict) -> dict[str, float]:
                      f"{name}/sc_minus_direct_ci_low": paired["ci_low"],
                      f"{name}/sc_minus_direct_ci_high": paired["ci_high"]}
         flat |= {f"{name}/oracle_gated/round_{k}": value for k, value in enumerate(m.get("oracle_gated", []))}
+        flat |= {f"{name}/verifier_gated/round_{k}": value for k, value in enumerate(m.get("verifier_gated", []))}
+        flat |= {f"{name}/verifier/{key}": value for key, value in (m.get("verifier") or {}).items()
+                 if isinstance(value, float)}
+        flat |= {f"{name}/slices/{grouping}/{METRIC_UNSAFE.sub('_', label)}/{key}": value
+                 for grouping, labels in m.get("slices", {}).items() for label, row in labels.items()
+                 for key, value in row.items() if key in ("direct", "last")}
         flat |= {f"{name}/flips/round_{k}/{kind}": count for k, flips in enumerate(m.get("flips", []), 1)
                  for kind, count in flips.items()}
         flat |= {f"{name}/{key}": value for key, value in (m.get("samples") or {}).items()}

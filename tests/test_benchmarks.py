@@ -22,7 +22,7 @@ from sherlock.benchmarks import (
     score_responses,
 )
 from sherlock.config import ConfigError
-from sherlock.data.llava_cot import DataQualityError
+from sherlock.data.llava_cot import DataQualityError, load_data
 from sherlock.stages.evaluate import EvaluateConfig, EvaluationError, RescoreConfig, run_evaluate, run_rescore
 
 
@@ -243,7 +243,11 @@ def test_evaluation_stage_scores_every_round(tiny_model_dir, subset_dir, tsv_dir
     assert len(predictions) == 8 and all(len(p["responses"]) == 3 for p in predictions)
     table = (tmp_path / "eval/results.md").read_text()
     assert "| llava_cot | 6 |" in table and "+SC round 2" in table and "| blank image | blind prior |" in table
-    assert "| oracle-gated SC | pass@1 | maj@k | pass@k |" in table
+    assert "| oracle-gated SC | verifier-gated SC | pass@1 | maj@k | pass@k | Wait |" in table
+    for name, result in metrics["benchmarks"].items():  # the verifier-gated round starts where the others do
+        assert result["verifier_gated"][0] == result["oracle_gated"][0] and len(result["verifier_gated"]) == 3
+        assert result["wait"]["n"] == result["rounds"][0]["n"] and result["verifier"]["name"] == "consistency"
+        assert sum(s["n"] for s in result["slices"]["format"].values()) == result["rounds"][0]["n"]
     assert (tmp_path / "eval/accuracy_by_round.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ConfigError, match="unknown benchmark"):
         EvaluateConfig(model="m", output="o", benchmarks="vqav2=x").check()
@@ -442,3 +446,39 @@ def test_rescore_scores_saved_predictions_again_without_a_model(tsv_dir, tmp_pat
             run_rescore(RescoreConfig(predictions=str(saved), benchmarks=files, output=str(tmp_path / "bad")))
         reason = quarantine.read_text() if error is DataQualityError else str(raised.value)
         assert re.search(match, reason), reason
+
+
+def test_rescore_reports_the_verifier_gated_round_and_the_slices_on_constructed_predictions(tmp_path):
+    """The harness's arithmetic end to end, no model: on the embedded task, gold responses (which the
+    consistency verifier accepts) and the same responses with another conclusion (which it rejects)."""
+    from sherlock.data.synthetic import generate_synthetic
+
+    data = generate_synthetic(tmp_path / "data", 6, seed=3)
+    records = {r.id: r for r in load_data(data).records}
+
+    def broken(record) -> str:
+        wrong = {"number": "9", "choice": "D" if record.answer != "D" else "A"}.get(
+            record.answer_type, "purple" if record.answer != "purple" else "red")
+        return re.sub(r"<CONCLUSION>.*</CONCLUSION>", f"<CONCLUSION>{wrong}</CONCLUSION>", record.response)
+
+    plan = ["gb", "gg", "gg", "bg", "bg", "bb"]  # per item: round 0, round 1 (gold or broken)
+    rows = [{"benchmark": "llava_cot", "id": key, "answer": record.answer, "prompt": record.question,
+             "responses": [record.response if step == "g" else broken(record) for step in steps],
+             "correct": [False, False]} for (key, record), steps in zip(records.items(), plan, strict=True)]
+    saved = tmp_path / "predictions.jsonl"
+    saved.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    metrics = run_rescore(RescoreConfig(predictions=str(saved), benchmarks=f"llava_cot={data}",
+                                        output=str(tmp_path / "again")))["benchmarks"]["llava_cot"]
+    assert [r["score"] for r in metrics["rounds"]] == pytest.approx([50.0, 400 / 6])
+    assert metrics["flips"] == [{"fixed": 2, "broken": 1, "kept_right": 2, "kept_wrong": 1}]
+    # item 0's right direct answer is accepted, so its broken round 1 never counts
+    assert metrics["verifier_gated"] == pytest.approx([50.0, 500 / 6]) == metrics["oracle_gated"]
+    assert metrics["verifier"] == {"name": "consistency", "rejects_right": 0.0, "rejects_wrong": 100.0}
+    tiers = [records[row["id"]].tier for row in rows]
+    assert {tier: s["n"] for tier, s in metrics["slices"]["family"].items()} == {t: tiers.count(t) for t in tiers}
+    assert sum(s["flips"]["fixed"] for s in metrics["slices"]["format"].values()) == 2
+    table = (tmp_path / "again" / "results.md").read_text()
+    assert "verifier-gated SC" in table.splitlines()[0] and "| 83.3 |" in table
+    none = run_rescore(RescoreConfig(predictions=str(saved), benchmarks=f"llava_cot={data}", verifier=None,
+                                     output=str(tmp_path / "no-verifier")))["benchmarks"]["llava_cot"]
+    assert "verifier_gated" not in none and none["oracle_gated"] == metrics["oracle_gated"]

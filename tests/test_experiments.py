@@ -2,7 +2,14 @@
 
 import pytest
 
-from experiments.harness import ExperimentConfig, base_gate, results_json, results_table, run_experiment
+from experiments.harness import (
+    ExperimentConfig,
+    base_gate,
+    headroom_fields,
+    results_json,
+    results_table,
+    run_experiment,
+)
 
 
 def _entry(direct, sc, hits_direct, hits_sc):
@@ -28,6 +35,14 @@ def test_table_has_the_checkpoints_every_seed_has_in_paper_order():
     assert results_json(summaries)["comparisons"] == []  # none of COMPARISONS has both checkpoints
     assert pooled["seeds"]["1"] == {"direct": 0.0, "sc_rounds": [50.0], "greedy_direct": 0.0, "blank_image": 10.0,
                                     "blind_prior": 40.0}
+    summaries[1]["checkpoints"]["R0"]["headroom"] = headroom_fields({
+        "samples": {"k": 2, "pass_at_1": 25.0, "pass_at_k": 50.0, "majority_at_k": 25.0}, "oracle_gated": [0.0, 50.0],
+        "verifier_gated": [0.0, 50.0], "flips": [{"fixed": 1, "broken": 0, "kept_right": 0, "kept_wrong": 1}],
+        "perception": {"cells_exact": 0.5}})
+    seed = results_json(summaries)["checkpoints"]["R0"]["seeds"]["1"]
+    assert {key: seed[key] for key in ("pass_at_k", "majority_at_k", "oracle_gated", "verifier_gated")} == {
+        "pass_at_k": 50.0, "majority_at_k": 25.0, "oracle_gated": [0.0, 50.0], "verifier_gated": [0.0, 50.0]}
+    assert seed["flips"][0]["fixed"] == 1 and "k" not in seed and "perception" not in seed
 
 
 def test_base_gate_criteria():

@@ -46,10 +46,12 @@ from sherlock.data.llava_cot import DEFAULT_MAX_BAD_FRACTION, BadLine, load_data
 from sherlock.data.schema import write_jsonl
 from sherlock.decoding import DecodingConfig, SamplingSettings
 from sherlock.diagnostics import BlindPrior, departure_histogram, paired_difference, perception_scores
-from sherlock.headroom import flip_counts, oracle_gated, sample_headroom
-from sherlock.prompts import STIC_DAR_PROMPT, stic_description_infused
+from sherlock.headroom import flip_counts, oracle_gated, rejection_rates, sample_headroom, slices, verifier_gated
+from sherlock.prompts import STIC_DAR_PROMPT, WAIT_CUE, stic_description_infused
+from sherlock.reasoning import conclusion_text
 from sherlock.stages.io import record_stage_config
 from sherlock.stages.registry import STAGES
+from sherlock.verifiers import load_verifier
 
 PAPER_TEMPERATURE, PAPER_TOP_P = 0.6, 0.7  # the direct answer of the official evaluation code
 
@@ -58,7 +60,22 @@ METRICS_FILE, TABLE_FILE, PLOT_FILE, PREDICTIONS_FILE = (
 
 
 @dataclass(kw_only=True)
-class ProtocolSettings(SamplingSettings):
+class VerifierSetting:
+    """Which verifier decides in the verifier-gated round (evaluate, diagnose, rescore)."""
+
+    verifier: str | None = help_field("consistency", "who decides in the verifier-gated round whether an answer "
+                                                     "is corrected: 'consistency' (rule-based, the embedded task's "
+                                                     "4-stage responses) or one registered under the entry-point "
+                                                     "group sherlock.verifiers; '': no such round")
+
+    def check_verifier(self) -> None:
+        """Refuse a verifier nobody registered."""
+        if self.verifier:
+            load_verifier(self.verifier)
+
+
+@dataclass(kw_only=True)
+class ProtocolSettings(SamplingSettings, VerifierSetting):
     """How answers are drawn and which baselines are scored beside them (evaluate and diagnose)."""
 
     correction_rounds: int = help_field(3, "greedy self-correction rounds after the direct answer")
@@ -66,6 +83,8 @@ class ProtocolSettings(SamplingSettings):
     top_p: float = help_field(PAPER_TOP_P, "direct-answer nucleus threshold (paper 0.7)")
     greedy_direct: bool = help_field(True, "also score a greedy direct answer (a second column)")
     blank_image: bool = help_field(True, "also score the direct answer given a blank white image")
+    wait_baseline: bool = help_field(True, "also score the direct answer continued greedily after 'Wait,' (arXiv "
+                                           "2507.02778): the cheapest self-correction, one round's compute")
     prior_data: str | None = help_field(None, "labelled training data: score its blind prior on each benchmark",
                                         uri="data")
     seed: int = help_field(0, "sampling seed of the direct answers")
@@ -79,6 +98,7 @@ class ProtocolSettings(SamplingSettings):
             raise ConfigError("correction_rounds must be >= 0")
         if self.headroom_samples is not None and self.headroom_samples < 1:
             raise ConfigError(f"headroom_samples must be >= 1, got {self.headroom_samples}")
+        self.check_verifier()
 
     def samples(self) -> int:
         """K of pass@k and majority@k: :attr:`headroom_samples`, or 1 + the correction rounds."""
@@ -140,13 +160,14 @@ def _score(result: dict | None) -> str:
 
 def summary_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
     """Header and one row per benchmark: every round (± stderr), SC − direct with its paired 95 % CI, what
-    the same compute buys otherwise (:mod:`sherlock.headroom`: the oracle-gated last round, pass@1,
-    majority@k and pass@k of k sampled direct answers, per-item means) and the baselines (greedy direct,
-    blank image, blind prior).
+    the same compute buys otherwise (:mod:`sherlock.headroom`: the oracle- and verifier-gated last round, pass@1,
+    majority@k and pass@k of k sampled direct answers, per-item means, the "Wait" continuation) and the
+    baselines (greedy direct, blank image, blind prior).
     """
     rounds = max(len(m["rounds"]) for m in metrics["benchmarks"].values())
     header = (["benchmark", "n", "direct"] + [f"+SC round {k}" for k in range(1, rounds)]
-              + ["SC − direct [95% CI]", "oracle-gated SC", "pass@1", "maj@k", "pass@k", "greedy direct",
+              + ["SC − direct [95% CI]", "oracle-gated SC", "verifier-gated SC", "pass@1", "maj@k", "pass@k",
+                 "Wait", "greedy direct",
                  "blank image", "blind prior"])
     rows = []
     for name, m in metrics["benchmarks"].items():
@@ -154,8 +175,9 @@ def summary_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
         rows.append([name, str(m["rounds"][0]["n"])] + [_score(r) for r in m["rounds"]] + [
             f"{paired['difference']:+.1f} [{paired['ci_low']:+.1f}, {paired['ci_high']:+.1f}]" if paired else "–",
             f"{m['oracle_gated'][-1]:.1f}" if m.get("oracle_gated") else "–",
+            f"{m['verifier_gated'][-1]:.1f}" if m.get("verifier_gated") else "–",
             *(f"{samples[key]:.1f}" if key in samples else "–" for key in ("pass_at_1", "majority_at_k", "pass_at_k")),
-            _score(m.get("greedy_direct")), _score(m.get("blank_image")),
+            _score(m.get("wait")), _score(m.get("greedy_direct")), _score(m.get("blank_image")),
             f"{m['blind_prior']:.1f}" if m.get("blind_prior") is not None else "–"])
     return header, rows
 
@@ -205,9 +227,7 @@ def evaluate_benchmark(model, processor, name: str, items: list[BenchmarkItem], 
     hits = [[item_score(item, response, grader) for item, response in zip(items, responses, strict=True)]
             for responses in rounds]
     result: dict = {"rounds": [score_items(name, items, h) for h in hits]}
-    if config.correction_rounds:
-        result["sc_minus_direct"] = paired_difference(hits[-1], hits[0], seed=config.seed)
-        result["flips"], result["oracle_gated"] = flip_counts(hits), oracle_gated(hits)
+    result |= correction_headroom(items, rounds, hits, config.verifier, config.seed)
     if config.samples() > 1:  # round 0 is the first sample; the others from their own streams
         samples = [rounds[0]] + [generate(model, processor, prompts, images, config=direct,
                                           desc=f"{name} direct sample {j + 1}", stream=f"direct sample {j}", keys=keys)
@@ -215,10 +235,15 @@ def evaluate_benchmark(model, processor, name: str, items: list[BenchmarkItem], 
         scores = [[hits[0][i]] + [item_score(item, s[i], grader) for s in samples[1:]] for i, item in enumerate(items)]
         answers = [[read_answer(item, s[i]) for s in samples] for i, item in enumerate(items)]
         result["samples"] = sample_headroom(scores, answers)
+    greedy = dataclasses.replace(direct, temperature=0.0, top_p=1.0)
     if config.greedy_direct:
-        greedy = dataclasses.replace(direct, temperature=0.0, top_p=1.0)
         result["greedy_direct"] = score_responses(name, items, generate(
             model, processor, prompts, images, config=greedy, desc=f"{name} greedy direct"), grader)
+    if config.wait_baseline:  # the direct answer continued; where the continuation concludes nothing, it stands
+        continued = generate(model, processor, prompts, images, prefixes=[f"{r}\n\n{WAIT_CUE}" for r in rounds[0]],
+                             config=greedy, desc=f"{name} wait", stream="wait", keys=keys)
+        result["wait"] = score_responses(name, items, [c if conclusion_text(c) is not None else r
+                                                       for r, c in zip(rounds[0], continued, strict=True)], grader)
     if config.blank_image:  # the direct answer's random stream: only the image differs from round 0
         result["blank_image"] = score_responses(name, items, generate(
             model, processor, prompts, blank_images(images), config=direct, desc=f"{name} blank image",
@@ -231,6 +256,26 @@ def evaluate_benchmark(model, processor, name: str, items: list[BenchmarkItem], 
         wrong = [k for k, hit in enumerate(hits[0]) if not hit]
         result["departure"] = departure_histogram([rounds[0][k] for k in wrong], [references[k] for k in wrong])
     return result, rounds, hits
+
+
+def correction_headroom(items: list[BenchmarkItem], rounds: list[list[str]], hits: list[list[float]],
+                        verifier: str | None, seed: int) -> dict:
+    """What the correction rounds did (:mod:`sherlock.headroom`): SC − direct with its paired CI, the flips,
+    the oracle- and verifier-gated accuracies and the slices by format and family (with no round: the slices).
+    """
+    result: dict = {"slices": slices({"format": [i.answer_type for i in items],
+                                      "family": [i.category or "none" for i in items]}, hits)}
+    if len(hits) < 2:
+        return result
+    result["sc_minus_direct"] = paired_difference(hits[-1], hits[0], seed=seed)
+    result["flips"], result["oracle_gated"] = flip_counts(hits), oracle_gated(hits)
+    if verifier:
+        verify = load_verifier(verifier)
+        accepted = [[bool(verify(item.prompt, response, item.options)) for item, response in
+                     zip(items, responses, strict=True)] for responses in rounds[:-1]]
+        result["verifier_gated"] = verifier_gated(hits, accepted)
+        result["verifier"] = {"name": verifier} | rejection_rates(hits[0], accepted[0])
+    return result
 
 
 class EvaluationError(RuntimeError):
@@ -306,7 +351,7 @@ def write_outputs(metrics: dict, predictions: list[dict], output: Path, correcti
 
 
 @dataclass(kw_only=True)
-class RescoreConfig(BenchmarkFiles):
+class RescoreConfig(BenchmarkFiles, VerifierSetting):
     """Config of ``sherlock rescore``: score saved predictions again."""
     predictions: str = help_field(help="predictions.jsonl written by `sherlock evaluate` on these benchmark files")
     seed: int = help_field(0, "seed of the paired bootstrap of SC − direct")
@@ -363,6 +408,7 @@ def run_rescore(config: RescoreConfig) -> dict:
     ``correct_before`` kept) and, per benchmark and round, how many scores moved up and down.
     """
     config.check_benchmarks()
+    config.check_verifier()
     grader = load_grader(config.grader)
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -386,8 +432,8 @@ def run_rescore(config: RescoreConfig) -> dict:
         result = {"path": path, "rounds": [score_items(name, items, h) for h in hits],
                   "moved": [{"up": sum(n > o for n, o in zip(now, old)), "down": sum(n < o for n, o in zip(now, old))}
                             for now, old in zip(hits, before)]}
-        if len(hits) > 1:
-            result["sc_minus_direct"] = paired_difference(hits[-1], hits[0], seed=config.seed)
+        result |= correction_headroom(items, [[row["responses"][k] for _, row in matched] for k in range(len(hits))],
+                                      hits, config.verifier, config.seed)
         metrics["benchmarks"][name] = result
         predictions += [row | {"id": item.id, "correct": [h[j] for h in hits], "correct_before": row["correct"]}
                         for j, (item, row) in enumerate(matched)]
