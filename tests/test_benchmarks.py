@@ -244,7 +244,7 @@ def test_evaluation_stage_scores_every_round(tiny_model_dir, subset_dir, tsv_dir
     table = (tmp_path / "eval/results.md").read_text()
     assert "| llava_cot | 6 |" in table and "+SC round 2" in table and "| blank image | blind prior |" in table
     assert "| oracle-gated SC | verifier-gated SC | pass@1 | maj@k | pass@k | Wait |" in table
-    for name, result in metrics["benchmarks"].items():  # the verifier-gated round starts where the others do
+    for result in metrics["benchmarks"].values():  # the verifier-gated round starts where the others do
         assert result["verifier_gated"][0] == result["oracle_gated"][0] and len(result["verifier_gated"]) == 3
         assert result["wait"]["n"] == result["rounds"][0]["n"] and result["verifier"]["name"] == "consistency"
         assert sum(s["n"] for s in result["slices"]["format"].values()) == result["rounds"][0]["n"]

@@ -7,6 +7,7 @@ maps onto ``transformers.TrainingArguments`` (or TRL's subclasses) with :func:`t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sys
@@ -187,6 +188,20 @@ class MlflowMetricsCallback(TrainerCallback):
             mlflow.log_metrics(numbers, step=state.global_step)
 
 
+class RemainderNotice(logging.Filter):
+    """Drops accelerate's "returning gathered tensors" notice, which ``gather_for_metrics`` logs at INFO on
+    every step for a dataloader without a length (the length-bucketed and packed ones): under KFP's INFO
+    root logger it was 288 lines of one embedded run, about a remainder the training logs never hold.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for that notice alone."""
+        return "returning gathered tensors" not in record.getMessage()
+
+
+REMAINDER_NOTICE = RemainderNotice()
+
+
 def train_and_save(trainer, settings: TrainSettings, output_dir: str | Path, processor) -> Path:
     """Train (resuming when asked), then save the final state, merged model and processor (rank 0
     writes them; the other ranks wait, so what comes next may read them).
@@ -198,6 +213,7 @@ def train_and_save(trainer, settings: TrainSettings, output_dir: str | Path, pro
 
         if mlflow.active_run() is not None:
             trainer.add_callback(MlflowMetricsCallback())
+    logging.getLogger("accelerate.accelerator").addFilter(REMAINDER_NOTICE)  # once: the same filter object
     trainer.train(resume_from_checkpoint=resume_checkpoint(settings, output_dir))
     trainer.save_state()
     output_dir = Path(output_dir)
