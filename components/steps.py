@@ -114,8 +114,8 @@ def register_step(checkpoint: str, evaluation: str, model_name: str, metric: str
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", model_name):
         raise ValueError(f"model name {model_name!r}: letters, digits, '.', '_' and '-' only (it names a prefix)")
     metrics = tracking.evaluation_metrics(json.loads((fetch(evaluation) / METRICS_FILE).read_text()))
-    local = fetch(checkpoint)
-    registered = copy_published(checkpoint, f"{registry_root.rstrip('/')}/{model_name}/{directory_digest(local)}")
+    local = fetch(checkpoint)  # checked against the manifest whose digest names the copy (S3: no second hashing)
+    registered = copy_published(checkpoint, f"{registry_root.rstrip('/')}/{model_name}/{directory_digest(checkpoint)}")
     version = tracking.register_checkpoint(local, model_name, metrics, {
         "checkpoint_uri": registered, "trained_uri": checkpoint, "evaluation_uri": evaluation,
         "pipeline_run_id": pipeline_run_id})
