@@ -9,22 +9,28 @@ import sys
 from sherlock.config import ConfigError, add_config_arguments, config_from_args
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from experiments.harness import ExperimentConfig
-
-    parser = argparse.ArgumentParser(prog="python -m experiments", description=__doc__.splitlines()[0])
-    add_config_arguments(parser, ExperimentConfig)
+def build_parser(config_type=None, prog: str = "python -m experiments", doc: str = __doc__) -> argparse.ArgumentParser:
+    """One flag per field of ``config_type`` (default the harness's :class:`ExperimentConfig`)."""
+    if config_type is None:
+        from experiments.harness import ExperimentConfig as config_type
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    add_config_arguments(parser, config_type)
     return parser
+
+
+def run_command(config_type, run, prog: str, doc: str, argv: list[str] | None) -> None:
+    """Parse ``argv`` into ``config_type``, print ``run(config)``; a bad setting exits with its reason."""
+    args = build_parser(config_type, prog, doc).parse_args(argv)
+    try:
+        print(run(config_from_args(config_type, args)))
+    except (ConfigError, ValueError, FileNotFoundError) as error:
+        sys.exit(f"{prog}: error: {error}")
 
 
 def main(argv: list[str] | None = None) -> None:
     from experiments.harness import ExperimentConfig, run_experiment
 
-    args = build_parser().parse_args(argv)
-    try:
-        print(run_experiment(config_from_args(ExperimentConfig, args)))
-    except (ConfigError, ValueError, FileNotFoundError) as error:
-        sys.exit(f"python -m experiments: error: {error}")
+    run_command(ExperimentConfig, run_experiment, "python -m experiments", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -137,12 +137,13 @@ def _stage(name: str):
 
 
 def _synth_arguments(parser: argparse.ArgumentParser) -> None:
-    from sherlock.data.synthetic import IMAGE_SIZE, TIERS
+    from sherlock.data.synthetic import DIAGNOSTIC_TIERS, IMAGE_SIZE, TIERS
 
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--num-items", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tiers", default=",".join(TIERS), help="comma-separated subset of " + ",".join(TIERS))
+    parser.add_argument("--tiers", default=",".join(TIERS), help="comma-separated subset of "
+                        + ",".join(TIERS + DIAGNOSTIC_TIERS) + f" ({', '.join(DIAGNOSTIC_TIERS)}: diagnostic)")
     parser.add_argument("--image-size", type=int, default=IMAGE_SIZE)
     parser.set_defaults(func=_synth)
 

@@ -126,3 +126,24 @@ def test_one_seed_runs_the_pipelines_wiring_then_its_own_steps_and_resumes(tmp_p
 
     monkeypatch.setattr(experiment, "run_seed", lambda *args: pytest.fail("a finished seed ran again"))
     experiment.run_experiment(config)
+
+
+def test_lookup_rule_reads_fix_and_break_rates_off_the_flips():
+    """The diagnostic's stop rule (experiments.lookup) on constructed flips: rates over the direct answer's
+    wrong and right items, 'exploits' at ≥ 20 % fixed and ≤ 5 % broken, 'stop' at fixed ≤ 1.5 × broken."""
+    from experiments.lookup import family_rows, table, verdict
+
+    exploits = verdict({"fixed": 10, "kept_wrong": 40, "broken": 2, "kept_right": 48})
+    assert exploits == {"fix_rate": 0.2, "break_rate": 0.04, "rule": "exploits"}
+    assert verdict({"fixed": 10, "kept_wrong": 40, "broken": 3, "kept_right": 47})["rule"] == "neither"  # 6 % broken
+    assert verdict({"fixed": 9, "kept_wrong": 41, "broken": 6, "kept_right": 44})["rule"] == "stop"  # 9 <= 1.5 x 6
+    assert verdict({"fixed": 10, "kept_wrong": 40, "broken": 6, "kept_right": 44})["rule"] == "neither"
+    assert verdict({"fixed": 0, "kept_wrong": 0, "broken": 0, "kept_right": 5}) == {
+        "fix_rate": None, "break_rate": 0.0, "rule": "stop"}  # nothing wrong to fix: no gain to chase
+    rows = family_rows("R0", {"lookup": {"n": 100, "direct": 50.0, "last": 58.0,
+                                         "flips": {"fixed": 10, "kept_wrong": 40, "broken": 2, "kept_right": 48}}})
+    assert rows == [{"checkpoint": "R0", "family": "lookup", "n": 100, "direct": 50.0, "round_1": 58.0, "fixed": 10,
+                     "kept_wrong": 40, "broken": 2, "kept_right": 48, "fix_rate": 0.2, "break_rate": 0.04,
+                     "rule": "exploits"}]
+    assert table(rows).splitlines()[2] == ("| R0 | lookup | 100 | 50.0 | 58.0 | 10 / 50 | 2 / 50 | 20.0 | 4.0 | "
+                                           "exploits |")

@@ -7,6 +7,11 @@ Each image is a 3x3 grid holding coloured shapes. Questions come in three diffic
 - ``hard``: spatial relations on scenes crowded with distractors that share the referenced
   shape's colour or kind (neighbour's colour, shapes sharing a row, above/below).
 
+A diagnostic tier, ``lookup``, is drawn only when asked for (``tiers``): "which cell holds the
+⟨colour⟩ ⟨kind⟩?" on crowded scenes, unique by construction. Answering it is a search over the
+scene; checking an answer is one lookup (is that shape in that cell?): the family on which a
+corrector could exploit a generation–verification gap (docs/results.md, "The lookup diagnostic").
+
 Answers are LLaVA-CoT 4-stage responses: SUMMARY states the plan, CAPTION lists every shape
 with its cell (perception), REASONING does the steps, CONCLUSION holds the answer. About a
 third of the questions are multiple choice (options A-D). Everything is deterministic by seed:
@@ -36,8 +41,9 @@ KINDS = ("circle", "square", "triangle")
 SIZES = ("small", "large")
 ROWS = ("top", "middle", "bottom")
 COLS = ("left", "middle", "right")
-TIERS = ("easy", "medium", "hard")
-TIER_SHAPES = {"easy": (2, 5), "medium": (3, 7), "hard": (5, 8)}
+TIERS = ("easy", "medium", "hard")  # the task's tiers, drawn by default
+DIAGNOSTIC_TIERS = ("lookup",)  # drawn only when named
+TIER_SHAPES = {"easy": (2, 5), "medium": (3, 7), "hard": (5, 8), "lookup": (5, 8)}
 CHOICE_FRACTION = 0.3
 OPTION_LETTERS = "ABCD"
 IMAGE_SIZE = 72  # a 3 x 3 grid of 24-px cells
@@ -75,7 +81,7 @@ def _sample_scene(rng: random.Random, tier: str) -> list[Shape]:
     low, high = TIER_SHAPES[tier]
     cells = rng.sample([(r, c) for r in range(3) for c in range(3)], rng.randint(low, high))
     shapes = [Shape(rng.choice(list(COLOURS)), rng.choice(KINDS), rng.choice(SIZES), r, c) for r, c in cells]
-    if tier == "hard":  # distractors: shapes sharing the colour or the kind of another shape
+    if tier in ("hard", "lookup"):  # distractors: shapes sharing the colour or the kind of another shape
         for i in range(1, len(shapes), 2):
             model = rng.choice(shapes[:i])
             shapes[i] = Shape(
@@ -261,10 +267,25 @@ def _is_above(rng, shapes):
     )
 
 
+def _which_cell(rng, shapes):
+    candidates = _unique(shapes)
+    if not candidates:
+        return None
+    target = rng.choice(candidates)
+    return _Question(
+        f"Which cell holds the {target.colour} {target.kind}?",
+        f"I will find the {target.colour} {target.kind} in the image and name its cell.",
+        f"The {target.colour} {target.kind} is the {target.name} at {target.cell}. So the cell is {target.cell}.",
+        target.cell,
+        "text",
+    )
+
+
 QUESTION_FAMILIES = {
     "easy": (_count_colour, _shape_at),
     "medium": (_count_colour_or_kind, _count_size_colour, _count_difference),
     "hard": (_neighbour_colour, _count_same_row, _is_above),
+    "lookup": (_which_cell,),
 }
 
 
@@ -424,9 +445,9 @@ def generate_synthetic(
 
     Returns the jsonl path; load it with :func:`sherlock.data.load_llava_cot`.
     """
-    unknown = set(tiers) - set(TIERS)
+    unknown = set(tiers) - set(TIERS + DIAGNOSTIC_TIERS)
     if unknown or not tiers:
-        raise ValueError(f"tiers must be a non-empty subset of {TIERS}, got {tiers}")
+        raise ValueError(f"tiers must be a non-empty subset of {TIERS + DIAGNOSTIC_TIERS}, got {tiers}")
     if num_items <= 0:
         raise ValueError(f"num_items must be positive, got {num_items}")
     output_dir = Path(output_dir)

@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -172,6 +173,24 @@ def test_synthetic_items_are_deterministic_and_correct():
         assert record.tier == tier and record.answer is not None
         assert is_correct(record.response, record.answer, record.answer_type)
     assert make_item(5, 0, "easy")[0] != make_item(6, 0, "easy")[0]
+
+
+def test_lookup_items_name_the_one_cell_of_a_unique_shape():
+    """The diagnostic family: the asked colour + kind occurs once in the scene, the answer is its cell, the
+    gold response is graded right and any other cell wrong; the default tiers never draw it."""
+    from sherlock.data.synthetic import DIAGNOSTIC_TIERS
+
+    for index in range(40):
+        record, _ = make_item(7, index, "lookup")
+        colour, kind = re.fullmatch(r"Which cell holds the (\w+) (\w+)\?", record.question).groups()
+        listed = re.findall(r"(top left|top middle|top right|middle left|center|middle right|bottom left|"
+                            r"bottom middle|bottom right): an? (?:small|large) (\w+) (\w+)", record.response)
+        assert [cell for cell, c, k in listed if (c, k) == (colour, kind)] == [record.answer]
+        assert record.answer_type == "text" and record.tier == "lookup"
+        assert is_correct(record.response, record.answer, "text")
+        other = next(cell for cell, *_ in listed if cell != record.answer)
+        assert not is_correct(f"<CONCLUSION>{other}</CONCLUSION>", record.answer, "text")
+    assert "lookup" in DIAGNOSTIC_TIERS and "lookup" not in TIERS
 
 
 def test_synthetic_generator_writes_loadable_files(synthetic):
