@@ -28,7 +28,9 @@ from sherlock.reasoning import NUM_TRUNCATION_STEPS, beta_weight
 # with Gaussian noise for k < 2, the image replaced by uniform noise (ε := 1) for k = 2.
 RELEASED_STEPS = (1, 2, 3)
 RELEASED_NOISE_RANGE = (0.15, 0.25)
-SCHEMES = ("paper", "released")
+# on-policy: the SUMMARY and CAPTION kept, the REASONING regenerated on the clean image (i = 3, ε = 0)
+ON_POLICY_STEPS = (3,)
+SCHEMES = ("paper", "released", "on-policy")
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,9 @@ class Perturbation:
     seed: int
 
     def apply(self, image: Image.Image, legacy_uint8: bool = False) -> Image.Image:
-        """The perturbed image: uniform noise, or Gaussian noise of level ε (Eq. 1)."""
+        """The perturbed image: uniform noise, Gaussian noise of level ε (Eq. 1), or the clean image."""
+        if self.kind == "clean":
+            return image
         if self.kind == "uniform":
             return random_noise_image(image, self.seed)
         return gaussian_noise(image, self.noise_level, self.seed, legacy_uint8)
@@ -53,10 +57,13 @@ def draw_perturbation(rng: random.Random, scheme: str = "paper", steps: tuple[in
     ``paper``: i ~ U(steps) (default U{1..4}), ε ~ U(0, 1), clipped Gaussian noise (App. B.2).
     ``released``: i ~ U(steps ∩ {1, 2, 3}); ε ~ U(0.15, 0.25) with Gaussian noise for i < 3, the
     image replaced by uniform noise and ε = 1 for i = 3.
+    ``on-policy``: i = 3 on the clean image (ε = 0): the model's own reasoning after a right SUMMARY and
+    CAPTION (the offline step keeps only the wrong ones).
     """
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
-    allowed = RELEASED_STEPS if scheme == "released" else tuple(range(1, NUM_TRUNCATION_STEPS + 1))
+    allowed = {"released": RELEASED_STEPS, "on-policy": ON_POLICY_STEPS}.get(
+        scheme, tuple(range(1, NUM_TRUNCATION_STEPS + 1)))
     steps = tuple(steps or allowed)
     if not steps or not set(steps) <= set(allowed):
         raise ValueError(f"truncation steps {steps} not available in the {scheme} scheme (allowed {allowed})")
@@ -64,6 +71,8 @@ def draw_perturbation(rng: random.Random, scheme: str = "paper", steps: tuple[in
     seed = rng.randrange(2**31)
     if scheme == "paper":
         return Perturbation(step, rng.random(), "gaussian", seed)
+    if scheme == "on-policy":
+        return Perturbation(step, 0.0, "clean", seed)
     if step == 3:
         return Perturbation(step, 1.0, "uniform", seed)
     return Perturbation(step, rng.uniform(*RELEASED_NOISE_RANGE), "gaussian", seed)

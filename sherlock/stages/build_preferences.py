@@ -2,7 +2,9 @@
 
 For each D_A item: draw i and ε, perturb the image, and let the Sherlock-SFT model continue the
 gold prefix Y^w_{<i} on the perturbed image (T = 0.7). Y^l = Y^w_{<i} + that continuation; the
-pair keeps a reference to the clean image.
+pair keeps a reference to the clean image. The ``on-policy`` scheme continues after the gold SUMMARY
+and CAPTION on the clean image and keeps only continuations whose answer is wrong: the model's own
+reasoning errors, the kind its test errors are (docs/results.md).
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from pathlib import Path
 from PIL import Image
 
 from sherlock import distributed
+from sherlock.answers import is_correct, options_in
 from sherlock.chat import chat_prompt
 from sherlock.config import ConfigError, help_field
 from sherlock.data.llava_cot import load_data
 from sherlock.data.preferences import Perturbation, PreferencePair, draw_perturbation, write_pairs
-from sherlock.data.schema import PAIRS_FILE, open_image
+from sherlock.data.schema import PAIRS_FILE, Record, open_image
 from sherlock.decoding import DecodingConfig, SamplingSettings
 from sherlock.reasoning import truncate
 from sherlock.stages.io import record_stage_config
@@ -33,7 +36,8 @@ STATS_FILE = STAGES["build-preferences"].outputs["stats"]
 class PerturbationSettings:
     """How (i, ε) are drawn for the rejected trajectory (App. B.2, or the released code's scheme)."""
 
-    scheme: str = help_field("paper", "paper (i ~ U{1..4}, ε ~ U(0,1)) or released (the authors' code)")
+    scheme: str = help_field("paper", "paper (i ~ U{1..4}, ε ~ U(0,1)), released (the authors' code) or on-policy "
+                                      "(i = 3 on the clean image; offline, only wrong answers kept)")
     truncation_steps: str | None = help_field(None, "comma-separated steps to draw from, e.g. 1 (ablation)")
     legacy_uint8_noise: bool = help_field(False, "wrap Gaussian noise modulo 256 like the released code")
 
@@ -79,6 +83,13 @@ def rejected_suffixes(
                     stream="rejected suffix", keys=keys)
 
 
+def reasoning_errors(pairs: list[PreferencePair], records: list[Record]) -> list[PreferencePair]:
+    """The pairs whose rejected response answers its record's question wrong (the ``on-policy`` scheme)."""
+    gold = {r.id: r for r in records}
+    return [p for p in pairs
+            if not is_correct(p.rejected, gold[p.id].answer, gold[p.id].answer_type, options_in(p.question))]
+
+
 def save_pairs(pairs: list[PreferencePair], image_root: Path, output: str | Path, stats: dict) -> Path:
     """Write the pairs and their statistics (counts per step, β weights, what was dropped); returns the
     pairs file. Rank 0 writes; every rank waits until it has (a training step may read them next).
@@ -103,7 +114,8 @@ def run_build_preferences(config: BuildPreferencesConfig) -> Path:
     """Build the offline pairs of D_A; returns the path of ``pairs.jsonl``.
 
     A pair whose rejected suffix reproduces the chosen one exactly carries no preference and is
-    dropped; the count is written to ``stats.json``.
+    dropped, and so, under the ``on-policy`` scheme, is one whose rejected answer is right; the counts
+    are written to ``stats.json``.
     """
     from sherlock.models.engines import load_generator
 
@@ -125,5 +137,9 @@ def run_build_preferences(config: BuildPreferencesConfig) -> Path:
         for r, d, (prefix, suffix_w), suffix_l in zip(data.records, draws, splits, suffixes)
         if suffix_l != suffix_w
     ]
+    dropped = {"dropped_identical": len(data.records) - len(pairs)}
+    if config.scheme == "on-policy":
+        wrong = reasoning_errors(pairs, data.records)
+        pairs, dropped = wrong, dropped | {"dropped_right": len(pairs) - len(wrong)}
     record_stage_config(config, config.output)
-    return save_pairs(pairs, data.image_root, config.output, {"dropped_identical": len(data.records) - len(pairs)})
+    return save_pairs(pairs, data.image_root, config.output, dropped)

@@ -5,14 +5,16 @@ import random
 
 import pytest
 import torch
+from PIL import Image
 
 from sherlock.config import ConfigError
 from sherlock.data.llava_cot import DataQualityError, load_data
-from sherlock.data.preferences import RELEASED_NOISE_RANGE, draw_perturbation, read_pairs
+from sherlock.data.preferences import RELEASED_NOISE_RANGE, PreferencePair, draw_perturbation, read_pairs
 from sherlock.data.schema import read_jsonl
 from sherlock.models.loading import CheckpointNotFoundError, load_vlm
 from sherlock.prompts import correction_prompt
 from sherlock.reasoning import beta_weight, truncate
+from sherlock.stages.build_preferences import reasoning_errors
 from sherlock.stages.online import OnlineConfig, load_judge, run_online_iteration, unlabeled_pool
 from sherlock.stages.sample_rejected import SampleRejectedConfig, run_sample_rejected
 from sherlock.stages.sft import SFTStageConfig, run_sft
@@ -140,6 +142,25 @@ def test_perturbation_schemes():
         else:
             assert p.kind == "gaussian" and RELEASED_NOISE_RANGE[0] <= p.noise_level <= RELEASED_NOISE_RANGE[1]
     assert {draw_perturbation(rng, steps=(1,)).truncation_step for _ in range(20)} == {1}
+    on_policy = {draw_perturbation(rng, "on-policy") for _ in range(20)}
+    assert {(p.truncation_step, p.noise_level, p.kind) for p in on_policy} == {(3, 0.0, "clean")}
+    image = Image.new("RGB", (8, 8), (10, 200, 30))
+    assert next(iter(on_policy)).apply(image).tobytes() == image.tobytes()
+    with pytest.raises(ValueError, match="not available in the on-policy scheme"):
+        draw_perturbation(rng, "on-policy", (1,))
+
+
+def test_on_policy_pairs_keep_only_the_models_reasoning_errors(subset_dir):
+    """The on-policy filter on constructed continuations after the gold SUMMARY and CAPTION: a rejected
+    answer that is right is no error and is dropped; a wrong or unreadable one is kept."""
+    record = load_data(subset_dir).records[0]
+    prefix, suffix = truncate(record.response, 3)
+    wrong_answer = "A" if record.answer != "A" else "B"
+    pairs = [PreferencePair(record.id, record.image, record.question, prefix, suffix, prefix, rejected, 3, 0.0, "clean")
+             for rejected in (f"<REASONING>Other steps.</REASONING>\n\n<CONCLUSION>{record.answer}</CONCLUSION>",
+                              f"<REASONING>Other steps.</REASONING>\n\n<CONCLUSION>{wrong_answer}</CONCLUSION>",
+                              "<REASONING>Other steps.</REASONING>")]
+    assert reasoning_errors(pairs, [record]) == pairs[1:]
 
 
 def test_a_judge_is_chosen_among_registered_entry_points_never_imported_by_name(register_judge):
