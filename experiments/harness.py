@@ -30,7 +30,7 @@ from sherlock.config import help_field, load_config
 from sherlock.data.llava_cot import load_data, load_llava_cot
 from sherlock.data.sampling import sample_to_dir, write_subsets
 from sherlock.data.schema import read_jsonl
-from sherlock.data.synthetic import generate_synthetic
+from sherlock.data.synthetic import CHOICE_FRACTION, generate_synthetic
 from sherlock.diagnostics import paired_difference
 from sherlock.models import embedded_base
 from sherlock.models.loading import require_checkpoint
@@ -63,6 +63,8 @@ class ExperimentConfig:
     online_pairs: int = help_field(150, "pairs of the online iteration")
     eval_items: int = help_field(500, "held-out items (one set for every seed)")
     validation_items: int = help_field(500, "validation items: R0's gate")
+    choice_fraction: float = help_field(CHOICE_FRACTION, "share of the synthetic questions with options asked as "
+                                                         "multiple choice (0.3 in the runs before 2026-12-05)")
     base_model: str = help_field("embedded", "the committed perception-pretrained base (sherlock/models/embedded), "
                                              "or a checkpoint path")
     sft_epochs: float = help_field(16.0, "epochs of R0, Sherlock-SFT and the SFT control")
@@ -242,9 +244,10 @@ def run_seed(config: ExperimentConfig, seed: int) -> dict:
     timings: dict[str, float] = {}
     timed = timer(timings)
 
-    pool_file = generate_synthetic(root / "data/all", 2 * config.subset_size + config.pool_size, seed=seed)
-    generate_synthetic(Path(config.workdir) / "eval", config.eval_items, seed=EVAL_SEED)  # the held-out set
-    generate_synthetic(Path(config.workdir) / "validation", config.validation_items, seed=VALIDATION_SEED)
+    task = {"choice_fraction": config.choice_fraction}
+    pool_file = generate_synthetic(root / "data/all", 2 * config.subset_size + config.pool_size, seed=seed, **task)
+    generate_synthetic(Path(config.workdir) / "eval", config.eval_items, seed=EVAL_SEED, **task)  # the held-out set
+    generate_synthetic(Path(config.workdir) / "validation", config.validation_items, seed=VALIDATION_SEED, **task)
     pool = load_llava_cot(pool_file)
     sample_to_dir(pool, root / "subsets",
                   {"D_A": config.subset_size, "D_B": config.subset_size, "D_U": config.pool_size}, seed)

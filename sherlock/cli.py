@@ -31,7 +31,8 @@ def _positive(text: str) -> int:
 def _synth(args) -> None:
     from sherlock.data.synthetic import generate_synthetic
 
-    path = generate_synthetic(args.output, args.num_items, args.seed, tuple(args.tiers.split(",")), args.image_size)
+    path = generate_synthetic(args.output, args.num_items, args.seed, tuple(args.tiers.split(",")), args.image_size,
+                              args.choice_fraction)
     print(path)
 
 
@@ -137,7 +138,7 @@ def _stage(name: str):
 
 
 def _synth_arguments(parser: argparse.ArgumentParser) -> None:
-    from sherlock.data.synthetic import DIAGNOSTIC_TIERS, IMAGE_SIZE, TIERS
+    from sherlock.data.synthetic import CHOICE_FRACTION, DIAGNOSTIC_TIERS, IMAGE_SIZE, TIERS
 
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--num-items", type=int, default=10_000)
@@ -145,6 +146,9 @@ def _synth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiers", default=",".join(TIERS), help="comma-separated subset of "
                         + ",".join(TIERS + DIAGNOSTIC_TIERS) + f" ({', '.join(DIAGNOSTIC_TIERS)}: diagnostic)")
     parser.add_argument("--image-size", type=int, default=IMAGE_SIZE)
+    parser.add_argument("--choice-fraction", type=float, default=CHOICE_FRACTION,
+                        help="share of the questions with options A-D asked as multiple choice "
+                             "(the archived runs: 0.3)")
     parser.set_defaults(func=_synth)
 
 

@@ -7,13 +7,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-from sherlock.data.synthetic import make_item  # noqa: E402
+from sherlock.data.synthetic import TOKENIZER_CHOICE_FRACTION, make_item  # noqa: E402
 from sherlock.models.tiny import tokenizer_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def synthetic_corpus():
-    items = [make_item(0, i, tier)[0] for i, tier in enumerate(["easy", "medium", "hard"] * 40)]
+    items = [make_item(0, i, tier, choice_fraction=TOKENIZER_CHOICE_FRACTION)[0]
+             for i, tier in enumerate(["easy", "medium", "hard"] * 40)]
     return tokenizer_corpus(items)
 
 

@@ -14,7 +14,9 @@ from sherlock.verifiers import consistency, inconsistencies, load_verifier
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
-    return load_data(generate_synthetic(tmp_path_factory.mktemp("synthetic"), 300, seed=11)).records
+    # multiple choice too: the verifier reads the letter step of responses to questions with options
+    return load_data(generate_synthetic(tmp_path_factory.mktemp("synthetic"), 300, seed=11,
+                                        choice_fraction=0.3)).records
 
 
 def found(record, response: str) -> list[str]:

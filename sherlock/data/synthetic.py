@@ -13,8 +13,10 @@ scene; checking an answer is one lookup (is that shape in that cell?): the famil
 corrector could exploit a generation–verification gap (docs/results.md, "The lookup diagnostic").
 
 Answers are LLaVA-CoT 4-stage responses: SUMMARY states the plan, CAPTION lists every shape
-with its cell (perception), REASONING does the steps, CONCLUSION holds the answer. About a
-third of the questions are multiple choice (options A-D). Everything is deterministic by seed:
+with its cell (perception), REASONING does the steps, CONCLUSION holds the answer. Questions are
+open (a number or a word): with options A-D (``choice_fraction``) the tiny models answered at chance
+while a blind prior read the answer off the options (docs/results.md, "Multiple choice removed"), so the
+embedded task asks none; tokenizer corpora keep the form, which benchmarks use. Everything is deterministic by seed:
 item ``k`` of seed ``s`` is the same however many items are drawn.
 """
 
@@ -44,7 +46,8 @@ COLS = ("left", "middle", "right")
 TIERS = ("easy", "medium", "hard")  # the task's tiers, drawn by default
 DIAGNOSTIC_TIERS = ("lookup",)  # drawn only when named
 TIER_SHAPES = {"easy": (2, 5), "medium": (3, 7), "hard": (5, 8), "lookup": (5, 8)}
-CHOICE_FRACTION = 0.3
+CHOICE_FRACTION = 0.0  # multiple-choice share of the embedded task (none; 0.3 in the archived runs)
+TOKENIZER_CHOICE_FRACTION = 0.3  # tokenizer corpora (the committed base's too): option lists are a benchmark form
 OPTION_LETTERS = "ABCD"
 IMAGE_SIZE = 72  # a 3 x 3 grid of 24-px cells
 SOURCE = "synthetic"  # the images' folder, and so the records' id namespace (sherlock.data.llava_cot)
@@ -301,8 +304,12 @@ def _distractor_options(rng: random.Random, q: _Question) -> list[str]:
     return rng.sample(pool, len(OPTION_LETTERS) - 1)
 
 
-def make_item(seed: int, index: int, tier: str, image_size: int = IMAGE_SIZE) -> tuple[Record, Image.Image]:
-    """Item ``index`` of seed ``seed`` at a difficulty tier: its record and its image."""
+def make_item(seed: int, index: int, tier: str, image_size: int = IMAGE_SIZE,
+              choice_fraction: float = CHOICE_FRACTION) -> tuple[Record, Image.Image]:
+    """Item ``index`` of seed ``seed`` at a difficulty tier: its record and its image; a question with
+    options is multiple choice with probability ``choice_fraction`` (the same shapes and questions at any
+    fraction).
+    """
     rng = random.Random(f"sherlock-synthetic:{seed}:{index}")
     while True:
         shapes = _sample_scene(rng, tier)
@@ -312,7 +319,7 @@ def make_item(seed: int, index: int, tier: str, image_size: int = IMAGE_SIZE) ->
     text, conclusion, reasoning = question.question, question.answer, question.reasoning
     answer, answer_type = question.answer, question.answer_type
     distractors = _distractor_options(rng, question)
-    if distractors and rng.random() < CHOICE_FRACTION:
+    if distractors and rng.random() < choice_fraction:
         options = distractors + [question.answer]
         rng.shuffle(options)
         letter = OPTION_LETTERS[options.index(question.answer)]
@@ -440,6 +447,7 @@ def generate_synthetic(
     seed: int = 0,
     tiers: tuple[str, ...] = TIERS,
     image_size: int = IMAGE_SIZE,
+    choice_fraction: float = CHOICE_FRACTION,
 ) -> Path:
     """Write ``num_items`` items (tiers in rotation) as ``output_dir/data.jsonl`` + ``synthetic/`` (images).
 
@@ -450,11 +458,13 @@ def generate_synthetic(
         raise ValueError(f"tiers must be a non-empty subset of {TIERS + DIAGNOSTIC_TIERS}, got {tiers}")
     if num_items <= 0:
         raise ValueError(f"num_items must be positive, got {num_items}")
+    if not 0.0 <= choice_fraction <= 1.0:
+        raise ValueError(f"choice_fraction must be in [0, 1], got {choice_fraction}")
     output_dir = Path(output_dir)
     (output_dir / SOURCE).mkdir(parents=True, exist_ok=True)
     records = []
     for index in tqdm(range(num_items), desc="synthetic items", unit=" items"):
-        record, image = make_item(seed, index, tiers[index % len(tiers)], image_size)
+        record, image = make_item(seed, index, tiers[index % len(tiers)], image_size, choice_fraction)
         image.save(output_dir / record.image)
         records.append(record)
     write_llava_cot(records, output_dir / DATA_FILE)

@@ -19,7 +19,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from sherlock.config import ConfigError, help_field
-from sherlock.data.synthetic import FAMILY_GROUPS, IMAGE_SIZE, TIERS, make_item, make_perception_item
+from sherlock.data.synthetic import (
+    FAMILY_GROUPS,
+    IMAGE_SIZE,
+    TIERS,
+    TOKENIZER_CHOICE_FRACTION,
+    make_item,
+    make_perception_item,
+)
 from sherlock.stages.io import record_stage_config
 from sherlock.stages.registry import STAGES
 from sherlock.training.settings import TrainSettings
@@ -114,7 +121,7 @@ def run_pretrain_perception(config: PretrainPerceptionConfig) -> Path:
         examples.append(SFTExample(record.question, record.response, str(path)))
         corpus.append(f"{record.question}\n{record.response}")
     if config.init is None:
-        task = [make_item(TOKENIZER_SEED, k, TIERS[k % len(TIERS)], config.image_size)[0]
+        task = [make_item(TOKENIZER_SEED, k, TIERS[k % len(TIERS)], config.image_size, TOKENIZER_CHOICE_FRACTION)[0]
                 for k in range(TOKENIZER_ITEMS)]
         base = build_tiny_vlm(output / "init", tokenizer_corpus(task) + corpus, config.preset, config.image_size,
                               config.vocab_size, config.seed)

@@ -196,9 +196,30 @@ def test_lookup_items_name_the_one_cell_of_a_unique_shape():
 def test_synthetic_generator_writes_loadable_files(synthetic):
     assert len(synthetic.records) == 60 and synthetic.num_quarantined == 0
     assert {r.tier for r in synthetic.records} == set(TIERS)
-    assert {r.answer_type for r in synthetic.records} == {"number", "text", "choice"}
+    assert {r.answer_type for r in synthetic.records} == {"number", "text"}  # the embedded task: open questions
     with pytest.raises(ValueError, match="tiers"):
         generate_synthetic("unused", 5, tiers=("impossible",))
+    with pytest.raises(ValueError, match="choice_fraction"):
+        generate_synthetic("unused", 5, choice_fraction=1.5)
+
+
+def test_multiple_choice_is_the_same_question_with_options():
+    """At a choice fraction the questions that have options become multiple choice: same shapes, same question
+    stem, the gold value among four options and the letter concluded; the rest are unchanged."""
+    asked = 0
+    for index, tier in enumerate(TIERS * 30):
+        open_item, _ = make_item(9, index, tier)
+        item, _ = make_item(9, index, tier, choice_fraction=1.0)
+        caption_of = [text.split("</CAPTION>")[0] for text in (open_item.response, item.response)]
+        assert caption_of[0] == caption_of[1] and item.question.startswith(open_item.question)
+        if item.answer_type != "choice":
+            assert item == open_item
+            continue
+        asked += 1
+        options = dict(line.split(". ", 1) for line in item.question.split("Options:\n")[1].splitlines())
+        assert options[item.answer] == open_item.answer and len(options) == 4
+        assert is_correct(item.response, item.answer, "choice", options)
+    assert asked > 30
 
 
 def _png_header_only(path, width, height):
