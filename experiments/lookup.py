@@ -95,9 +95,9 @@ def run_lookup(config: LookupConfig) -> str:
                   config.seed)
     d_a, d_b = (str(root / "subsets" / name) for name in ("D_A", "D_B"))
     base = str(embedded_base() if config.base_model == "embedded" else require_checkpoint(config.base_model))
-    chain = recipes.sherlock(stage_runner(root, timed, embedded_settings(config.seed)), base, d_a, d_b, None,
-                             online_iterations=0)
-    evaluation = embedded_settings(config.seed)("evaluate") | {"correction_rounds": 1, "greedy_direct": False}
+    settings = embedded_settings(config.seed)
+    chain = recipes.sherlock(stage_runner(root, timed, settings), base, d_a, d_b, None, online_iterations=0)
+    evaluation = settings("evaluate") | {"correction_rounds": 1, "greedy_direct": False}
     rows = []
     for step, name in CHECKPOINTS.items():
         metrics = timed(f"evaluate {name}", run_evaluate, EvaluateConfig(
@@ -106,8 +106,9 @@ def run_lookup(config: LookupConfig) -> str:
         rows += family_rows(name, metrics["slices"]["family"])
     found = {"config": dataclasses.asdict(config), "rows": rows, "seconds": timings}
     (root / "lookup.json").write_text(json.dumps(found, indent=2))
-    (root / "lookup.md").write_text(table(rows))
-    return table(rows)
+    text = table(rows)
+    (root / "lookup.md").write_text(text)
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:

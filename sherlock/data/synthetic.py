@@ -46,6 +46,7 @@ COLS = ("left", "middle", "right")
 TIERS = ("easy", "medium", "hard")  # the task's tiers, drawn by default
 DIAGNOSTIC_TIERS = ("lookup",)  # drawn only when named
 TIER_SHAPES = {"easy": (2, 5), "medium": (3, 7), "hard": (5, 8), "lookup": (5, 8)}
+CROWDED_TIERS = ("hard", "lookup")  # scenes with distractors sharing a colour or a kind
 CHOICE_FRACTION = 0.0  # multiple-choice share of the embedded task (none; 0.3 in the archived runs)
 TOKENIZER_CHOICE_FRACTION = 0.3  # tokenizer corpora (the committed base's too): option lists are a benchmark form
 OPTION_LETTERS = "ABCD"
@@ -84,7 +85,7 @@ def _sample_scene(rng: random.Random, tier: str) -> list[Shape]:
     low, high = TIER_SHAPES[tier]
     cells = rng.sample([(r, c) for r in range(3) for c in range(3)], rng.randint(low, high))
     shapes = [Shape(rng.choice(list(COLOURS)), rng.choice(KINDS), rng.choice(SIZES), r, c) for r, c in cells]
-    if tier in ("hard", "lookup"):  # distractors: shapes sharing the colour or the kind of another shape
+    if tier in CROWDED_TIERS:  # distractors: shapes sharing the colour or the kind of another shape
         for i in range(1, len(shapes), 2):
             model = rng.choice(shapes[:i])
             shapes[i] = Shape(
