@@ -37,12 +37,17 @@ _NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:(?:,|[ \u00a0\u202f])\d{3})+|\d+
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 # "A cat", "I see": a lower-case word after "A" or "I" that is not a verb or conjunction of a letter answer
 _ARTICLE_USE = re.compile(r"\s+(?!(?:is|was|and|or|fits|matches|seems|would|should|must|can)\b)[a-z]")
+_BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")  # one level of nested braces: \boxed{\frac{1}{2}}
 _OPTION_LINE = re.compile(r"^\s*\(?([A-I])[.):]\s*(.+?)\s*$", re.MULTILINE)
 
 
 def answer_part(text: str) -> str:
-    """The CONCLUSION's text when the response has one, else the whole text; NFKC, dashes as ``-``."""
+    r"""The CONCLUSION's text when the response has one, else the last ``\boxed{…}``'s content, else the
+    whole text; NFKC, dashes as ``-``.
+    """
     inner = conclusion_text(text)
+    if inner is None and (boxed := _BOXED.findall(text)):
+        inner = boxed[-1]
     return unicodedata.normalize("NFKC", inner if inner is not None else text).translate(_DASHES).strip()
 
 

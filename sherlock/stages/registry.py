@@ -81,6 +81,8 @@ _STAGES = (
     Stage("online", "Stage III: K label-free self-improvement iterations",
           {"model": "iter_{iteration}/model", "pairs": "iter_{iteration}/pairs"}, hands_on="model",
           trains=True, multi_node=False),
+    Stage("train-rl", "Octopus: online RL with rollout augmentation (GRPO/GSPO on TRL)",
+          {"rewards": "rewards.jsonl"}, multi_rank=False, trains=True, multi_node=False),
     Stage("evaluate", "direct and self-correction accuracy per benchmark",
           {"metrics": "metrics.json", "table": "results.md", "plot": "accuracy_by_round.png",
            "predictions": "predictions.jsonl"}),
