@@ -72,6 +72,15 @@ def tokens_covering(ends: list[int], position: int) -> int:
     return next(k for k, end in enumerate(ends) if end >= position)
 
 
+def cross_attention_mask(input_ids: torch.Tensor, image_token_id: int, aspect_ratio_mask: torch.Tensor) -> torch.Tensor:
+    """Mllama's (B, L, 1, tiles) mask of one image per row: every token from the image token on attends to the
+    image's valid tiles (the processor's mask over a prompt, continued through the completion as generation
+    continues it).
+    """
+    after_image = (input_ids == image_token_id).long().cumsum(dim=1) > 0
+    return after_image[:, :, None, None].long() * aspect_ratio_mask[:, None, :1, :].long()
+
+
 @dataclass
 class _Rollout:
     ids: list[int]
@@ -106,6 +115,8 @@ class OctopusTrainer(GRPOTrainer):
             add_fused_lm_head(reference_model, temperature=self.temperature,
                               cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32)
         self.separator = self._tokenizer.encode(SEP, add_special_tokens=False)
+        # the separator's tokens before <self-correction>: o1's KL covers them, as in a generated rollout
+        self.separator_lead = tokens_covering(token_ends(self._tokenizer, self.separator), SEP.index(SC_OPEN))
         config = self.accelerator.unwrap_model(self.model).config
         self.image_token_id = getattr(config, "image_token_index", None) if config.model_type == "mllama" else None
         self._rows: list[dict] = []
@@ -159,7 +170,7 @@ class OctopusTrainer(GRPOTrainer):
                 o1 = first.ids[:first.o1_end]
                 ids = o1 + self.separator + second.ids[second.o2[0]:second.o2[1]] + [self.eos_token_ids[0]]
                 masked = len(o1) + len(self.separator) if masked_attempt(pair.kind, self.octopus.mask) else 0
-                sequences.append((ids, masked, len(o1), pair.kind.endswith("c")))
+                sequences.append((ids, masked, len(o1) + self.separator_lead, pair.kind.endswith("c")))
                 counts[f"pairs_{pair.kind}"] += 1
             copies = self.num_generations - len(sequences) if self.octopus.selection != "none" else 0
             sequences += [sequences[k % n] for k in range(copies)]
@@ -240,11 +251,6 @@ class OctopusTrainer(GRPOTrainer):
         processed = self.processing_class.image_processor(images=images, return_tensors="pt")
         return {key: processed[key].to(self.accelerator.device) for key in MLLAMA_IMAGE_KEYS}
 
-    def cross_attention_mask(self, input_ids: torch.Tensor, aspect_ratio_mask: torch.Tensor) -> torch.Tensor:
-        """(B, L, 1, tiles): every token from the image token on attends to the image's valid tiles."""
-        after_image = (input_ids == self.image_token_id).long().cumsum(dim=1) > 0
-        return after_image[:, :, None, None].long() * aspect_ratio_mask[:, None, :1, :].long()
-
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **image_inputs):
         if self.image_token_id is None:
@@ -263,7 +269,7 @@ class OctopusTrainer(GRPOTrainer):
         """TRL's chunked forward pass (log-probs through its fused head) with Mllama's inputs."""
         extra = {key: image_inputs.get(key) if image_inputs.get(key) is not None else self._loss_inputs[key]
                  for key in MLLAMA_IMAGE_KEYS}
-        cross = self.cross_attention_mask(input_ids, extra["aspect_ratio_mask"])
+        cross = cross_attention_mask(input_ids, self.image_token_id, extra["aspect_ratio_mask"])
         batch_size = batch_size or input_ids.size(0)
         logps, entropies = [], []
         for start in range(0, input_ids.size(0), batch_size):

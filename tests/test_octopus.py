@@ -1,0 +1,124 @@
+"""Octopus's text-level pieces on constructed rollouts, against hand-computed expectations (octopus-spec §2)."""
+
+import random
+
+import pytest
+
+from sherlock.octopus import (
+    FORMATS,
+    SEP,
+    Pair,
+    masked_attempt,
+    one_round,
+    pair_pool,
+    reward,
+    select_pairs,
+    split_attempts,
+)
+
+BOXED, STAGES = FORMATS["think-boxed"], FORMATS["stages"]
+
+
+def boxed(answer: str) -> str:
+    return f"<think>count them</think> The answer is \\boxed{{{answer}}}"
+
+
+def staged(answer: str) -> str:
+    return (f"<SUMMARY>s</SUMMARY><CAPTION>c</CAPTION><REASONING>r</REASONING>"
+            f"<CONCLUSION>{answer}</CONCLUSION>")
+
+
+def test_a_rollout_splits_at_the_tags_and_each_attempt_is_cut_after_its_answer():
+    text = boxed("3") + " trailing" + SEP + boxed("4") + " more"
+    attempts = split_attempts(text, BOXED)
+    assert text[:attempts.o1] == boxed("3")
+    assert text[attempts.o2[0]:attempts.o2[1]] == boxed("4")
+    assert attempts.corrects
+    plain = split_attempts(staged("2") + " x", STAGES)
+    assert (plain.o1, plain.o2, plain.corrects) == (len(staged("2")), None, False)
+    unfinished = split_attempts(boxed("3") + SEP + "<think>hmm", BOXED)
+    assert unfinished.o2 is None and unfinished.corrects
+    assert split_attempts("no answer" + SEP + boxed("1"), BOXED).o1 is None
+
+
+def test_one_round_cuts_a_second_correction():
+    first = boxed("1") + SEP + boxed("2")
+    assert one_round(first + "\n\n<self-correction>\n" + boxed("3")) == first + "\n\n"
+    assert one_round(first) == first
+
+
+@pytest.mark.parametrize("o1, o2, expected", [("2", "3", 1.0), ("3", "3", 0.75), ("2", "4", 0.0), ("3", "2", -0.25)])
+def test_the_reward_is_the_shaped_table_plus_a_tenth_for_format(o1, o2, expected):
+    """R = 0.9·r′ + 0.1·min(f(o1), f(o2)), gold 3 (Eqs. 3, 6)."""
+    assert reward(boxed(o1) + SEP + boxed(o2), "3", "number", BOXED) == pytest.approx(0.9 * expected + 0.1)
+    assert reward(staged(o1) + SEP + staged(o2), "3", "number", STAGES) == pytest.approx(0.9 * expected + 0.1)
+    assert reward(f"\\boxed{{{o1}}}" + SEP + boxed(o2), "3", "number", BOXED) == pytest.approx(0.9 * expected)
+
+
+def test_the_released_codes_caps_and_the_reward_without_the_tag():
+    same = boxed("3") + SEP + boxed("3")
+    assert reward(same, "3", "number", BOXED) == pytest.approx(0.9 * 0.75 + 0.1)
+    assert reward(same, "3", "number", BOXED, caps=True) == pytest.approx(0.9 * 0.5 + 0.1)  # o1 = o2
+    empty_first = "<think>x</think> \\boxed{}" + SEP + boxed("3")
+    assert reward(empty_first, "3", "number", BOXED, caps=True) == pytest.approx(0.0 + 0.1)  # o1 without an answer
+    malformed = boxed("2") + SEP + "so \\boxed{3}"
+    assert reward(malformed, "3", "number", BOXED, caps=True) == pytest.approx(0.9 * 0.5)  # f(o2) = 0
+    assert reward(boxed("3"), "3", "number", BOXED) == pytest.approx(0.9 * 0.5 + 0.1)  # no tag: 0.9·(c − ½) + 0.1·f
+    assert reward("3", "3", "number", BOXED) == pytest.approx(0.45)
+    assert reward(staged("4"), "3", "number", STAGES) == pytest.approx(-0.45 + 0.1)
+
+
+def test_the_format_checks():
+    assert BOXED.well_formed(" < think >a</think> b \\boxed{1} c")
+    assert not BOXED.well_formed("<think>a</think><think>b</think> \\boxed{1}")
+    assert not BOXED.well_formed("\\boxed{1}")
+    assert STAGES.well_formed(" " + staged("1") + "\n")
+    assert not STAGES.well_formed(staged("1") + " extra")
+    assert not STAGES.well_formed(staged("1").replace("<CAPTION>c</CAPTION>", ""))
+
+
+def test_the_pool_holds_every_complete_first_and_second_attempt_by_class():
+    first = [True, False, None]  # rollout 2 has no complete o1
+    second = [None, True, False]  # rollout 0 has no o2
+    pool = pair_pool(first, second, include_same=True)
+    assert {(p.first, p.second, p.kind) for p in pool} == {(0, 1, "cc"), (0, 2, "cw"), (1, 1, "wc"), (1, 2, "ww")}
+    assert len(pair_pool([True] * 4, [False] * 4, include_same=True)) == 16  # n²
+    assert len(pair_pool([True] * 4, [False] * 4, include_same=False)) == 12  # Alg. 1 skips i = j
+
+
+def _pool(kinds: dict[str, int]) -> list[Pair]:
+    return [Pair(k, k, kind) for kind, count in kinds.items() for k in range(count)]
+
+
+def test_the_papers_rule_fills_positives_to_half_the_group_w_to_c_first():
+    """Fig. 3 (n = 4): 1 right of 4 originals → 3 positives added, then 1 negative: the group is 4/4."""
+    pool = _pool({"wc": 2, "cc": 3, "cw": 3, "ww": 6})
+    chosen = select_pairs(pool, [True, False, False, False], "paper", random.Random(0))
+    kinds = [p.kind for p in chosen]
+    assert kinds[:3] == ["wc", "wc", "cc"] and kinds[3] in ("cw", "ww")
+
+
+def test_the_released_codes_rule_caps_w_to_c_and_adds_as_many_c_to_c():
+    """k = 2 of n = 8: h = 3 → 3 w→c + 3 c→c + 1 c→w + 1 w→w (spec §2.4); the paper's rule takes 6 positives."""
+    pool = _pool({"wc": 12, "cc": 4, "cw": 12, "ww": 36})
+    final = [True, True] + [False] * 6
+    code = select_pairs(pool, final, "code", random.Random(0))
+    assert sorted(p.kind for p in code) == ["cc"] * 3 + ["cw"] + ["wc"] * 3 + ["ww"]
+    paper = select_pairs(pool, final, "paper", random.Random(0))
+    kinds = [p.kind for p in paper]
+    assert kinds.count("wc") == 6 and len(kinds) == 8 and set(kinds[6:]) <= {"cw", "ww"}
+
+
+def test_short_pools_random_and_none():
+    assert len(select_pairs(_pool({"ww": 2}), [False] * 4, "paper", random.Random(0))) == 2  # the caller copies
+    assert select_pairs(_pool({"wc": 5}), [False] * 4, "none", random.Random(0)) == []
+    assert len(select_pairs(_pool({"wc": 5, "ww": 5}), [False] * 4, "random", random.Random(0))) == 4
+    with pytest.raises(ValueError, match="selection must be one of"):
+        select_pairs([], [False], "best", random.Random(0))
+
+
+def test_stage_masks():
+    assert [masked_attempt(kind, "every") for kind in ("wc", "cc", "cw", "ww", None)] == [True] * 4 + [False]
+    assert [masked_attempt(kind, "changed") for kind in ("wc", "cc", "cw", "ww", None)] == \
+        [True, False, True, False, False]
+    assert not masked_attempt("wc", "none")
