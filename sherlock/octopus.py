@@ -24,11 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sherlock.answers import answer_part, is_correct
-from sherlock.reasoning import CONCLUSION_END, STAGES
-
-SC_OPEN = "<self-correction>"
-SC_CLOSE = "</self-correction>"
-SEP = f"\n\n{SC_OPEN}\n{SC_CLOSE}\n\n"  # the released code's separator, a literal string (§1)
+from sherlock.reasoning import CONCLUSION_END, SC_CLOSE, SC_OPEN, STAGES
 
 PAIR_CLASSES = ("wc", "cc", "cw", "ww")  # (c(o1), c(o2)): wrong→correct, correct→correct, …
 SELECTIONS = ("paper", "code", "random", "none")

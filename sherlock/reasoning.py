@@ -15,6 +15,10 @@ from dataclasses import dataclass
 STAGES = ("SUMMARY", "CAPTION", "REASONING", "CONCLUSION")
 NUM_TRUNCATION_STEPS = 4  # n in Eq. 8
 CONCLUSION_END = "</CONCLUSION>"
+# Octopus's self-correction response (arXiv 2602.08503): attempts joined by an empty tag pair, a literal string
+SC_OPEN, SC_CLOSE = "<self-correction>", "</self-correction>"
+SEP = f"\n\n{SC_OPEN}\n{SC_CLOSE}\n\n"
+_SEP_ANY = re.compile(rf"\s*{SC_OPEN}\s*{SC_CLOSE}\s*")
 
 _BLOCK = re.compile(r"<(SUMMARY|CAPTION|REASONING|CONCLUSION)>(.*?)</\1>", re.DOTALL)
 
@@ -50,6 +54,11 @@ def parse_stages(response: str) -> ReasoningSteps:
         block_starts=tuple(m.start() for m in blocks),
         reasoning_text_start=blocks[2].start(2),
     )
+
+
+def attempts(response: str) -> list[str]:
+    """The attempts of a response: one, or those an Octopus response joins with SEP (any whitespace around it)."""
+    return _SEP_ANY.split(response)
 
 
 def truncate(response: str, step: int) -> tuple[str, str]:

@@ -6,7 +6,6 @@ import pytest
 
 from sherlock.octopus import (
     FORMATS,
-    SEP,
     Pair,
     masked_attempt,
     one_round,
@@ -15,6 +14,7 @@ from sherlock.octopus import (
     select_pairs,
     split_attempts,
 )
+from sherlock.reasoning import SEP
 
 BOXED, STAGES = FORMATS["think-boxed"], FORMATS["stages"]
 
@@ -122,3 +122,43 @@ def test_stage_masks():
     assert [masked_attempt(kind, "changed") for kind in ("wc", "cc", "cw", "ww", None)] == \
         [True, False, True, False, False]
     assert not masked_attempt("wc", "none")
+
+
+def test_the_cold_start_mix_is_the_largest_draw_in_the_ratio():
+    from sherlock.stages.octopus_sft_data import mix
+
+    wrong, right = mix(list(range(100)), list(range(10)), 0.6, random.Random(0))
+    assert (len(wrong), len(right)) == (15, 10)  # 25 examples at 6 : 4
+    wrong, right = mix(list(range(6)), list(range(100)), 0.6, random.Random(0))
+    assert (len(wrong), len(right)) == (6, 4)
+
+
+def test_an_octopus_response_loads_as_data_and_a_broken_attempt_is_quarantined(tmp_path):
+    from PIL import Image
+
+    from sherlock.data.llava_cot import load_data
+    from sherlock.reasoning import attempts
+
+    staged = ("<SUMMARY>s</SUMMARY><CAPTION>c</CAPTION><REASONING>r</REASONING><CONCLUSION>{}</CONCLUSION>")
+    assert attempts(staged.format(1) + SEP + staged.format(2)) == [staged.format(1), staged.format(2)]
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    lines = [{"id": str(k), "image": "a.png", "answer": "2", "conversations": [
+        {"from": "human", "value": "How many?"}, {"from": "gpt", "value": response}]}
+        for k, response in enumerate([staged.format(1) + SEP + staged.format(2)] * 120
+                                     + [staged.format(1) + SEP + "<SUMMARY>s</SUMMARY>"])]
+    import json
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert len(load_data(tmp_path / "data.jsonl").records) == 120
+    quarantined = (tmp_path / "data.quarantine.jsonl").read_text()
+    assert '"line": 121' in quarantined and "missing stage(s): CAPTION" in quarantined
+
+
+def test_cold_start_data_refuses_a_model_with_no_answer_in_the_format(tiny_model_dir, subset_dir, tmp_path):
+    """A random tiny model writes no 4-stage answer: no example can be built, and the stage says so."""
+    from sherlock.config import ConfigError
+    from sherlock.stages.octopus_sft_data import OctopusSFTDataConfig, run_octopus_sft_data
+
+    config = OctopusSFTDataConfig(model=str(tiny_model_dir), data=str(subset_dir), output=str(tmp_path / "out"),
+                                  samples=2, max_new_tokens=8)
+    with pytest.raises(ConfigError, match="no cold-start example.*'malformed_samples': 32"):
+        run_octopus_sft_data(config)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from sherlock import distributed
 from sherlock.answers import ANSWER_TYPES
 from sherlock.data.schema import MAX_DATA_IMAGE_PIXELS, Record, write_jsonl
-from sherlock.reasoning import ReasoningFormatError, parse_stages
+from sherlock.reasoning import ReasoningFormatError, attempts, parse_stages
 
 DEFAULT_MAX_BAD_FRACTION = 0.01
 DATA_FILE = "data.jsonl"  # a data set directory: this file and the images it names
@@ -131,7 +131,8 @@ def _records_from_line(row: object, check_image) -> list[Record]:
         if not (isinstance(human.get("value"), str) and isinstance(gpt.get("value"), str)):
             raise BadLine(f"turn {turn}: message values must be strings")
         try:
-            parse_stages(gpt.get("value") or "")
+            for attempt in attempts(gpt.get("value") or ""):  # an Octopus response: each attempt in 4 stages
+                parse_stages(attempt)
         except ReasoningFormatError as error:
             raise BadLine(f"turn {turn}: {error}") from None
         question = str(human.get("value") or "").replace(IMAGE_TOKEN, "").strip()

@@ -81,6 +81,8 @@ _STAGES = (
     Stage("online", "Stage III: K label-free self-improvement iterations",
           {"model": "iter_{iteration}/model", "pairs": "iter_{iteration}/pairs"}, hands_on="model",
           trains=True, multi_node=False),
+    Stage("octopus-sft-data", "Octopus cold start: the model's own o1 ⊕ SEP ⊕ the gold o2 (w→c : c→c = 6 : 4)",
+          {"data": DATA_FILE, "stats": "stats.json"}),
     Stage("train-rl", "Octopus: online RL with rollout augmentation (GRPO/GSPO on TRL)",
           {"rewards": "rewards.jsonl"}, multi_rank=False, trains=True, multi_node=False),
     Stage("evaluate", "direct and self-correction accuracy per benchmark",

@@ -30,17 +30,8 @@ from trl import GRPOTrainer
 from trl.trainer import add_fused_lm_head
 
 from sherlock.answers import is_correct
-from sherlock.octopus import (
-    FORMATS,
-    SC_CLOSE,
-    SC_OPEN,
-    SEP,
-    masked_attempt,
-    one_round,
-    pair_pool,
-    select_pairs,
-    split_attempts,
-)
+from sherlock.octopus import FORMATS, masked_attempt, one_round, pair_pool, select_pairs, split_attempts
+from sherlock.reasoning import SC_CLOSE, SC_OPEN, SEP
 
 MLLAMA_IMAGE_KEYS = ("aspect_ratio_ids", "aspect_ratio_mask")
 KL_CLAMP = 10.0  # the k3 estimator's log-ratio clamp (EasyR1's low_var_kl)

@@ -12,7 +12,7 @@ from trl import GRPOConfig, GRPOTrainer
 from sherlock.data.llava_cot import load_data
 from sherlock.data.schema import open_image
 from sherlock.models.loading import load_vlm
-from sherlock.octopus import SEP
+from sherlock.reasoning import SEP
 from sherlock.stages.train_rl import TrainRLConfig, rl_rows, run_train_rl
 from sherlock.training.rl_trainer import OctopusSettings, OctopusTrainer, cross_attention_mask
 
