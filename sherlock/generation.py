@@ -4,6 +4,11 @@ The authors' scripts call ``generate`` once per sample; here a batch of prompts 
 through one ``generate`` call. Generation stops after ``</CONCLUSION>`` (spec §1, Stage II). A
 prompt is one user turn (the image, then the text) or a whole conversation in the chat format of
 :mod:`sherlock.chat` (SCL's second turn answers with the first answer in the history).
+
+A correction round asks in one of two ways (:data:`sherlock.prompts.CORRECTIONS`): ``prompt``, Sherlock's and
+SCL's, a new turn R(Q, previous response); ``continue``, Octopus's, the question with the trigger instruction
+answered as ``o1 ⊕ SEP ⊕ o2 ⊕ SEP ⊕ …``, round k continuing the response so far after an appended SEP (octopus-spec §3:
+the one trained round, then test-time rounds by appending the tag).
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from transformers import (
 from sherlock import distributed
 from sherlock.chat import Context, chat_prompt, user_turn
 from sherlock.decoding import DecodingConfig
+from sherlock.octopus import FORMATS, trigger_prompt
 from sherlock.prompts import correction_prompt
-from sherlock.reasoning import CONCLUSION_END, cut_after_conclusion
+from sherlock.reasoning import CONCLUSION_END, SC_OPEN, SEP, cut_attempt
 
 
 def item_seed(seed: int, stream: str, key: str) -> int:
@@ -90,6 +96,7 @@ def generate(
     stream: str = "",
     keys: list[str] | None = None,
     abandoned: Callable[[], bool] | None = None,
+    one_attempt: bool = False,
 ) -> list[str]:
     """Generate one response per (prompt, image); with ``prefixes``, continue each assistant turn.
 
@@ -106,7 +113,8 @@ def generate(
     vLLM generates every item from the same prompt text (:func:`prompt_text`) with the item's seed.
 
     Returns the generated continuations only (the prefix is not repeated), cut after the first
-    ``</CONCLUSION>``; cut short when ``abandoned()`` turns true (:class:`Abandoned`).
+    ``</CONCLUSION>`` (``one_attempt``: also before a ``<self-correction>``, the end of an Octopus attempt);
+    cut short when ``abandoned()`` turns true (:class:`Abandoned`).
     """
     config = config or DecodingConfig()
     prefixes = prefixes if prefixes is not None else [""] * len(prompts)
@@ -121,14 +129,14 @@ def generate(
         texts = [prompt_text(processor, prompt, prefix, len(shown)) for prompt, prefix, shown in
                  zip(prompts, prefixes, images)]
         return vllm_generate(model, texts, images, config.max_new_tokens, config.temperature, config.top_p,
-                             [item_seed(config.seed, stream, key) for key in keys])
+                             [item_seed(config.seed, stream, key) for key in keys], one_attempt)
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"
     sampling = config.temperature > 0
     options = {
         "max_new_tokens": config.max_new_tokens,
         "do_sample": False,
-        "stop_strings": [CONCLUSION_END],
+        "stop_strings": [CONCLUSION_END, SC_OPEN] if one_attempt else [CONCLUSION_END],
         "tokenizer": tokenizer,
         "pad_token_id": tokenizer.pad_token_id,
         "stopping_criteria": StoppingCriteriaList([Abandoned(abandoned)]) if abandoned else None,
@@ -147,7 +155,7 @@ def generate(
         with torch.inference_mode():
             tokens = model.generate(**batch, **options, logits_processor=sampler)
         new_tokens = tokens[:, batch["input_ids"].shape[1] :]
-        return [cut_after_conclusion(t) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        return [cut_attempt(t, one_attempt) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     # under torchrun: the batches shared out over the ranks
     outputs = distributed.map_batches(range(0, len(prompts), config.batch_size), generate_batch, desc)
@@ -186,3 +194,34 @@ def answer_with_corrections(model, processor, questions: list[str], images, roun
     greedy = dataclasses.replace(direct, temperature=0.0, top_p=1.0)
     return [first] + self_correct(model, processor, questions, images, first, rounds, greedy, desc=f"{desc} round",
                                   keys=keys, abandoned=abandoned, contexts=contexts)
+
+
+def trigger_prompts(questions: list[str], response_format: str, contexts: list[Context] | None = None) -> list:
+    """Each question with Octopus's trigger instruction (octopus-spec §2.2), after its earlier turns."""
+    contexts = contexts or [()] * len(questions)
+    return [chat_prompt(trigger_prompt(q, FORMATS[response_format]), c)
+            for q, c in zip(questions, contexts, strict=True)]
+
+
+def answer_continuing(model, processor, questions: list[str], images, rounds: int, direct: DecodingConfig,
+                      response_format: str = "stages", desc: str = "answer", keys: list[str] | None = None,
+                      abandoned: Callable[[], bool] | None = None,
+                      contexts: list[Context] | None = None) -> list[list[str]]:
+    """Octopus's attempts, round-major: round 0 is o1 (``direct`` decoding) of the question with the trigger
+    instruction of ``response_format``, round k ≥ 1 the attempt o_{k+1} written greedily after the response so
+    far and an appended SEP (the model's own decision to correct is not waited for: every round corrects, as a
+    ``prompt`` round does). Each attempt ends at its answer or before a further ``<self-correction>``; each
+    question comes after its earlier turns (``contexts``), where given.
+    """
+    prompts = trigger_prompts(questions, response_format, contexts)
+    history = [generate(model, processor, prompts, images, config=direct, desc=f"{desc} direct", stream="direct",
+                        keys=keys, abandoned=abandoned, one_attempt=True)]
+    greedy = dataclasses.replace(direct, temperature=0.0, top_p=1.0)
+    so_far = history[0]
+    for round_number in range(1, rounds + 1):
+        prefixes = [text + SEP for text in so_far]
+        history.append(generate(model, processor, prompts, images, prefixes=prefixes, config=greedy,
+                                desc=f"{desc} round {round_number}", stream=f"correction round {round_number}",
+                                keys=keys, abandoned=abandoned, one_attempt=True))
+        so_far = [prefix + attempt for prefix, attempt in zip(prefixes, history[-1], strict=True)]
+    return history

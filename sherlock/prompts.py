@@ -32,6 +32,8 @@ def correction_prompt(question: str, example_response: str) -> str:
 
 # The cheapest self-correction: the model's own answer, continued after this cue (arXiv 2507.02778)
 WAIT_CUE = "Wait,"
+# how a correction round asks (sherlock.generation): a new turn R(Q, previous), or Octopus's continued response
+CORRECTIONS = ("prompt", "continue")
 
 
 # --- SCL: two-turn self-correction (spec §2) ------------------------------------------------

@@ -94,6 +94,15 @@ def cut_after_conclusion(text: str) -> str:
     return text if end < 0 else text[: end + len(CONCLUSION_END)]
 
 
+def cut_attempt(text: str, one_attempt: bool = False) -> str:
+    """Generated text up to its first ``</CONCLUSION>``; ``one_attempt``: also before a ``<self-correction>``
+    (the end of an Octopus attempt).
+    """
+    if one_attempt:
+        text = text.split(SC_OPEN, 1)[0].rstrip()
+    return cut_after_conclusion(text)
+
+
 def conclusion_text(response: str) -> str | None:
     """The text inside the first CONCLUSION block, or None when there is none."""
     match = re.search(r"<CONCLUSION>(.*?)</CONCLUSION>", response, re.DOTALL)

@@ -2,6 +2,7 @@
 
 import base64
 import csv
+import dataclasses
 import io
 import json
 import re
@@ -251,6 +252,26 @@ def test_evaluation_stage_scores_every_round(tiny_model_dir, subset_dir, tsv_dir
     assert (tmp_path / "eval/accuracy_by_round.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ConfigError, match="unknown benchmark"):
         EvaluateConfig(model="m", output="o", benchmarks="vqav2=x").check()
+
+
+def test_octopus_evaluation_scores_each_attempt_as_a_round(tiny_model_dir, subset_dir, tmp_path):
+    """``correction: continue``: round 0 is o1 of the trigger prompt, round k the attempt after k separators;
+    the baselines are asked the same prompt; a protocol or format nobody knows is refused."""
+    from sherlock.reasoning import SC_OPEN
+
+    config = EvaluateConfig(model=str(tiny_model_dir), output=str(tmp_path / "eval"), correction_rounds=2,
+                            correction="continue", benchmarks=f"llava_cot={subset_dir}", limit=4, max_new_tokens=12)
+    result = run_evaluate(config)["benchmarks"]["llava_cot"]
+    assert len(result["rounds"]) == 3 and [sum(f.values()) for f in result["flips"]] == [4, 4]
+    predictions = [json.loads(line) for line in (tmp_path / "eval/predictions.jsonl").read_text().splitlines()]
+    assert all(len(p["responses"]) == 3 and not any(SC_OPEN in r for r in p["responses"]) for p in predictions)
+    prompted = run_evaluate(dataclasses.replace(config, correction="prompt", output=str(tmp_path / "prompt")))
+    assert prompted["benchmarks"]["llava_cot"]["rounds"][0]["n"] == 4
+    sherlock_rounds = [json.loads(line)["responses"] for line in (tmp_path / "prompt/predictions.jsonl").open()]
+    assert [p["responses"][0] for p in predictions] != [r[0] for r in sherlock_rounds]  # the trigger prompt
+    for bad in ({"correction": "append"}, {"response_format": "json"}):
+        with pytest.raises(ConfigError, match="correction must be one of"):
+            dataclasses.replace(config, **bad).check()
 
 
 def test_describe_and_respond_prefixes_the_models_own_description(tiny_model_dir, subset_dir, tmp_path):

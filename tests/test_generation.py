@@ -88,3 +88,41 @@ def test_a_question_with_several_images_gives_the_model_every_one(tiny_model_dir
     finally:
         type(processor).__call__ = original
     assert shown == [[2, 1], [2]] and all(isinstance(text, str) for text in both + swapped)
+
+
+def test_octopus_rounds_continue_the_response_after_an_appended_separator(tiny_model_dir, synthetic_data):
+    """Round 0 is o1 of the trigger prompt (the direct stream), round k the greedy attempt after the response
+    so far and SEP; no attempt runs past a ``<self-correction>``."""
+    import dataclasses
+
+    from sherlock.generation import answer_continuing, trigger_prompts
+    from sherlock.octopus import STAGES_INSTRUCTION
+    from sherlock.reasoning import SC_OPEN, SEP
+
+    model, processor = load_vlm(tiny_model_dir)
+    records = synthetic_data.records[:3]
+    questions, keys = [r.question for r in records], [r.id for r in records]
+    images = [open_image(synthetic_data.image_root, r) for r in records]
+    direct = DecodingConfig(max_new_tokens=10, temperature=1.0, top_p=0.9, batch_size=4, seed=2)
+    rounds = answer_continuing(model, processor, questions, images, 2, direct, keys=keys)
+    prompts = trigger_prompts(questions, "stages")
+    assert prompts == [f"{q}\n\n{STAGES_INSTRUCTION}" for q in questions]
+    assert rounds[0] == generate(model, processor, prompts, images, config=direct, stream="direct", keys=keys,
+                                 one_attempt=True)
+    assert rounds[0] != generate(model, processor, questions, images, config=direct, stream="direct", keys=keys)
+    greedy, so_far = dataclasses.replace(direct, temperature=0.0, top_p=1.0), rounds[0]
+    for attempts in rounds[1:]:
+        prefixes = [text + SEP for text in so_far]
+        assert attempts == generate(model, processor, prompts, images, prefixes, greedy, one_attempt=True)
+        so_far = [prefix + attempt for prefix, attempt in zip(prefixes, attempts)]
+    assert len(rounds) == 3 and not any(SC_OPEN in attempt for attempts in rounds for attempt in attempts)
+
+
+def test_an_attempt_ends_at_its_conclusion_or_before_a_further_correction():
+    from sherlock.reasoning import SEP, cut_attempt
+
+    first, second = "<CONCLUSION>1</CONCLUSION>", "<SUMMARY>again</SUMMARY>"
+    assert cut_attempt(first + SEP + second) == first
+    assert cut_attempt("<SUMMARY>s</SUMMARY>" + SEP + first, one_attempt=True) == "<SUMMARY>s</SUMMARY>"
+    assert cut_attempt("<SUMMARY>s</SUMMARY>" + SEP + first) == "<SUMMARY>s</SUMMARY>" + SEP + first
+    assert cut_attempt("no answer", one_attempt=True) == "no answer"

@@ -27,7 +27,7 @@ from PIL import Image
 from sherlock import distributed
 from sherlock.config import ConfigError
 from sherlock.models.loading import load_processor, load_vlm, require_checkpoint
-from sherlock.reasoning import CONCLUSION_END, cut_after_conclusion
+from sherlock.reasoning import CONCLUSION_END, SC_OPEN, cut_attempt
 
 ENGINES = ("hf", "vllm")
 # config.json model_type; vLLM has no Mllama since #24907
@@ -81,15 +81,17 @@ def load_generator(path: str | Path, engine: str = "hf", device: str | None = No
 
 
 def vllm_requests(texts: list[str], images: list[list[Image.Image]], max_new_tokens: int, temperature: float,
-                  top_p: float, seeds: list[int]) -> tuple[list[dict], list[dict]]:
+                  top_p: float, seeds: list[int], one_attempt: bool = False) -> tuple[list[dict], list[dict]]:
     """VLLM's prompts (text + ``multi_modal_data``) and the keyword arguments of each item's
-    ``SamplingParams``: greedy at ``temperature`` 0 (no seed), else the item's own seed.
+    ``SamplingParams``: greedy at ``temperature`` 0 (no seed), else the item's own seed; stopping after
+    ``</CONCLUSION>`` (``one_attempt``: or at a ``<self-correction>``).
     """
     sampling = temperature > 0
+    stops = [CONCLUSION_END, SC_OPEN] if one_attempt else [CONCLUSION_END]
     prompts = [{"prompt": text, "multi_modal_data": {"image": list(shown)}}
                for text, shown in zip(texts, images, strict=True)]
     params = [{"max_tokens": max_new_tokens, "temperature": temperature if sampling else 0.0,
-               "top_p": top_p if sampling else 1.0, "seed": seed if sampling else None, "stop": [CONCLUSION_END],
+               "top_p": top_p if sampling else 1.0, "seed": seed if sampling else None, "stop": stops,
                "include_stop_str_in_output": True, "skip_special_tokens": True} for seed in seeds]
     if len(params) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts and {len(seeds)} seeds")
@@ -97,10 +99,10 @@ def vllm_requests(texts: list[str], images: list[list[Image.Image]], max_new_tok
 
 
 def vllm_generate(model: VLLMModel, texts: list[str], images: list[list[Image.Image]], max_new_tokens: int,
-                  temperature: float, top_p: float, seeds: list[int]) -> list[str]:
-    """One continuation per item, in order, cut after ``</CONCLUSION>``."""
+                  temperature: float, top_p: float, seeds: list[int], one_attempt: bool = False) -> list[str]:
+    """One continuation per item, in order, cut as :func:`sherlock.reasoning.cut_attempt` cuts."""
     from vllm import SamplingParams
 
-    prompts, params = vllm_requests(texts, images, max_new_tokens, temperature, top_p, seeds)
+    prompts, params = vllm_requests(texts, images, max_new_tokens, temperature, top_p, seeds, one_attempt)
     outputs = model.llm.generate(prompts, [SamplingParams(**p) for p in params], use_tqdm=True)
-    return [cut_after_conclusion(output.outputs[0].text) for output in outputs]
+    return [cut_attempt(output.outputs[0].text, one_attempt) for output in outputs]

@@ -70,3 +70,53 @@ def load_vlm(path: str | Path, dtype: torch.dtype | str = "auto", device: str | 
         model = model.to(device)
     return model, processor
 
+
+
+def add_tokens(model, processor, tokens: tuple[str, ...]) -> list[int]:
+    """Make each of ``tokens`` one token of ``processor``'s tokenizer and of ``model``; returns their ids.
+
+    A new token's input and output embeddings start as the mean of those of the pieces its text was
+    split into before (so it begins where the model already reads the string). The rows grow by
+    appending: transformers' ``resize_token_embeddings`` sets the input embedding to the vocabulary
+    size, which breaks a model whose input embedding has extra rows beyond it (Mllama: vocabulary + 8),
+    and a model whose vocabulary already has spare rows (Qwen) needs none. A token the tokenizer already
+    holds is left as it is.
+    """
+    from tokenizers import AddedToken
+
+    tokenizer = processor.tokenizer
+    new = [token for token in tokens if token not in tokenizer.get_vocab()]
+    pieces = {token: tokenizer(token, add_special_tokens=False).input_ids for token in new}
+    tokenizer.add_tokens([AddedToken(token, normalized=False, special=False) for token in new])
+    ids = tokenizer.convert_tokens_to_ids(list(tokens))
+    text = model.config.get_text_config()
+    vocabulary = max(text.vocab_size, max(ids) + 1)
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = head is not None and head.weight is embed.weight
+    extra = embed.num_embeddings - text.vocab_size
+    with torch.no_grad():
+        if embed.num_embeddings < vocabulary + extra:
+            grown = torch.nn.Embedding(vocabulary + extra, embed.embedding_dim, padding_idx=embed.padding_idx,
+                                       dtype=embed.weight.dtype, device=embed.weight.device)
+            grown.weight[:embed.num_embeddings] = embed.weight
+            model.set_input_embeddings(grown)
+            embed = grown
+        if tied:
+            head.weight = embed.weight
+        elif head is not None and head.out_features < vocabulary:
+            grown = torch.nn.Linear(head.in_features, vocabulary, bias=head.bias is not None,
+                                    dtype=head.weight.dtype, device=head.weight.device)
+            grown.weight[:head.out_features] = head.weight
+            if head.bias is not None:
+                grown.bias.zero_()[:head.out_features] = head.bias
+            model.set_output_embeddings(grown)
+            head = grown
+        for token in new:
+            row, parts = tokenizer.convert_tokens_to_ids(token), pieces[token]
+            embed.weight[row] = embed.weight[parts].mean(0)
+            if head is not None and not tied:
+                head.weight[row] = head.weight[parts].mean(0)
+    for config in {id(c): c for c in (text, model.config)}.values():
+        if hasattr(config, "vocab_size"):
+            config.vocab_size = vocabulary
+    return ids

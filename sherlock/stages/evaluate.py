@@ -47,7 +47,8 @@ from sherlock.data.schema import write_jsonl
 from sherlock.decoding import DecodingConfig, SamplingSettings
 from sherlock.diagnostics import BlindPrior, departure_histogram, paired_difference, perception_scores
 from sherlock.headroom import flip_counts, oracle_gated, rejection_rates, sample_headroom, slices, verifier_gated
-from sherlock.prompts import STIC_DAR_PROMPT, WAIT_CUE, stic_description_infused
+from sherlock.octopus import FORMATS
+from sherlock.prompts import CORRECTIONS, STIC_DAR_PROMPT, WAIT_CUE, stic_description_infused
 from sherlock.reasoning import conclusion_text
 from sherlock.stages.io import record_stage_config
 from sherlock.stages.registry import STAGES
@@ -79,6 +80,12 @@ class ProtocolSettings(SamplingSettings, VerifierSetting):
     """How answers are drawn and which baselines are scored beside them (evaluate and diagnose)."""
 
     correction_rounds: int = help_field(3, "greedy self-correction rounds after the direct answer")
+    correction: str = help_field("prompt", f"how a round asks for a correction {CORRECTIONS}: a new turn R(Q, "
+                                           "previous response) (Sherlock, SCL), or the question with Octopus's "
+                                           "trigger instruction, round k continuing the response after an "
+                                           "appended <self-correction></self-correction> (Octopus)")
+    response_format: str = help_field("stages", f"the attempts' format under correction 'continue' "
+                                                f"{tuple(FORMATS)}")
     temperature: float = help_field(PAPER_TEMPERATURE, "direct-answer temperature (0: greedy; paper 0.6)")
     top_p: float = help_field(PAPER_TOP_P, "direct-answer nucleus threshold (paper 0.7)")
     greedy_direct: bool = help_field(True, "also score a greedy direct answer (a second column)")
@@ -96,6 +103,9 @@ class ProtocolSettings(SamplingSettings, VerifierSetting):
         """Refuse bad protocol settings (rounds, samples) with a :class:`ConfigError`."""
         if self.correction_rounds < 0:
             raise ConfigError("correction_rounds must be >= 0")
+        if self.correction not in CORRECTIONS or self.response_format not in FORMATS:
+            raise ConfigError(f"correction must be one of {CORRECTIONS} and response_format one of "
+                              f"{tuple(FORMATS)}; got {self.correction!r}, {self.response_format!r}")
         if self.headroom_samples is not None and self.headroom_samples < 1:
             raise ConfigError(f"headroom_samples must be >= 1, got {self.headroom_samples}")
         self.check_verifier()
@@ -215,15 +225,20 @@ def evaluate_benchmark(model, processor, name: str, items: list[BenchmarkItem], 
     """Metrics of one benchmark (see the module docstring), the responses of every round and their
     per-item scores (1/0 by the rules; the grader's 0–1 grade for open-ended answers).
     """
-    from sherlock.generation import answer_with_corrections, generate
+    from sherlock.generation import answer_continuing, answer_with_corrections, generate, trigger_prompts
 
     images, keys = [i.images for i in items], [i.id for i in items]
     questions = questions or [i.prompt for i in items]
     contexts = [i.context for i in items]
-    prompts = [chat_prompt(q, c) for q, c in zip(questions, contexts, strict=True)]
     direct = config.decoding(config.seed)
-    rounds = answer_with_corrections(model, processor, questions, images, config.correction_rounds, direct,
-                                     desc=name, keys=keys, contexts=contexts)
+    if config.correction == "continue":  # every direct answer is asked as the rounds' first attempt is
+        prompts = trigger_prompts(questions, config.response_format, contexts)
+        rounds = answer_continuing(model, processor, questions, images, config.correction_rounds, direct,
+                                   config.response_format, desc=name, keys=keys, contexts=contexts)
+    else:
+        prompts = [chat_prompt(q, c) for q, c in zip(questions, contexts, strict=True)]
+        rounds = answer_with_corrections(model, processor, questions, images, config.correction_rounds, direct,
+                                         desc=name, keys=keys, contexts=contexts)
     hits = [[item_score(item, response, grader) for item, response in zip(items, responses, strict=True)]
             for responses in rounds]
     result: dict = {"rounds": [score_items(name, items, h) for h in hits]}

@@ -13,6 +13,7 @@ from pathlib import Path
 from sherlock.config import help_field
 from sherlock.data.llava_cot import load_data
 from sherlock.data.schema import read_jsonl
+from sherlock.reasoning import SC_CLOSE, SC_OPEN
 from sherlock.stages.io import record_stage_config
 from sherlock.training.settings import TrainSettings
 
@@ -27,6 +28,9 @@ class SFTStageConfig(TrainSettings):
                                       uri="data")
     length_balanced: bool = help_field(True, "split each step's batch_size × grad_accum examples into grad_accum "
                                        "micro-batches of similar length (no effect at grad_accum 1)")
+    sc_tag_tokens: bool = help_field(False, "make Octopus's <self-correction> and </self-correction> single tokens "
+                                     "of the model before training (octopus-spec §7: a separator the policy can "
+                                     "write in one step; the cold-start SFT)")
 
     def check(self) -> None:
         """Refuse bad settings and a missing checkpoint before training."""
@@ -47,4 +51,5 @@ def run_sft(config: SFTStageConfig) -> Path:
         rejected = {row["id"]: row["rejected"] for row in read_jsonl(config.rejected)}
         examples += correction_examples(data.records, rejected, data.image_root)
     record_stage_config(config, config.output)
-    return train_sft(config.model, examples, config.output, config, config.length_balanced)
+    return train_sft(config.model, examples, config.output, config, config.length_balanced,
+                     (SC_OPEN, SC_CLOSE) if config.sc_tag_tokens else ())

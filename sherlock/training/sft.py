@@ -27,7 +27,7 @@ from trl import SFTConfig, SFTTrainer
 
 from sherlock.chat import Context, conversation
 from sherlock.data.schema import Record
-from sherlock.models.loading import load_vlm
+from sherlock.models.loading import add_tokens, load_vlm
 from sherlock.prompts import correction_prompt
 from sherlock.training.memory import plan_training_step
 from sherlock.training.settings import TrainSettings
@@ -144,14 +144,17 @@ def token_lengths(examples: list[SFTExample], processor) -> list[int]:
 
 
 def train_sft(model_dir: str | Path, examples: list[SFTExample], output_dir: str | Path,
-              settings: TrainSettings, length_balanced: bool = False) -> Path:
+              settings: TrainSettings, length_balanced: bool = False, added_tokens: tuple[str, ...] = ()) -> Path:
     """Fine-tune the checkpoint at ``model_dir`` on ``examples``; save model + processor to ``output_dir``.
 
     Loss: −E log π(Y|prompt) over the assistant tokens. Checkpoints (``settings.save_steps``) go to
     ``output_dir`` and a rerun resumes from the last one. ``length_balanced``: micro-batches of
-    similar length within each step (the module docstring).
+    similar length within each step (the module docstring). ``added_tokens`` become single tokens of the
+    model and its saved processor first (:func:`sherlock.models.loading.add_tokens`).
     """
     model, processor = load_vlm(model_dir, dtype=torch.float32, image_budget=settings.image_budget())
+    if added_tokens:
+        add_tokens(model, processor, added_tokens)
     lengths = token_lengths(examples, processor)
     plan_training_step(model_dir, settings, max(lengths), rows_per_example=1)  # on CPU still: refuse before a GPU
     model = prepare_model(model, settings)
