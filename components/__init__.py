@@ -1,4 +1,4 @@
-"""Kubeflow Pipelines (v2) components: one per stage of the three recipes, each a thin typed wrapper.
+"""Kubeflow Pipelines (v2) components: one per stage of the four recipes, each a thin typed wrapper.
 
 Every component runs in the project image (kfp, the ``sherlock`` package and this one
 preinstalled, so nothing is pip-installed at run time) and calls one function of :mod:`components.steps`.
@@ -17,7 +17,8 @@ import importlib
 
 # one folder each, components/<name>/, in pipeline order
 COMPONENTS = ("prepare_inputs", "sample", "sft", "sample_rejected", "build_preferences", "train_preferences",
-              "scl_pairs", "stic_pairs", "stic_describe", "online", "evaluate", "register_and_gate", "deploy")
+              "scl_pairs", "stic_pairs", "stic_describe", "octopus_sft_data", "train_rl", "online", "evaluate",
+              "register_and_gate", "deploy")
 
 
 def component(name: str):

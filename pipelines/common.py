@@ -1,7 +1,7 @@
-"""What the three recipe pipelines share: presets, cluster options, the input steps, the tail of
+"""What the recipe pipelines share: presets, cluster options, the input steps, the tail of
 evaluation → registration → champion gate → KServe deployment, and the compile command line.
 
-The Sherlock, SCL and STIC pipelines (``pipelines/{sherlock,scl,stic}.py``) differ only in the
+The Sherlock, SCL, STIC and Octopus pipelines (``pipelines/{sherlock,scl,stic,octopus}.py``) differ only in the
 training steps between the sampled subsets and the checkpoints they hand to :func:`evaluate_and_deploy`.
 """
 
@@ -179,36 +179,38 @@ def component_runner(options: ClusterOptions, gpus, settings: dict, common: dict
     """The ``run`` callback of :mod:`sherlock.recipes` in a pipeline: each step a cached GPU task of its stage's
     component, with the preset's pipeline parameter ``settings[preset]`` as its settings and one rank per
     GPU (with ``--trainer trainjob``, a training step is a CPU task whose TrainJob has the GPUs); hands on
-    the task's output.
+    the task's output. A stage that runs in one process (:attr:`Stage.multi_rank` false) gets one GPU and rank.
     """
-    gpu = gpu_step(options, gpus)
-
     def run(step: str, preset_name: str, title: str, **inputs):
         stage_record = stage(preset_name.split(".")[0])
+        ranks = gpus if stage_record.multi_rank else 1  # a one-process stage gets one GPU
         task = component(stage_record.identifier)
         if "name" in inspect.signature(task.python_func).parameters:
             inputs["name"] = step
         if options.trainer == "trainjob" and stage_record.trains:  # a CPU step that submits and waits
             trainjob = options.trainjob(options.num_nodes if stage_record.multi_node else 1)
-            submitted = task(**inputs, settings=settings[preset_name], nproc_per_node=gpus, trainjob=trainjob, **common)
+            submitted = task(**inputs, settings=settings[preset_name], nproc_per_node=ranks, trainjob=trainjob,
+                             **common)
             return with_platform(submitted.set_display_name(title), options).set_caching_options(True).output
-        return gpu(task(**inputs, settings=settings[preset_name], nproc_per_node=gpus, **common), title,
-                   stage_record.trains).output
+        return gpu_step(options, ranks)(task(**inputs, settings=settings[preset_name], nproc_per_node=ranks, **common),
+                                        title, stage_record.trains).output
 
     return run
 
 
 def evaluate_and_deploy(checkpoints: list, benchmarks, prior_data, options: ClusterOptions, gpus, evaluate_settings,
                         model_name, selection_metric, promotion_margin, deploy_settings, run_id, registry_root,
-                        common: dict) -> None:
+                        common: dict, checkpoint_settings: dict | None = None) -> None:
     """Evaluate each ``(name, checkpoint URI)`` (with the blind prior of ``prior_data``), register it, gate
-    champion in order, deploy if promoted. Registered checkpoints are copied under ``registry_root``.
+    champion in order, deploy if promoted. Registered checkpoints are copied under ``registry_root``. A checkpoint
+    named in ``checkpoint_settings`` is evaluated with those settings instead of ``evaluate_settings``.
     """
     gpu = gpu_step(options, gpus)
     previous = None
     for name, checkpoint in checkpoints:
+        settings = (checkpoint_settings or {}).get(name, evaluate_settings)
         scores = gpu(evaluate(name=name, model=checkpoint, benchmarks=benchmarks, prior_data=prior_data,
-                              settings=evaluate_settings, nproc_per_node=gpus, **common), f"evaluate {name}")
+                              settings=settings, nproc_per_node=gpus, **common), f"evaluate {name}")
         # one version at a time, in checkpoint order: each gate sees the champion the previous one left
         gate = with_platform(register_and_gate(
             checkpoint=checkpoint, evaluation=scores.outputs["Output"], model_name=model_name,

@@ -1,4 +1,4 @@
-"""Run a compiled recipe pipeline (``pipelines/{sherlock,scl,stic}.yaml``) on this machine through kfp.local.
+"""Run a compiled recipe pipeline (``pipelines/{sherlock,scl,stic,octopus}.yaml``) on this machine through kfp.local.
 
 The embedded default: the synthetic visual-reasoning task, the tiny VLM, MLflow on a local sqlite
 file, artifacts on local disk, settings from ``configs/embedded/``. Ends by printing the time of
@@ -6,7 +6,7 @@ each stage, the accuracy table of every checkpoint, and one held-out question an
 registered champion, served from the MLflow registry by ``sherlock serve`` (a KServe ModelServer).
 
     python -m pipelines.run_local                 # the full embedded Sherlock run
-    python -m pipelines.run_local --recipe scl    # the SCL (or stic) pipeline
+    python -m pipelines.run_local --recipe scl    # the SCL (or stic, octopus) pipeline
     python -m pipelines.run_local --quick         # a reduced configuration (the test suite's)
     python -m pipelines.run_local --quick --gpus 2  # every GPU step on 2 ranks (torchrun, gloo)
     python -m pipelines.run_local --quick --online-iterations 0 --base-model embedded:gemma3  # a tiny Gemma 3
@@ -32,7 +32,7 @@ from pipelines.warm_tasks import warm_tasks
 from sherlock.gate import GATE_KEY_ENV
 
 PIPELINES = Path(__file__).resolve().parent
-RECIPES = ("sherlock", "scl", "stic")
+RECIPES = ("sherlock", "scl", "stic", "octopus")
 # pipeline parameter -> embedded preset (configs/embedded/<preset>.yaml), per recipe
 # the presets of each recipe's training steps (configs/embedded/<name>.yaml -> pipeline parameter <name>_settings)
 PRESETS = {
@@ -40,12 +40,17 @@ PRESETS = {
                  "online"),
     "scl": ("sft.r0", "scl-pairs", "train-preferences.scl"),
     "stic": ("sft.r0", "stic-pairs", "train-preferences.stic", "stic-describe", "sft.stic"),
+    "octopus": ("sft.r0", "octopus-sft-data", "sft.octopus", "train-rl.octopus-1", "train-rl.octopus-2",
+                "evaluate.octopus"),
 }
-SUBSETS = {"sherlock": "D_A=250,D_B=250,D_U=100", "scl": "D_A=400,D_B=400", "stic": "D_A=400,D_U=400"}
-QUICK_SUBSETS = {"sherlock": "D_A=12,D_B=12,D_U=12", "scl": "D_A=24,D_B=24", "stic": "D_A=12,D_U=12"}
+SUBSETS = {"sherlock": "D_A=250,D_B=250,D_U=100", "scl": "D_A=400,D_B=400", "stic": "D_A=400,D_U=400",
+           "octopus": "D_A=250,D_B=250,D_U=100"}
+QUICK_SUBSETS = {"sherlock": "D_A=12,D_B=12,D_U=12", "scl": "D_A=24,D_B=24", "stic": "D_A=12,D_U=12",
+                 "octopus": "D_A=24,D_B=24,D_U=8"}
 # --quick: the same pipeline with a few items and steps per stage. SCL keeps only pairs whose two
 # answers differ in correctness, so its R0 trains long enough (80 steps) to answer some questions
-# right, and its answers are long enough to reach a conclusion.
+# right, and its answers are long enough to reach a conclusion; Octopus's cold start keeps only answers in the
+# response format and needs items answered right as well as wrong, so its R0 trains longer and samples once.
 QUICK = {"all": {"max_new_tokens": 12, "generation_batch_size": 32, "logging_steps": 1},
          "sft.r0": {"epochs": 1, "max_steps": 2, "batch_size": 4, "grad_accum": 1},
          "sft.sherlock": {"epochs": 1, "max_steps": 2, "batch_size": 4, "grad_accum": 1},
@@ -53,8 +58,13 @@ QUICK = {"all": {"max_new_tokens": 12, "generation_batch_size": 32, "logging_ste
          "online": {"num_pairs": 4, "max_steps": 1, "batch_size": 2},
          "train-preferences.scl": {"max_steps": 2, "batch_size": 2},
          "train-preferences.stic": {"max_steps": 2, "batch_size": 2},
-         "stic-describe": {"num_items": 4}, "sft.stic": {"epochs": 1, "max_steps": 2, "batch_size": 2}}
-QUICK_RECIPE = {"scl": {"sft.r0": {"max_steps": 80, "batch_size": 8}, "scl-pairs": {"max_new_tokens": 160}}}
+         "stic-describe": {"num_items": 4}, "sft.stic": {"epochs": 1, "max_steps": 2, "batch_size": 2},
+         "sft.octopus": {"epochs": 1, "max_steps": 2, "batch_size": 4, "grad_accum": 1},
+         "train-rl.octopus-1": {"max_steps": 2, "max_completion_length": 48},
+         "train-rl.octopus-2": {"max_steps": 2, "max_completion_length": 48}, "evaluate.octopus": {"limit": 8}}
+QUICK_RECIPE = {"scl": {"sft.r0": {"max_steps": 80, "batch_size": 8}, "scl-pairs": {"max_new_tokens": 160}},
+                "octopus": {"sft.r0": {"max_steps": 120, "batch_size": 8},
+                            "octopus-sft-data": {"max_new_tokens": 160, "samples": 1}}}
 
 
 def model_name(recipe: str) -> str:

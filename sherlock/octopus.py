@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sherlock.answers import answer_part, is_correct
-from sherlock.reasoning import CONCLUSION_END, SC_CLOSE, SC_OPEN, STAGES
+from sherlock.reasoning import CONCLUSION_END, SC_CLOSE, SC_OPEN, STAGES, parse_stages
 
 PAIR_CLASSES = ("wc", "cc", "cw", "ww")  # (c(o1), c(o2)): wrong→correct, correct→correct, …
 SELECTIONS = ("paper", "code", "random", "none")
@@ -34,10 +34,13 @@ MASKS = ("every", "changed", "none")  # Stage I, Stage II, unmasked (the hacking
 SHAPED_REWARD = {(False, True): 1.0, (True, True): 0.75, (False, False): 0.0, (True, False): -0.25}
 ACCURACY_WEIGHT, FORMAT_WEIGHT = 0.9, 0.1
 
-THINK_BOXED_INSTRUCTION = (
+THINK_BOXED_ANSWER = (  # the reasoning prompt of a plain answer (§2.1 Step 1): the trigger's first two sentences
     "You first think through your reasoning process as an internal monologue, enclosed within <think> </think> "
-    "tags. Then, provide your final answer enclosed within \\boxed{}. If you believe the answer can be further "
-    "enhanced, generate <self-correction> </self-correction> tags enclosed with no content, and regenerate a new "
+    "tags. Then, provide your final answer enclosed within \\boxed{}."
+)
+THINK_BOXED_INSTRUCTION = THINK_BOXED_ANSWER + (
+    " If you believe the answer can be further enhanced, generate <self-correction> </self-correction> tags "
+    "enclosed with no content, and regenerate a new "
     "reasoning process and a new answer from scratch after that. The new response should first think through "
     "your reasoning process as an internal monologue, enclosed within <think> </think> tags. Then, provide your "
     "final answer enclosed within \\boxed{}. All reasoning, answer steps must be included without omission."
@@ -81,18 +84,32 @@ def _stages_well_formed(text: str) -> bool:
     return _STAGES_ONLY.fullmatch(text) is not None and all(text.count(f"<{s}>") == 1 for s in STAGES)
 
 
+def _think_boxed_attempt(response: str, answer: str) -> str:
+    r"""A gold 4-stage response as one ``think-boxed`` attempt: its first three stages thought, the answer boxed."""
+    steps = parse_stages(response)
+    thought = "\n\n".join(part.strip() for part in (steps.summary, steps.caption, steps.reasoning))
+    return f"<think>\n{thought}\n</think>\n\n\\boxed{{{answer}}}"
+
+
 @dataclass(frozen=True)
 class ResponseFormat:
-    """How one attempt is written: the instruction appended to the question, where its answer ends, f(s)."""
+    """How one attempt is written: the instruction appended to the question (and the one that asks for a plain
+    answer, "" when the question alone does), where its answer ends, f(s), and a gold 4-stage response rewritten
+    as an attempt (response, short answer) -> attempt.
+    """
     name: str
     instruction: str
+    answer_instruction: str
     answer_end: Callable[[str], int | None]
     well_formed: Callable[[str], bool]
+    gold_attempt: Callable[[str, str], str]
 
 
 FORMATS = {f.name: f for f in (
-    ResponseFormat("think-boxed", THINK_BOXED_INSTRUCTION, _boxed_end, _think_boxed_well_formed),
-    ResponseFormat("stages", STAGES_INSTRUCTION, _conclusion_end, _stages_well_formed),
+    ResponseFormat("think-boxed", THINK_BOXED_INSTRUCTION, THINK_BOXED_ANSWER, _boxed_end, _think_boxed_well_formed,
+                   _think_boxed_attempt),
+    ResponseFormat("stages", STAGES_INSTRUCTION, "", _conclusion_end, _stages_well_formed,
+                   lambda response, answer: response),
 )}
 
 

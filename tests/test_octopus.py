@@ -162,3 +162,18 @@ def test_cold_start_data_refuses_a_model_with_no_answer_in_the_format(tiny_model
                                   samples=2, max_new_tokens=8)
     with pytest.raises(ConfigError, match="no cold-start example.*'malformed_samples': 32"):
         run_octopus_sft_data(config)
+
+
+def test_a_gold_response_becomes_an_attempt_of_either_format():
+    """Cold-start o2: the gold 4-stage response as is (``stages``), or its first three stages thought and its short
+    answer boxed (``think-boxed``), which the format check accepts and the extractor reads back."""
+    from sherlock.answers import is_correct
+
+    gold = ("<SUMMARY>Count the circles.</SUMMARY>\n\n<CAPTION>Two red circles.</CAPTION>\n\n"
+            "<REASONING>There are 2.</REASONING>\n\n<CONCLUSION>There are 2 circles.</CONCLUSION>")
+    assert STAGES.gold_attempt(gold, "2") == gold
+    attempt = BOXED.gold_attempt(gold, "2")
+    assert attempt == ("<think>\nCount the circles.\n\nTwo red circles.\n\nThere are 2.\n</think>\n\n\\boxed{2}")
+    assert BOXED.well_formed(attempt) and is_correct(attempt, "2", "number", [])
+    assert reward(attempt + SEP + attempt, "2", "number", BOXED) == pytest.approx(0.9 * 0.75 + 0.1)
+    assert BOXED.instruction.startswith(BOXED.answer_instruction) and STAGES.answer_instruction == ""

@@ -1,12 +1,13 @@
 """Octopus's cold-start data (octopus-spec §2.1, §7): the model's own first attempt o1, a gold-conditioned o2.
 
-The model (R0: it already answers) samples ``samples`` answers per item with the plain prompt (paper: 4 at
-T 0.6, top_p 0.9); each is judged against the gold answer by the one extractor, and a sample not in the
-response format counts for neither kind. An item whose samples were
-all right gives a c→c example (o1 one of them at random), an item with a wrong sample a w→c example (o1 a
-wrong one at random). o2 is the item's gold response: at this scale the task's gold rationale stands in for
-the paper's rewrite by a stronger model conditioned on the ground truth (§2.1 mixed sampling), so o2 is
-always right, and items whose samples were all wrong give w→c examples too (the paper's "mixed" filter
+The model (R0: it already answers) samples ``samples`` answers per item with the plain prompt (the question, and in
+``think-boxed`` the format's answer instruction; paper: 4 at T 0.6, top_p 0.9); each is judged against the gold
+answer by the one extractor, and a sample not in the response format counts for neither kind. An item whose samples
+were all right gives a c→c example (o1 one of them at random), an item with a wrong sample a w→c example (o1 a
+wrong one at random). o2 is the item's gold response (in ``think-boxed``: its first three stages thought, its short
+answer boxed): at this scale the task's gold rationale stands in for the paper's rewrite by a stronger model
+conditioned on the ground truth (§2.1 mixed sampling), so o2 is always right, and items whose samples were all
+wrong give w→c examples too (the paper's "mixed" filter
 guards against a rewrite that fails, which a gold response cannot). The two kinds are mixed
 w→c : c→c = ``wc_share`` : 1 − ``wc_share`` (paper 6 : 4) at the largest size both allow.
 
@@ -82,12 +83,13 @@ def run_octopus_sft_data(config: OctopusSFTDataConfig) -> Path:
         raise ConfigError(f"{config.data} has no single-turn record with a gold answer")
     model, processor = load_generator(config.model, config.engine, distributed.device(), config.image_budget())
     images = [open_image(data.image_root, r) for r in records]
-    prompts = [chat_prompt(r.question, ()) for r in records]
+    fmt = FORMATS[config.response_format]
+    prompts = [chat_prompt(f"{r.question}\n\n{fmt.answer_instruction}" if fmt.answer_instruction else r.question, ())
+               for r in records]
     draws = [generate(model, processor, prompts, images, config=config.decoding(config.seed),
                       desc=f"o1 sample {k + 1}", stream=f"octopus o1 {k}", keys=[r.id for r in records])
              for k in range(config.samples)]
     rng = random.Random(config.seed)
-    fmt = FORMATS[config.response_format]
     wrong, right, malformed = [], [], 0
     for index, record in enumerate(records):
         answers = [draw[index] for draw in draws]
@@ -100,7 +102,7 @@ def run_octopus_sft_data(config: OctopusSFTDataConfig) -> Path:
             wrong.append((record, rng.choice([a for a, ok in zip(formed, verdicts) if not ok])))
     chosen_wrong, chosen_right = mix(wrong, right, config.wc_share, rng)
     examples = [dataclasses.replace(record, id=f"{record.id}/{kind}", question=trigger_prompt(record.question, fmt),
-                                    response=f"{o1.strip()}{SEP}{record.response.strip()}")
+                                    response=f"{o1.strip()}{SEP}{fmt.gold_attempt(record.response, record.answer)}")
                 for kind, chosen in (("wc", chosen_wrong), ("cc", chosen_right)) for record, o1 in chosen]
     rng.shuffle(examples)
     stats = {"items": len(records), "samples_per_item": config.samples,

@@ -1,4 +1,4 @@
-"""The compiled pipelines (Sherlock, SCL, STIC): in sync with their sources, sharing components,
+"""The compiled pipelines (Sherlock, SCL, STIC, Octopus): in sync with their sources, sharing components,
 platform settings task by task, and local runs."""
 
 import json
@@ -9,15 +9,16 @@ import pytest
 import yaml
 
 from components.images import CPU_IMAGE, IMAGE
-from pipelines import scl, sherlock, stic
+from pipelines import octopus, scl, sherlock, stic
 from pipelines.common import ClusterOptions
 from sherlock.serving.schema import validate_manifest
 
 REPO = Path(__file__).resolve().parents[2]
-RECIPES = {"sherlock": sherlock, "scl": scl, "stic": stic}
+RECIPES = {"sherlock": sherlock, "scl": scl, "stic": stic, "octopus": octopus}
 GPU_STEPS = ("sft", "sample-rejected", "build-preferences", "train-preferences", "online", "evaluate",
-             "scl-pairs", "stic-pairs", "stic-describe")
-TRAINING_STEPS = ("sft", "train-preferences", "online")  # a /cache of cache_size; other GPU steps smaller
+             "scl-pairs", "stic-pairs", "stic-describe", "octopus-sft-data", "train-rl")
+TRAINING_STEPS = ("sft", "train-preferences", "online", "train-rl")  # a /cache of cache_size; other GPU steps smaller
+ONE_PROCESS_STEPS = ("train-rl",)  # one GPU, one rank, whatever the run's gpus
 CPU_STEPS = ("prepare-inputs", "sample", "register-and-gate", "deploy")
 NETWORK_STEPS = ("prepare-inputs", "sample", "register-and-gate", "deploy")
 UNCACHED_STEPS = ("register-and-gate", "deploy")
@@ -27,6 +28,7 @@ EXPECTED = {
                  4),
     "scl": ({"sft", "scl-pairs", "train-preferences", "evaluate"}, 2),
     "stic": ({"sft", "stic-pairs", "train-preferences", "stic-describe", "evaluate"}, 3),
+    "octopus": ({"sft", "octopus-sft-data", "train-rl", "evaluate"}, 4),
 }
 
 
@@ -72,9 +74,9 @@ def test_the_recipes_share_their_components():
                  for recipe, module in RECIPES.items()}
     shared = {"exec-prepare-inputs", "exec-sample", "exec-sft", "exec-train-preferences", "exec-evaluate",
               "exec-register-and-gate", "exec-deploy"}
-    for recipe in ("scl", "stic"):
-        assert shared <= set(executors[recipe])
-        for name in shared:
+    for recipe in ("scl", "stic", "octopus"):
+        assert shared - {"exec-train-preferences"} <= set(executors[recipe])
+        for name in shared & set(executors[recipe]):
             assert executors[recipe][name] == executors["sherlock"][name], (recipe, name)
 
 
@@ -117,7 +119,8 @@ def test_gpu_and_cpu_steps_land_on_the_right_nodes(compiled):
         if step(name) in GPU_STEPS:
             assert container["image"] == IMAGE
             assert resources["accelerator"]["resourceType"] == options.accelerator
-            assert resources["accelerator"]["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--gpus']}}"
+            assert resources["accelerator"]["resourceCount"] == (
+                "1" if step(name) in ONE_PROCESS_STEPS else "{{$.inputs.parameters['pipelinechannel--gpus']}}"), name
             assert resources["resourceCpuRequest"] == options.gpu_cpu
             assert resources["resourceMemoryRequest"] == resources["resourceMemoryLimit"] == options.gpu_memory
             assert platform["nodeSelector"]["labels"] == options.selector() == {"nvidia.com/gpu.present": "true"}
@@ -281,7 +284,7 @@ def test_with_trainjob_the_training_steps_submit_trainjobs_and_hold_no_gpu(tmp_p
         assert {"name": "cache", "ephemeral": {"volumeClaimTemplate": {"spec": {
             "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": options.cache_size}}}}}} \
             in settings.volumes
-    assert seen == set(TRAINING_STEPS)
+    assert seen == set(TRAINING_STEPS) - {"train-rl"}  # the Sherlock pipeline trains no RL step
 
 
 @pytest.mark.parametrize("recipe", ["scl", "stic"])
@@ -295,6 +298,32 @@ def test_without_warm_start_the_recipe_starts_from_the_base_model(tmp_path, reci
     first = tasks[f"{recipe}-pairs"]["inputs"]["parameters"]["model"]["taskOutputParameter"]
     assert first == {"outputParameterKey": "base_model", "producerTask": "prepare-inputs"}
     assert tasks["evaluate"]["inputs"]["parameters"]["name"]["runtimeValue"]["constant"] == "base"
+
+
+def test_octopus_chains_its_stages_and_evaluates_its_checkpoints_by_its_own_protocol():
+    """R0 → cold-start data on D_B → cold-start SFT from R0 → Stage I → Stage II on D_U, the RL steps on one rank;
+    the Octopus checkpoints are evaluated with ``evaluate.octopus`` (continued rounds), R0 with ``evaluate``."""
+    spec, _ = load(octopus.PIPELINE_FILE)
+    tasks = all_tasks(spec)
+
+    def source(task: str, parameter: str) -> tuple[str, str] | str:
+        value = tasks[task]["inputs"]["parameters"][parameter]
+        if "taskOutputParameter" in value:
+            return value["taskOutputParameter"]["producerTask"], value["taskOutputParameter"]["outputParameterKey"]
+        return value.get("componentInputParameter") or value["runtimeValue"]["constant"]
+
+    assert source("octopus-sft-data", "model") == ("sft", "Output") and source("octopus-sft-data", "data")[1] == "d_b"
+    assert (source("sft-2", "model"), source("sft-2", "data")) == (("sft", "Output"), ("octopus-sft-data", "Output"))
+    assert (source("train-rl", "model"), source("train-rl-2", "model")) == (("sft-2", "Output"), ("train-rl", "Output"))
+    assert source("train-rl", "data")[1] == source("train-rl-2", "data")[1] == "d_u"
+    assert source("train-rl", "nproc_per_node") == source("train-rl-2", "nproc_per_node") == 1
+    evaluated = {source(t, "name"): source(t, "settings") for t in tasks if step(t) == "evaluate"}
+    assert evaluated == {"r0": "evaluate_settings", "octopus-sft": "evaluate_octopus_settings",
+                         "octopus-stage1": "evaluate_octopus_settings", "octopus": "evaluate_octopus_settings"}
+    defaults = spec["root"]["inputDefinitions"]["parameters"]
+    assert defaults["evaluate_octopus_settings"]["defaultValue"]["correction"] == "continue"
+    assert defaults["train_rl_octopus_1_settings"]["defaultValue"]["mask"] == "every"
+    assert defaults["train_rl_octopus_2_settings"]["defaultValue"]["mask"] == "changed"
 
 
 def run_locally(recipe: str, workdir: Path, *options: str) -> tuple[dict, str]:
