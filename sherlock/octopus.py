@@ -118,6 +118,11 @@ def trigger_prompt(question: str, response_format: ResponseFormat) -> str:
     return f"{question}\n\n{response_format.instruction}"
 
 
+def answer_prompt(question: str, response_format: ResponseFormat) -> str:
+    """The question as a plain answer is asked: alone, or with the format's answer instruction (§2.1 Step 1)."""
+    return f"{question}\n\n{response_format.answer_instruction}" if response_format.answer_instruction else question
+
+
 def one_round(text: str) -> str:
     """The rollout cut at a second ``<self-correction>`` after its first ``</self-correction>`` (§2.3)."""
     close = text.find(SC_CLOSE)

@@ -147,3 +147,71 @@ def test_lookup_rule_reads_fix_and_break_rates_off_the_flips():
                      "rule": "exploits"}]
     assert table(rows).splitlines()[2] == ("| R0 | lookup | 100 | 50.0 | 58.0 | 10 / 50 | 2 / 50 | 20.0 | 4.0 | "
                                            "exploits |")
+
+
+def _octopus_entry(direct: str, second: str, rl: dict | None = None) -> dict:
+    """An arm's summary entry whose scores, flips and headroom follow from its per-item hits."""
+    d, s = [c == "1" for c in direct], [c == "1" for c in second]
+    flips = {"fixed": sum(not a and b for a, b in zip(d, s)), "broken": sum(a and not b for a, b in zip(d, s))}
+    entry = {"scores": [100 * sum(d) / len(d), 100 * sum(s) / len(s)], "blank_image": 0.0, "blind_prior": 25.0,
+             "sc_minus_direct": {}, "hits": {"direct": direct, "sc": second},
+             "headroom": {"flips": [flips], "oracle_gated": [100 * sum(d) / len(d), 100 * sum(a or b for a, b in
+                                                                                          zip(d, s)) / len(d)],
+                          "pass_at_k": 50.0, "majority_at_k": 25.0}}
+    return entry | ({"rl": rl} if rl else {})
+
+
+def test_octopus_arms_are_compared_on_the_same_items_and_written_as_results_rows(tmp_path):
+    """Octopus − each arm, paired per seed and pooled; the table's flips and RL columns; the rows under
+    ``octopus`` of a results.json, which keeps what it held."""
+    import json
+
+    from experiments.octopus import (
+        COMPARISONS,
+        OctopusExperimentConfig,
+        compare,
+        rl_statistics,
+        run_octopus_experiment,
+        tables,
+    )
+
+    rewards = tmp_path / "stage" / "rewards.jsonl"
+    rewards.parent.mkdir()
+    rewards.write_text("".join(json.dumps({"reward": r, "step_time": t, "octopus/natural_wc_rate": w,
+                                           "octopus/positive_share_generated": 0.25,
+                                           "octopus/positive_share_trained": p, "octopus/pool_size": 4.0,
+                                           "octopus/copied_rows": 0.0}) + "\n"
+                               for r, t, w, p in ((0.2, 1.0, 0.0, 0.5), (0.4, 3.0, 0.5, 0.25))))
+    rl = rl_statistics([tmp_path / "stage"])
+    assert rl == pytest.approx({"reward": 0.3, "step_seconds": 2.0, "steps": 2, "natural_wc_rate": 0.25,
+                                "positive_share_generated": 0.25, "positive_share_trained": 0.375,
+                                "pool_size": 4.0, "copied_rows": 0.0})
+    names = {name for a, b, _ in COMPARISONS for name in (a, b)}
+    summaries = [{"seed": seed, "cold_start": {"wc_examples": 3}, "checkpoints": {
+        name: _octopus_entry("1100", "1110", rl) if name == "Octopus" else _octopus_entry("1000", "1000")
+        for name in names}} for seed in (0, 1)]
+    rows = {(r["a"], r["b"], r["round"]): r for r in compare(summaries)}
+    versus_gspo = rows["Octopus", "GSPO n=8", "sc"]
+    assert versus_gspo["per_seed"] == {"0": 50.0, "1": 50.0}
+    assert (versus_gspo["pooled"]["difference"], versus_gspo["pooled"]["fixed"], versus_gspo["pooled"]["broken"]) \
+        == (50.0, 4, 0)
+    assert rows["Octopus", "GSPO n=8", "direct"]["pooled"]["difference"] == 25.0
+    text = tables(summaries)
+    assert "| Octopus | 50.0 ± 0.0 | 75.0 ± 0.0 | 2 / 0 | 75.0 ± 0.0 |" in text
+    assert "| 25.0 ± 0.0 | 25.0 ± 0.0 | 25.0 ± 0.0 → 37.5 ± 0.0 | 2.0 ± 0.0 |" in text
+    assert "| Octopus − GSPO n=8 | round 1 | +50.0, +50.0 | +50.0 [" in text
+    for summary in summaries:  # finished seeds: the experiment only reads them
+        (tmp_path / f"seed_{summary['seed']}").mkdir()
+        (tmp_path / f"seed_{summary['seed']}" / "summary.json").write_text(json.dumps(summary))
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"checkpoints": {"R0": {}}}))
+    assert run_octopus_experiment(OctopusExperimentConfig(workdir=str(tmp_path), seeds="0,1",
+                                                          results_json=str(results))) == text
+    written = json.loads(results.read_text())
+    assert written["checkpoints"] == {"R0": {}} and written["octopus"] == json.loads(
+        (tmp_path / "octopus.json").read_text())
+    section = written["octopus"]
+    octopus = section["checkpoints"]["Octopus"]["1"]
+    assert (octopus["direct"], octopus["sc_rounds"], octopus["flips"]) == (50.0, [75.0], [{"fixed": 1, "broken": 0}])
+    assert octopus["rl"]["positive_share_trained"] == pytest.approx(0.375) and "rl" not in section[
+        "checkpoints"]["R0"]["0"]

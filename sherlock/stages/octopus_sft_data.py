@@ -30,7 +30,7 @@ from sherlock.data.llava_cot import DATA_FILE, load_data, write_llava_cot
 from sherlock.data.sampling import link_or_copy
 from sherlock.data.schema import open_image
 from sherlock.decoding import SamplingSettings
-from sherlock.octopus import FORMATS, trigger_prompt
+from sherlock.octopus import FORMATS, answer_prompt, trigger_prompt
 from sherlock.reasoning import SEP
 from sherlock.stages.io import record_stage_config
 from sherlock.stages.registry import STAGES
@@ -84,8 +84,7 @@ def run_octopus_sft_data(config: OctopusSFTDataConfig) -> Path:
     model, processor = load_generator(config.model, config.engine, distributed.device(), config.image_budget())
     images = [open_image(data.image_root, r) for r in records]
     fmt = FORMATS[config.response_format]
-    prompts = [chat_prompt(f"{r.question}\n\n{fmt.answer_instruction}" if fmt.answer_instruction else r.question, ())
-               for r in records]
+    prompts = [chat_prompt(answer_prompt(r.question, fmt), ()) for r in records]
     draws = [generate(model, processor, prompts, images, config=config.decoding(config.seed),
                       desc=f"o1 sample {k + 1}", stream=f"octopus o1 {k}", keys=[r.id for r in records])
              for k in range(config.samples)]

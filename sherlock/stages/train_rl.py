@@ -6,7 +6,8 @@ every correction sequence, a KL on o1 against the starting model) or Stage II (`
 ``o1 ⊕ SEP ⊕ o2``; n rollouts per prompt are generated and n pairs recombined from them
 (:mod:`sherlock.octopus`); the reward is R = 0.9·r′ + 0.1·format; the update is GRPO with a
 sequence-level ratio (GSPO) on TRL's ``GRPOTrainer`` (:class:`sherlock.training.rl_trainer.OctopusTrainer`).
-``selection: none`` with ``mask: none`` is plain GSPO with n rollouts (the baseline).
+``selection: none`` with ``mask: none``, ``o1_kl: 0`` and ``trigger: false`` is plain GSPO with n rollouts
+(the baseline).
 
 Writes the model and ``rewards.jsonl``: one line per logged step (reward mean and spread, accuracy of the
 generated and the trained rows, w→c rate, pair classes, KL on o1, time per step).
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from sherlock.config import ConfigError, help_field
 from sherlock.data.llava_cot import load_data
-from sherlock.octopus import FORMATS, MASKS, SELECTIONS, reward, trigger_prompt
+from sherlock.octopus import FORMATS, MASKS, SELECTIONS, answer_prompt, reward, trigger_prompt
 from sherlock.stages.io import record_stage_config
 from sherlock.training.settings import TrainSettings
 
@@ -47,6 +48,8 @@ class TrainRLConfig(TrainSettings):
                                    "malformed o2)")
     response_format: str = help_field("stages", f"how an attempt is written {tuple(FORMATS)}: the LLaVA-CoT "
                                       "stages or <think>…</think> \\boxed{}")
+    trigger: bool = help_field(True, "ask each question with the trigger instruction (false: the plain question, "
+                                     "for GSPO from a model that answers once)")
     max_completion_length: int = help_field(256, "tokens per generated rollout (o1 ⊕ SEP ⊕ o2; paper 6144)")
     temperature: float = help_field(1.0, "rollout sampling temperature")
     top_p: float = help_field(1.0, "rollout nucleus sampling")
@@ -86,9 +89,10 @@ class TrainRLConfig(TrainSettings):
             require_checkpoint(checkpoint)
 
 
-def rl_rows(data_path: str, response_format: str) -> list[dict]:
-    """One row per record: its id, the question with the trigger instruction as a chat prompt, the image,
-    the gold answer; a record without a gold answer cannot be rewarded and is refused by id.
+def rl_rows(data_path: str, response_format: str, trigger: bool = True) -> list[dict]:
+    """One row per record: its id, the question with the trigger instruction (``trigger``; else as a plain answer
+    is asked) as a chat prompt, the image, the gold answer; a record without a gold answer cannot be rewarded and
+    is refused by id.
     """
     from sherlock.data.schema import open_image
 
@@ -98,7 +102,8 @@ def rl_rows(data_path: str, response_format: str) -> list[dict]:
     if follow_ups := [r.id for r in data.records if r.context]:
         raise ConfigError(f"follow-up turns are not rolled out, first {follow_ups[:3]}")
     fmt = FORMATS[response_format]
-    return [{"id": r.id, "prompt": [{"role": "user", "content": trigger_prompt(r.question, fmt)}],
+    ask = trigger_prompt if trigger else answer_prompt
+    return [{"id": r.id, "prompt": [{"role": "user", "content": ask(r.question, fmt)}],
              "image": open_image(data.image_root, r), "answer": r.answer, "answer_type": r.answer_type or ""}
             for r in data.records]
 
@@ -126,7 +131,7 @@ def run_train_rl(config: TrainRLConfig) -> Path:
     from sherlock.training.setup import prepare_model, train_and_save, training_arguments
 
     config.check()
-    dataset = Dataset.from_list(rl_rows(config.data, config.response_format))
+    dataset = Dataset.from_list(rl_rows(config.data, config.response_format, config.trigger))
     model, processor = load_vlm(config.model, dtype=torch.float32, image_budget=config.image_budget())
     reference = None
     if config.o1_kl:

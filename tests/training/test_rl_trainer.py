@@ -130,3 +130,19 @@ def test_records_without_a_gold_answer_are_refused(tmp_path):
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     with pytest.raises(ConfigError, match=f"1 record.* no gold answer to reward, first \\['{lines[1]['id']}"):
         rl_rows(str(path), "stages")
+
+
+def test_the_prompt_carries_the_trigger_unless_the_baseline_asks_plainly(tmp_path):
+    """Octopus asks every question with the trigger instruction; GSPO from a model that answers once
+    (``trigger: false``) asks it as the cold-start samples are asked."""
+    from sherlock.data.synthetic import generate_synthetic
+    from sherlock.octopus import FORMATS
+
+    path = str(generate_synthetic(tmp_path, 2, seed=0))
+    question = json.loads(open(path).readline())["conversations"][0]["value"].replace("<image>\n", "")
+    asked = {(fmt, trigger): rl_rows(path, fmt, trigger)[0]["prompt"][0]["content"]
+             for fmt in FORMATS for trigger in (True, False)}
+    assert asked["stages", True] == f"{question}\n\n{FORMATS['stages'].instruction}"
+    assert asked["stages", False] == question
+    assert asked["think-boxed", True] == f"{question}\n\n{FORMATS['think-boxed'].instruction}"
+    assert asked["think-boxed", False] == f"{question}\n\n{FORMATS['think-boxed'].answer_instruction}"
