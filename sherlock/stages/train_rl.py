@@ -9,7 +9,7 @@ sequence-level ratio (GSPO) on TRL's ``GRPOTrainer`` (:class:`sherlock.training.
 ``selection: none`` with ``mask: none``, ``o1_kl: 0`` and ``trigger: false`` is plain GSPO with n rollouts
 (the baseline).
 
-Writes the model and ``rewards.jsonl``: one line per logged step (reward mean and spread, accuracy of the
+Writes the model and ``rewards.jsonl``: one line per generation batch (reward mean and spread, accuracy of the
 generated and the trained rows, w→c rate, pair classes, KL on o1, time per step).
 """
 

@@ -20,7 +20,7 @@ ROOT = Path(components.__file__).resolve().parent
 
 def test_every_component_has_its_folder_and_an_up_to_date_readme():
     folders = {path.parent.name for path in ROOT.glob("*/component.py")}
-    assert folders == set(COMPONENTS) and len(folders) == 13
+    assert folders == set(COMPONENTS) and len(folders) == 15
     assert readme.main(["--check"]) == 0
     text = readme.readme("sample_rejected")
     assert "sample Y^l from R0 on D_B" in text and "Returns: `str`." in text
@@ -31,7 +31,7 @@ def test_every_component_has_its_folder_and_an_up_to_date_readme():
 
 def test_every_compiled_input_says_what_it_means():
     """KFP compiles a component's ``Args:`` into its input descriptions: the UI shows them beside each input."""
-    for recipe in ("sherlock", "scl", "stic"):
+    for recipe in ("sherlock", "scl", "stic", "octopus"):
         spec = next(yaml.safe_load_all((ROOT.parent / "pipelines" / f"{recipe}.yaml").read_text()))
         for name, definition in spec["components"].items():
             inputs = definition.get("inputDefinitions", {})

@@ -411,6 +411,39 @@ def test_stic_pipeline_runs_end_to_end_locally(tmp_path):
     check_deployed_champion(summary, "stic-embedded", 3, tmp_path)
 
 
+def test_octopus_pipeline_runs_end_to_end_locally(tmp_path):
+    """Octopus through kfp.local: R0 → its own answers with gold second attempts → the cold-start SFT, its tags
+    single tokens → Stage I → Stage II from Stage I, each writing per-step reward statistics → every checkpoint
+    evaluated (the Octopus ones by continuing the response), registered, the champion deployed."""
+    from sherlock.data.llava_cot import load_llava_cot
+    from sherlock.models.loading import load_processor
+    from sherlock.reasoning import SC_CLOSE, SC_OPEN, SEP
+
+    summary, _ = run_locally("octopus", tmp_path)
+    assert sorted(s.split()[0] for s in summary["stage_seconds"]) == [
+        "evaluate", "evaluate", "evaluate", "evaluate", "octopus-sft-data", "sample", "sft", "sft", "train-rl",
+        "train-rl"]
+    run = tmp_path / "artifacts" / summary["pipeline_run_id"]
+    cold = load_llava_cot(run / "octopus-sft-data/data.jsonl").records
+    stats = json.loads((run / "octopus-sft-data/stats.json").read_text())
+    assert len(cold) == stats["wc_examples"] + stats["cc_examples"] and stats["wc_examples"] > 0
+    assert all(r.response.count(SEP) == 1 and r.question.endswith("from scratch after that.") for r in cold)
+    tokenizer = load_processor(run / "octopus-sft").tokenizer
+    assert all(len(tokenizer(tag, add_special_tokens=False).input_ids) == 1 for tag in (SC_OPEN, SC_CLOSE))
+    for step, mask, kl, start in (("octopus-stage1", "every", 0.01, "octopus-sft"),
+                                  ("octopus-stage2", "changed", 0.0, "octopus-stage1")):
+        config = yaml.safe_load((run / step / "stage_config.yaml").read_text())
+        assert (config["mask"], config["o1_kl"], config["max_steps"]) == (mask, kl, 2) and config["model"].endswith(
+            start)
+        steps = [json.loads(line) for line in (run / step / "rewards.jsonl").read_text().splitlines()]
+        assert len(steps) == 1  # one generation batch (steps_per_generation 4) in the two steps
+        assert {"reward", "octopus/pool_size", "octopus/positive_share_trained"} <= set(steps[0])
+    for name in ("r0", "octopus-sft", "octopus-stage1", "octopus"):
+        config = yaml.safe_load((run / f"eval-{name}" / "stage_config.yaml").read_text())
+        assert config["correction"] == ("prompt" if name == "r0" else "continue"), name
+    check_deployed_champion(summary, "octopus-embedded", 4, tmp_path)
+
+
 def test_reduced_pipeline_runs_end_to_end_locally(tmp_path):
     """The same pipeline (K = 0) through kfp.local: MLflow on sqlite, artifacts on disk, champion answers.
 
