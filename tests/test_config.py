@@ -94,7 +94,8 @@ def test_shipped_presets_load_and_pass_their_checks(preset, monkeypatch):
     if cls is DeployConfig:
         required = {"model": "models:/m@champion", "output": "o"}
     config = load_config(cls, preset, required)
-    for check in ("check_training", "check_perturbation") + (("check",) if cls is SCLPairsConfig else ()):
+    for check in ("check_training", "check_perturbation", "check_rl", "check_protocol") + (
+            ("check",) if cls is SCLPairsConfig else ()):
         if hasattr(config, check):
             getattr(config, check)()
     if preset.parent.name == "released" and preset.stem == "build-preferences":

@@ -74,6 +74,12 @@ class TrainRLConfig(TrainSettings):
         from sherlock.models.loading import require_checkpoint
 
         self.check_training()
+        self.check_rl()
+        for checkpoint in (self.model, self.reference or self.model):
+            require_checkpoint(checkpoint)
+
+    def check_rl(self) -> None:
+        """Refuse RL settings that cannot run: an unknown rule, a group of one, batches that split a group."""
         for name, value, allowed in (("selection", self.selection, SELECTIONS), ("mask", self.mask, MASKS),
                                      ("response_format", self.response_format, tuple(FORMATS))):
             if value not in allowed:
@@ -85,8 +91,6 @@ class TrainRLConfig(TrainSettings):
                               f"must be a multiple of the group size {self.group_size}")
         if self.o1_kl < 0 or self.max_completion_length <= 0:
             raise ConfigError("o1_kl must be >= 0 and max_completion_length positive")
-        for checkpoint in (self.model, self.reference or self.model):
-            require_checkpoint(checkpoint)
 
 
 def rl_rows(data_path: str, response_format: str, trigger: bool = True) -> list[dict]:
