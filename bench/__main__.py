@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "serving", "P9")
+BENCHMARKS = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "serving", "P10", "P9")
 GPU_ONLY = ("P9",)  # run only when named: CUDA and vLLM
 
 
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         p7_task_startup,
         p8_ranks,
         p9_vllm,
+        p10_octopus_step,
         serving,
     )
     from bench.common import build_workspace, machine, write_results
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     results, failures = [], []
     runners = {"P1": p1_preference_step.run, "P2": p2_dpo.run, "P3": p3_preference_data.run,
                "P5": p5_training_efficiency.run, "P6": p6_sherlock_sft.run,
-               "P7": p7_task_startup.run, "P8": p8_ranks.run, "serving": serving.run, "P9": p9_vllm.run}
+               "P7": p7_task_startup.run, "P8": p8_ranks.run, "serving": serving.run, "P9": p9_vllm.run,
+               "P10": p10_octopus_step.run}
     for name in selected:
         start = time.perf_counter()
         try:

@@ -17,14 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_quick_mode_reports_every_benchmark(tmp_path):
     output = tmp_path / "results.json"
-    result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "P1,P2,P3,P5,P6,P7,P8,serving",
+    result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "P1,P2,P3,P5,P6,P7,P8,serving,P10",
                              "--workdir", str(tmp_path), "--output", str(output)],
                             cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(output.read_text())
     names = [r["name"] for r in report["results"]]
     assert [name.split()[0] for name in names] == ["P1"] * 11 + ["P2", "P3", "P5", "P6", "P7", "P8", "P8", "Serving",
-                                                                 "Serving"]
+                                                                 "Serving", "P10"]
     assert [r["details"]["family"] for r in report["results"][:11]] == ["mllama"] * 3 + [
         family for family in ("gemma3", "idefics3", "qwen2_5_vl", "qwen3_vl") for _ in range(2)]
     assert all("peak memory" in names[i] for i in (1, 4, 6, 8, 10))
