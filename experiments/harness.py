@@ -7,8 +7,9 @@ D_A) → Y^l on D_B → Sherlock-SFT (from the base model) and its direct-only c
 D_A ∪ D_B at the same optimizer steps, paper Table 4) → offline pairs on D_A → Sherlock offline
 (+ the static-β and w/o-L_SC ablations) → online iteration 1 on D_U. The sibling recipes start
 from the same R0 with the embedded pipeline's settings (``configs/embedded``): SCL (two-turn pairs
-on D_B → DPO + SFT term) and STIC (description pairs on D_U → stage 1 → descriptions of a D_A
-subset → stage 2). The recipes' steps are the pipelines' own wiring (:mod:`sherlock.recipes`), run
+on D_B → DPO + SFT term), STIC (description pairs on D_U → stage 1 → descriptions of a D_A
+subset → stage 2) and Octopus (cold start on D_B → SFT → RL Stage I → Stage II on D_U; evaluated by continuing
+its response; its baselines and ablations: :mod:`experiments.octopus`). The recipes' steps are the pipelines' own wiring (:mod:`sherlock.recipes`), run
 here as stage functions with the experiment's settings; the control, the ablations and the gate
 are the experiment's additions. R0 is diagnosed on a validation split (the gate of the base model); every
 checkpoint is evaluated on one held-out set with the paper's protocol (sampled direct answer,
@@ -49,7 +50,8 @@ GATE = {"R0 accuracy in [0.55, 0.75]": lambda d: 0.55 <= d["accuracy"] <= 0.75,
         "blank image <= blind prior": lambda d: d["blank_image_accuracy"] <= d["blind_prior_accuracy"],
         "occupied cells exact >= 0.80": lambda d: d["perception"]["cells_exact"] >= 0.80,
         "SUMMARY right >= 0.95": lambda d: d["perception"]["summary_exact"] >= 0.95}
-RECIPE_CHECKPOINTS = {"scl": ("SCL",), "stic": ("STIC stage 1", "STIC"), "dar": ("R0 + DaR", "STIC + DaR")}
+RECIPE_CHECKPOINTS = {"scl": ("SCL",), "stic": ("STIC stage 1", "STIC"), "dar": ("R0 + DaR", "STIC + DaR"),
+                      "octopus": ("Octopus cold start", "Octopus Stage I", "Octopus")}
 CHECKPOINTS = SHERLOCK_CHECKPOINTS + tuple(name for names in RECIPE_CHECKPOINTS.values() for name in names)
 
 
@@ -81,9 +83,10 @@ class ExperimentConfig:
                                                    "effect is below what 3 seeds resolve here)")
     max_new_tokens: int = help_field(160, "longest generated response")
     generation_batch_size: int = help_field(128, "prompts per generate call")
-    recipes: str = help_field("sherlock,scl,stic,dar", "recipes to run: SCL and STIC reuse the seed's R0 "
-                                                       "(configs/embedded settings); dar: R0 and STIC evaluated "
-                                                       "with STIC's describe-and-respond prompting")
+    recipes: str = help_field("sherlock,scl,stic,dar", "recipes to run: SCL, STIC and octopus reuse the seed's R0 "
+                                                       "(configs/embedded settings; Octopus evaluated by continuing "
+                                                       "its response); dar: R0 and STIC evaluated with STIC's "
+                                                       "describe-and-respond prompting")
 
 
 def _slug(name: str) -> str:
@@ -200,15 +203,22 @@ def run_stic(run, root: Path, subsets: dict[str, str]) -> dict[str, Path]:
     return recipes.stic(run, root / "r0", subsets["D_A"], subsets["D_U"])
 
 
+def run_octopus(run, root: Path, subsets: dict[str, str]) -> dict[str, Path]:
+    """Octopus from the seed's R0 (:func:`sherlock.recipes.octopus`): cold start on D_B, RL on D_U."""
+    return recipes.octopus(run, root / "r0", subsets["D_B"], subsets["D_U"])
+
+
 def describe_and_respond(run, root: Path, subsets: dict[str, str]) -> dict[str, Path]:
     """The STIC model (after the stic recipe) and its starting R0, for evaluation with DaR prompting."""
     return {"R0 + DaR": root / "r0", "STIC + DaR": root / "stic-stage2"}
 
 
 # recipe -> (checkpoints by step, extra evaluation settings); dar needs stic's model
-RECIPES = {"scl": (run_scl, {}), "stic": (run_stic, {}), "dar": (describe_and_respond, {"describe_first": True})}
+RECIPES = {"scl": (run_scl, {}), "stic": (run_stic, {}), "dar": (describe_and_respond, {"describe_first": True}),
+           "octopus": (run_octopus, {"correction": "continue"})}
 LABELS = {"r0": "R0", "sherlock-sft": "Sherlock-SFT", "offline": "Sherlock offline", "online-1": "online iter 1",
-          "scl": "SCL", "stic-stage1": "STIC stage 1", "stic": "STIC"}  # a recipe's checkpoint -> its row here
+          "scl": "SCL", "stic-stage1": "STIC stage 1", "stic": "STIC", "octopus-sft": "Octopus cold start",
+          "octopus-stage1": "Octopus Stage I", "octopus": "Octopus"}  # a recipe's checkpoint -> its row here
 
 
 def run_recipes(config: ExperimentConfig, seed: int, summary: dict) -> dict:
