@@ -9,8 +9,8 @@ D_A ∪ D_B at the same optimizer steps, paper Table 4) → offline pairs on D_A
 from the same R0 with the embedded pipeline's settings (``configs/embedded``): SCL (two-turn pairs
 on D_B → DPO + SFT term), STIC (description pairs on D_U → stage 1 → descriptions of a D_A
 subset → stage 2) and Octopus (cold start on D_B → SFT → RL Stage I → Stage II on D_U; evaluated by continuing
-its response; its baselines and ablations: :mod:`experiments.octopus`). The recipes' steps are the pipelines' own wiring (:mod:`sherlock.recipes`), run
-here as stage functions with the experiment's settings; the control, the ablations and the gate
+its response; its baselines and ablations: :mod:`experiments.octopus`). The recipes' steps are the
+pipelines' own wiring (:mod:`sherlock.recipes`), run here as stage functions with the experiment's settings; the control, the ablations and the gate
 are the experiment's additions. R0 is diagnosed on a validation split (the gate of the base model); every
 checkpoint is evaluated on one held-out set with the paper's protocol (sampled direct answer,
 greedy correction rounds) beside its baselines (greedy direct, blank image, blind prior of D_A).
