@@ -1,19 +1,18 @@
-"""The three recipes on the synthetic task, per seed, through the stage functions (docs/results.md).
+"""The recipes on the synthetic task, per seed, through the stage functions (docs/results.md).
 
-For each seed: draw D_A, D_B and an unlabeled pool D_U from one synthetic set; start from the
-committed base model (a tiny Mllama pre-trained on perception questions,
-:mod:`sherlock.stages.pretrain_perception`; one for every seed, as the paper starts from one VLM); R0 (SFT on
-D_A) → Y^l on D_B → Sherlock-SFT (from the base model) and its direct-only control (SFT on
-D_A ∪ D_B at the same optimizer steps, paper Table 4) → offline pairs on D_A → Sherlock offline
-(+ the static-β and w/o-L_SC ablations) → online iteration 1 on D_U. The sibling recipes start
-from the same R0 with the embedded pipeline's settings (``configs/embedded``): SCL (two-turn pairs
-on D_B → DPO + SFT term), STIC (description pairs on D_U → stage 1 → descriptions of a D_A
-subset → stage 2) and Octopus (cold start on D_B → SFT → RL Stage I → Stage II on D_U; evaluated by continuing
-its response; its baselines and ablations: :mod:`experiments.octopus`). The recipes' steps are the
-pipelines' own wiring (:mod:`sherlock.recipes`), run here as stage functions with the experiment's settings; the control, the ablations and the gate
-are the experiment's additions. R0 is diagnosed on a validation split (the gate of the base model); every
-checkpoint is evaluated on one held-out set with the paper's protocol (sampled direct answer,
-greedy correction rounds) beside its baselines (greedy direct, blank image, blind prior of D_A).
+For each seed: draw D_A, D_B and an unlabeled pool D_U from one synthetic set; start from the committed base model
+(a tiny Mllama pre-trained on perception questions, :mod:`sherlock.stages.pretrain_perception`; one for every seed,
+as the paper starts from one VLM); R0 (SFT on D_A) → Y^l on D_B → Sherlock-SFT (from the base model) and its
+direct-only control (SFT on D_A ∪ D_B at the same optimizer steps, paper Table 4) → offline pairs on D_A → Sherlock
+offline (+ the static-β and w/o-L_SC ablations) → online iteration 1 on D_U. The sibling recipes start from the
+same R0 with the embedded pipeline's settings (``configs/embedded``): SCL (two-turn pairs on D_B → DPO + SFT term),
+STIC (description pairs on D_U → stage 1 → descriptions of a D_A subset → stage 2) and Octopus (cold start on D_B →
+SFT → RL Stage I → Stage II on D_U; evaluated by continuing its response; its baselines and ablations:
+:mod:`experiments.octopus`). The recipes' steps are the pipelines' own wiring (:mod:`sherlock.recipes`), run here
+as stage functions with the experiment's settings; the control, the ablations and the gate are the experiment's
+additions. R0 is diagnosed on a validation split (the gate of the base model); every checkpoint is evaluated on one
+held-out set with the paper's protocol (sampled direct answer, greedy correction rounds) beside its baselines
+(greedy direct, blank image, blind prior of D_A).
 """
 
 from __future__ import annotations
