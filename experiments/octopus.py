@@ -38,11 +38,16 @@ from sherlock.stages.registry import STAGES
 
 # plain GSPO on the trainer Octopus extends: n rollouts, no pairs, nothing masked, no KL, the plain question
 GSPO = {"selection": "none", "mask": "none", "o1_kl": 0.0, "trigger": False}
-# (A, B, answers): A − B on the same held-out items; "direct" = round 0 (Octopus: o1), "sc" = round 1 (o2)
-COMPARISONS = (("Octopus", "GSPO n=8", "direct"), ("Octopus", "GSPO n=8", "sc"), ("Octopus", "GSPO n=4", "sc"),
-               ("Octopus", "R0", "sc"), ("Octopus", "Sherlock offline", "sc"), ("Octopus", "w/o augmentation", "sc"),
-               ("Octopus", "random augmentation", "sc"), ("Octopus", "w/o Stage I", "sc"),
-               ("GSPO n=8", "R0", "direct"), ("Octopus cold start", "R0", "sc"))
+# (A, its answers, B, its answers): A − B on the same held-out items; "direct" = round 0 (Octopus: o1), "sc" =
+# round 1 (Octopus: o2; the others: after R(Q, previous)). An arm's final answer is Octopus's o2 and a GSPO or R0
+# model's direct answer (neither was trained to correct).
+COMPARISONS = (("Octopus", "sc", "GSPO n=8", "direct"), ("Octopus", "direct", "GSPO n=8", "direct"),
+               ("Octopus", "sc", "GSPO n=4", "direct"), ("Octopus", "sc", "R0", "direct"),
+               ("Octopus", "sc", "Octopus", "direct"), ("Octopus", "sc", "Sherlock offline", "sc"),
+               ("Octopus", "sc", "w/o augmentation", "sc"), ("Octopus", "sc", "random augmentation", "sc"),
+               ("Octopus", "sc", "w/o Stage I", "sc"), ("Octopus", "sc", "Octopus cold start", "sc"),
+               ("GSPO n=8", "direct", "R0", "direct"), ("GSPO n=8", "direct", "GSPO n=4", "direct"),
+               ("Octopus cold start", "direct", "R0", "direct"))
 RL_FIELDS = ("natural_wc_rate", "positive_share_generated", "positive_share_trained", "pool_size", "copied_rows")
 
 
@@ -144,11 +149,12 @@ def compare(summaries: list[dict]) -> list[dict]:
     def hits(name: str, summary: dict, which: str) -> list[bool]:
         return [c == "1" for c in summary["checkpoints"][name]["hits"][which]]
 
-    return [{"a": a, "b": b, "round": which,
-             "per_seed": {str(s["seed"]): paired_difference(hits(a, s, which), hits(b, s, which))["difference"]
+    return [{"a": a, "a_round": a_round, "b": b, "b_round": b_round,
+             "per_seed": {str(s["seed"]): paired_difference(hits(a, s, a_round), hits(b, s, b_round))["difference"]
                           for s in summaries},
-             "pooled": paired_difference(*([h for s in summaries for h in hits(name, s, which)] for name in (a, b)))}
-            for a, b, which in COMPARISONS]
+             "pooled": paired_difference([h for s in summaries for h in hits(a, s, a_round)],
+                                         [h for s in summaries for h in hits(b, s, b_round)])}
+            for a, a_round, b, b_round in COMPARISONS]
 
 
 def tables(summaries: list[dict]) -> str:
@@ -176,11 +182,13 @@ def tables(summaries: list[dict]) -> str:
                      f"{mean(e['headroom']['majority_at_k'] for e in entries)} | "
                      f"{mean(e['blank_image'] for e in entries)} | {mean(e['blind_prior'] for e in entries)} | "
                      + " | ".join(rl_cells) + " |")
-    lines += ["", "| A − B | answers | per seed | pooled [95% CI] | fixed / broken | McNemar p |",
-              "|---|---|---|---|---|---|"]
+    def answers(name: str, which: str) -> str:
+        return f"{name}, round {'1' if which == 'sc' else '0'}"
+
+    lines += ["", "| A − B | per seed | pooled [95% CI] | fixed / broken | McNemar p |", "|---|---|---|---|---|"]
     for row in compare(summaries):
         pooled = row["pooled"]
-        lines.append(f"| {row['a']} − {row['b']} | {'round 1' if row['round'] == 'sc' else 'round 0'} | "
+        lines.append(f"| {answers(row['a'], row['a_round'])} − {answers(row['b'], row['b_round'])} | "
                      + ", ".join(f"{v:+.1f}" for v in row["per_seed"].values())
                      + f" | {pooled['difference']:+.1f} [{pooled['ci_low']:+.1f}, {pooled['ci_high']:+.1f}] | "
                      f"{pooled['fixed']} / {pooled['broken']} | {pooled['p_mcnemar']:.3g} |")

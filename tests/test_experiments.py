@@ -186,20 +186,20 @@ def test_octopus_arms_are_compared_on_the_same_items_and_written_as_results_rows
     assert rl == pytest.approx({"reward": 0.3, "step_seconds": 2.0, "steps": 2, "natural_wc_rate": 0.25,
                                 "positive_share_generated": 0.25, "positive_share_trained": 0.375,
                                 "pool_size": 4.0, "copied_rows": 0.0})
-    names = {name for a, b, _ in COMPARISONS for name in (a, b)}
+    names = {name for a, _, b, _ in COMPARISONS for name in (a, b)}
     summaries = [{"seed": seed, "cold_start": {"wc_examples": 3}, "checkpoints": {
         name: _octopus_entry("1100", "1110", rl) if name == "Octopus" else _octopus_entry("1000", "1000")
         for name in names}} for seed in (0, 1)]
-    rows = {(r["a"], r["b"], r["round"]): r for r in compare(summaries)}
-    versus_gspo = rows["Octopus", "GSPO n=8", "sc"]
-    assert versus_gspo["per_seed"] == {"0": 50.0, "1": 50.0}
-    assert (versus_gspo["pooled"]["difference"], versus_gspo["pooled"]["fixed"], versus_gspo["pooled"]["broken"]) \
-        == (50.0, 4, 0)
-    assert rows["Octopus", "GSPO n=8", "direct"]["pooled"]["difference"] == 25.0
+    rows = {(r["a"], r["a_round"], r["b"], r["b_round"]): r for r in compare(summaries)}
+    final = rows["Octopus", "sc", "GSPO n=8", "direct"]  # Octopus's o2 against GSPO's one answer: 1110 vs 1000
+    assert final["per_seed"] == {"0": 50.0, "1": 50.0}
+    assert (final["pooled"]["difference"], final["pooled"]["fixed"], final["pooled"]["broken"]) == (50.0, 4, 0)
+    assert rows["Octopus", "direct", "GSPO n=8", "direct"]["pooled"]["difference"] == 25.0
+    assert rows["Octopus", "sc", "Octopus", "direct"]["per_seed"] == {"0": 25.0, "1": 25.0}  # o2 − o1
     text = tables(summaries)
     assert "| Octopus | 50.0 ± 0.0 | 75.0 ± 0.0 | 2 / 0 | 75.0 ± 0.0 |" in text
     assert "| 25.0 ± 0.0 | 25.0 ± 0.0 | 25.0 ± 0.0 → 37.5 ± 0.0 | 2.0 ± 0.0 |" in text
-    assert "| Octopus − GSPO n=8 | round 1 | +50.0, +50.0 | +50.0 [" in text
+    assert "| Octopus, round 1 − GSPO n=8, round 0 | +50.0, +50.0 | +50.0 [" in text
     for summary in summaries:  # finished seeds: the experiment only reads them
         (tmp_path / f"seed_{summary['seed']}").mkdir()
         (tmp_path / f"seed_{summary['seed']}" / "summary.json").write_text(json.dumps(summary))
