@@ -42,5 +42,5 @@ def run(workspace: Workspace, quick: bool, device) -> Result:
                       rounds=1 if quick else 3, warmup=0 if quick else 1)
     octopus, gspo = (median(times[name]) / steps for name in ARMS)
     return Result("P10 Octopus RL step", "s per step, lower is better", octopus, gspo, gspo / octopus, TARGET,
-                  {"steps": steps, "max_completion_length": length, "seconds": times,
+                  {"steps": steps, "max_completion_length": length, "arm_seconds": times,
                    "arms": "Octopus 4 generated + 4 recombined vs GSPO 8 generated, 8 rows per micro-step"})
