@@ -96,16 +96,26 @@ def _slug(name: str) -> str:
 DONE_FILE = "experiment_stage.json"  # a finished stage's result and seconds, beside its outputs
 
 
+def retrained_inputs(stage_config, finished: float) -> list[Path]:
+    """The input stages of ``stage_config`` (a path field naming a step folder or a folder inside one, holding
+    :data:`DONE_FILE`) that finished after ``finished`` (a time stamp)."""
+    paths = [Path(value) for value in dataclasses.asdict(stage_config).values() if isinstance(value, str) and value]
+    markers = {folder / DONE_FILE for path in paths for folder in (path, path.parent)}
+    return [marker.parent for marker in markers if marker.is_file() and marker.stat().st_mtime > finished]
+
+
 def timer(timings: dict[str, float]):
     """``timed(name, stage function, config)``: run the stage and record its wall seconds.
 
-    A stage whose output directory holds :data:`DONE_FILE` from an earlier run of the same config
-    is not run again: an interrupted seed resumes at its first unfinished stage.
+    A stage whose output directory holds :data:`DONE_FILE` from an earlier run of the same config, newer than
+    every input stage's (:func:`retrained_inputs`), is not run again: an interrupted seed resumes at its first
+    unfinished stage, and a stage whose input was retrained runs again.
     """
     def timed(name, function, stage_config):
         done = Path(stage_config.output) / DONE_FILE
         config = json.dumps(dataclasses.asdict(stage_config), sort_keys=True, default=str)
-        if done.is_file() and (previous := json.loads(done.read_text()))["config"] == config:
+        if (done.is_file() and (previous := json.loads(done.read_text()))["config"] == config
+                and not retrained_inputs(stage_config, done.stat().st_mtime)):
             timings[name] = previous["seconds"]
             return Path(previous["path"]) if "path" in previous else previous["result"]
         start = time.perf_counter()

@@ -11,8 +11,13 @@ Sherlock's and GSPO's round is R(Q, previous response), Octopus's continues the 
 round 1 = o2); beside it the blank image, the oracle- and verifier-gated round, pass@2 and majority@2 of two
 sampled answers, and the flips. Comparisons are paired on the held-out items, pooled over the seeds.
 
-``python -m experiments.octopus [--workdir runs/octopus] [--seeds 0,1,2]``: resumable like the harness (a finished
-stage or evaluation is not run again; each seed's ``summary.json`` is written as it finishes).
+The RL learning rate and steps are chosen on a validation split (``--rl-grid``, seed of the first seed's data):
+Octopus's pair by o2's accuracy, GSPO n = 8's learning rate by its answer at the same steps (equal optimiser steps);
+the ablations and GSPO n = 4 take their method's choice (``tune.md``, ``tune.json``).
+
+``python -m experiments.octopus [--workdir runs/octopus] [--seeds 0,1,2] [--rl-grid 1e-5x40,1e-4x40]``: resumable
+like the harness (a finished stage or evaluation is not run again; each seed's ``summary.json`` is written as it
+finishes).
 """
 
 from __future__ import annotations
@@ -20,12 +25,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-from experiments.harness import EVAL_SEED, embedded_settings, headroom_fields, item_hits, stage_runner, timer
+from experiments.harness import (
+    EVAL_SEED,
+    VALIDATION_SEED,
+    embedded_settings,
+    headroom_fields,
+    item_hits,
+    stage_runner,
+    timer,
+)
 from sherlock import recipes
-from sherlock.config import help_field
+from sherlock.config import ConfigError, help_field
 from sherlock.data.llava_cot import load_llava_cot
 from sherlock.data.sampling import sample_to_dir
 from sherlock.data.schema import read_jsonl
@@ -57,38 +72,158 @@ class OctopusExperimentConfig:
     seeds: str = help_field("0,1,2", "comma-separated seeds (one data set and training run each)")
     subset_size: int = help_field(250, "|D_A| = |D_B| (the embedded pipeline's)")
     pool_size: int = help_field(100, "|D_U|: the RL prompts")
-    rl_steps: int = help_field(40, "optimiser steps of each Octopus RL stage; the one-stage arms take twice as many")
+    rl_steps: int = help_field(40, "optimiser steps of each Octopus RL stage; the one-stage arms take twice as many "
+                                   "(without --rl-grid)")
+    rl_learning_rate: float | None = help_field(None, "the RL arms' learning rate (without --rl-grid; default: the "
+                                                      "embedded train-rl presets')")
+    rl_grid: str | None = help_field(None, "choose the RL learning rate and steps per stage on the validation split "
+                                           "among LRxSTEPS,... (e.g. 1e-5x40,1e-4x40,1e-4x120)")
+    validation_items: int = help_field(300, "validation items of --rl-grid")
+    ablations: bool = help_field(True, "also train the ablations (w/o augmentation, random augmentation, "
+                                       "w/o Stage I)")
     eval_items: int = help_field(300, "held-out items (one set for every seed)")
     base_model: str = help_field("embedded", "the committed base (sherlock/models/embedded) or a checkpoint path")
     results_json: str | None = help_field(None, "also write the rows under the key 'octopus' of this results.json "
                                                 "(docs/results.json)")
 
+    def grid(self) -> list[dict]:
+        """:attr:`rl_grid` as RL settings (``learning_rate``, ``max_steps`` per stage); refuses a malformed one."""
+        settings = []
+        for cell in (self.rl_grid or "").split(","):
+            try:
+                rate, steps = cell.lower().split("x")
+                settings.append({"learning_rate": float(rate), "max_steps": int(steps)})
+            except ValueError:
+                raise ConfigError(f"rl_grid: {cell!r} is not LRxSTEPS (e.g. 1e-4x40)") from None
+            if settings[-1]["learning_rate"] <= 0 or settings[-1]["max_steps"] < 1:
+                raise ConfigError(f"rl_grid: {cell!r} needs a positive learning rate and steps")
+        return settings
 
-def train_arms(run, base: str, subsets: dict[str, str], steps: int) -> dict[str, tuple[Path, str]]:
-    """Every arm's checkpoint and how its rounds ask (``prompt`` or ``continue``), by row name."""
-    d_a, d_b, d_u = subsets["D_A"], subsets["D_B"], subsets["D_U"]
-    sherlock = recipes.sherlock(run, base, d_a, d_b, d_u, online_iterations=0)
+    def fixed_rl(self) -> dict:
+        """The RL settings without a grid: :attr:`rl_steps` and :attr:`rl_learning_rate` (if set)."""
+        return {"max_steps": self.rl_steps} | ({"learning_rate": self.rl_learning_rate}
+                                               if self.rl_learning_rate is not None else {})
+
+
+class Arm(NamedTuple):
+    """A checkpoint the experiment evaluates: how its rounds ask (``prompt`` or ``continue``) and the step
+    folders of its RL stages (their ``rewards.jsonl``)."""
+
+    model: Path
+    correction: str
+    rl_steps: tuple[str, ...] = ()
+
+
+def twice(rl: dict) -> dict:
+    """A one-stage arm's settings: twice the steps of one Octopus stage (equal optimiser steps)."""
+    return rl | {"max_steps": 2 * rl["max_steps"]}
+
+
+def octopus_rl(run, prefix: str, cold: Path, d_u: str, rl: dict, title: str, **fields) -> Arm:
+    """RL Stage I then Stage II from the cold start with the RL settings ``rl``."""
+    stage1 = run(f"{prefix}-stage1", "train-rl.octopus-1", f"{title}, Stage I", model=cold, data=d_u, **rl, **fields)
+    return Arm(run(f"{prefix}-stage2", "train-rl.octopus-2", f"{title}, Stage II", model=stage1, data=d_u, **rl,
+                   **fields), "continue", (f"{prefix}-stage1", f"{prefix}-stage2"))
+
+
+def gspo(run, step: str, r0: Path, d_u: str, n: int, rl: dict, title: str) -> Arm:
+    """Plain GSPO from R0 with ``n`` rollouts, one stage of twice ``rl``'s steps."""
+    return Arm(run(step, "train-rl.octopus-2", title, model=r0, data=d_u, generations=n, **GSPO, **twice(rl)),
+               "prompt", (step,))
+
+
+@dataclass
+class Seed:
+    """One seed's data and its resumable stage runner."""
+
+    number: int
+    root: Path
+    run: Callable
+    timed: Callable
+    timings: dict
+    subsets: dict[str, str]
+    held_out: Path
+    base: str
+
+    def start(self) -> tuple[dict, Path]:
+        """Sherlock's chain (R0 first) and Octopus's cold start from R0 (both resumable)."""
+        d_a, d_b, d_u = (self.subsets[name] for name in ("D_A", "D_B", "D_U"))
+        sherlock = recipes.sherlock(self.run, self.base, d_a, d_b, d_u, online_iterations=0)
+        return sherlock, recipes.octopus_cold_start(self.run, sherlock["r0"], d_b)
+
+
+def prepare(config: OctopusExperimentConfig, number: int) -> Seed:
+    """The seed's D_A, D_B, D_U, the shared held-out set and the stage runner on the embedded settings."""
+    root = Path(config.workdir) / f"seed_{number}"
+    timings: dict[str, float] = {}
+    timed = timer(timings)
+    pool = generate_synthetic(root / "data/all", 2 * config.subset_size + config.pool_size, seed=number)
+    held_out = generate_synthetic(Path(config.workdir) / "eval", config.eval_items, seed=EVAL_SEED).parent
+    sample_to_dir(load_llava_cot(pool), root / "subsets",
+                  {"D_A": config.subset_size, "D_B": config.subset_size, "D_U": config.pool_size}, number)
+    base = str(embedded_base() if config.base_model == "embedded" else require_checkpoint(config.base_model))
+    return Seed(number, root, stage_runner(root, timed, embedded_settings(number)), timed, timings,
+                {name: str(root / "subsets" / name) for name in ("D_A", "D_B", "D_U")}, held_out, base)
+
+
+def train_arms(seed: Seed, rl: dict[str, dict], ablations: bool) -> dict[str, Arm]:
+    """Every arm by row name; ``rl``: the RL settings of Octopus (its ablations too) and of GSPO."""
+    sherlock, cold = seed.start()
+    run, d_b, d_u = seed.run, seed.subsets["D_B"], seed.subsets["D_U"]
+
+    def with_rl(step: str, preset: str, title: str, **inputs):  # the recipe's RL stages with Octopus's settings
+        return run(step, preset, title, **inputs, **(rl["Octopus"] if preset.startswith("train-rl") else {}))
+
     r0 = sherlock["r0"]
-
-    def rl_steps(step: str, preset: str, title: str, **inputs):  # each RL stage takes ``steps`` steps
-        return run(step, preset, title, **inputs, **({"max_steps": steps} if preset.startswith("train-rl") else {}))
-
-    octopus = recipes.octopus(rl_steps, r0, d_b, d_u)
-    cold = octopus["octopus-sft"]
-    one_stage = {"max_steps": 2 * steps, "data": d_u}
-    arms = {"R0": (r0, "prompt"), "Sherlock offline": (sherlock["offline"], "prompt"),
-            "Octopus cold start": (cold, "continue"), "Octopus": (octopus["octopus"], "continue")}
+    arms = {"R0": Arm(r0, "prompt"), "Sherlock offline": Arm(sherlock["offline"], "prompt"),
+            "Octopus cold start": Arm(cold, "continue"),
+            "Octopus": Arm(recipes.octopus(with_rl, r0, d_b, d_u)["octopus"], "continue",
+                           ("octopus-stage1", "octopus-stage2"))}
     for n in (4, 8):
-        arms[f"GSPO n={n}"] = (run(f"gspo-{n}", "train-rl.octopus-2", f"GSPO n={n}", model=r0, generations=n,
-                                   **GSPO, **one_stage), "prompt")
-    for name, step, selection in (("w/o augmentation", "no-augmentation", "none"),
-                                  ("random augmentation", "random-augmentation", "random")):
-        stage1 = run(f"{step}-stage1", "train-rl.octopus-1", f"{name}, Stage I", model=cold, data=d_u,
-                     selection=selection, max_steps=steps)
-        arms[name] = (run(f"{step}-stage2", "train-rl.octopus-2", f"{name}, Stage II", model=stage1, data=d_u,
-                          selection=selection, max_steps=steps), "continue")
-    arms["w/o Stage I"] = (run("no-stage1", "train-rl.octopus-2", "w/o Stage I", model=cold, **one_stage), "continue")
+        arms[f"GSPO n={n}"] = gspo(run, f"gspo-{n}", r0, d_u, n, rl["GSPO"], f"GSPO n={n}")
+    if ablations:
+        for name, step, selection in (("w/o augmentation", "no-augmentation", "none"),
+                                      ("random augmentation", "random-augmentation", "random")):
+            arms[name] = octopus_rl(run, step, cold, d_u, rl["Octopus"], name, selection=selection)
+        arms["w/o Stage I"] = Arm(run("no-stage1", "train-rl.octopus-2", "w/o Stage I", model=cold, data=d_u,
+                                      **twice(rl["Octopus"])), "continue", ("no-stage1",))
     return arms
+
+
+def choose_rl(config: OctopusExperimentConfig, seed: Seed) -> dict[str, dict]:
+    """The RL settings chosen on the first seed's validation split among :meth:`OctopusExperimentConfig.grid`
+    (:func:`chosen_settings`; writes ``tune.md`` and ``tune.json``)."""
+    validation = generate_synthetic(Path(config.workdir) / "validation", config.validation_items,
+                                    seed=VALIDATION_SEED).parent
+    sherlock, cold = seed.start()
+    rows = []
+    for rl in config.grid():
+        tag = f"tune/lr{rl['learning_rate']:g}-s{rl['max_steps']}"
+        arms = {"Octopus": octopus_rl(seed.run, f"{tag}/octopus", cold, seed.subsets["D_U"], rl, f"Octopus {tag}"),
+                "GSPO n=8": gspo(seed.run, f"{tag}/gspo-8", sherlock["r0"], seed.subsets["D_U"], 8, rl,
+                                 f"GSPO n=8 {tag}")}
+        scores = {name: [r["score"] for r in evaluate(seed, validation, f"{tag}/{name}", arm, quick=True)["rounds"]]
+                  for name, arm in arms.items()}
+        rows.append(rl | {"Octopus o1": scores["Octopus"][0], "Octopus o2": scores["Octopus"][1],
+                          "GSPO n=8": scores["GSPO n=8"][0]})
+    chosen = chosen_settings(rows)
+    lines = ["| learning rate | steps per stage | Octopus o1 | Octopus o2 | GSPO n=8 (twice the steps) |",
+             "|---|---|---|---|---|"] + [
+        f"| {row['learning_rate']:g} | {row['max_steps']} | {row['Octopus o1']:.1f} | {row['Octopus o2']:.1f} | "
+        f"{row['GSPO n=8']:.1f} |" for row in rows]
+    Path(config.workdir, "tune.md").write_text("\n".join(lines) + f"\n\nchosen: {json.dumps(chosen)}\n")
+    Path(config.workdir, "tune.json").write_text(json.dumps(
+        {"seed": seed.number, "validation_items": config.validation_items, "rows": rows, "chosen": chosen}, indent=2))
+    return chosen
+
+
+def chosen_settings(rows: list[dict]) -> dict[str, dict]:
+    """Octopus's learning rate and steps: the row of the best o2 (the first of equals); GSPO's: the learning rate
+    of its best answer among the rows of those steps (equal optimiser steps)."""
+    best = max(rows, key=lambda row: row["Octopus o2"])
+    best_gspo = max((row for row in rows if row["max_steps"] == best["max_steps"]), key=lambda row: row["GSPO n=8"])
+    return {name: {key: row[key] for key in ("learning_rate", "max_steps")}
+            for name, row in (("Octopus", best), ("GSPO", best_gspo))}
 
 
 def rl_statistics(outputs: list[Path]) -> dict:
@@ -102,45 +237,41 @@ def rl_statistics(outputs: list[Path]) -> dict:
                     "step_seconds": statistics.mean(row["step_time"] for row in steps), "steps": len(steps)}
 
 
-def evaluate_arm(root: Path, held_out: Path, name: str, model: Path, correction: str, seed: int, timed) -> dict:
-    """The arm's held-out entry: accuracy per round, the blank image, the blind prior of D_A, the headroom
-    (:func:`experiments.harness.headroom_fields`) and the per-item hits of round 0 and round 1."""
-    settings = embedded_settings(seed)("evaluate")
-    output = root / "eval" / name.replace("/", "").replace(" ", "_").replace("=", "")
-    metrics = timed(f"evaluate {name}", run_evaluate, EvaluateConfig(
-        **settings | {"correction_rounds": 1, "correction": correction, "greedy_direct": False,
-                      "wait_baseline": False},
-        model=str(model), benchmarks=f"llava_cot={held_out}", prior_data=str(root / "subsets" / "D_A"),
-        output=str(output)))["benchmarks"]["llava_cot"]
-    return {"scores": [r["score"] for r in metrics["rounds"]], "blank_image": metrics["blank_image"]["score"],
-            "blind_prior": metrics["blind_prior"], "sc_minus_direct": metrics["sc_minus_direct"],
-            "headroom": headroom_fields(metrics), "hits": item_hits(output / PREDICTIONS_FILE)}
+def eval_dir(seed: Seed, name: str) -> Path:
+    """Where the arm ``name``'s evaluation is written."""
+    return seed.root / "eval" / name.replace(" ", "_").replace("=", "")
 
 
-def run_seed(config: OctopusExperimentConfig, seed: int) -> dict:
-    """Train and evaluate every arm of one seed; writes and returns its summary."""
-    root = Path(config.workdir) / f"seed_{seed}"
-    timings: dict[str, float] = {}
-    timed = timer(timings)
-    pool = generate_synthetic(root / "data/all", 2 * config.subset_size + config.pool_size, seed=seed)
-    held_out = generate_synthetic(Path(config.workdir) / "eval", config.eval_items, seed=EVAL_SEED).parent
-    sample_to_dir(load_llava_cot(pool), root / "subsets",
-                  {"D_A": config.subset_size, "D_B": config.subset_size, "D_U": config.pool_size}, seed)
-    subsets = {name: str(root / "subsets" / name) for name in ("D_A", "D_B", "D_U")}
-    base = str(embedded_base() if config.base_model == "embedded" else require_checkpoint(config.base_model))
-    arms = train_arms(stage_runner(root, timed, embedded_settings(seed)), base, subsets, config.rl_steps)
-    rl_outputs = {"Octopus": ["octopus-stage1", "octopus-stage2"], "GSPO n=4": ["gspo-4"], "GSPO n=8": ["gspo-8"],
-                  "w/o augmentation": ["no-augmentation-stage1", "no-augmentation-stage2"],
-                  "random augmentation": ["random-augmentation-stage1", "random-augmentation-stage2"],
-                  "w/o Stage I": ["no-stage1"]}
+def evaluate(seed: Seed, data: Path, name: str, arm: Arm, quick: bool = False) -> dict:
+    """The arm's metrics on ``data`` with one correction round (:func:`eval_dir`); ``quick``: the answers only
+    (no blank image, blind prior, verifier-gated round or pass@k samples)."""
+    extra = ({"blank_image": False, "verifier": "", "headroom_samples": 1} if quick
+             else {"prior_data": seed.subsets["D_A"]})
+    return seed.timed(f"evaluate {name}", run_evaluate, EvaluateConfig(
+        **embedded_settings(seed.number)("evaluate") | {"correction_rounds": 1, "correction": arm.correction,
+                                                        "greedy_direct": False, "wait_baseline": False} | extra,
+        model=str(arm.model), benchmarks=f"llava_cot={data}", output=str(eval_dir(seed, name))))[
+        "benchmarks"]["llava_cot"]
+
+
+def run_seed(config: OctopusExperimentConfig, seed: Seed, rl: dict[str, dict]) -> dict:
+    """Train and evaluate every arm of one seed on the held-out set; writes and returns its summary: per arm the
+    accuracy per round, the blank image, the blind prior of D_A, the headroom
+    (:func:`experiments.harness.headroom_fields`), the per-item hits and its RL statistics."""
     checkpoints = {}
-    for name, (model, correction) in arms.items():
-        checkpoints[name] = evaluate_arm(root, held_out, name, model, correction, seed, timed)
-        if name in rl_outputs:
-            checkpoints[name]["rl"] = rl_statistics([root / step for step in rl_outputs[name]])
-    cold_start = json.loads(Path(STAGES["octopus-sft-data"].output(root / "octopus-sft-data", "stats")).read_text())
-    summary = {"seed": seed, "checkpoints": checkpoints, "cold_start": cold_start, "seconds": timings}
-    (root / "summary.json").write_text(json.dumps(summary, indent=2))
+    for name, arm in train_arms(seed, rl, config.ablations).items():
+        metrics = evaluate(seed, seed.held_out, name.replace("/", ""), arm)
+        checkpoints[name] = {
+            "scores": [r["score"] for r in metrics["rounds"]], "blank_image": metrics["blank_image"]["score"],
+            "blind_prior": metrics["blind_prior"], "sc_minus_direct": metrics["sc_minus_direct"],
+            "headroom": headroom_fields(metrics),
+            "hits": item_hits(eval_dir(seed, name.replace("/", "")) / PREDICTIONS_FILE)} | (
+            {"rl": rl_statistics([seed.root / step for step in arm.rl_steps])} if arm.rl_steps else {})
+    cold_start = json.loads(Path(STAGES["octopus-sft-data"].output(seed.root / "octopus-sft-data", "stats"))
+                            .read_text())
+    summary = {"seed": seed.number, "checkpoints": checkpoints, "cold_start": cold_start, "rl": rl,
+               "seconds": seed.timings}
+    (seed.root / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -211,11 +342,16 @@ def results_section(summaries: list[dict], config: OctopusExperimentConfig) -> d
 
 
 def run_octopus_experiment(config: OctopusExperimentConfig) -> str:
-    """Run every seed (reusing finished ones' summaries); write ``octopus.md`` and ``octopus.json``."""
+    """Choose the RL settings (:func:`choose_rl`, or the fixed ones without a grid), run every seed (reusing
+    finished summaries of the same RL settings); write ``octopus.md`` and ``octopus.json``."""
+    seeds = [int(s) for s in config.seeds.split(",")]
+    rl = (choose_rl(config, prepare(config, seeds[0])) if config.rl_grid
+          else dict.fromkeys(("Octopus", "GSPO"), config.fixed_rl()))
     summaries = []
-    for seed in (int(s) for s in config.seeds.split(",")):
+    for seed in seeds:
         done = Path(config.workdir) / f"seed_{seed}" / "summary.json"
-        summaries.append(json.loads(done.read_text()) if done.is_file() else run_seed(config, seed))
+        finished = json.loads(done.read_text()) if done.is_file() else {}
+        summaries.append(finished if finished.get("rl") == rl else run_seed(config, prepare(config, seed), rl))
     text = tables(summaries)
     section = results_section(summaries, config)
     Path(config.workdir, "octopus.md").write_text(text)

@@ -41,13 +41,19 @@ _BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")  # one level of neste
 _OPTION_LINE = re.compile(r"^\s*\(?([A-I])[.):]\s*(.+?)\s*$", re.MULTILINE)
 
 
+def boxed_text(text: str) -> str | None:
+    r"""The content of the last ``\boxed{…}`` (one level of nested braces), or None."""
+    boxed = _BOXED.findall(text)
+    return boxed[-1] if boxed else None
+
+
 def answer_part(text: str) -> str:
     r"""The CONCLUSION's text when the response has one, else the last ``\boxed{…}``'s content, else the
     whole text; NFKC, dashes as ``-``.
     """
     inner = conclusion_text(text)
-    if inner is None and (boxed := _BOXED.findall(text)):
-        inner = boxed[-1]
+    if inner is None:
+        inner = boxed_text(text)
     return unicodedata.normalize("NFKC", inner if inner is not None else text).translate(_DASHES).strip()
 
 

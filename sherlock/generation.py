@@ -33,6 +33,7 @@ from sherlock.chat import Context, chat_prompt, user_turn
 from sherlock.decoding import DecodingConfig
 from sherlock.octopus import FORMATS, trigger_prompt
 from sherlock.prompts import correction_prompt
+from sherlock.protocol import Protocol
 from sherlock.reasoning import CONCLUSION_END, SC_OPEN, SEP, cut_attempt
 
 
@@ -203,17 +204,15 @@ def trigger_prompts(questions: list[str], response_format: str, contexts: list[C
             for q, c in zip(questions, contexts, strict=True)]
 
 
-def answer_continuing(model, processor, questions: list[str], images, rounds: int, direct: DecodingConfig,
-                      response_format: str = "stages", desc: str = "answer", keys: list[str] | None = None,
-                      abandoned: Callable[[], bool] | None = None,
-                      contexts: list[Context] | None = None) -> list[list[str]]:
-    """Octopus's attempts, round-major: round 0 is o1 (``direct`` decoding) of the question with the trigger
-    instruction of ``response_format``, round k ≥ 1 the attempt o_{k+1} written greedily after the response so
-    far and an appended SEP (the model's own decision to correct is not waited for: every round corrects, as a
-    ``prompt`` round does). Each attempt ends at its answer or before a further ``<self-correction>``; each
-    question comes after its earlier turns (``contexts``), where given.
+def answer_continuing(model, processor, prompts: list, images, rounds: int, direct: DecodingConfig,
+                      desc: str = "answer", keys: list[str] | None = None,
+                      abandoned: Callable[[], bool] | None = None) -> list[list[str]]:
+    """Octopus's attempts, round-major: round 0 is o1 (``direct`` decoding) of the prompts (each question with
+    the trigger instruction: :func:`trigger_prompts`), round k ≥ 1 the attempt o_{k+1} written greedily after
+    the response so far and an appended SEP (the model's own decision to correct is not waited for: every round
+    corrects, as a ``prompt`` round does). Each attempt ends at its answer or before a further
+    ``<self-correction>``.
     """
-    prompts = trigger_prompts(questions, response_format, contexts)
     history = [generate(model, processor, prompts, images, config=direct, desc=f"{desc} direct", stream="direct",
                         keys=keys, abandoned=abandoned, one_attempt=True)]
     greedy = dataclasses.replace(direct, temperature=0.0, top_p=1.0)
@@ -225,3 +224,17 @@ def answer_continuing(model, processor, questions: list[str], images, rounds: in
                                 keys=keys, abandoned=abandoned, one_attempt=True))
         so_far = [prefix + attempt for prefix, attempt in zip(prefixes, history[-1], strict=True)]
     return history
+
+
+def answer_as_trained(model, processor, questions: list[str], images, rounds: int, direct: DecodingConfig,
+                      protocol: Protocol, desc: str = "answer", keys: list[str] | None = None,
+                      abandoned: Callable[[], bool] | None = None) -> list[list[str]]:
+    """The direct answer and ``rounds`` corrections, round-major, asked as the checkpoint's ``protocol`` says
+    (:mod:`sherlock.protocol`): :func:`answer_continuing` on the trigger prompts, else
+    :func:`answer_with_corrections`.
+    """
+    if protocol.correction == "continue":
+        return answer_continuing(model, processor, trigger_prompts(questions, protocol.response_format), images,
+                                 rounds, direct, desc=desc, keys=keys, abandoned=abandoned)
+    return answer_with_corrections(model, processor, questions, images, rounds, direct, desc=desc, keys=keys,
+                                   abandoned=abandoned)

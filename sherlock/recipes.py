@@ -65,14 +65,21 @@ def stic(run: Run, start, d_a, d_u) -> dict[str, Any]:
     return {"stic-stage1": stage1, "stic": stage2}
 
 
+def octopus_cold_start(run: Run, start, d_b):
+    """Octopus's cold start (octopus-spec §2.1): the starting model's own o1 on D_B with gold-conditioned o2
+    (w→c : c→c ≈ 6 : 4) → SFT on ``o1 ⊕ SEP ⊕ o2`` with the tags as single tokens. Returns the checkpoint.
+    """
+    data = run("octopus-sft-data", "octopus-sft-data", "Octopus cold-start data (own o1, gold o2 on D_B)",
+               model=start, data=d_b)
+    return run("octopus-sft", "sft.octopus", "Octopus cold-start SFT", model=start, data=data)
+
+
 def octopus(run: Run, start, d_b, d_u) -> dict[str, Any]:
     """Octopus (arXiv 2602.08503, octopus-spec §2): the starting model's own samples on D_B with gold second
     attempts → cold-start SFT on ``o1 ⊕ SEP ⊕ o2`` (the tags made single tokens) → RL Stage I (o1 masked, KL on
     o1 against the cold-start model) → RL Stage II (o1 masked where c(o1) = c(o2)), both on D_U's gold answers.
     """
-    data = run("octopus-sft-data", "octopus-sft-data", "Octopus cold-start data (own o1, gold o2 on D_B)",
-               model=start, data=d_b)
-    cold = run("octopus-sft", "sft.octopus", "Octopus cold-start SFT", model=start, data=data)
+    cold = octopus_cold_start(run, start, d_b)
     stage1 = run("octopus-stage1", "train-rl.octopus-1", "Octopus RL Stage I", model=cold, data=d_u)
     return {"octopus-sft": cold, "octopus-stage1": stage1,
             "octopus": run("octopus-stage2", "train-rl.octopus-2", "Octopus RL Stage II", model=stage1, data=d_u)}

@@ -62,9 +62,11 @@ def test_recipes_need_sherlock_first_and_stic_before_dar(recipes, tmp_path):
 
 def test_a_finished_stage_is_not_run_again_unless_its_config_changed(tmp_path):
     import dataclasses
+    import os
+    import time
     from pathlib import Path
 
-    from experiments.harness import timer
+    from experiments.harness import DONE_FILE, timer
 
     @dataclasses.dataclass
     class Config:
@@ -85,6 +87,40 @@ def test_a_finished_stage_is_not_run_again_unless_its_config_changed(tmp_path):
     assert first == again == tmp_path / "r0" / "model" and calls == [1e-3] and "R0" in timings
     timed("R0", stage, Config(str(tmp_path / "r0"), learning_rate=2e-3))
     assert calls == [1e-3, 2e-3]
+
+    @dataclasses.dataclass
+    class Evaluate:
+        output: str
+        model: str
+        learning_rate: float = 0.0  # what the stage above records
+
+    evaluation = Evaluate(str(tmp_path / "eval"), str(first))
+    timed("evaluate R0", stage, evaluation)
+    timed("evaluate R0", stage, evaluation)
+    assert len(calls) == 3  # resumed
+    os.utime(tmp_path / "eval" / DONE_FILE, (time.time() - 60,) * 2)  # R0 retrained after its evaluation
+    timed("evaluate R0", stage, evaluation)
+    assert len(calls) == 4
+    timed("evaluate R0", stage, evaluation)
+    assert len(calls) == 4
+
+
+def test_the_rl_settings_are_chosen_on_validation_at_equal_steps():
+    """Octopus: the best o2 (the first of equals); GSPO: its best learning rate at Octopus's steps, not its best
+    overall; a malformed grid is refused with the cell."""
+    from experiments.octopus import OctopusExperimentConfig, chosen_settings
+    from sherlock.config import ConfigError
+
+    rows = [{"learning_rate": 1e-5, "max_steps": 40, "Octopus o2": 40.0, "GSPO n=8": 45.0},
+            {"learning_rate": 1e-4, "max_steps": 40, "Octopus o2": 44.0, "GSPO n=8": 41.0},
+            {"learning_rate": 1e-4, "max_steps": 120, "Octopus o2": 44.0, "GSPO n=8": 50.0}]
+    assert chosen_settings(rows) == {"Octopus": {"learning_rate": 1e-4, "max_steps": 40},
+                                     "GSPO": {"learning_rate": 1e-5, "max_steps": 40}}
+    config = OctopusExperimentConfig(rl_grid="1e-5x40,2E-4X120")
+    assert config.grid() == [{"learning_rate": 1e-5, "max_steps": 40}, {"learning_rate": 2e-4, "max_steps": 120}]
+    for grid in ("1e-5", "1e-5x40,x3", "0x40", "1e-4x0"):
+        with pytest.raises(ConfigError, match="rl_grid"):
+            OctopusExperimentConfig(rl_grid=grid).grid()
 
 
 def test_checkpoint_comparisons_are_paired_per_seed_and_pooled():
@@ -187,7 +223,8 @@ def test_octopus_arms_are_compared_on_the_same_items_and_written_as_results_rows
                                 "positive_share_generated": 0.25, "positive_share_trained": 0.375,
                                 "pool_size": 4.0, "copied_rows": 0.0})
     names = {name for a, _, b, _ in COMPARISONS for name in (a, b)}
-    summaries = [{"seed": seed, "cold_start": {"wc_examples": 3}, "checkpoints": {
+    fixed = {"Octopus": {"max_steps": 40}, "GSPO": {"max_steps": 40}}  # the RL settings without a grid
+    summaries = [{"seed": seed, "cold_start": {"wc_examples": 3}, "rl": fixed, "checkpoints": {
         name: _octopus_entry("1100", "1110", rl) if name == "Octopus" else _octopus_entry("1000", "1000")
         for name in names}} for seed in (0, 1)]
     rows = {(r["a"], r["a_round"], r["b"], r["b_round"]): r for r in compare(summaries)}

@@ -104,8 +104,8 @@ def test_octopus_rounds_continue_the_response_after_an_appended_separator(tiny_m
     questions, keys = [r.question for r in records], [r.id for r in records]
     images = [open_image(synthetic_data.image_root, r) for r in records]
     direct = DecodingConfig(max_new_tokens=10, temperature=1.0, top_p=0.9, batch_size=4, seed=2)
-    rounds = answer_continuing(model, processor, questions, images, 2, direct, keys=keys)
     prompts = trigger_prompts(questions, "stages")
+    rounds = answer_continuing(model, processor, prompts, images, 2, direct, keys=keys)
     assert prompts == [f"{q}\n\n{STAGES_INSTRUCTION}" for q in questions]
     assert rounds[0] == generate(model, processor, prompts, images, config=direct, stream="direct", keys=keys,
                                  one_attempt=True)

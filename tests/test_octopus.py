@@ -177,3 +177,22 @@ def test_a_gold_response_becomes_an_attempt_of_either_format():
     assert BOXED.well_formed(attempt) and is_correct(attempt, "2", "number", [])
     assert reward(attempt + SEP + attempt, "2", "number", BOXED) == pytest.approx(0.9 * 0.75 + 0.1)
     assert BOXED.instruction.startswith(BOXED.answer_instruction) and STAGES.answer_instruction == ""
+
+
+def test_a_protocol_file_round_trips_and_a_hostile_one_is_refused(tmp_path):
+    """``self_correction.json`` is data from storage: only the two keys with their known values load; a folder
+    without one answers Sherlock's way; a data file's protocol is its folder's."""
+    from sherlock.protocol import PROTOCOL_FILE, SHERLOCK, Protocol, ProtocolError, read_protocol, write_protocol
+
+    assert read_protocol(tmp_path) == SHERLOCK == Protocol("prompt", "stages")
+    write_protocol(tmp_path, Protocol("continue", "think-boxed"))
+    assert read_protocol(tmp_path) == read_protocol(tmp_path / "data.jsonl") == Protocol("continue", "think-boxed")
+    assert Protocol("continue", "think-boxed").answer("<think>x</think> \\boxed{3}") == "3"
+    assert SHERLOCK.answer("<CONCLUSION>3</CONCLUSION>") == "3" and SHERLOCK.answer("\\boxed{3}") is None
+    for text, reason in (('{"correction": "exec"}', "correction must be one of"),
+                         ('{"correction": "prompt", "module": "os"}', "expected"), ('["continue"]', "expected"),
+                         ('{"response_format": 1}', "expected"), ("{", "not JSON"),
+                         ('{"response_format": "../x"}', "response_format must be one of")):
+        (tmp_path / PROTOCOL_FILE).write_text(text)
+        with pytest.raises(ProtocolError, match=reason):
+            read_protocol(tmp_path)

@@ -7,8 +7,9 @@ binary tensors, settings as request parameters) and OpenAI chat completions
 v2 binary tensor, the raw bytes; PNG, JPEG and WebP only. The server fetches nothing on a caller's
 behalf: URLs (``s3://``, ``https://``) are refused. Optional settings per instance:
 ``self_correction_rounds``, ``max_new_tokens``, ``temperature`` (0, the default: greedy),
-``top_p``, ``seed``. Each answer holds the final CONCLUSION, the full reasoning, every round's
-response and answer, and the token usage.
+``top_p``, ``seed``. Each answer holds the final answer, the full reasoning, every round's
+response and answer, and the token usage. Rounds ask as the checkpoint says it was trained to
+(``self_correction.json``, :mod:`sherlock.protocol`): Sherlock's new turn, or Octopus's continued response.
 
 A request is checked off the event loop (sizes from the image headers, before any decoding),
 admitted only within the :class:`Limits` on pending work (else 429 with Retry-After), decoded off
@@ -293,12 +294,17 @@ class SherlockPredictor(kserve.Model):
         self._queue: asyncio.Queue | None = None
 
     def load(self) -> bool:
-        """Load the checkpoint; KServe calls it once before serving."""
+        """Load the checkpoint and how it self-corrects (:mod:`sherlock.protocol`); KServe calls it once before
+        serving.
+        """
         import torch
 
         from sherlock.models.loading import load_vlm
+        from sherlock.protocol import read_protocol
 
-        self.model, self.processor = load_vlm(resolve_checkpoint(self.model_uri), dtype=torch.float32)
+        checkpoint = resolve_checkpoint(self.model_uri)
+        self.model, self.processor = load_vlm(checkpoint, dtype=torch.float32)
+        self.protocol = read_protocol(checkpoint)
         self.ready = True
         return self.ready
 
@@ -408,37 +414,49 @@ class SherlockPredictor(kserve.Model):
 
     def answer(self, queries: list[Query], abandoned: Callable[[], bool] | None = None) -> list[dict]:
         """Answer queries that share their :class:`Decoding` with one generate call per round, cut short
-        once ``abandoned()`` is true.
+        once ``abandoned()`` is true; the rounds ask as the checkpoint was trained to (:mod:`sherlock.protocol`:
+        a new turn R(Q, previous), or Octopus's response continued after SEP, whose ``reasoning`` is then the
+        whole response ``o1 ⊕ SEP ⊕ o2 …``).
 
         ``usage`` counts the tokens of every round's prompt and response (the texts re-tokenized;
         the image as its placeholder tokens in the prompt); ``finish_reason`` is ``length`` when
-        the last response stopped at ``max_new_tokens`` before its CONCLUSION closed.
+        the last response stopped at ``max_new_tokens`` before its answer closed.
         """
         from sherlock.chat import user_turn
         from sherlock.decoding import DecodingConfig
-        from sherlock.generation import answer_with_corrections
+        from sherlock.generation import answer_as_trained
+        from sherlock.octopus import FORMATS, trigger_prompt
         from sherlock.prompts import correction_prompt
-        from sherlock.reasoning import CONCLUSION_END, conclusion_text
+        from sherlock.reasoning import SEP
 
-        decoding = queries[0].decoding
+        decoding, protocol = queries[0].decoding, self.protocol
         config = DecodingConfig(decoding.max_new_tokens, decoding.temperature, decoding.top_p, len(queries))
-        rounds = answer_with_corrections(self.model, self.processor, [q.question for q in queries],
-                                         [q.image for q in queries], decoding.rounds, config,
-                                         keys=[q.key for q in queries], abandoned=abandoned)
-        tokenizer = self.processor.tokenizer
+        rounds = answer_as_trained(self.model, self.processor, [q.question for q in queries],
+                                   [q.image for q in queries], decoding.rounds, config, protocol,
+                                   keys=[q.key for q in queries], abandoned=abandoned)
+        tokenizer, response_format = self.processor.tokenizer, FORMATS[protocol.response_format]
 
         def tokens(text: str) -> int:
             return len(tokenizer(text, add_special_tokens=False).input_ids)
 
+        def asked(prompt: str) -> int:
+            return tokens(self.processor.apply_chat_template([user_turn(prompt)], add_generation_prompt=True))
+
         answers = []
         for query, responses in zip(queries, zip(*rounds)):
-            prompts = [query.question] + [correction_prompt(query.question, r) for r in responses[:-1]]
+            if protocol.correction == "continue":  # every round: the trigger prompt and the response so far + SEP
+                prompt = asked(trigger_prompt(query.question, response_format))
+                prompt_tokens = sum(prompt + tokens(SEP.join(responses[:k]) + SEP * (k > 0))
+                                    for k in range(len(responses)))
+                reasoning = SEP.join(responses)
+            else:
+                prompt_tokens = sum(asked(p) for p in [query.question] + [correction_prompt(query.question, r)
+                                                                             for r in responses[:-1]])
+                reasoning = responses[-1]
             completion = [tokens(r) for r in responses]
-            usage = {"prompt_tokens": sum(tokens(self.processor.apply_chat_template(
-                        [user_turn(p)], add_generation_prompt=True)) for p in prompts),
-                     "completion_tokens": sum(completion)}
-            cut = CONCLUSION_END not in responses[-1] and completion[-1] >= decoding.max_new_tokens
-            answers.append({"answer": conclusion_text(responses[-1]), "reasoning": responses[-1],
-                            "rounds": [{"response": r, "answer": conclusion_text(r)} for r in responses],
-                            "usage": usage, "finish_reason": "length" if cut else "stop"})
+            cut = response_format.answer_end(responses[-1]) is None and completion[-1] >= decoding.max_new_tokens
+            answers.append({"answer": protocol.answer(responses[-1]), "reasoning": reasoning,
+                            "rounds": [{"response": r, "answer": protocol.answer(r)} for r in responses],
+                            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": sum(completion)},
+                            "finish_reason": "length" if cut else "stop"})
         return answers

@@ -233,8 +233,8 @@ def evaluate_benchmark(model, processor, name: str, items: list[BenchmarkItem], 
     direct = config.decoding(config.seed)
     if config.correction == "continue":  # every direct answer is asked as the rounds' first attempt is
         prompts = trigger_prompts(questions, config.response_format, contexts)
-        rounds = answer_continuing(model, processor, questions, images, config.correction_rounds, direct,
-                                   config.response_format, desc=name, keys=keys, contexts=contexts)
+        rounds = answer_continuing(model, processor, prompts, images, config.correction_rounds, direct, desc=name,
+                                   keys=keys)
     else:
         prompts = [chat_prompt(q, c) for q, c in zip(questions, contexts, strict=True)]
         rounds = answer_with_corrections(model, processor, questions, images, config.correction_rounds, direct,

@@ -31,6 +31,7 @@ from sherlock.data.sampling import link_or_copy
 from sherlock.data.schema import open_image
 from sherlock.decoding import SamplingSettings
 from sherlock.octopus import FORMATS, answer_prompt, trigger_prompt
+from sherlock.protocol import Protocol, write_protocol
 from sherlock.reasoning import SEP
 from sherlock.stages.io import record_stage_config
 from sherlock.stages.registry import STAGES
@@ -117,6 +118,7 @@ def run_octopus_sft_data(config: OctopusSFTDataConfig) -> Path:
             link_or_copy(data.image_root / record.image, output / record.image)
         write_llava_cot(examples, output / DATA_FILE)
         (output / STATS_FILE).write_text(json.dumps(stats, indent=2))
+        write_protocol(output, Protocol("continue", config.response_format))  # the SFT model answers this way
     record_stage_config(config, output)
     return output
 

@@ -41,7 +41,10 @@ class SFTStageConfig(TrainSettings):
 
 
 def run_sft(config: SFTStageConfig) -> Path:
-    """Train and save the model; returns the output directory."""
+    """Train and save the model, which self-corrects as its data's protocol says (:mod:`sherlock.protocol`:
+    Octopus's cold-start data continues, any other set prompts); returns the output directory.
+    """
+    from sherlock.protocol import read_protocol
     from sherlock.training.sft import correction_examples, examples_from_records, train_sft
 
     config.check()
@@ -52,4 +55,4 @@ def run_sft(config: SFTStageConfig) -> Path:
         examples += correction_examples(data.records, rejected, data.image_root)
     record_stage_config(config, config.output)
     return train_sft(config.model, examples, config.output, config, config.length_balanced,
-                     (SC_OPEN, SC_CLOSE) if config.sc_tag_tokens else ())
+                     (SC_OPEN, SC_CLOSE) if config.sc_tag_tokens else (), read_protocol(config.data))

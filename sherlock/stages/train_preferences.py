@@ -58,6 +58,7 @@ def run_train_preferences(config: TrainPreferencesConfig) -> Path:
     import torch
 
     from sherlock.models.loading import load_vlm
+    from sherlock.protocol import read_protocol
     from sherlock.training.memory import plan_training_step
     from sherlock.training.preference_trainer import SherlockTrainer
     from sherlock.training.reference import cached_reference_logps, compute_reference_logps, reference_cache_path
@@ -89,4 +90,4 @@ def run_train_preferences(config: TrainPreferencesConfig) -> Path:
         processing_class=processor, reference_logps=reference_logps, loss_config=config.loss(),
     )
     record_stage_config(config, config.output)
-    return train_and_save(trainer, config, config.output, processor)
+    return train_and_save(trainer, config, config.output, processor, read_protocol(config.model))

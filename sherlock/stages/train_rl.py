@@ -131,6 +131,7 @@ def run_train_rl(config: TrainRLConfig) -> Path:
 
     from sherlock import distributed
     from sherlock.models.loading import load_vlm
+    from sherlock.protocol import Protocol, read_protocol
     from sherlock.training.rl_trainer import OctopusSettings, OctopusTrainer
     from sherlock.training.setup import prepare_model, train_and_save, training_arguments
 
@@ -156,7 +157,8 @@ def run_train_rl(config: TrainRLConfig) -> Path:
                              train_dataset=dataset, processing_class=processor, octopus=settings,
                              reference_model=reference)
     record_stage_config(config, config.output)
-    output = train_and_save(trainer, config, config.output, processor)
+    output = train_and_save(trainer, config, config.output, processor, Protocol("continue", config.response_format)
+                            if config.trigger else read_protocol(config.model))
     if distributed.is_main():
         steps = [entry for entry in trainer.state.log_history if "reward" in entry]
         (output / REWARDS_FILE).write_text("".join(json.dumps(step) + "\n" for step in steps))

@@ -20,6 +20,7 @@ from transformers import TrainerCallback, TrainingArguments
 
 from sherlock import distributed
 from sherlock.config import ConfigError
+from sherlock.protocol import Protocol, write_protocol
 from sherlock.training.settings import TrainSettings, deepspeed_layout
 
 IGNORE_INDEX = -100  # a label position no loss is taken on (transformers' and TRL's convention)
@@ -202,9 +203,11 @@ class RemainderNotice(logging.Filter):
 REMAINDER_NOTICE = RemainderNotice()
 
 
-def train_and_save(trainer, settings: TrainSettings, output_dir: str | Path, processor) -> Path:
-    """Train (resuming when asked), then save the final state, merged model and processor (rank 0
-    writes them; the other ranks wait, so what comes next may read them).
+def train_and_save(trainer, settings: TrainSettings, output_dir: str | Path, processor,
+                   protocol: Protocol) -> Path:
+    """Train (resuming when asked), then save the final state, merged model, processor and how the model
+    self-corrects (:mod:`sherlock.protocol`; rank 0 writes them; the other ranks wait, so what comes next may
+    read them).
 
     With ``MLFLOW_TRACKING_URI`` set, every log line also goes to the active MLflow stage run.
     """
@@ -222,5 +225,7 @@ def train_and_save(trainer, settings: TrainSettings, output_dir: str | Path, pro
     elif distributed.is_main():
         finalise_model(trainer.model).save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
+    if distributed.is_main():
+        write_protocol(output_dir, protocol)
     distributed.barrier()
     return output_dir

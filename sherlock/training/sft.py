@@ -29,6 +29,7 @@ from sherlock.chat import Context, conversation
 from sherlock.data.schema import Record
 from sherlock.models.loading import add_tokens, load_vlm
 from sherlock.prompts import correction_prompt
+from sherlock.protocol import SHERLOCK, Protocol
 from sherlock.training.memory import plan_training_step
 from sherlock.training.settings import TrainSettings
 from sherlock.training.setup import (
@@ -144,13 +145,15 @@ def token_lengths(examples: list[SFTExample], processor) -> list[int]:
 
 
 def train_sft(model_dir: str | Path, examples: list[SFTExample], output_dir: str | Path,
-              settings: TrainSettings, length_balanced: bool = False, added_tokens: tuple[str, ...] = ()) -> Path:
+              settings: TrainSettings, length_balanced: bool = False, added_tokens: tuple[str, ...] = (),
+              protocol: Protocol = SHERLOCK) -> Path:
     """Fine-tune the checkpoint at ``model_dir`` on ``examples``; save model + processor to ``output_dir``.
 
     Loss: −E log π(Y|prompt) over the assistant tokens. Checkpoints (``settings.save_steps``) go to
     ``output_dir`` and a rerun resumes from the last one. ``length_balanced``: micro-batches of
     similar length within each step (the module docstring). ``added_tokens`` become single tokens of the
-    model and its saved processor first (:func:`sherlock.models.loading.add_tokens`).
+    model and its saved processor first (:func:`sherlock.models.loading.add_tokens`). ``protocol``: how the
+    trained model self-corrects (that of the examples).
     """
     model, processor = load_vlm(model_dir, dtype=torch.float32, image_budget=settings.image_budget())
     if added_tokens:
@@ -163,4 +166,4 @@ def train_sft(model_dir: str | Path, examples: list[SFTExample], output_dir: str
                               train_sampling_strategy="batch_rebalance" if length_balanced else "random")
     dataset = sft_dataset(examples, lengths if length_balanced else None)
     trainer = VLMSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor)
-    return train_and_save(trainer, settings, output_dir, processor)
+    return train_and_save(trainer, settings, output_dir, processor, protocol)

@@ -417,6 +417,7 @@ def test_octopus_pipeline_runs_end_to_end_locally(tmp_path):
     evaluated (the Octopus ones by continuing the response), registered, the champion deployed."""
     from sherlock.data.llava_cot import load_llava_cot
     from sherlock.models.loading import load_processor
+    from sherlock.protocol import SHERLOCK, Protocol, read_protocol
     from sherlock.reasoning import SC_CLOSE, SC_OPEN, SEP
 
     summary, _ = run_locally("octopus", tmp_path)
@@ -441,6 +442,10 @@ def test_octopus_pipeline_runs_end_to_end_locally(tmp_path):
     for name in ("r0", "octopus-sft", "octopus-stage1", "octopus"):
         config = yaml.safe_load((run / f"eval-{name}" / "stage_config.yaml").read_text())
         assert config["correction"] == ("prompt" if name == "r0" else "continue"), name
+    # each checkpoint says how it self-corrects: R0 Sherlock's way, the cold start (its data's) and RL continue
+    assert read_protocol(run / "r0") == SHERLOCK and read_protocol(run / "octopus-sft-data") == Protocol("continue")
+    assert all(read_protocol(run / step) == Protocol("continue") for step in ("octopus-sft", "octopus-stage1",
+                                                                            "octopus-stage2"))
     check_deployed_champion(summary, "octopus-embedded", 4, tmp_path)
 
 

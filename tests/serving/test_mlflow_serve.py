@@ -56,3 +56,38 @@ def test_mlflow_models_serve_builds_a_fresh_environment_and_answers(tiny_model_d
     finally:
         process.terminate()
         process.wait(60)
+
+
+def test_the_pyfunc_answers_as_the_checkpoint_was_trained(tiny_model_dir, tmp_path):
+    """The pyfunc reads the checkpoint's ``self_correction.json``: an Octopus checkpoint's rounds continue its
+    response (:func:`sherlock.generation.answer_continuing`), the same weights without the file ask R(Q, ·);
+    in process (the environment build is the test above)."""
+    import io
+    import shutil
+    from types import SimpleNamespace
+
+    import pandas as pd
+    import torch
+    from PIL import Image
+    from served import png_bytes
+
+    from sherlock.decoding import DecodingConfig
+    from sherlock.generation import answer_continuing, answer_with_corrections, trigger_prompts
+    from sherlock.mlflow_model import SherlockModel
+    from sherlock.models.loading import load_vlm
+    from sherlock.protocol import Protocol, write_protocol
+
+    checkpoint = tmp_path / "octopus"
+    shutil.copytree(tiny_model_dir, checkpoint)
+    write_protocol(checkpoint, Protocol("continue"))
+    rows = pd.DataFrame({"question": [QUESTION], "image": [png()]})
+    params = {"self_correction_rounds": 1, "max_new_tokens": 8}
+    model, processor = load_vlm(tiny_model_dir, dtype=torch.float32)
+    image, config = [Image.open(io.BytesIO(png_bytes())).convert("RGB")], DecodingConfig(max_new_tokens=8)
+    for folder, expected in ((checkpoint, answer_continuing(model, processor, trigger_prompts([QUESTION], "stages"),
+                                                            image, 1, config)),
+                             (tiny_model_dir, answer_with_corrections(model, processor, [QUESTION], image, 1, config))):
+        pyfunc = SherlockModel()
+        pyfunc.load_context(SimpleNamespace(artifacts={"checkpoint": str(folder)}))
+        (answer,) = pyfunc.predict(None, rows, params)
+        assert answer["responses"] == [attempts[0] for attempts in expected], folder

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from served import QUESTION, png, png_bytes
+from served import QUESTION, png, png_bytes, start_server
 from servers import free_port, wait_http
 
 
@@ -327,3 +327,37 @@ def test_a_bearer_token_guards_every_route_but_the_probes(tiny_model_dir, tmp_pa
     refused = subprocess.run([sys.executable, "-m", "sherlock.cli", "serve", "--model", str(tiny_model_dir),
                               "--token-file", str(tmp_path / "short")], capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "16 or more" in refused.stderr
+
+
+def test_a_checkpoint_that_continues_is_served_continuing(tiny_model_dir, tmp_path):
+    """An Octopus checkpoint (``self_correction.json``: continue) is served as it was trained: round 0 answers
+    the question with the trigger instruction, each round continues the response after SEP, and the reasoning
+    is the whole response — the greedy attempts of :func:`sherlock.generation.answer_continuing` itself."""
+    import shutil
+
+    import torch
+
+    from sherlock.decoding import DecodingConfig
+    from sherlock.generation import answer_continuing, trigger_prompts
+    from sherlock.models.loading import load_vlm
+    from sherlock.protocol import Protocol, write_protocol
+    from sherlock.reasoning import SEP
+
+    checkpoint = tmp_path / "octopus"
+    shutil.copytree(tiny_model_dir, checkpoint)
+    write_protocol(checkpoint, Protocol("continue"))
+    served = start_server(checkpoint, tmp_path / "server.log")
+    try:
+        response = predict_v1(served.url, {"image": png(), "question": QUESTION, "self_correction_rounds": 2,
+                                           "max_new_tokens": 8})
+    finally:
+        served.stop()
+    assert response.status_code == 200, response.text
+    (answer,) = response.json()["predictions"]
+    model, processor = load_vlm(tiny_model_dir, dtype=torch.float32)
+    expected = answer_continuing(model, processor, trigger_prompts([QUESTION], "stages"),
+                                 [Image.open(io.BytesIO(png_bytes())).convert("RGB")], 2,
+                                 DecodingConfig(8, 0.0, 1.0, 1))
+    assert [r["response"] for r in answer["rounds"]] == [attempts[0] for attempts in expected]
+    assert answer["reasoning"] == SEP.join(r["response"] for r in answer["rounds"])
+    assert answer["usage"]["prompt_tokens"] > 0

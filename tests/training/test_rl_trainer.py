@@ -12,6 +12,7 @@ from trl import GRPOConfig, GRPOTrainer
 from sherlock.data.llava_cot import load_data
 from sherlock.data.schema import open_image
 from sherlock.models.loading import load_vlm
+from sherlock.protocol import Protocol, read_protocol
 from sherlock.reasoning import SEP
 from sherlock.stages.train_rl import TrainRLConfig, rl_rows, run_train_rl
 from sherlock.training.rl_trainer import OctopusSettings, OctopusTrainer, cross_attention_mask
@@ -117,6 +118,7 @@ def test_two_rl_steps_write_a_model_and_per_step_reward_statistics(family, famil
     assert [s["step"] for s in steps] == [1, 2]
     assert {"reward", "reward_std", "octopus/positive_share_trained", "octopus/o1_kl"} <= set(steps[0])
     assert (output / "config.json").is_file() and (output / "stage_config.yaml").is_file()
+    assert read_protocol(output) == Protocol("continue", "stages")  # served and registered as it was trained
     load_vlm(output, dtype=torch.float32)
 
 
