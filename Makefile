@@ -45,7 +45,8 @@ bench-quick: install
 	$(BIN)/python -m bench --quick
 
 compile: install
-	$(BIN)/python -m pipelines.sherlock && $(BIN)/python -m pipelines.scl && $(BIN)/python -m pipelines.stic
+	$(BIN)/python -m pipelines.sherlock && $(BIN)/python -m pipelines.scl && $(BIN)/python -m pipelines.stic \
+		&& $(BIN)/python -m pipelines.octopus
 
 test: install $(CHECKOV) $(HELM)
 	$(BIN)/ruff check .

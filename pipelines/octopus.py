@@ -4,7 +4,7 @@ cold-start SFT → RL Stage I → RL Stage II → evaluate every checkpoint → 
 The same components as the other recipes (``pipelines/common.py``); the recipe is docs/octopus.md
 (:func:`sherlock.recipes.octopus`). The Octopus checkpoints are evaluated with the ``evaluate.octopus`` preset
 (round 0 = o1 of the trigger prompt, round k = the attempt after k appended separators), R0 with ``evaluate``.
-The RL steps run in one process on one GPU (the stage recombines whole groups in one). Compile:
+The RL steps run on ``gpus`` ranks like every training step, each rank on whole groups. Compile:
 ``python -m pipelines.octopus`` (``--no-warm-start``: the base model already answers in the response format, as the
 paper's Qwen3-VL-8B-Instruct does).
 """

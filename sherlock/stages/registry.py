@@ -84,7 +84,7 @@ _STAGES = (
     Stage("octopus-sft-data", "Octopus cold start: the model's own o1 ⊕ SEP ⊕ the gold o2 (w→c : c→c = 6 : 4)",
           {"data": DATA_FILE, "stats": "stats.json"}),
     Stage("train-rl", "Octopus: online RL with rollout augmentation (GRPO/GSPO on TRL)",
-          {"rewards": "rewards.jsonl"}, multi_rank=False, trains=True, multi_node=False),
+          {"rewards": "rewards.jsonl"}, trains=True, multi_node=False),
     Stage("evaluate", "direct and self-correction accuracy per benchmark",
           {"metrics": "metrics.json", "table": "results.md", "plot": "accuracy_by_round.png",
            "predictions": "predictions.jsonl"}),

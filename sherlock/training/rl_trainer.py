@@ -10,7 +10,11 @@ checkpoints. :class:`OctopusTrainer` adds, narrowly, what the spec's §6 lists a
    other n with pairs ``o1_i ⊕ SEP ⊕ o2_j ⊕ EOS`` built from the rollouts' own token ids (SEP tokenised once),
    whose decoded text the reward functions score;
 2. the ground truth inside generation: :meth:`_generate_and_score_completions` keeps the rows;
-3. whole groups in one process: the rows of a group must be consecutive and local (checked; one process);
+3. whole groups in one process: the rows of a group must be consecutive and local (checked). TRL's sampler
+   repeats each prompt N times in a row and hands each process consecutive runs of ``batch_size ×
+   steps_per_generation`` rows, so a multiple of N keeps every group on one rank (``TrainRLConfig.check_rl``),
+   and TRL's advantage, gathered over the processes, still normalises within each group; the group statistics
+   are summed over the processes before they are logged;
 4. the policy mask as TRL's ``tool_mask`` (0 on ``o1 ⊕ SEP`` where the stage masks it), and Stage I's KL on
    o1 against a frozen reference, added to TRL's loss on the log-probs TRL's own forward pass computed;
 5. Mllama's inputs TRL does not pass (``aspect_ratio_ids``/``_mask`` and a ``cross_attention_mask`` over
@@ -96,8 +100,6 @@ class OctopusTrainer(GRPOTrainer):
             raise ValueError(f"num_generations must be the group size {octopus.group_size}, got {self.num_generations}")
         if octopus.o1_kl and reference_model is None:
             raise ValueError("a KL on o1 needs a reference model")
-        if self.accelerator.num_processes > 1 and octopus.selection != "none":
-            raise ValueError("rollout augmentation recombines a whole group in one process: run it on one process")
         self.octopus = octopus
         self.response_format = FORMATS[octopus.response_format]
         self.reference_model = reference_model
@@ -145,7 +147,7 @@ class OctopusTrainer(GRPOTrainer):
                 super()._generate([prompts[i] for i in generated])
         finally:
             self.num_generations = group
-        rng = random.Random(hash((self.args.seed, self.state.global_step)))
+        rng = random.Random(hash((self.args.seed, self.state.global_step, self.accelerator.process_index)))
         rows = {"prompt_ids": [], "completion_ids": [], "mask": [], "kl": [], "logprobs": [], "images": []}
         counts = {"generated_right": 0, "natural_wc": 0, "trained_right": 0, "pool": 0, "copies": 0}
         counts |= dict.fromkeys(("pairs_wc", "pairs_cc", "pairs_cw", "pairs_ww"), 0)
@@ -225,8 +227,16 @@ class OctopusTrainer(GRPOTrainer):
         return [[{"role": "assistant", "content": text}] for text in texts] if conversational else texts
 
     def _log_group_counts(self, counts: dict, generated: int, trained: int) -> None:
-        """Signal density (§7): w→c among generated rollouts, positive share before and after augmentation."""
+        """Signal density (§7), summed over the processes: w→c among generated rollouts, positive share before
+        and after augmentation, the pool per group, the pairs and copies of the generation batch.
+        """
+        names = sorted(counts)
+        local = torch.tensor([counts[name] for name in names] + [generated, trained], dtype=torch.float64,
+                             device=self.accelerator.device)
+        *summed, generated, trained = self.accelerator.reduce(local, reduction="sum").tolist()
+        counts = dict(zip(names, summed, strict=True))
         metrics = self._metrics["train"]
+        metrics["octopus/rollouts"].append(generated)
         metrics["octopus/natural_wc_rate"].append(counts["natural_wc"] / generated)
         metrics["octopus/positive_share_generated"].append(counts["generated_right"] / generated)
         metrics["octopus/positive_share_trained"].append(counts["trained_right"] / trained)

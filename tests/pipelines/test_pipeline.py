@@ -18,7 +18,6 @@ RECIPES = {"sherlock": sherlock, "scl": scl, "stic": stic, "octopus": octopus}
 GPU_STEPS = ("sft", "sample-rejected", "build-preferences", "train-preferences", "online", "evaluate",
              "scl-pairs", "stic-pairs", "stic-describe", "octopus-sft-data", "train-rl")
 TRAINING_STEPS = ("sft", "train-preferences", "online", "train-rl")  # a /cache of cache_size; other GPU steps smaller
-ONE_PROCESS_STEPS = ("train-rl",)  # one GPU, one rank, whatever the run's gpus
 CPU_STEPS = ("prepare-inputs", "sample", "register-and-gate", "deploy")
 NETWORK_STEPS = ("prepare-inputs", "sample", "register-and-gate", "deploy")
 UNCACHED_STEPS = ("register-and-gate", "deploy")
@@ -119,8 +118,7 @@ def test_gpu_and_cpu_steps_land_on_the_right_nodes(compiled):
         if step(name) in GPU_STEPS:
             assert container["image"] == IMAGE
             assert resources["accelerator"]["resourceType"] == options.accelerator
-            assert resources["accelerator"]["resourceCount"] == (
-                "1" if step(name) in ONE_PROCESS_STEPS else "{{$.inputs.parameters['pipelinechannel--gpus']}}"), name
+            assert resources["accelerator"]["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--gpus']}}", name
             assert resources["resourceCpuRequest"] == options.gpu_cpu
             assert resources["resourceMemoryRequest"] == resources["resourceMemoryLimit"] == options.gpu_memory
             assert platform["nodeSelector"]["labels"] == options.selector() == {"nvidia.com/gpu.present": "true"}
@@ -316,7 +314,7 @@ def test_octopus_chains_its_stages_and_evaluates_its_checkpoints_by_its_own_prot
     assert (source("sft-2", "model"), source("sft-2", "data")) == (("sft", "Output"), ("octopus-sft-data", "Output"))
     assert (source("train-rl", "model"), source("train-rl-2", "model")) == (("sft-2", "Output"), ("train-rl", "Output"))
     assert source("train-rl", "data")[1] == source("train-rl-2", "data")[1] == "d_u"
-    assert source("train-rl", "nproc_per_node") == source("train-rl-2", "nproc_per_node") == 1
+    assert {source(task, "nproc_per_node") for task in ("train-rl", "train-rl-2", "sft")} == {"gpus"}
     evaluated = {source(t, "name"): source(t, "settings") for t in tasks if step(t) == "evaluate"}
     assert evaluated == {"r0": "evaluate_settings", "octopus-sft": "evaluate_octopus_settings",
                          "octopus-stage1": "evaluate_octopus_settings", "octopus": "evaluate_octopus_settings"}

@@ -91,6 +91,20 @@ def test_two_ranks_sft_as_one(tiny_model_dir, subset_dir, tmp_path):
     _same_curve(tmp_path / "single", tmp_path / "ddp")
 
 
+def test_two_ranks_train_rl_each_on_whole_groups(tiny_model_dir, subset_dir, tmp_path):
+    """Octopus Stage I on 2 ranks: each generates and recombines its own whole groups (the trainer checks that
+    a group's rows are consecutive and local), TRL's advantage is gathered over both, and the group statistics
+    are summed over the ranks: a generation batch counts twice one rank's rollouts."""
+    for name, ranks in (("single", 1), ("ddp", 2)):
+        result = _run(["train-rl", "--model", str(tiny_model_dir), "--data", str(subset_dir), "--output",
+                       str(tmp_path / name), "--max-steps", "2", "--batch-size", "8", "--steps-per-generation", "1",
+                       "--generations", "4", "--max-completion-length", "12", "--nproc-per-node", str(ranks)])
+        assert (f"rank 1 of world size {ranks}" in result.stderr) == (ranks == 2)
+        steps = [json.loads(line) for line in (tmp_path / name / "rewards.jsonl").read_text().splitlines()]
+        assert [s["octopus/rollouts"] for s in steps] == [4.0 * ranks] * 2, name
+    assert (tmp_path / "ddp" / "model.safetensors").is_file()
+
+
 def test_killed_run_resumes_from_its_last_checkpoint(tiny_model_dir, preference_dir, tmp_path):
     args = ["--batch-size", "2", "--max-steps", "6", "--save-steps", "2"]
     _run(_command(tiny_model_dir, preference_dir, tmp_path / "straight", *args))
