@@ -45,6 +45,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 import sherlock
 from sherlock.gate import GATE_KEY_ENV, GATE_SIGNATURE_TAG, gate_key, gate_signature, signed
+from sherlock.protocol import read_protocol
 from sherlock.storage import directory_digest
 
 RUN_FILE = "mlflow_run.json"  # written into a stage's output directory: which run produced it
@@ -224,7 +225,8 @@ def register_checkpoint(checkpoint: str | Path, model_name: str, eval_metrics: d
 
     The version's tags hold the eval metrics (``eval.<metric>``), ``lineage`` (e.g. checkpoint URI,
     pipeline run id), the training run's id and its data sets' digests and sources
-    (``data.<name>.digest`` / ``.source``). Returns the new ``ModelVersion``.
+    (``data.<name>.digest`` / ``.source``) and how it self-corrects (``self_correction.correction`` /
+    ``.response_format``, :mod:`sherlock.protocol`). Returns the new ``ModelVersion``.
     """
     source = json.loads(Path(checkpoint, RUN_FILE).read_text())
     client = mlflow.MlflowClient()
@@ -236,7 +238,9 @@ def register_checkpoint(checkpoint: str | Path, model_name: str, eval_metrics: d
             artifacts={"checkpoint": str(checkpoint)}, code_paths=[str(package)],
             pip_requirements=runtime_requirements(), registered_model_name=model_name, signature=PYFUNC_SIGNATURE)
     version = str(info.registered_model_version)
-    lineage = dict(lineage, source_run_id=source["run_id"], **{DIGEST_TAG: directory_digest(checkpoint)})
+    protocol = read_protocol(checkpoint)  # how it is served (sherlock.protocol), shown beside its metrics
+    lineage = dict(lineage, source_run_id=source["run_id"], **{DIGEST_TAG: directory_digest(checkpoint)},
+                   **{f"self_correction.{key}": value for key, value in dataclasses.asdict(protocol).items()})
     for item in client.get_run(source["run_id"]).inputs.dataset_inputs:  # the data the checkpoint was trained on
         lineage[f"data.{item.dataset.name}.digest"] = item.dataset.digest
         lineage[f"data.{item.dataset.name}.source"] = json.loads(item.dataset.source)["uri"]

@@ -92,6 +92,8 @@ def test_micro_pipeline_lineage_from_champion_back_to_records(mlflow_server, buc
     champion = client.get_model_version_by_alias(MODEL, "champion")
     assert str(champion.version) == str(version.version) and champion.tags["pipeline_run_id"] == PIPELINE_RUN
     assert float(champion.tags["eval.llava_cot/round_0"]) == eval_metrics["llava_cot/round_0"]
+    assert (champion.tags["self_correction.correction"], champion.tags["self_correction.response_format"]) == (
+        "prompt", "stages")  # R0 was trained on plain data: it is served with Sherlock's rounds
     training_run = client.get_run(champion.run_id)
     assert training_run.info.run_id == stages["sft"].info.run_id
     (dataset,) = [d.dataset for d in training_run.inputs.dataset_inputs if d.dataset.name == "data"]  # the field

@@ -413,6 +413,8 @@ def test_octopus_pipeline_runs_end_to_end_locally(tmp_path):
     """Octopus through kfp.local: R0 → its own answers with gold second attempts → the cold-start SFT, its tags
     single tokens → Stage I → Stage II from Stage I, each writing per-step reward statistics → every checkpoint
     evaluated (the Octopus ones by continuing the response), registered, the champion deployed."""
+    import mlflow
+
     from sherlock.data.llava_cot import load_llava_cot
     from sherlock.models.loading import load_processor
     from sherlock.protocol import SHERLOCK, Protocol, read_protocol
@@ -445,6 +447,10 @@ def test_octopus_pipeline_runs_end_to_end_locally(tmp_path):
     assert all(read_protocol(run / step) == Protocol("continue") for step in ("octopus-sft", "octopus-stage1",
                                                                             "octopus-stage2"))
     check_deployed_champion(summary, "octopus-embedded", 4, tmp_path)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    served_as = sorted(v.tags["self_correction.correction"] for v in client.search_model_versions(
+        "name = 'octopus-embedded'"))
+    assert served_as == ["continue", "continue", "continue", "prompt"]  # the registry shows how each answers
 
 
 def test_reduced_pipeline_runs_end_to_end_locally(tmp_path):
