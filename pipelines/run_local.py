@@ -50,7 +50,8 @@ QUICK_SUBSETS = {"sherlock": "D_A=12,D_B=12,D_U=12", "scl": "D_A=24,D_B=24", "st
 # --quick: the same pipeline with a few items and steps per stage. SCL keeps only pairs whose two
 # answers differ in correctness, so its R0 trains long enough (80 steps) to answer some questions
 # right, and its answers are long enough to reach a conclusion; Octopus's cold start keeps only answers in the
-# response format and needs items answered right as well as wrong, so its R0 trains longer and samples once.
+# response format and needs items answered right as well as wrong, so its R0 trains longer and samples once; its
+# second attempts are rewritten by R0 (the paper's mixed sampling), where a rewrite fails by the gold one.
 QUICK = {"all": {"max_new_tokens": 12, "generation_batch_size": 32, "logging_steps": 1},
          "sft.r0": {"epochs": 1, "max_steps": 2, "batch_size": 4, "grad_accum": 1},
          "sft.sherlock": {"epochs": 1, "max_steps": 2, "batch_size": 4, "grad_accum": 1},
@@ -64,7 +65,7 @@ QUICK = {"all": {"max_new_tokens": 12, "generation_batch_size": 32, "logging_ste
          "train-rl.octopus-2": {"max_steps": 2, "max_completion_length": 48}, "evaluate.octopus": {"limit": 8}}
 QUICK_RECIPE = {"scl": {"sft.r0": {"max_steps": 80, "batch_size": 8}, "scl-pairs": {"max_new_tokens": 160}},
                 "octopus": {"sft.r0": {"max_steps": 120, "batch_size": 8},
-                            "octopus-sft-data": {"max_new_tokens": 160, "samples": 1}}}
+                            "octopus-sft-data": {"max_new_tokens": 160, "samples": 1, "rewrite": True}}}
 
 
 def model_name(recipe: str) -> str:

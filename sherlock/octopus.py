@@ -94,23 +94,55 @@ def _think_boxed_attempt(response: str, answer: str) -> str:
 @dataclass(frozen=True)
 class ResponseFormat:
     """How one attempt is written: the instruction appended to the question (and the one that asks for a plain
-    answer, "" when the question alone does), where its answer ends, f(s), and a gold 4-stage response rewritten
-    as an attempt (response, short answer) -> attempt.
+    answer, "" when the question alone does), the rewrite prompt's line that asks for the format, where its answer
+    ends, f(s), and a gold 4-stage response rewritten as an attempt (response, short answer) -> attempt.
     """
     name: str
     instruction: str
     answer_instruction: str
+    rewrite_instruction: str
     answer_end: Callable[[str], int | None]
     well_formed: Callable[[str], bool]
     gold_attempt: Callable[[str, str], str]
 
 
 FORMATS = {f.name: f for f in (
-    ResponseFormat("think-boxed", THINK_BOXED_INSTRUCTION, THINK_BOXED_ANSWER, _boxed_end, _think_boxed_well_formed,
-                   _think_boxed_attempt),
-    ResponseFormat("stages", STAGES_INSTRUCTION, "", _conclusion_end, _stages_well_formed,
-                   lambda response, answer: response),
+    ResponseFormat("think-boxed", THINK_BOXED_INSTRUCTION, THINK_BOXED_ANSWER,
+                   "You first think through the reasoning process as an internal monologue, enclosed within <think> "
+                   "</think> tags. Then, provide your final answer enclosed within \\boxed{}.",
+                   _boxed_end, _think_boxed_well_formed, _think_boxed_attempt),
+    ResponseFormat("stages", STAGES_INSTRUCTION, "",
+                   "Write it in four stages, each once and in this order: <SUMMARY> </SUMMARY>, <CAPTION> </CAPTION>, "
+                   "<REASONING> </REASONING>, <CONCLUSION> </CONCLUSION>.",
+                   _conclusion_end, _stages_well_formed, lambda response, answer: response),
 )}
+
+# The mixed-sampling rewrite of o2 (§2.1, paper App. A.3): the question, the ground truth and the model's own o1 as
+# the reference answer. The paper's system prompt opens the user turn (not every family's template has a system
+# turn).
+REWRITE_ROLE = (
+    "You are an expert AI assistant. Your task is to generate a high-quality answer to the user's question. You "
+    "will be provided with a reference answer and the ground truth. If the reference answer is incorrect, generate "
+    "a correct one. If it is correct, generate an improved version. Do NOT mention or analyze the reference answer "
+    "in your response. Just provide the direct answer."
+)
+REWRITE_RULES = (
+    "Based on the provided information, generate a new, complete answer.\n"
+    "- Ensure the reasoning is correct and leads to the Ground Truth.\n"
+    "- If the Reference Answer is wrong, correct it implicitly by providing the right derivation.\n"
+    "- If the Reference Answer is correct, rewrite it to be clearer and more logical while keeping a similar length.\n"
+    "- {format}\n"
+    "- Do not generate thinking process that are too short.\n"
+    "- Do not mention the Reference Answer in your response."
+)
+
+
+def rewrite_prompt(question: str, gold: str, reference: str, response_format: ResponseFormat) -> str:
+    """The prompt from which a model rewrites o2 (§2.1 mixed sampling): role, question, ground truth, o1 as the
+    reference answer, the rules with the format's line.
+    """
+    return (f"{REWRITE_ROLE}\n\nQuestion: {question}\n\nGround Truth: {gold}\n\nReference Answer:\n{reference}\n\n"
+            f"Instruction:\n{REWRITE_RULES.format(format=response_format.rewrite_instruction)}")
 
 
 def trigger_prompt(question: str, response_format: ResponseFormat) -> str:

@@ -196,3 +196,19 @@ def test_a_protocol_file_round_trips_and_a_hostile_one_is_refused(tmp_path):
         (tmp_path / PROTOCOL_FILE).write_text(text)
         with pytest.raises(ProtocolError, match=reason):
             read_protocol(tmp_path)
+
+
+def test_the_rewrite_prompt_carries_the_question_the_truth_the_reference_and_the_format():
+    """§2.1 mixed sampling (paper App. A.3): o1 is the reference answer; the format's own line asks for the format;
+    a rewriter without rewrite is refused."""
+    from sherlock.config import ConfigError
+    from sherlock.octopus import REWRITE_ROLE, rewrite_prompt
+    from sherlock.stages.octopus_sft_data import OctopusSFTDataConfig
+
+    prompt = rewrite_prompt("How many circles?", "2", "<think>three</think> \\boxed{3}", BOXED)
+    assert prompt.startswith(REWRITE_ROLE) and "Question: How many circles?\n\nGround Truth: 2\n\n" in prompt
+    assert "Reference Answer:\n<think>three</think> \\boxed{3}\n\nInstruction:\n" in prompt
+    assert "enclosed within \\boxed{}." in prompt and "<CONCLUSION>" not in prompt
+    assert "<SUMMARY> </SUMMARY>, <CAPTION> </CAPTION>" in rewrite_prompt("q", "2", "r", STAGES)
+    with pytest.raises(ConfigError, match="rewrite is false"):
+        OctopusSFTDataConfig(model="m", data="d", output="o", rewriter="bigger").check()

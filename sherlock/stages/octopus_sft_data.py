@@ -4,12 +4,16 @@ The model (R0: it already answers) samples ``samples`` answers per item with the
 ``think-boxed`` the format's answer instruction; paper: 4 at T 0.6, top_p 0.9); each is judged against the gold
 answer by the one extractor, and a sample not in the response format counts for neither kind. An item whose samples
 were all right gives a c→c example (o1 one of them at random), an item with a wrong sample a w→c example (o1 a
-wrong one at random). o2 is the item's gold response (in ``think-boxed``: its first three stages thought, its short
-answer boxed): at this scale the task's gold rationale stands in for the paper's rewrite by a stronger model
-conditioned on the ground truth (§2.1 mixed sampling), so o2 is always right, and items whose samples were all
-wrong give w→c examples too (the paper's "mixed" filter
-guards against a rewrite that fails, which a gold response cannot). The two kinds are mixed
-w→c : c→c = ``wc_share`` : 1 − ``wc_share`` (paper 6 : 4) at the largest size both allow.
+wrong one at random). The two kinds are mixed w→c : c→c = ``wc_share`` : 1 − ``wc_share`` (paper 6 : 4) at the
+largest size both allow.
+
+o2 is, by default, the item's gold response (in ``think-boxed``: its first three stages thought, its short answer
+boxed): at the embedded scale the task's gold rationale stands in for the rewrite by a stronger model (octopus-spec
+§7), so o2 is always right and items whose samples were all wrong give w→c examples too. With ``rewrite``, o2 is the
+paper's mixed sampling (§2.1, App. A.3): ``rewriter`` (default the sampling model itself, as the released code's
+default) writes a new answer from the question, the ground truth and o1 as the reference (T ``rewrite_temperature``,
+top_p 1); a rewrite that is not in the format or not right is replaced by the gold attempt and counted
+(``stats.json``: ``o2_rewritten``, ``o2_gold``), so every o2 stays right.
 
 Each example is the question with the trigger instruction (§2.2) and the response ``o1 ⊕ SEP ⊕ o2``: the
 ``sft`` stage trains on it as on any data set. Writes ``data.jsonl`` + images and ``stats.json``.
@@ -30,7 +34,7 @@ from sherlock.data.llava_cot import DATA_FILE, load_data, write_llava_cot
 from sherlock.data.sampling import link_or_copy
 from sherlock.data.schema import open_image
 from sherlock.decoding import SamplingSettings
-from sherlock.octopus import FORMATS, answer_prompt, trigger_prompt
+from sherlock.octopus import FORMATS, answer_prompt, rewrite_prompt, trigger_prompt
 from sherlock.protocol import Protocol, write_protocol
 from sherlock.reasoning import SEP
 from sherlock.stages.io import record_stage_config
@@ -51,6 +55,11 @@ class OctopusSFTDataConfig(SamplingSettings):
     top_p: float = help_field(0.9, "nucleus sampling threshold (paper 0.9)")
     wc_share: float = help_field(0.6, "share of w→c examples; the rest c→c (paper 6k : 4k)")
     response_format: str = help_field("stages", f"how an attempt is written {tuple(FORMATS)}")
+    rewrite: bool = help_field(False, "o2 rewritten by a model from the question, the gold answer and o1 (the paper's "
+                                      "mixed sampling); false: the gold response")
+    rewriter: str | None = help_field(None, "the model that rewrites o2 (default: --model itself, the released "
+                                            "code's default; the paper: a stronger one)", uri="model")
+    rewrite_temperature: float = help_field(0.7, "sampling temperature of the rewrite (paper 0.7)")
     seed: int = help_field(0, "seed of the sampling and the draws")
 
     def check(self) -> None:
@@ -59,6 +68,8 @@ class OctopusSFTDataConfig(SamplingSettings):
             raise ConfigError("samples must be >= 1")
         if not 0.0 < self.wc_share < 1.0:
             raise ConfigError(f"wc_share must be in (0, 1), got {self.wc_share}")
+        if self.rewriter and not self.rewrite:
+            raise ConfigError("rewriter is set but rewrite is false: nothing would be rewritten")
         if self.response_format not in FORMATS:
             raise ConfigError(f"response_format must be one of {tuple(FORMATS)}, got {self.response_format!r}")
 
@@ -101,15 +112,36 @@ def run_octopus_sft_data(config: OctopusSFTDataConfig) -> Path:
         elif not all(verdicts):
             wrong.append((record, rng.choice([a for a, ok in zip(formed, verdicts) if not ok])))
     chosen_wrong, chosen_right = mix(wrong, right, config.wc_share, rng)
+    chosen = [(kind, record, o1) for kind, pairs in (("wc", chosen_wrong), ("cc", chosen_right))
+              for record, o1 in pairs]
+    second = [fmt.gold_attempt(record.response, record.answer) for _, record, _ in chosen]
+    rewritten = 0
+    if config.rewrite and chosen:
+        if config.rewriter and config.rewriter != config.model:
+            del model
+            model, processor = load_generator(config.rewriter, config.engine, distributed.device(),
+                                              config.image_budget())
+        image_of = {record.id: image for record, image in zip(records, images, strict=True)}
+        drafts = generate(model, processor,
+                          [chat_prompt(rewrite_prompt(r.question, r.answer, o1, fmt), ()) for _, r, o1 in chosen],
+                          [image_of[r.id] for _, r, _ in chosen], desc="o2 rewrite", stream="octopus rewrite",
+                          config=dataclasses.replace(config.decoding(config.seed),
+                                                     temperature=config.rewrite_temperature, top_p=1.0),
+                          keys=[r.id for _, r, _ in chosen])
+        for k, (draft, (_, record, _)) in enumerate(zip(drafts, chosen, strict=True)):
+            if fmt.well_formed(draft) and is_correct(draft, record.answer, record.answer_type,
+                                                     options_in(record.question)):
+                second[k], rewritten = draft.strip(), rewritten + 1
     examples = [dataclasses.replace(record, id=f"{record.id}/{kind}", question=trigger_prompt(record.question, fmt),
-                                    response=f"{o1.strip()}{SEP}{fmt.gold_attempt(record.response, record.answer)}")
-                for kind, chosen in (("wc", chosen_wrong), ("cc", chosen_right)) for record, o1 in chosen]
+                                    response=f"{o1.strip()}{SEP}{o2}")
+                for (kind, record, o1), o2 in zip(chosen, second, strict=True)]
     rng.shuffle(examples)
     stats = {"items": len(records), "samples_per_item": config.samples,
              "sample_accuracy": sum(is_correct(d[i], r.answer, r.answer_type, options_in(r.question))
                                     for d in draws for i, r in enumerate(records)) / (len(records) * len(draws)),
              "malformed_samples": malformed, "all_right_items": len(right), "items_with_a_wrong_sample": len(wrong),
-             "wc_examples": len(chosen_wrong), "cc_examples": len(chosen_right)}
+             "wc_examples": len(chosen_wrong), "cc_examples": len(chosen_right), "o2_rewritten": rewritten,
+             "o2_gold": len(chosen) - rewritten}
     output = Path(config.output)
     if not examples:
         raise ConfigError(f"no cold-start example: {stats}")

@@ -428,6 +428,7 @@ def test_octopus_pipeline_runs_end_to_end_locally(tmp_path):
     cold = load_llava_cot(run / "octopus-sft-data/data.jsonl").records
     stats = json.loads((run / "octopus-sft-data/stats.json").read_text())
     assert len(cold) == stats["wc_examples"] + stats["cc_examples"] and stats["wc_examples"] > 0
+    assert stats["o2_rewritten"] + stats["o2_gold"] == len(cold)  # the quick run rewrites o2 with R0
     assert all(r.response.count(SEP) == 1 and r.question.endswith("from scratch after that.") for r in cold)
     tokenizer = load_processor(run / "octopus-sft").tokenizer
     assert all(len(tokenizer(tag, add_special_tokens=False).input_ids) == 1 for tag in (SC_OPEN, SC_CLOSE))
