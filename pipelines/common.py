@@ -200,17 +200,24 @@ def component_runner(options: ClusterOptions, gpus, settings: dict, common: dict
 
 def evaluate_and_deploy(checkpoints: list, benchmarks, prior_data, options: ClusterOptions, gpus, evaluate_settings,
                         model_name, selection_metric, promotion_margin, deploy_settings, run_id, registry_root,
-                        common: dict, checkpoint_settings: dict | None = None) -> None:
+                        common: dict, checkpoint_settings: dict | None = None, baselines: tuple = ()) -> None:
     """Evaluate each ``(name, checkpoint URI)`` (with the blind prior of ``prior_data``), register it, gate
     champion in order, deploy if promoted. Registered checkpoints are copied under ``registry_root``. A checkpoint
-    named in ``checkpoint_settings`` is evaluated with those settings instead of ``evaluate_settings``.
+    named in ``checkpoint_settings`` is evaluated with those settings instead of ``evaluate_settings``; each of
+    ``baselines`` is evaluated beside them and never registered.
     """
     gpu = gpu_step(options, gpus)
+
+    def evaluated(name: str, checkpoint) -> dsl.PipelineTask:
+        settings = (checkpoint_settings or {}).get(name, evaluate_settings)
+        return gpu(evaluate(name=name, model=checkpoint, benchmarks=benchmarks, prior_data=prior_data,
+                            settings=settings, nproc_per_node=gpus, **common), f"evaluate {name}")
+
+    for name, checkpoint in baselines:
+        evaluated(name, checkpoint)
     previous = None
     for name, checkpoint in checkpoints:
-        settings = (checkpoint_settings or {}).get(name, evaluate_settings)
-        scores = gpu(evaluate(name=name, model=checkpoint, benchmarks=benchmarks, prior_data=prior_data,
-                              settings=settings, nproc_per_node=gpus, **common), f"evaluate {name}")
+        scores = evaluated(name, checkpoint)
         # one version at a time, in checkpoint order: each gate sees the champion the previous one left
         gate = with_platform(register_and_gate(
             checkpoint=checkpoint, evaluation=scores.outputs["Output"], model_name=model_name,

@@ -54,10 +54,10 @@ def build_pipeline(online_iterations: int = 2, options: ClusterOptions | None = 
             "train-preferences.offline": train_preferences_offline_settings, "online": online_settings}, common)
         checkpoints = recipes.sherlock(run, inputs.outputs["base_model"], subsets["D_A"], subsets["D_B"],
                                        subsets["D_U"], online_iterations)
-        del checkpoints["r0"]  # no candidate for the champion: a vanilla-SFT model cannot correct itself
+        r0 = checkpoints.pop("r0")  # evaluated as the baseline, no candidate: vanilla SFT cannot correct itself
         evaluate_and_deploy(list(checkpoints.items()), inputs.outputs["benchmarks"], subsets["D_A"], options, gpus,
                             evaluate_settings, model_name, selection_metric, promotion_margin, deploy_settings, run_id,
-                            registry_root, common)
+                            registry_root, common, baselines=(("r0", r0),))
 
     return sherlock
 

@@ -21,13 +21,13 @@ TRAINING_STEPS = ("sft", "train-preferences", "online", "train-rl")  # a /cache 
 CPU_STEPS = ("prepare-inputs", "sample", "register-and-gate", "deploy")
 NETWORK_STEPS = ("prepare-inputs", "sample", "register-and-gate", "deploy")
 UNCACHED_STEPS = ("register-and-gate", "deploy")
-# recipe -> (steps, checkpoints evaluated and registered)
+# recipe -> (steps, checkpoints evaluated and registered, baselines evaluated only)
 EXPECTED = {
     "sherlock": ({"sft", "sample-rejected", "build-preferences", "train-preferences", "online", "evaluate"},
-                 4),
-    "scl": ({"sft", "scl-pairs", "train-preferences", "evaluate"}, 2),
-    "stic": ({"sft", "stic-pairs", "train-preferences", "stic-describe", "evaluate"}, 3),
-    "octopus": ({"sft", "octopus-sft-data", "train-rl", "evaluate"}, 4),
+                 4, 1),
+    "scl": ({"sft", "scl-pairs", "train-preferences", "evaluate"}, 2, 0),
+    "stic": ({"sft", "stic-pairs", "train-preferences", "stic-describe", "evaluate"}, 3, 0),
+    "octopus": ({"sft", "octopus-sft-data", "train-rl", "evaluate"}, 4, 0),
 }
 
 
@@ -82,10 +82,10 @@ def test_the_recipes_share_their_components():
 def test_every_stage_is_a_task_and_checkpoints_are_registered_in_order(compiled):
     recipe, spec, _ = compiled
     tasks = all_tasks(spec)
-    steps, checkpoints = EXPECTED[recipe]
+    steps, checkpoints, baselines = EXPECTED[recipe]
     assert {step(t) for t in tasks} == steps | set(CPU_STEPS)
-    assert sum(step(t) == "evaluate" for t in tasks) == sum(step(t) == "register-and-gate" for t in tasks) \
-        == checkpoints
+    assert sum(step(t) == "register-and-gate" for t in tasks) == checkpoints
+    assert sum(step(t) == "evaluate" for t in tasks) == checkpoints + baselines
     if recipe == "sherlock":
         assert sum(step(t) == "online" for t in tasks) == 2
         assert "online" in tasks["online-2"]["dependentTasks"]  # π_2 starts from π_1
@@ -467,7 +467,7 @@ def test_reduced_pipeline_runs_end_to_end_locally(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert {s.split()[0] for s in summary["stage_seconds"]} == {
         "sample", "sft", "sample-rejected", "build-preferences", "train-preferences", "evaluate"}
-    assert len(summary["stage_seconds"]) == 8  # sft and evaluate twice each: r0 / sherlock-sft, two checkpoints
+    assert len(summary["stage_seconds"]) == 9  # sft twice (r0, sherlock-sft); evaluate R0 and two checkpoints
     assert len(summary["answer"]["rounds"]) == 2  # direct + one correction round, from the served champion
     deployment = summary["deployment"]  # the first gate promoted (empty registry): the deploy step ran
     assert deployment["action"] == "manifest" and deployment["version"] == summary["champion_version"]
@@ -477,9 +477,9 @@ def test_reduced_pipeline_runs_end_to_end_locally(tmp_path):
     output = result.details["output"]
     assert "served champion" in output and "accuracy (%)" in output and "| llava_cot |" in output
     metrics = [json.loads(p.read_text()) for p in (tmp_path / "kfp").glob("*/evaluate*/executor_output.json")]
-    assert len(metrics) == 2
+    assert len(metrics) == 3
     reports = list((tmp_path / "kfp").glob("*/evaluate*/report"))
-    assert len(reports) == 2 and all("accuracy per self-correction round" in r.read_text() for r in reports)
+    assert len(reports) == 3 and all("accuracy per self-correction round" in r.read_text() for r in reports)
     # a real table under the checkpoint's name, with the baselines beside the rounds
     assert all("<th>blank image</th><th>blind prior</th>" in r.read_text() and "<h2>" in r.read_text()
                and "<pre>" not in r.read_text() for r in reports)
