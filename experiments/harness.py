@@ -104,17 +104,29 @@ def retrained_inputs(stage_config, finished: float) -> list[Path]:
     return [marker.parent for marker in markers if marker.is_file() and marker.stat().st_mtime > finished]
 
 
+def same_config(recorded: str, stage_config) -> bool:
+    """Whether the config ``recorded`` (JSON) ran what ``stage_config`` would: every recorded field has the same
+    value, and a field added to the config since is at its default (it changes nothing the stage did)."""
+    def plain(value):
+        return json.loads(json.dumps(value, default=str))
+
+    before, now = json.loads(recorded), plain(dataclasses.asdict(stage_config))
+    defaults = {f.name: f.default for f in dataclasses.fields(stage_config) if f.default is not dataclasses.MISSING}
+    return all(key in now and now[key] == value for key, value in before.items()) and all(
+        key in defaults and value == plain(defaults[key]) for key, value in now.items() if key not in before)
+
+
 def timer(timings: dict[str, float]):
     """``timed(name, stage function, config)``: run the stage and record its wall seconds.
 
-    A stage whose output directory holds :data:`DONE_FILE` from an earlier run of the same config, newer than
-    every input stage's (:func:`retrained_inputs`), is not run again: an interrupted seed resumes at its first
-    unfinished stage, and a stage whose input was retrained runs again.
+    A stage whose output directory holds :data:`DONE_FILE` from an earlier run of the same config
+    (:func:`same_config`), newer than every input stage's (:func:`retrained_inputs`), is not run again: an
+    interrupted seed resumes at its first unfinished stage, and a stage whose input was retrained runs again.
     """
     def timed(name, function, stage_config):
         done = Path(stage_config.output) / DONE_FILE
         config = json.dumps(dataclasses.asdict(stage_config), sort_keys=True, default=str)
-        if (done.is_file() and (previous := json.loads(done.read_text()))["config"] == config
+        if (done.is_file() and same_config((previous := json.loads(done.read_text()))["config"], stage_config)
                 and not retrained_inputs(stage_config, done.stat().st_mtime)):
             timings[name] = previous["seconds"]
             return Path(previous["path"]) if "path" in previous else previous["result"]

@@ -89,6 +89,15 @@ def test_a_finished_stage_is_not_run_again_unless_its_config_changed(tmp_path):
     assert calls == [1e-3, 2e-3]
 
     @dataclasses.dataclass
+    class Grown(Config):  # a field added to the stage since: at its default, the finished stage stands
+        rewrite: bool = False
+
+    timed("R0", stage, Grown(str(tmp_path / "r0"), learning_rate=2e-3))
+    assert calls == [1e-3, 2e-3]
+    timed("R0", stage, Grown(str(tmp_path / "r0"), learning_rate=2e-3, rewrite=True))
+    assert calls == [1e-3, 2e-3, 2e-3]
+
+    @dataclasses.dataclass
     class Evaluate:
         output: str
         model: str
@@ -97,12 +106,12 @@ def test_a_finished_stage_is_not_run_again_unless_its_config_changed(tmp_path):
     evaluation = Evaluate(str(tmp_path / "eval"), str(first))
     timed("evaluate R0", stage, evaluation)
     timed("evaluate R0", stage, evaluation)
-    assert len(calls) == 3  # resumed
+    assert len(calls) == 4  # resumed
     os.utime(tmp_path / "eval" / DONE_FILE, (time.time() - 60,) * 2)  # R0 retrained after its evaluation
     timed("evaluate R0", stage, evaluation)
-    assert len(calls) == 4
+    assert len(calls) == 5
     timed("evaluate R0", stage, evaluation)
-    assert len(calls) == 4
+    assert len(calls) == 5
 
 
 def test_the_rl_settings_are_chosen_on_validation_at_equal_steps():
