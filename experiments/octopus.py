@@ -72,7 +72,7 @@ class OctopusExperimentConfig:
     seeds: str = help_field("0,1,2", "comma-separated seeds (one data set and training run each)")
     subset_size: int = help_field(250, "|D_A| = |D_B| (the embedded pipeline's)")
     pool_size: int = help_field(100, "|D_U|: the RL prompts")
-    rl_steps: int = help_field(40, "optimiser steps of each Octopus RL stage; the one-stage arms take twice as many "
+    rl_steps: int = help_field(120, "optimiser steps of each Octopus RL stage; the one-stage arms take twice as many "
                                    "(without --rl-grid)")
     rl_learning_rate: float | None = help_field(None, "the RL arms' learning rate (without --rl-grid; default: the "
                                                       "embedded train-rl presets')")

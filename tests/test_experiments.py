@@ -232,7 +232,7 @@ def test_octopus_arms_are_compared_on_the_same_items_and_written_as_results_rows
                                 "positive_share_generated": 0.25, "positive_share_trained": 0.375,
                                 "pool_size": 4.0, "copied_rows": 0.0})
     names = {name for a, _, b, _ in COMPARISONS for name in (a, b)}
-    fixed = {"Octopus": {"max_steps": 40}, "GSPO": {"max_steps": 40}}  # the RL settings without a grid
+    fixed = {"Octopus": {"max_steps": 120}, "GSPO": {"max_steps": 120}}  # the RL settings without a grid
     summaries = [{"seed": seed, "cold_start": {"wc_examples": 3}, "rl": fixed, "checkpoints": {
         name: _octopus_entry("1100", "1110", rl) if name == "Octopus" else _octopus_entry("1000", "1000")
         for name in names}} for seed in (0, 1)]
