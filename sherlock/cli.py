@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         args.func(args)
+        distributed.shutdown()
     except (ValueError, FileNotFoundError, StorageError, DeployError) as error:  # bad input (ConfigError,
         # DataQualityError are ValueErrors; CheckpointNotFoundError a FileNotFoundError), unreachable storage
         if "RANK" in os.environ:

@@ -51,6 +51,13 @@ def device():
     return torch.device("cpu")
 
 
+def _joined() -> bool:
+    """Whether this process has joined a process group."""
+    import torch
+
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def init() -> None:
     """Join the process group of the ranks (NCCL on GPUs, gloo on CPUs); nothing on one rank.
 
@@ -58,7 +65,7 @@ def init() -> None:
     """
     import torch
 
-    if world_size() > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if world_size() > 1 and not _joined():
         from accelerate import PartialState
 
         PartialState(cpu=not torch.cuda.is_available())
@@ -91,6 +98,19 @@ def map_batches(batches: Sequence[Batch], function: Callable[[Batch], list[Outpu
         torch.distributed.all_gather_object(parts, mine)
         mine = {index: outputs for part in parts for index, outputs in part.items()}
     return [output for index in range(len(batches)) for output in mine[index]]
+
+
+def shutdown() -> None:
+    """Leave the process group at the end of a rank's work (nothing outside torchrun or before :func:`init`).
+
+    Without it, gloo's worker threads can still hold finished work whose tensors carry Python references
+    when the interpreter is torn down, and the rank aborts (SIGABRT) after doing everything right
+    (pytorch/pytorch#179291).
+    """
+    if world_size() > 1 and _joined():
+        import torch
+
+        torch.distributed.destroy_process_group()
 
 
 class RankFailed(RuntimeError):

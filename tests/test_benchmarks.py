@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -256,7 +257,9 @@ def test_evaluation_stage_scores_every_round(tiny_model_dir, subset_dir, tsv_dir
 
 def test_octopus_evaluation_scores_each_attempt_as_a_round(tiny_model_dir, subset_dir, tmp_path):
     """``correction: continue``: round 0 is o1 of the trigger prompt, round k the attempt after k separators;
-    the baselines are asked the same prompt; a protocol or format nobody knows is refused."""
+    the baselines are asked the same prompt; without the setting a checkpoint is asked as its
+    ``self_correction.json`` declares (Sherlock's way without one); a protocol or format nobody knows is refused."""
+    from sherlock.protocol import Protocol, write_protocol
     from sherlock.reasoning import SC_OPEN
 
     config = EvaluateConfig(model=str(tiny_model_dir), output=str(tmp_path / "eval"), correction_rounds=2,
@@ -269,6 +272,17 @@ def test_octopus_evaluation_scores_each_attempt_as_a_round(tiny_model_dir, subse
     assert prompted["benchmarks"]["llava_cot"]["rounds"][0]["n"] == 4
     sherlock_rounds = [json.loads(line)["responses"] for line in (tmp_path / "prompt/predictions.jsonl").open()]
     assert [p["responses"][0] for p in predictions] != [r[0] for r in sherlock_rounds]  # the trigger prompt
+    assert prompted["self_correction"] == {"correction": "prompt", "response_format": "stages"}
+    undeclared = run_evaluate(dataclasses.replace(config, correction=None, output=str(tmp_path / "undeclared")))
+    assert undeclared["self_correction"]["correction"] == "prompt"  # the tiny checkpoint declares nothing
+    declared = shutil.copytree(tiny_model_dir, tmp_path / "declared")
+    write_protocol(declared, Protocol("continue"))
+    as_trained = run_evaluate(dataclasses.replace(config, model=str(declared), correction=None,
+                                                  output=str(tmp_path / "as-trained")))
+    assert as_trained["self_correction"] == {"correction": "continue", "response_format": "stages"}
+    assert [json.loads(line)["responses"] for line in (tmp_path / "as-trained/predictions.jsonl").open()] == [
+        p["responses"] for p in predictions]
+    assert "rounds asked as correction 'continue'" in (tmp_path / "as-trained/results.md").read_text()
     for bad in ({"correction": "append"}, {"response_format": "json"}):
         with pytest.raises(ConfigError, match="correction must be one of"):
             dataclasses.replace(config, **bad).check()

@@ -51,7 +51,8 @@ def run_diagnose(config: DiagnoseConfig) -> dict:
     items = load_benchmark("llava_cot", config.data, config.num_items)
     model, processor = load_generator(config.model, config.engine, distributed.device(), config.image_budget())
     prior = BlindPrior(load_data(config.prior_data).records) if config.prior_data else None
-    result, _, _ = evaluate_benchmark(model, processor, "llava_cot", items, config, prior)
+    result, _, _ = evaluate_benchmark(model, processor, "llava_cot", items, config, config.protocol(config.model),
+                                      prior)
     rounds = [r["score"] / 100 for r in result["rounds"]]
     diagnostics = {
         "model": config.model, "data": config.data, "num_items": len(items),

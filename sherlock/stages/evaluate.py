@@ -49,6 +49,7 @@ from sherlock.diagnostics import BlindPrior, departure_histogram, paired_differe
 from sherlock.headroom import flip_counts, oracle_gated, rejection_rates, sample_headroom, slices, verifier_gated
 from sherlock.octopus import FORMATS
 from sherlock.prompts import CORRECTIONS, STIC_DAR_PROMPT, WAIT_CUE, stic_description_infused
+from sherlock.protocol import Protocol, read_protocol
 from sherlock.reasoning import conclusion_text
 from sherlock.stages.io import record_stage_config
 from sherlock.stages.registry import STAGES
@@ -80,12 +81,13 @@ class ProtocolSettings(SamplingSettings, VerifierSetting):
     """How answers are drawn and which baselines are scored beside them (evaluate and diagnose)."""
 
     correction_rounds: int = help_field(3, "greedy self-correction rounds after the direct answer")
-    correction: str = help_field("prompt", f"how a round asks for a correction {CORRECTIONS}: a new turn R(Q, "
-                                           "previous response) (Sherlock, SCL), or the question with Octopus's "
-                                           "trigger instruction, round k continuing the response after an "
-                                           "appended <self-correction></self-correction> (Octopus)")
-    response_format: str = help_field("stages", f"the attempts' format under correction 'continue' "
-                                                f"{tuple(FORMATS)}")
+    correction: str | None = help_field(None, f"how a round asks for a correction {CORRECTIONS}: a new turn R(Q, "
+                                                "previous response) (Sherlock, SCL), or the question with Octopus's "
+                                                "trigger instruction, round k continuing the response after an "
+                                                "appended <self-correction></self-correction> (Octopus); default: as "
+                                                "the checkpoint was trained (its self_correction.json)")
+    response_format: str | None = help_field(None, f"the attempts' format under correction 'continue' "
+                                                   f"{tuple(FORMATS)}; default: the checkpoint's")
     temperature: float = help_field(PAPER_TEMPERATURE, "direct-answer temperature (0: greedy; paper 0.6)")
     top_p: float = help_field(PAPER_TOP_P, "direct-answer nucleus threshold (paper 0.7)")
     greedy_direct: bool = help_field(True, "also score a greedy direct answer (a second column)")
@@ -103,12 +105,19 @@ class ProtocolSettings(SamplingSettings, VerifierSetting):
         """Refuse bad protocol settings (rounds, samples) with a :class:`ConfigError`."""
         if self.correction_rounds < 0:
             raise ConfigError("correction_rounds must be >= 0")
-        if self.correction not in CORRECTIONS or self.response_format not in FORMATS:
+        if self.correction not in (None, *CORRECTIONS) or self.response_format not in (None, *FORMATS):
             raise ConfigError(f"correction must be one of {CORRECTIONS} and response_format one of "
                               f"{tuple(FORMATS)}; got {self.correction!r}, {self.response_format!r}")
         if self.headroom_samples is not None and self.headroom_samples < 1:
             raise ConfigError(f"headroom_samples must be >= 1, got {self.headroom_samples}")
         self.check_verifier()
+
+    def protocol(self, model: str) -> Protocol:
+        """How ``model``'s rounds ask: its declared :mod:`sherlock.protocol` (Sherlock's without one), with
+        :attr:`correction` and :attr:`response_format` in its place where set.
+        """
+        declared = read_protocol(model)
+        return Protocol(self.correction or declared.correction, self.response_format or declared.response_format)
 
     def samples(self) -> int:
         """K of pass@k and majority@k: :attr:`headroom_samples`, or 1 + the correction rounds."""
@@ -205,6 +214,9 @@ def markdown_table(metrics: dict) -> str:
     lines += [f"| {name} | failed: {error} |" for name, error in metrics.get("errors", {}).items()]
     notes = [f"- {name}: {BENCHMARKS[name].note}" for name in metrics["benchmarks"] if name in BENCHMARKS
              and BENCHMARKS[name].note]
+    if metrics.get("self_correction"):
+        notes.append("- rounds asked as correction '{correction}', attempts in '{response_format}'".format(
+            **metrics["self_correction"]))
     for name, m in metrics["benchmarks"].items():
         if "perception" in m:
             notes.append(f"- {name} perception (direct answers): " + ", ".join(
@@ -220,10 +232,10 @@ def blank_images(images: list[list[Image.Image]]) -> list[list[Image.Image]]:
 
 
 def evaluate_benchmark(model, processor, name: str, items: list[BenchmarkItem], config: ProtocolSettings,
-                       prior: BlindPrior | None, questions: list[str] | None = None,
+                       protocol: Protocol, prior: BlindPrior | None, questions: list[str] | None = None,
                        grader: Grader = mmvet_keyword_grade) -> tuple[dict, list[list[str]], list[list[float]]]:
-    """Metrics of one benchmark (see the module docstring), the responses of every round and their
-    per-item scores (1/0 by the rules; the grader's 0–1 grade for open-ended answers).
+    """Metrics of one benchmark (see the module docstring), the responses of every round, asked as ``protocol``
+    says, and their per-item scores (1/0 by the rules; the grader's 0–1 grade for open-ended answers).
     """
     from sherlock.generation import answer_continuing, answer_with_corrections, generate, trigger_prompts
 
@@ -231,8 +243,8 @@ def evaluate_benchmark(model, processor, name: str, items: list[BenchmarkItem], 
     questions = questions or [i.prompt for i in items]
     contexts = [i.context for i in items]
     direct = config.decoding(config.seed)
-    if config.correction == "continue":  # every direct answer is asked as the rounds' first attempt is
-        prompts = trigger_prompts(questions, config.response_format, contexts)
+    if protocol.correction == "continue":  # every direct answer is asked as the rounds' first attempt is
+        prompts = trigger_prompts(questions, protocol.response_format, contexts)
         rounds = answer_continuing(model, processor, prompts, images, config.correction_rounds, direct, desc=name,
                                    keys=keys)
     else:
@@ -312,7 +324,8 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
     record_stage_config(config, output)
-    metrics: dict = {"model": config.model, "benchmarks": {}}
+    protocol = config.protocol(config.model)
+    metrics: dict = {"model": config.model, "self_correction": dataclasses.asdict(protocol), "benchmarks": {}}
     predictions = []
     for name, path in config.parsed_benchmarks().items():
         try:
@@ -323,7 +336,8 @@ def run_evaluate(config: EvaluateConfig) -> dict:
                 descriptions = generate(model, processor, [STIC_DAR_PROMPT] * len(items), [i.images for i in items],
                                         config=greedy, desc=f"{name} descriptions")
                 questions = [stic_description_infused(q, d) for q, d in zip(questions, descriptions)]
-            result, rounds, hits = evaluate_benchmark(model, processor, name, items, config, prior, questions, grader)
+            result, rounds, hits = evaluate_benchmark(model, processor, name, items, config, protocol, prior, questions,
+                                                      grader)
             if BENCHMARKS.get(name) and BENCHMARKS[name].metric == "graded":
                 result["grader"] = config.grader
         except Exception as error:  # one benchmark's failure must not lose the others

@@ -100,13 +100,16 @@ def run_octopus_sft_data(config: OctopusSFTDataConfig) -> Path:
     draws = [generate(model, processor, prompts, images, config=config.decoding(config.seed),
                       desc=f"o1 sample {k + 1}", stream=f"octopus o1 {k}", keys=[r.id for r in records])
              for k in range(config.samples)]
+    def judged_right(record, text: str) -> bool:  # the one extractor against the gold answer (§2.1 Step 2)
+        return is_correct(text, record.answer, record.answer_type, options_in(record.question))
+
     rng = random.Random(config.seed)
     wrong, right, malformed = [], [], 0
     for index, record in enumerate(records):
         answers = [draw[index] for draw in draws]
         formed = [a for a in answers if fmt.well_formed(a)]  # the judge's format check (§2.1)
         malformed += len(answers) - len(formed)
-        verdicts = [is_correct(a, record.answer, record.answer_type, options_in(record.question)) for a in formed]
+        verdicts = [judged_right(record, a) for a in formed]
         if formed and all(verdicts) and len(formed) == len(answers):
             right.append((record, rng.choice(formed)))
         elif not all(verdicts):
@@ -129,16 +132,15 @@ def run_octopus_sft_data(config: OctopusSFTDataConfig) -> Path:
                                                      temperature=config.rewrite_temperature, top_p=1.0),
                           keys=[r.id for _, r, _ in chosen])
         for k, (draft, (_, record, _)) in enumerate(zip(drafts, chosen, strict=True)):
-            if fmt.well_formed(draft) and is_correct(draft, record.answer, record.answer_type,
-                                                     options_in(record.question)):
+            if fmt.well_formed(draft) and judged_right(record, draft):
                 second[k], rewritten = draft.strip(), rewritten + 1
     examples = [dataclasses.replace(record, id=f"{record.id}/{kind}", question=trigger_prompt(record.question, fmt),
                                     response=f"{o1.strip()}{SEP}{o2}")
                 for (kind, record, o1), o2 in zip(chosen, second, strict=True)]
     rng.shuffle(examples)
     stats = {"items": len(records), "samples_per_item": config.samples,
-             "sample_accuracy": sum(is_correct(d[i], r.answer, r.answer_type, options_in(r.question))
-                                    for d in draws for i, r in enumerate(records)) / (len(records) * len(draws)),
+             "sample_accuracy": sum(judged_right(r, d[i]) for d in draws for i, r in enumerate(records))
+                                / (len(records) * len(draws)),
              "malformed_samples": malformed, "all_right_items": len(right), "items_with_a_wrong_sample": len(wrong),
              "wc_examples": len(chosen_wrong), "cc_examples": len(chosen_right), "o2_rewritten": rewritten,
              "o2_gold": len(chosen) - rewritten}

@@ -440,9 +440,10 @@ def test_octopus_pipeline_runs_end_to_end_locally(tmp_path):
         steps = [json.loads(line) for line in (run / step / "rewards.jsonl").read_text().splitlines()]
         assert len(steps) == 1  # one generation batch (steps_per_generation 4) in the two steps
         assert {"reward", "octopus/pool_size", "octopus/positive_share_trained"} <= set(steps[0])
-    for name in ("r0", "octopus-sft", "octopus-stage1", "octopus"):
+    for name in ("r0", "octopus-sft", "octopus-stage1", "octopus"):  # R0 as it declares, the others by the preset
         config = yaml.safe_load((run / f"eval-{name}" / "stage_config.yaml").read_text())
-        assert config["correction"] == ("prompt" if name == "r0" else "continue"), name
+        asked = json.loads((run / f"eval-{name}" / "metrics.json").read_text())["self_correction"]["correction"]
+        assert (config["correction"], asked) == ((None, "prompt") if name == "r0" else ("continue",) * 2), name
     # each checkpoint says how it self-corrects: R0 Sherlock's way, the cold start (its data's) and RL continue
     assert read_protocol(run / "r0") == SHERLOCK and read_protocol(run / "octopus-sft-data") == Protocol("continue")
     assert all(read_protocol(run / step) == Protocol("continue") for step in ("octopus-sft", "octopus-stage1",

@@ -29,8 +29,36 @@ def _run(args, **environment):
     env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"} | environment
     result = subprocess.run([sys.executable, "-m", "sherlock.cli", *args], env=env, capture_output=True, text=True,
                             timeout=600, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, _failure(result.stderr)
     return result
+
+
+def _failure(stderr: str) -> str:
+    """A failed command's stderr: a rank's fatal error with its threads' stacks (ahead of the long tail of
+    extension modules), then the end."""
+    fatal = stderr.find("Fatal Python error")
+    return (stderr[fatal:fatal + 4000] + "\n[…]\n" if fatal >= 0 else "") + stderr[-3000:]
+
+
+def test_a_rank_leaves_the_process_group_when_done(monkeypatch, tmp_path):
+    """A real gloo group (of one member, as one of two ranks) is destroyed by ``distributed.shutdown``, which
+    every rank of ``sherlock <stage>`` calls at the end: gloo's threads holding finished work through the
+    interpreter's teardown made a rank abort (SIGABRT) after its stage had succeeded."""
+    import torch
+
+    from sherlock import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    torch.distributed.init_process_group("gloo", store=torch.distributed.FileStore(str(tmp_path / "store"), 1),
+                                         rank=0, world_size=1)
+    try:
+        torch.distributed.all_reduce(torch.ones(2))
+        distributed.shutdown()
+        assert not torch.distributed.is_initialized()
+        distributed.shutdown()  # nothing left to leave
+    finally:  # a failure here leaves no group behind for the tests after it
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def _losses(output):
