@@ -328,12 +328,15 @@ def run_seed(config: ExperimentConfig, seed: int) -> dict:
     return summary
 
 
+def cell(values) -> str:
+    """A table cell: the mean over seeds, ± the sd where there are several."""
+    values = list(values)
+    mean = statistics.mean(values)
+    return f"{mean:.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
+
+
 def results_table(summaries: list[dict], rounds: int) -> str:
     """Markdown: mean ± sd over seeds of every round and baseline, and SC − direct (paired, pooled)."""
-    def cell(values):
-        mean = statistics.mean(values)
-        return f"{mean:.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
-
     header = ("| checkpoint | direct | " + " | ".join(f"+SC round {k}" for k in range(1, rounds + 1))
               + " | SC − direct [95% CI] | greedy direct | blank image | blind prior |")
     lines = [header, "|" + "---|" * (rounds + 6)]
@@ -346,6 +349,29 @@ def results_table(summaries: list[dict], rounds: int) -> str:
         lines.append(f"| {name} | " + " | ".join(cell(v) for v in per_round)
                      + f" | {paired['difference']:+.1f} [{paired['ci_low']:+.1f}, {paired['ci_high']:+.1f}] | "
                      + " | ".join(baselines) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def headroom_table(summaries: list[dict]) -> str:
+    """Markdown: beside every checkpoint's direct answer and last round, what the same compute buys otherwise
+    (mean ± sd over seeds; :mod:`sherlock.headroom`): pass@1, pass@k and majority@k of k sampled direct answers,
+    the oracle- and verifier-gated last round, the "Wait" continuation, and round 1's fixed / broken answers
+    summed over the seeds. A round can beat the direct answer by re-drawing only where maj@k − pass@1 > 0."""
+    lines = ["| checkpoint | direct | last round | pass@1 | pass@k | maj@k | maj@k − pass@1 | oracle-gated | "
+             "verifier-gated | Wait | round 1 fixed / broken |", "|" + "---|" * 11]
+    for name in (n for n in CHECKPOINTS if all("pass_at_k" in s["checkpoints"].get(n, {}).get("headroom", {})
+                                               for s in summaries)):
+        entries = [s["checkpoints"][name] for s in summaries]
+        headroom = [e["headroom"] for e in entries]
+        flips = [h["flips"][0] for h in headroom]
+        wait = cell(h["wait"] for h in headroom) if all("wait" in h for h in headroom) else "–"
+        lines.append(f"| {name} | {cell(e['scores'][0] for e in entries)} | {cell(e['scores'][-1] for e in entries)} | "
+                     + " | ".join(cell(values) for values in (
+                         [h["pass_at_1"] for h in headroom], [h["pass_at_k"] for h in headroom],
+                         [h["majority_at_k"] for h in headroom],
+                         [h["majority_at_k"] - h["pass_at_1"] for h in headroom],
+                         [h["oracle_gated"][-1] for h in headroom], [h["verifier_gated"][-1] for h in headroom]))
+                     + f" | {wait} | {sum(f['fixed'] for f in flips)} / {sum(f['broken'] for f in flips)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -421,7 +447,7 @@ def run_experiment(config: ExperimentConfig) -> str:
         done = Path(config.workdir) / f"seed_{seed}" / "summary.json"
         summary = json.loads(done.read_text()) if done.is_file() else run_seed(config, seed)
         summaries.append(run_recipes(config, seed, summary))
-    table = (results_table(summaries, config.correction_rounds) + "\n"
+    table = (results_table(summaries, config.correction_rounds) + "\n" + headroom_table(summaries) + "\n"
              + comparisons_table(compare_checkpoints(summaries)))
     Path(config.workdir, "results.md").write_text(table)
     Path(config.workdir, "results.json").write_text(json.dumps(results_json(summaries), indent=2))

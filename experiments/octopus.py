@@ -33,6 +33,7 @@ from typing import NamedTuple
 from experiments.harness import (
     EVAL_SEED,
     VALIDATION_SEED,
+    cell,
     embedded_settings,
     headroom_fields,
     item_hits,
@@ -89,14 +90,14 @@ class OctopusExperimentConfig:
     def grid(self) -> list[dict]:
         """:attr:`rl_grid` as RL settings (``learning_rate``, ``max_steps`` per stage); refuses a malformed one."""
         settings = []
-        for cell in (self.rl_grid or "").split(","):
+        for setting in (self.rl_grid or "").split(","):
             try:
-                rate, steps = cell.lower().split("x")
+                rate, steps = setting.lower().split("x")
                 settings.append({"learning_rate": float(rate), "max_steps": int(steps)})
             except ValueError:
-                raise ConfigError(f"rl_grid: {cell!r} is not LRxSTEPS (e.g. 1e-4x40)") from None
+                raise ConfigError(f"rl_grid: {setting!r} is not LRxSTEPS (e.g. 1e-4x40)") from None
             if settings[-1]["learning_rate"] <= 0 or settings[-1]["max_steps"] < 1:
-                raise ConfigError(f"rl_grid: {cell!r} needs a positive learning rate and steps")
+                raise ConfigError(f"rl_grid: {setting!r} needs a positive learning rate and steps")
         return settings
 
     def fixed_rl(self) -> dict:
@@ -260,12 +261,13 @@ def run_seed(config: OctopusExperimentConfig, seed: Seed, rl: dict[str, dict]) -
     (:func:`experiments.harness.headroom_fields`), the per-item hits and its RL statistics."""
     checkpoints = {}
     for name, arm in train_arms(seed, rl, config.ablations).items():
-        metrics = evaluate(seed, seed.held_out, name.replace("/", ""), arm)
+        label = name.replace("/", "")  # one folder per arm under eval/
+        metrics = evaluate(seed, seed.held_out, label, arm)
         checkpoints[name] = {
             "scores": [r["score"] for r in metrics["rounds"]], "blank_image": metrics["blank_image"]["score"],
             "blind_prior": metrics["blind_prior"], "sc_minus_direct": metrics["sc_minus_direct"],
             "headroom": headroom_fields(metrics),
-            "hits": item_hits(eval_dir(seed, name.replace("/", "")) / PREDICTIONS_FILE)} | (
+            "hits": item_hits(eval_dir(seed, label) / PREDICTIONS_FILE)} | (
             {"rl": rl_statistics([seed.root / step for step in arm.rl_steps])} if arm.rl_steps else {})
     cold_start = json.loads(Path(STAGES["octopus-sft-data"].output(seed.root / "octopus-sft-data", "stats"))
                             .read_text())
@@ -276,7 +278,10 @@ def run_seed(config: OctopusExperimentConfig, seed: Seed, rl: dict[str, dict]) -
 
 
 def compare(summaries: list[dict]) -> list[dict]:
-    """:data:`COMPARISONS`: A − B per seed and pooled over the seeds' items (paired bootstrap 95 % CI, McNemar)."""
+    """:data:`COMPARISONS` between arms every seed trained: A − B per seed and pooled over the seeds' items
+    (paired bootstrap 95 % CI, McNemar)."""
+    trained = set.intersection(*(set(s["checkpoints"]) for s in summaries))
+
     def hits(name: str, summary: dict, which: str) -> list[bool]:
         return [c == "1" for c in summary["checkpoints"][name]["hits"][which]]
 
@@ -285,16 +290,12 @@ def compare(summaries: list[dict]) -> list[dict]:
                           for s in summaries},
              "pooled": paired_difference([h for s in summaries for h in hits(a, s, a_round)],
                                          [h for s in summaries for h in hits(b, s, b_round)])}
-            for a, a_round, b, b_round in COMPARISONS]
+            for a, a_round, b, b_round in COMPARISONS if {a, b} <= trained]
 
 
 def tables(summaries: list[dict]) -> str:
     """Markdown: every arm (mean over seeds of round 0, round 1, the baselines and the headroom; the RL
     statistics) and the paired comparisons."""
-    def mean(values) -> str:
-        values = list(values)
-        return f"{statistics.mean(values):.1f}" + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else "")
-
     lines = ["| arm | round 0 (o1) | round 1 (o2) | fixed / broken | oracle-gated | pass@2 | maj@2 | blank image | "
              "blind prior | w→c rate | positive share gen → trained | s / step |", "|" + "---|" * 12]
     for name in summaries[0]["checkpoints"]:
@@ -302,16 +303,16 @@ def tables(summaries: list[dict]) -> str:
         flips = [e["headroom"]["flips"][0] for e in entries]
         rl = [e.get("rl") for e in entries]
         rl_cells = ["–", "–", "–"] if None in rl else [
-            mean(100 * r.get("natural_wc_rate", 0.0) for r in rl),
-            f"{mean(100 * r['positive_share_generated'] for r in rl)} → "
-            f"{mean(100 * r['positive_share_trained'] for r in rl)}" if "positive_share_trained" in rl[0] else "–",
-            mean(r["step_seconds"] for r in rl)]
-        lines.append(f"| {name} | {mean(e['scores'][0] for e in entries)} | {mean(e['scores'][1] for e in entries)} | "
+            cell(100 * r.get("natural_wc_rate", 0.0) for r in rl),
+            f"{cell(100 * r['positive_share_generated'] for r in rl)} → "
+            f"{cell(100 * r['positive_share_trained'] for r in rl)}" if "positive_share_trained" in rl[0] else "–",
+            cell(r["step_seconds"] for r in rl)]
+        lines.append(f"| {name} | {cell(e['scores'][0] for e in entries)} | {cell(e['scores'][1] for e in entries)} | "
                      f"{sum(f['fixed'] for f in flips)} / {sum(f['broken'] for f in flips)} | "
-                     f"{mean(e['headroom']['oracle_gated'][-1] for e in entries)} | "
-                     f"{mean(e['headroom']['pass_at_k'] for e in entries)} | "
-                     f"{mean(e['headroom']['majority_at_k'] for e in entries)} | "
-                     f"{mean(e['blank_image'] for e in entries)} | {mean(e['blind_prior'] for e in entries)} | "
+                     f"{cell(e['headroom']['oracle_gated'][-1] for e in entries)} | "
+                     f"{cell(e['headroom']['pass_at_k'] for e in entries)} | "
+                     f"{cell(e['headroom']['majority_at_k'] for e in entries)} | "
+                     f"{cell(e['blank_image'] for e in entries)} | {cell(e['blind_prior'] for e in entries)} | "
                      + " | ".join(rl_cells) + " |")
     def answers(name: str, which: str) -> str:
         return f"{name}, round {'1' if which == 'sc' else '0'}"

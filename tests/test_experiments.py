@@ -6,6 +6,7 @@ from experiments.harness import (
     ExperimentConfig,
     base_gate,
     headroom_fields,
+    headroom_table,
     results_json,
     results_table,
     run_experiment,
@@ -43,6 +44,27 @@ def test_table_has_the_checkpoints_every_seed_has_in_paper_order():
     assert {key: seed[key] for key in ("pass_at_k", "majority_at_k", "oracle_gated", "verifier_gated")} == {
         "pass_at_k": 50.0, "majority_at_k": 25.0, "oracle_gated": [0.0, 50.0], "verifier_gated": [0.0, 50.0]}
     assert seed["flips"][0]["fixed"] == 1 and "k" not in seed and "perception" not in seed
+
+
+def test_headroom_table_sets_what_the_same_compute_buys_beside_the_rounds():
+    def entry(direct, last, pass_1, pass_k, majority, oracle, verifier, fixed, broken, **more):
+        return _entry(direct, last, "", "") | {"headroom": {
+            "pass_at_1": pass_1, "pass_at_k": pass_k, "majority_at_k": majority, "oracle_gated": [direct, oracle],
+            "verifier_gated": [direct, verifier], "flips": [{"fixed": fixed, "broken": broken}], **more}}
+
+    summaries = [{"seed": 0, "checkpoints": {"Sherlock-SFT": entry(50.0, 48.0, 50.0, 70.0, 51.0, 60.0, 49.0, 3, 4,
+                                                                     wait=47.0),
+                                            "R0": entry(40.0, 10.0, 40.0, 60.0, 38.0, 45.0, 40.0, 1, 30)}},
+                 {"seed": 1, "checkpoints": {"Sherlock-SFT": entry(54.0, 52.0, 52.0, 74.0, 55.0, 64.0, 53.0, 5, 6,
+                                                                     wait=51.0),
+                                            "R0": _entry(40.0, 10.0, "", "")}}]  # R0 without samples on seed 1
+    rows = headroom_table(summaries).splitlines()
+    assert rows[0].startswith("| checkpoint | direct | last round | pass@1 | pass@k | maj@k | maj@k − pass@1 |")
+    assert len(rows) == 3  # R0 is left out: one seed did not measure its headroom
+    assert rows[2].split(" | ") == ["| Sherlock-SFT", "52.0 ± 2.8", "50.0 ± 2.8", "51.0 ± 1.4", "72.0 ± 2.8",
+                                    "53.0 ± 2.8", "2.0 ± 1.4", "62.0 ± 2.8", "51.0 ± 2.8", "49.0 ± 2.8", "8 / 10 |"]
+    summaries[1]["checkpoints"]["Sherlock-SFT"]["headroom"].pop("wait")
+    assert headroom_table(summaries[1:]).splitlines()[2].split(" | ")[9] == "–"
 
 
 def test_base_gate_criteria():
@@ -242,6 +264,10 @@ def test_octopus_arms_are_compared_on_the_same_items_and_written_as_results_rows
     assert (final["pooled"]["difference"], final["pooled"]["fixed"], final["pooled"]["broken"]) == (50.0, 4, 0)
     assert rows["Octopus", "direct", "GSPO n=8", "direct"]["pooled"]["difference"] == 25.0
     assert rows["Octopus", "sc", "Octopus", "direct"]["per_seed"] == {"0": 25.0, "1": 25.0}  # o2 − o1
+    without_ablation = [s | {"checkpoints": {k: v for k, v in s["checkpoints"].items() if k != "w/o Stage I"}}
+                        for s in summaries]  # --ablations false: its comparisons are left out, the rest kept
+    assert [(r["a"], r["b"]) for r in compare(without_ablation)] == [
+        (a, b) for a, _, b, _ in COMPARISONS if "w/o Stage I" not in (a, b)]
     text = tables(summaries)
     assert "| Octopus | 50.0 ± 0.0 | 75.0 ± 0.0 | 2 / 0 | 75.0 ± 0.0 |" in text
     assert "| 25.0 ± 0.0 | 25.0 ± 0.0 | 25.0 ± 0.0 → 37.5 ± 0.0 | 2.0 ± 0.0 |" in text
