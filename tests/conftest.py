@@ -1,6 +1,8 @@
 import hashlib
 import os
 import re
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -9,6 +11,30 @@ import pytest  # noqa: E402
 
 from sherlock.data.synthetic import TOKENIZER_CHOICE_FRACTION, make_item  # noqa: E402
 from sherlock.models.tiny import tokenizer_corpus  # noqa: E402
+
+# Free disk where the tests write (tmp_path, the TrainJob's environment in /tmp), reported at the end: a full
+# disk shows up as unrelated errors (sqlite, pip); the lowest point between tests names the test after it.
+_free_disk = {}
+
+
+def _free_gb() -> float:
+    return shutil.disk_usage(_free_disk["where"]).free / 2**30
+
+
+def pytest_sessionstart(session):
+    _free_disk["where"] = tempfile.gettempdir()  # once: a test may point tempfile elsewhere for a while
+    _free_disk.update(start=_free_gb(), lowest=_free_gb(), after="the start")
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    if (free := _free_gb()) < _free_disk["lowest"]:
+        _free_disk.update(lowest=free, after=nodeid)
+
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(f"free disk in {_free_disk['where']}: {_free_disk['start']:.1f} GiB at the start, "
+                                f"lowest {_free_disk['lowest']:.1f} GiB (after {_free_disk['after']}), "
+                                f"{_free_gb():.1f} GiB at the end")
 
 
 @pytest.fixture(scope="session")
