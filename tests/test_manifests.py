@@ -106,6 +106,23 @@ def test_validation_is_strict_about_what_it_renders():
         validate_manifest(statefulset)
 
 
+def test_the_runtime_probes_time_out_as_the_deployed_predictor_does():
+    """The ServingRuntime's probes wait, repeat and give up as the InferenceService ``sherlock deploy`` writes
+    (its comment says "same probes"; their paths differ: v2 readiness for the runtime, v1 for the predictor)."""
+    from types import SimpleNamespace
+
+    from sherlock.serving.deploy import DeployConfig, inference_service, to_manifest
+
+    (deployed,) = to_manifest(inference_service(DeployConfig(model="models:/m@champion", output="out"), "s3://b/k",
+                                                SimpleNamespace(name="m", version="1")))["spec"]["predictor"][
+                                                    "containers"]
+    (runtime,) = next(d for d in render("base") if d["kind"] == "ServingRuntime")["spec"]["containers"]
+    timing = ("initialDelaySeconds", "periodSeconds", "timeoutSeconds", "failureThreshold")
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert ({k: runtime[probe].get(k) for k in timing} == {k: deployed[probe].get(k) for k in timing}), probe
+    assert runtime["livenessProbe"]["httpGet"]["path"] == deployed["livenessProbe"]["httpGet"]["path"] == "/"
+
+
 def test_overlays_do_what_they_say():
     def runtime(documents):
         return next(d for d in documents if d["kind"] == "ServingRuntime")["spec"]

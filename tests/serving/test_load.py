@@ -3,7 +3,8 @@
 One burst on 16 client threads mixes normal requests, maximal ones (4 images of 2048² pixels, the
 per-request pixel limit), clients that disconnect while their request waits, and malformed input of
 every class. Meanwhile readiness and liveness are polled and the server's RSS is sampled. Asserted:
-no 5xx, probes answer within 1 s, RSS growth bounded, every abandoned request cancelled and none of
+no 5xx, every probe answers within the ``timeoutSeconds`` of the InferenceService ``sherlock deploy`` writes
+(a slower answer is a failed probe to the kubelet), RSS growth bounded, every abandoned request cancelled and none of
 its queries generated to its end (the server's Prometheus counters), and the server answers
 normally afterwards. The figures printed go to
 docs/serving.md.
@@ -19,11 +20,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
 from PIL import Image
 from served import QUESTION, png
+
+from sherlock.serving.deploy import DeployConfig, inference_service, to_manifest
 
 GiB = 2**30
 
@@ -93,14 +97,20 @@ def test_burst_of_normal_maximal_abandoned_and_malformed_requests(server):
             + [("abandoned", abandoned)] * 6 + [("malformed", call) for call in malformed])
     random.Random(0).shuffle(work)
 
+    (container,) = to_manifest(inference_service(DeployConfig(model="models:/sherlock@champion", output="out"),
+                                                 "s3://b/k", SimpleNamespace(name="sherlock", version="1")))[
+                                                     "spec"]["predictor"]["containers"]
+    timeouts = {container[p]["httpGet"]["path"]: container[p]["timeoutSeconds"] for p in ("readinessProbe",
+                                                                                        "livenessProbe")}
+    timeouts["/v2/health/ready"] = container["readinessProbe"]["timeoutSeconds"]  # the ServingRuntime's readiness
     probes, memory, done = [], [], threading.Event()
 
     def watch():
         while not done.is_set():
-            for path in ("/v2/health/ready", "/"):
+            for path in timeouts:
                 start = time.perf_counter()
                 status = httpx.get(url + path, timeout=10).status_code
-                probes.append((status, time.perf_counter() - start))
+                probes.append((path, status, time.perf_counter() - start))
             memory.append(rss(pid))
             time.sleep(0.1)
 
@@ -126,8 +136,9 @@ def test_burst_of_normal_maximal_abandoned_and_malformed_requests(server):
     assert 200 in statuses["normal"] and 200 in statuses["maximal"]
     assert all(400 <= status < 500 and status != 429 for status in statuses["malformed"]), statuses["malformed"]
     assert statuses["abandoned"].count("abandoned") == 6
-    worst_probe = max(latency for _, latency in probes)
-    assert all(status == 200 for status, _ in probes) and worst_probe < 1.0, worst_probe
+    worst = {path: max(latency for p, _, latency in probes if p == path) for path in timeouts}
+    assert all(status == 200 for _, status, _ in probes), probes
+    assert all(worst[path] < timeouts[path] for path in timeouts), (worst, timeouts)
     growth = max(memory) - baseline
     assert growth < 1.5 * GiB, f"RSS grew by {growth / GiB:.2f} GiB"
 
@@ -143,7 +154,8 @@ def test_burst_of_normal_maximal_abandoned_and_malformed_requests(server):
     outcomes = re.findall(r'^sherlock_queries_total\{outcome="(\w+)"\} (\S+)', httpx.get(f"{url}/metrics").text,
                           re.MULTILINE)
     normal = sorted(t for k, status, t in results if k == "normal" and status == 200)
+    slowest = ", ".join(f"{path} {latency * 1000:.0f} ms" for path, latency in worst.items())
     print(f"\nburst of {len(work)} requests on 16 threads in {seconds:.1f} s: "
           f"normal p50 {statistics.median(normal):.2f} s, max {normal[-1]:.2f} s; statuses {statuses}; "
-          f"probes {len(probes)}, worst {worst_probe * 1000:.0f} ms; RSS {baseline / GiB:.2f} GiB "
+          f"probes {len(probes)}, slowest {slowest}; RSS {baseline / GiB:.2f} GiB "
           f"+ {growth / GiB:.2f} GiB at most; queries dropped / cut short in all: {outcomes}")
