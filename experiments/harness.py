@@ -269,6 +269,23 @@ def base_gate(diagnostics: dict) -> dict[str, bool]:
     return {criterion: bool(test(diagnostics)) for criterion, test in GATE.items()}
 
 
+def stage_settings(config: ExperimentConfig, seed: int) -> dict[str, dict]:
+    """The settings of every Sherlock step of a seed, by preset name (:func:`stage_runner`'s ``settings``)."""
+    root = Path(config.workdir) / f"seed_{seed}"
+    sampling = dict(max_new_tokens=config.max_new_tokens, generation_batch_size=config.generation_batch_size, seed=seed)
+    # checkpoints every 200 steps: an interrupted SFT stage resumes inside the stage, not from its start
+    sft = dict(learning_rate=config.sft_learning_rate, epochs=config.sft_epochs, seed=seed, logging_steps=50,
+               save_steps=200)
+    preference = dict(learning_rate=config.preference_learning_rate, epochs=config.preference_epochs,
+                      batch_size=config.preference_batch_size, alpha=config.alpha, sc_beta=config.sc_beta,
+                      dpo_beta=config.dpo_beta, seed=seed, logging_steps=10,
+                      reference_cache=str(root / "reference_cache"))
+    return {"sft.r0": sft, "sft.sherlock": sft, "sample-rejected": sampling, "build-preferences": sampling,
+            "train-preferences.offline": preference,
+            "online": preference | sampling | {"num_pairs": config.online_pairs, "reference_cache": None,
+                                               "learning_rate": config.online_learning_rate}}
+
+
 def run_seed(config: ExperimentConfig, seed: int) -> dict:
     """All Sherlock stages and evaluations for one seed; returns its summary (see :func:`evaluate_all`)."""
     root = Path(config.workdir) / f"seed_{seed}"
@@ -288,18 +305,8 @@ def run_seed(config: ExperimentConfig, seed: int) -> dict:
                   pool_file.parent, union.parent, seed=seed, source="D_A + D_B")
     base = str(embedded_base() if config.base_model == "embedded" else require_checkpoint(config.base_model))
 
-    sampling = dict(max_new_tokens=config.max_new_tokens, generation_batch_size=config.generation_batch_size, seed=seed)
-    # checkpoints every 200 steps: an interrupted SFT stage resumes inside the stage, not from its start
-    sft = dict(learning_rate=config.sft_learning_rate, epochs=config.sft_epochs, seed=seed, logging_steps=50,
-               save_steps=200)
-    preference = dict(learning_rate=config.preference_learning_rate, epochs=config.preference_epochs,
-                      batch_size=config.preference_batch_size, alpha=config.alpha, sc_beta=config.sc_beta,
-                      dpo_beta=config.dpo_beta, seed=seed, logging_steps=10,
-                      reference_cache=str(root / "reference_cache"))
-    settings = {"sft.r0": sft, "sft.sherlock": sft, "sample-rejected": sampling, "build-preferences": sampling,
-                "train-preferences.offline": preference,
-                "online": preference | sampling | {"num_pairs": config.online_pairs, "reference_cache": None,
-                                                   "learning_rate": config.online_learning_rate}}
+    settings = stage_settings(config, seed)
+    sampling, sft, preference = (settings[name] for name in ("sample-rejected", "sft.r0", "train-preferences.offline"))
     chain = recipes.sherlock(stage_runner(root, timed, settings.__getitem__), base, subsets["D_A"], subsets["D_B"],
                              subsets["D_U"], online_iterations=int(config.online))
     gate = timed("diagnose R0 (validation)", run_diagnose, DiagnoseConfig(

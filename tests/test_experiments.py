@@ -1,5 +1,7 @@
 """The multi-seed experiment's bookkeeping: which recipes may run, and the mean ± sd table."""
 
+import dataclasses
+
 import pytest
 
 from experiments.harness import (
@@ -154,6 +156,21 @@ def test_the_rl_settings_are_chosen_on_validation_at_equal_steps():
             OctopusExperimentConfig(rl_grid=grid).grid()
 
 
+def test_stage2_grid_is_parsed_and_the_best_round_on_validation_is_chosen():
+    """experiments.stage2: SCHEME:LR settings (a malformed one refused with the setting); the rule picks the
+    best accuracy after the round, the earlier setting on a tie, whatever the direct answer."""
+    from experiments.stage2 import Stage2Config, choose
+    from sherlock.config import ConfigError
+
+    assert Stage2Config(grid="paper:2e-5, on-policy:1E-4").settings() == [("paper", 2e-5), ("on-policy", 1e-4)]
+    for grid in ("paper", "paper:x", "noisy:1e-4", "on-policy:0"):
+        with pytest.raises(ConfigError, match="grid: "):
+            Stage2Config(grid=grid).settings()
+    rows = [{"label": "none", "direct": 60.0, "round_1": 58.0}, {"label": "a", "direct": 50.0, "round_1": 61.0},
+            {"label": "b", "direct": 62.0, "round_1": 61.0}, {"label": "c", "direct": 70.0, "round_1": 60.0}]
+    assert choose(rows)["label"] == "a"
+
+
 def test_checkpoint_comparisons_are_paired_per_seed_and_pooled():
     from experiments.harness import compare_checkpoints, comparisons_table
 
@@ -169,7 +186,8 @@ def test_checkpoint_comparisons_are_paired_per_seed_and_pooled():
 def test_one_seed_runs_the_pipelines_wiring_then_its_own_steps_and_resumes(tmp_path, monkeypatch):
     """A real seed at toy sizes (the committed base, 8 items, one step per stage): the Sherlock chain of
     :mod:`sherlock.recipes` in its step folders, the control, the w/o-L_SC ablation, the gate, the
-    summary and tables; a second call reuses the finished seed. The online iteration is left out: at
+    summary and tables; a second call reuses the finished seed, and ``experiments.stage2`` reuses its offline
+    step beside a setting it trains. The online iteration is left out: at
     this size no item's answers agree, so it has no pairs (tests/stages runs that stage with a judge
     that always agrees)."""
     import json
@@ -193,6 +211,24 @@ def test_one_seed_runs_the_pipelines_wiring_then_its_own_steps_and_resumes(tmp_p
 
     monkeypatch.setattr(experiment, "run_seed", lambda *args: pytest.fail("a finished seed ran again"))
     experiment.run_experiment(config)
+
+    # Stage II's settings on the validation split from this seed: the harness's own offline step is reused
+    from experiments.stage2 import Stage2Config, run_stage2
+
+    offline_done = root / "sherlock-offline" / experiment.DONE_FILE
+    finished = offline_done.stat().st_mtime
+    stage2 = Stage2Config(**dataclasses.asdict(config), seed=0, grid=f"paper:{config.preference_learning_rate},"
+                                                                     "on-policy:1e-4")
+    text = run_stage2(stage2)
+    found = json.loads((root / "stage2.json").read_text())
+    assert [row["label"] for row in found["validation"]] == ["none (Sherlock-SFT)", "paper pairs, lr 2e-05",
+                                                             "on-policy pairs, lr 0.0001"]
+    assert offline_done.stat().st_mtime == finished and not (root / "stage2" / "offline-paper-2e-05").exists()
+    assert (root / "stage2" / "offline-on-policy-0.0001").is_dir()
+    assert found["validation"][1]["pairs"] == summary["offline_pairs"]["num_pairs"]
+    chosen = max(found["validation"], key=lambda row: row["round_1"])
+    assert found["chosen"] == chosen["label"] and "| chosen |" in text
+    assert ("held_out" in found) == (chosen["label"] != "paper pairs, lr 2e-05")
 
 
 def test_lookup_rule_reads_fix_and_break_rates_off_the_flips():
