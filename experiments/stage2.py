@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.harness import (
+    DONE_FILE,
     ExperimentConfig,
     _slug,
     evaluate_all,
@@ -88,9 +89,9 @@ def run_stage2(config: Stage2Config) -> str:
     """Train and validate every setting, choose, score the choice on the held-out set; returns the tables."""
     workdir, seed = Path(config.workdir), config.seed
     root = workdir / f"seed_{seed}"
-    summary_file, sft = root / "summary.json", root / "sherlock-sft"
-    if not summary_file.is_file():
-        raise FileNotFoundError(f"{summary_file}: train the seed first (python -m experiments --workdir "
+    sft = root / "sherlock-sft"
+    if not (sft / DONE_FILE).is_file():
+        raise FileNotFoundError(f"{sft}: train the seed's Sherlock-SFT first (python -m experiments --workdir "
                                 f"{config.workdir} --seeds {seed} --recipes sherlock)")
     grid = config.settings()
     timings: dict[str, float] = {}
@@ -127,15 +128,14 @@ def run_stage2(config: Stage2Config) -> str:
         rows, chosen)
     found = {"config": dataclasses.asdict(config), "validation": rows, "chosen": chosen["label"]}
 
-    harness = json.loads(summary_file.read_text())["checkpoints"]["Sherlock offline"]
     choice = (chosen["scheme"], chosen["learning_rate"])
-    if choice != harness_setting:  # the harness's offline step is already scored on the held-out set
-        held_out = evaluate_all(config, seed, {f"Stage II {chosen['label']}": models[choice]}, timed)
-        entry = next(iter(held_out.values()))
+    if choice != harness_setting:  # scored like the harness's checkpoints (its offline step's evaluation reused)
+        offline, entry = evaluate_all(config, seed, {"Sherlock offline": root / "sherlock-offline",
+                                                     f"Stage II {chosen['label']}": models[choice]}, timed).values()
         found["held_out"] = {which: paired_difference([c == "1" for c in entry["hits"][which]],
-                                                      [c == "1" for c in harness["hits"][which]])
+                                                      [c == "1" for c in offline["hits"][which]])
                              for which in ("direct", "sc")} | {"scores": entry["scores"],
-                                                                "offline_scores": harness["scores"]}
+                                                                "offline_scores": offline["scores"]}
         text += "\nHeld-out, the chosen setting − the seed's Sherlock offline (paper pairs, lr "
         text += f"{config.preference_learning_rate:g}), paired: " + "; ".join(
             f"{which} {d['difference']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}] ({d['fixed']} / {d['broken']})"

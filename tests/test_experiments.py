@@ -229,6 +229,9 @@ def test_one_seed_runs_the_pipelines_wiring_then_its_own_steps_and_resumes(tmp_p
     chosen = max(found["validation"], key=lambda row: row["round_1"])
     assert found["chosen"] == chosen["label"] and "| chosen |" in text
     assert ("held_out" in found) == (chosen["label"] != "paper pairs, lr 2e-05")
+    if "held_out" in found:  # the choice against the harness's offline step, on the held-out items
+        assert found["held_out"]["sc"]["n"] == config.eval_items and "Held-out, the chosen setting" in text
+        assert found["held_out"]["offline_scores"] == summary["checkpoints"]["Sherlock offline"]["scores"]
 
 
 def test_lookup_rule_reads_fix_and_break_rates_off_the_flips():
