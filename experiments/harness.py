@@ -189,6 +189,11 @@ def item_hits(predictions: Path) -> dict[str, str]:
             "sc": "".join(str(int(r["correct"][-1])) for r in rows)}
 
 
+def hit_list(entry: dict, which: str) -> list[bool]:
+    """A checkpoint entry's :func:`item_hits` of ``which`` ("direct" or "sc"), one bool per held-out item."""
+    return [c == "1" for c in entry["hits"][which]]
+
+
 def stage_runner(root: Path, timed, settings: Callable[[str], dict]):
     """The ``run`` callback of :mod:`sherlock.recipes` for the experiment: each step its stage function on
     ``settings(preset)``, its inputs and the output ``root/<step>``, timed and resumable (:func:`timer`);
@@ -384,8 +389,8 @@ def headroom_table(summaries: list[dict]) -> str:
 
 def pooled_sc_minus_direct(entries: list[dict]) -> dict:
     """SC − direct over the items of every seed together (paired bootstrap 95 % CI, McNemar)."""
-    direct = [c == "1" for e in entries for c in e["hits"]["direct"]]
-    corrected = [c == "1" for e in entries for c in e["hits"]["sc"]]
+    direct = [hit for e in entries for hit in hit_list(e, "direct")]
+    corrected = [hit for e in entries for hit in hit_list(e, "sc")]
     return paired_difference(corrected, direct)
 
 
@@ -403,8 +408,8 @@ def compare_checkpoints(summaries: list[dict]) -> list[dict]:
     for a, b, which in COMPARISONS:
         if not all(a in s["checkpoints"] and b in s["checkpoints"] for s in summaries):
             continue
-        hits = {name: [c == "1" for s in summaries for c in s["checkpoints"][name]["hits"][which]] for name in (a, b)}
-        per_seed = {str(s["seed"]): paired_difference(*([c == "1" for c in s["checkpoints"][name]["hits"][which]]
+        hits = {name: [hit for s in summaries for hit in hit_list(s["checkpoints"][name], which)] for name in (a, b)}
+        per_seed = {str(s["seed"]): paired_difference(*(hit_list(s["checkpoints"][name], which)
                                                         for name in (a, b)))["difference"] for s in summaries}
         rows.append({"a": a, "b": b, "round": which, "per_seed": per_seed,
                      "pooled": paired_difference(hits[a], hits[b])})

@@ -36,6 +36,7 @@ from experiments.harness import (
     cell,
     embedded_settings,
     headroom_fields,
+    hit_list,
     item_hits,
     stage_runner,
     timer,
@@ -283,7 +284,7 @@ def compare(summaries: list[dict]) -> list[dict]:
     trained = set.intersection(*(set(s["checkpoints"]) for s in summaries))
 
     def hits(name: str, summary: dict, which: str) -> list[bool]:
-        return [c == "1" for c in summary["checkpoints"][name]["hits"][which]]
+        return hit_list(summary["checkpoints"][name], which)
 
     return [{"a": a, "a_round": a_round, "b": b, "b_round": b_round,
              "per_seed": {str(s["seed"]): paired_difference(hits(a, s, a_round), hits(b, s, b_round))["difference"]

@@ -26,6 +26,7 @@ from experiments.harness import (
     ExperimentConfig,
     _slug,
     evaluate_all,
+    hit_list,
     stage_runner,
     stage_settings,
     timer,
@@ -82,6 +83,7 @@ def table(rows: list[dict], chosen: dict) -> str:
 
 
 def label(scheme: str, rate: float) -> str:
+    """A Stage II setting's row name (and, slugged, its validation folder)."""
     return "none (Sherlock-SFT)" if (scheme, rate) == NO_STAGE_II else f"{scheme} pairs, lr {rate:g}"
 
 
@@ -132,8 +134,7 @@ def run_stage2(config: Stage2Config) -> str:
     if choice != harness_setting:  # scored like the harness's checkpoints (its offline step's evaluation reused)
         offline, entry = evaluate_all(config, seed, {"Sherlock offline": root / "sherlock-offline",
                                                      f"Stage II {chosen['label']}": models[choice]}, timed).values()
-        found["held_out"] = {which: paired_difference([c == "1" for c in entry["hits"][which]],
-                                                      [c == "1" for c in offline["hits"][which]])
+        found["held_out"] = {which: paired_difference(hit_list(entry, which), hit_list(offline, which))
                              for which in ("direct", "sc")} | {"scores": entry["scores"],
                                                                 "offline_scores": offline["scores"]}
         text += "\nHeld-out, the chosen setting − the seed's Sherlock offline (paper pairs, lr "
