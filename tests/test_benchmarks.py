@@ -25,7 +25,15 @@ from sherlock.benchmarks import (
 )
 from sherlock.config import ConfigError
 from sherlock.data.llava_cot import DataQualityError, load_data
-from sherlock.stages.evaluate import EvaluateConfig, EvaluationError, RescoreConfig, run_evaluate, run_rescore
+from sherlock.protocol import SHERLOCK, Protocol
+from sherlock.stages.evaluate import (
+    EvaluateConfig,
+    EvaluationError,
+    RescoreConfig,
+    run_evaluate,
+    run_rescore,
+    wait_answers,
+)
 
 
 def _image(colour) -> str:
@@ -517,3 +525,14 @@ def test_rescore_reports_the_verifier_gated_round_and_the_slices_on_constructed_
     none = run_rescore(RescoreConfig(predictions=str(saved), benchmarks=f"llava_cot={data}", verifier=None,
                                      output=str(tmp_path / "no-verifier")))["benchmarks"]["llava_cot"]
     assert "verifier_gated" not in none and none["oracle_gated"] == metrics["oracle_gated"]
+
+
+def test_the_wait_baseline_keeps_a_continuation_only_where_it_answers_in_the_checkpoints_format():
+    """A continuation after "Wait," replaces the direct answer only where it gives a final answer the way the
+    checkpoint writes one: a CONCLUSION for Sherlock's stages, a \\boxed{} for Octopus's think-boxed."""
+    direct = ["<CONCLUSION>3</CONCLUSION>", "\\boxed{3}"]
+    continued = [" the count is 4.\n<CONCLUSION>4</CONCLUSION>", " recounting, \\boxed{4}"]
+    assert wait_answers(SHERLOCK, direct, continued) == [continued[0], direct[1]]
+    assert wait_answers(Protocol("continue", "think-boxed"), direct, continued) == [direct[0], continued[1]]
+    with pytest.raises(ValueError):
+        wait_answers(SHERLOCK, direct, continued[:1])

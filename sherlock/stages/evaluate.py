@@ -50,7 +50,6 @@ from sherlock.headroom import flip_counts, oracle_gated, rejection_rates, sample
 from sherlock.octopus import FORMATS
 from sherlock.prompts import CORRECTIONS, STIC_DAR_PROMPT, WAIT_CUE, stic_description_infused
 from sherlock.protocol import Protocol, read_protocol
-from sherlock.reasoning import conclusion_text
 from sherlock.stages.io import record_stage_config
 from sherlock.stages.registry import STAGES
 from sherlock.verifiers import load_verifier
@@ -226,6 +225,13 @@ def markdown_table(metrics: dict) -> str:
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
+def wait_answers(protocol: Protocol, direct: list[str], continued: list[str]) -> list[str]:
+    """The "Wait" baseline's responses (arXiv 2507.02778): each continuation after the cue where it gives a final
+    answer in the checkpoint's format (:meth:`Protocol.answer`), else the direct answer it continued.
+    """
+    return [c if protocol.answer(c) is not None else d for d, c in zip(direct, continued, strict=True)]
+
+
 def blank_images(images: list[list[Image.Image]]) -> list[list[Image.Image]]:
     """A white image of each image's size (every image of each question)."""
     return [[Image.new("RGB", image.size, (255, 255, 255)) for image in question] for question in images]
@@ -269,8 +275,7 @@ def evaluate_benchmark(model, processor, name: str, items: list[BenchmarkItem], 
     if config.wait_baseline:  # the direct answer continued; where the continuation concludes nothing, it stands
         continued = generate(model, processor, prompts, images, prefixes=[f"{r}\n\n{WAIT_CUE}" for r in rounds[0]],
                              config=greedy, desc=f"{name} wait", stream="wait", keys=keys)
-        result["wait"] = score_responses(name, items, [c if conclusion_text(c) is not None else r
-                                                       for r, c in zip(rounds[0], continued, strict=True)], grader)
+        result["wait"] = score_responses(name, items, wait_answers(protocol, rounds[0], continued), grader)
     if config.blank_image:  # the direct answer's random stream: only the image differs from round 0
         result["blank_image"] = score_responses(name, items, generate(
             model, processor, prompts, blank_images(images), config=direct, desc=f"{name} blank image",
